@@ -1,0 +1,401 @@
+//! Typed configuration for each component, with documented defaults. The binary's config file
+//! embeds these sections; see `fleetflow.example.toml`.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use crate::batcher::BatchLimits;
+
+/// `[mqtt]`: the broker connection of the MQTT source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker URL: `mqtt://host:port` (TCP). Default `mqtt://127.0.0.1:1883`.
+    #[serde(default = "default_mqtt_url")]
+    pub url: String,
+    /// Client id; must be unique per engine process. Default `fleetflow`.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Topic prefix (§1). Default `ESP32CAM`.
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    /// QoS of the subscriptions and of ACK/NACK publishes (0 or 1). Default 1.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Keep-alive interval in seconds. Default 30.
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    /// Start a new session on connect. Default false: the broker keeps the session and queues
+    /// QoS 1 messages while the engine is away.
+    #[serde(default)]
+    pub clean_start: bool,
+    /// How long the broker keeps the session after a disconnect, in seconds. Default 86400.
+    #[serde(default = "default_session_expiry_secs")]
+    pub session_expiry_secs: u32,
+    /// MQTT v5 receive maximum: QoS 1 messages the broker may have unacknowledged with us.
+    /// Acks are held until data is durable, so this bounds the pipeline. Default 8192.
+    #[serde(default = "default_receive_maximum")]
+    pub receive_maximum: u16,
+    /// Largest packet accepted, in bytes. Default 1 MiB.
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: u32,
+    /// Username, if the broker needs one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (prefer `password_file` or the `FLEETFLOW_MQTT__PASSWORD` variable). Never logged.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// File holding the password.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// First reconnect delay, in milliseconds. Default 100.
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay, in milliseconds. Default 10000.
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+fn default_mqtt_url() -> String {
+    "mqtt://127.0.0.1:1883".into()
+}
+fn default_client_id() -> String {
+    "fleetflow".into()
+}
+fn default_prefix() -> String {
+    "ESP32CAM".into()
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_keep_alive_secs() -> u64 {
+    30
+}
+fn default_session_expiry_secs() -> u32 {
+    86_400
+}
+fn default_receive_maximum() -> u16 {
+    8192
+}
+fn default_max_packet_bytes() -> u32 {
+    1024 * 1024
+}
+fn default_reconnect_min_ms() -> u64 {
+    100
+}
+fn default_reconnect_max_ms() -> u64 {
+    10_000
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: default_mqtt_url(),
+            client_id: default_client_id(),
+            topic_prefix: default_prefix(),
+            qos: default_qos(),
+            keep_alive_secs: default_keep_alive_secs(),
+            clean_start: false,
+            session_expiry_secs: default_session_expiry_secs(),
+            receive_maximum: default_receive_maximum(),
+            max_packet_bytes: default_max_packet_bytes(),
+            username: None,
+            password: None,
+            password_file: None,
+            reconnect_min_ms: default_reconnect_min_ms(),
+            reconnect_max_ms: default_reconnect_max_ms(),
+        }
+    }
+}
+
+/// `[assembly]`: chunk assembly limits and timeouts (§4).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssemblyConfig {
+    /// Inactivity before a NACK round, in milliseconds. Default 30000.
+    #[serde(default = "default_assembly_timeout_ms")]
+    pub assembly_timeout_ms: u64,
+    /// NACK rounds before a capture fails with 2201. Default 3.
+    #[serde(default = "default_max_nack_rounds")]
+    pub max_nack_rounds: u32,
+    /// Largest image a capture may announce, in bytes. Default 4 MiB.
+    #[serde(default = "default_max_image_bytes")]
+    pub max_image_bytes: u64,
+    /// Captures one device may have in flight at once. Default 4.
+    #[serde(default = "default_max_captures_in_flight")]
+    pub max_captures_in_flight: usize,
+    /// Bytes one device may hold in assemblies and early chunks. Default 16 MiB.
+    #[serde(default = "default_device_budget_bytes")]
+    pub device_budget_bytes: usize,
+    /// Bytes all devices together may hold. Default 1 GiB.
+    #[serde(default = "default_global_budget_bytes")]
+    pub global_budget_bytes: usize,
+    /// `device_errors` rows per device and code per minute; the rest are counted. Default 10.
+    #[serde(default = "default_error_rows_per_minute")]
+    pub error_rows_per_minute: u32,
+    /// Recently stored capture ids remembered per device, to answer repeated metadata with
+    /// ACK_OK at once. Default 32.
+    #[serde(default = "default_recent_captures")]
+    pub recent_captures: usize,
+}
+
+fn default_assembly_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_nack_rounds() -> u32 {
+    3
+}
+fn default_max_image_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_max_captures_in_flight() -> usize {
+    4
+}
+fn default_device_budget_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_global_budget_bytes() -> usize {
+    1024 * 1024 * 1024
+}
+fn default_error_rows_per_minute() -> u32 {
+    10
+}
+fn default_recent_captures() -> usize {
+    32
+}
+
+impl Default for AssemblyConfig {
+    fn default() -> Self {
+        Self {
+            assembly_timeout_ms: default_assembly_timeout_ms(),
+            max_nack_rounds: default_max_nack_rounds(),
+            max_image_bytes: default_max_image_bytes(),
+            max_captures_in_flight: default_max_captures_in_flight(),
+            device_budget_bytes: default_device_budget_bytes(),
+            global_budget_bytes: default_global_budget_bytes(),
+            error_rows_per_minute: default_error_rows_per_minute(),
+            recent_captures: default_recent_captures(),
+        }
+    }
+}
+
+impl AssemblyConfig {
+    /// The inactivity timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.assembly_timeout_ms)
+    }
+}
+
+/// `[devices]`: the router and its device actors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// Messages a device actor's mailbox holds before the router waits. Default 256.
+    #[serde(default = "default_mailbox_capacity")]
+    pub mailbox_capacity: usize,
+    /// Idle time after which a device actor with nothing in flight is stopped, in ms.
+    /// Default 600000 (10 min).
+    #[serde(default = "default_idle_passivate_ms")]
+    pub idle_passivate_ms: u64,
+    /// Arbiters (threads) for device actors; 0 means one per core. Default 0.
+    #[serde(default)]
+    pub arbiters: usize,
+    /// Restarts allowed within `restart_window_ms` before the device is quarantined. Default 5.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// Window for counting restarts, in ms. Default 60000.
+    #[serde(default = "default_restart_window_ms")]
+    pub restart_window_ms: u64,
+    /// First restart delay, in ms; doubles per restart in the window. Default 100.
+    #[serde(default = "default_restart_backoff_min_ms")]
+    pub restart_backoff_min_ms: u64,
+    /// Longest restart delay, in ms. Default 30000.
+    #[serde(default = "default_restart_backoff_max_ms")]
+    pub restart_backoff_max_ms: u64,
+    /// How long a quarantine lasts, in ms. Default 600000 (10 min).
+    #[serde(default = "default_quarantine_ms")]
+    pub quarantine_ms: u64,
+}
+
+fn default_mailbox_capacity() -> usize {
+    256
+}
+fn default_idle_passivate_ms() -> u64 {
+    600_000
+}
+fn default_max_restarts() -> u32 {
+    5
+}
+fn default_restart_window_ms() -> u64 {
+    60_000
+}
+fn default_restart_backoff_min_ms() -> u64 {
+    100
+}
+fn default_restart_backoff_max_ms() -> u64 {
+    30_000
+}
+fn default_quarantine_ms() -> u64 {
+    600_000
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            mailbox_capacity: default_mailbox_capacity(),
+            idle_passivate_ms: default_idle_passivate_ms(),
+            arbiters: 0,
+            max_restarts: default_max_restarts(),
+            restart_window_ms: default_restart_window_ms(),
+            restart_backoff_min_ms: default_restart_backoff_min_ms(),
+            restart_backoff_max_ms: default_restart_backoff_max_ms(),
+            quarantine_ms: default_quarantine_ms(),
+        }
+    }
+}
+
+/// `[sinks]`: batching and retries of the Postgres sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    /// Rows per batch. Default 2000.
+    #[serde(default = "default_max_batch_rows")]
+    pub max_batch_rows: usize,
+    /// Estimated bytes per batch. Default 4 MiB.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// Longest a row waits for its batch, in ms. Default 20.
+    #[serde(default = "default_max_batch_age_ms")]
+    pub max_batch_age_ms: u64,
+    /// Batches written at once. Default 4.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Rows the sink's mailbox holds before senders wait. Default 8192.
+    #[serde(default = "default_sink_mailbox_capacity")]
+    pub mailbox_capacity: usize,
+    /// First retry delay, in ms. Default 100.
+    #[serde(default = "default_retry_min_ms")]
+    pub retry_min_ms: u64,
+    /// Longest retry delay, in ms. Default 5000.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+fn default_max_batch_rows() -> usize {
+    2000
+}
+fn default_max_batch_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_batch_age_ms() -> u64 {
+    20
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_sink_mailbox_capacity() -> usize {
+    8192
+}
+fn default_retry_min_ms() -> u64 {
+    100
+}
+fn default_retry_max_ms() -> u64 {
+    5000
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_rows: default_max_batch_rows(),
+            max_batch_bytes: default_max_batch_bytes(),
+            max_batch_age_ms: default_max_batch_age_ms(),
+            concurrency: default_concurrency(),
+            mailbox_capacity: default_sink_mailbox_capacity(),
+            retry_min_ms: default_retry_min_ms(),
+            retry_max_ms: default_retry_max_ms(),
+        }
+    }
+}
+
+impl SinksConfig {
+    /// The batcher limits.
+    pub fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_rows: self.max_batch_rows,
+            max_bytes: self.max_batch_bytes,
+            max_age: Duration::from_millis(self.max_batch_age_ms),
+        }
+    }
+}
+
+/// `[objects]`: where images go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectsConfig {
+    /// `file:///abs/path`, `file://relative/path`, or `s3://bucket`. Default `file://./data/objects`.
+    #[serde(default = "default_objects_url")]
+    pub url: String,
+    /// S3 endpoint, for S3-compatible servers (MinIO, moto). Default: AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// S3 region. Default `us-east-1`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// S3 access key id (or `AWS_ACCESS_KEY_ID`).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// S3 secret (or `AWS_SECRET_ACCESS_KEY`). Never logged.
+    #[serde(default, skip_serializing)]
+    pub secret_access_key: Option<String>,
+    /// Allow plain HTTP endpoints. Default false.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Uploads in flight at once. Default 16.
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+    /// Attempts per upload before the capture fails with 2204. Default 5.
+    #[serde(default = "default_upload_attempts")]
+    pub upload_attempts: u32,
+    /// First retry delay, in ms; doubles per attempt. Default 200.
+    #[serde(default = "default_upload_backoff_ms")]
+    pub upload_backoff_ms: u64,
+    /// Store requests the object sink's mailbox holds. Default 256.
+    #[serde(default = "default_objects_mailbox")]
+    pub mailbox_capacity: usize,
+}
+
+fn default_objects_url() -> String {
+    "file://./data/objects".into()
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_upload_concurrency() -> usize {
+    16
+}
+fn default_upload_attempts() -> u32 {
+    5
+}
+fn default_upload_backoff_ms() -> u64 {
+    200
+}
+fn default_objects_mailbox() -> usize {
+    256
+}
+
+impl Default for ObjectsConfig {
+    fn default() -> Self {
+        Self {
+            url: default_objects_url(),
+            endpoint: None,
+            region: default_region(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            upload_concurrency: default_upload_concurrency(),
+            upload_attempts: default_upload_attempts(),
+            upload_backoff_ms: default_upload_backoff_ms(),
+            mailbox_capacity: default_objects_mailbox(),
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The device actor: runs [`DeviceCore`] for one device, carries out its effects (rows to the
+//! Postgres sink with backpressure, images to the object sink, ACK/NACK publishes, broker acks),
+//! runs its inactivity timer, passivates when idle, and supervises itself: a panic in the state
+//! machine is caught here, the state is rebuilt from the actor's arguments, and processing
+//! resumes after the policy's backoff, or the device is quarantined.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::core::{DeviceCore, Effect, StoreOutcome};
+use super::{DeviceSnapshot, Inbound, Snapshot, Stop};
+use crate::config::{AssemblyConfig, DevicesConfig};
+use crate::device::budget::GlobalBudget;
+use crate::errors::{ErrorCode, ErrorRecord};
+use crate::ids::DeviceId;
+use crate::link::MqttLink;
+use crate::metrics as m;
+use crate::router::{DeviceExited, Router};
+use crate::sinks::objects::{ObjectSink, Store};
+use crate::sinks::pg::PgSink;
+use crate::sinks::rows::{Pending, Row};
+use crate::supervisor::{Decision, RestartPolicy};
+use crate::topic::TopicParser;
+
+/// What every device actor shares.
+#[derive(Clone)]
+pub struct DeviceDeps {
+    /// Assembly limits.
+    pub assembly: Arc<AssemblyConfig>,
+    /// Actor limits and restart policy.
+    pub devices: Arc<DevicesConfig>,
+    /// Global byte budget.
+    pub budget: Arc<GlobalBudget>,
+    /// Acks and publishes.
+    pub link: MqttLink,
+    /// Builds the ack topic.
+    pub topics: TopicParser,
+    /// Rows.
+    pub pg: Addr<PgSink>,
+    /// Images.
+    pub objects: Addr<ObjectSink>,
+    /// Told when this actor passivates.
+    pub router: Addr<Router>,
+}
+
+enum Health {
+    Running,
+    Restarting,
+    Quarantined { until: Instant },
+}
+
+/// One device's actor.
+pub struct DeviceActor {
+    core: DeviceCore,
+    deps: DeviceDeps,
+    generation: u64,
+    ack_topic: String,
+    effects: Vec<Effect>,
+    timer: Option<(SpawnHandle, Instant)>,
+    last_msg: Instant,
+    policy: RestartPolicy,
+    health: Health,
+}
+
+impl DeviceActor {
+    /// A fresh actor for `id`; `generation` tells the router which incarnation it is.
+    pub fn new(id: DeviceId, generation: u64, deps: DeviceDeps) -> Self {
+        let ack_topic = deps.topics.ack_topic(&id);
+        let policy = RestartPolicy::new(&deps.devices);
+        Self {
+            core: DeviceCore::new(id, deps.assembly.clone(), deps.budget.clone()),
+            deps,
+            generation,
+            ack_topic,
+            effects: Vec::with_capacity(8),
+            timer: None,
+            last_msg: Instant::now(),
+            policy,
+            health: Health::Running,
+        }
+    }
+
+    fn run_effects(&mut self, ctx: &mut Context<Self>) {
+        let mut blocked: Vec<Pending> = Vec::new();
+        let mut effects = std::mem::take(&mut self.effects);
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Ack(t) => self.deps.link.ack(Some(t)),
+                Effect::Publish { payload, kind } => {
+                    self.deps.link.publish(self.ack_topic.clone(), payload, kind)
+                }
+                Effect::Row(row, ack) => {
+                    let p = Pending::new(row, ack);
+                    if !blocked.is_empty() {
+                        blocked.push(p);
+                        continue;
+                    }
+                    match self.deps.pg.try_send(p) {
+                        Ok(()) => {}
+                        Err(SendError::Full(p)) => blocked.push(p),
+                        Err(SendError::Closed(_)) => {
+                            tracing::error!(device = %self.core.id(), "postgres sink is gone; row dropped unacked")
+                        }
+                    }
+                }
+                Effect::Store(req) => {
+                    let capture_id = req.capture_id.clone();
+                    let fut = self.deps.objects.send(Store(req));
+                    ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                        let outcome = res.unwrap_or_else(|e| StoreOutcome::Failed {
+                            reason: format!("object sink unavailable: {e}"),
+                        });
+                        act.guarded(ctx, |core, out| core.on_stored(&capture_id, outcome, Instant::now(), out));
+                    }));
+                }
+            }
+        }
+        self.effects = effects;
+        if !blocked.is_empty() {
+            // The sink is full: stop taking messages until it has room (backpressure).
+            let pg = self.deps.pg.clone();
+            ctx.wait(
+                async move {
+                    for p in blocked {
+                        if pg.send(p).await.is_err() {
+                            tracing::error!("postgres sink is gone; row dropped unacked");
+                        }
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        self.schedule_timer(ctx);
+    }
+
+    /// Runs a state-machine step, catching a panic at the actor boundary.
+    fn guarded(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut DeviceCore, &mut Vec<Effect>)) {
+        let mut out = std::mem::take(&mut self.effects);
+        let result = catch_unwind(AssertUnwindSafe(|| f(&mut self.core, &mut out)));
+        self.effects = out;
+        match result {
+            Ok(()) => self.run_effects(ctx),
+            Err(panic) => {
+                self.effects.clear();
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                self.on_failure(ctx, what);
+            }
+        }
+    }
+
+    fn on_failure(&mut self, ctx: &mut Context<Self>, what: String) {
+        let id = self.core.id().clone();
+        // Rebuild the state from the actor's arguments; the old state (and its bytes) is
+        // dropped. Lost assemblies resync with the device through need_metadata/missing NACKs.
+        self.core = DeviceCore::new(id.clone(), self.deps.assembly.clone(), self.deps.budget.clone());
+        if let Some((h, _)) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        match self.policy.on_failure(Instant::now()) {
+            Decision::Restart { after } => {
+                metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
+                tracing::warn!(device = %id, panic = %what, backoff_ms = after.as_millis() as u64, "device actor failed; restarting");
+                self.health = Health::Restarting;
+                ctx.wait(tokio::time::sleep(after).into_actor(self).map(|_, act, _| {
+                    act.health = Health::Running;
+                }));
+            }
+            Decision::Quarantine { until } => {
+                metrics::counter!(m::DEVICE_ACTORS_QUARANTINED_TOTAL).increment(1);
+                tracing::error!(device = %id, panic = %what, "device actor failed too often; quarantined");
+                self.health = Health::Quarantined { until };
+                let row = Row::Error(ErrorRecord {
+                    device_id: id.to_string(),
+                    code: ErrorCode::Quarantined,
+                    message: format!("quarantined after repeated failures: {what}"),
+                    details: json!({"restarts": self.policy.total_restarts(), "quarantine_until_ms": self.deps.devices.quarantine_ms}),
+                    occurred_at: Utc::now(),
+                });
+                metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Quarantined.label()).increment(1);
+                self.effects.push(Effect::Row(row, None));
+                self.run_effects(ctx);
+            }
+        }
+    }
+
+    fn schedule_timer(&mut self, ctx: &mut Context<Self>) {
+        let Some(deadline) = self.core.next_deadline() else { return };
+        if let Some((_, at)) = self.timer {
+            if at <= deadline {
+                return;
+            }
+        }
+        if let Some((h, _)) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        let delay = deadline.saturating_duration_since(Instant::now());
+        let h = ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            act.guarded(ctx, |core, out| {
+                core.tick(Instant::now(), out);
+            });
+        });
+        self.timer = Some((h, deadline));
+    }
+
+    fn schedule_idle_check(&mut self, ctx: &mut Context<Self>) {
+        let idle = Duration::from_millis(self.deps.devices.idle_passivate_ms);
+        let due = (self.last_msg + idle).saturating_duration_since(Instant::now());
+        ctx.run_later(due.max(Duration::from_millis(10)), move |act, ctx| {
+            if act.last_msg.elapsed() >= idle && act.core.is_idle() && !matches!(act.health, Health::Quarantined { .. }) {
+                act.deps.router.do_send(DeviceExited {
+                    device_id: act.core.id().clone(),
+                    generation: act.generation,
+                });
+            } else {
+                act.schedule_idle_check(ctx);
+            }
+        });
+    }
+}
+
+impl Actor for DeviceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.deps.devices.mailbox_capacity);
+        metrics::gauge!(m::DEVICE_ACTORS).increment(1.0);
+        metrics::counter!(m::DEVICE_ACTORS_SPAWNED_TOTAL).increment(1);
+        self.schedule_idle_check(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        metrics::gauge!(m::DEVICE_ACTORS).decrement(1.0);
+    }
+}
+
+impl Handler<Inbound> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
+        self.last_msg = Instant::now();
+        if let Health::Quarantined { until } = self.health {
+            if Instant::now() < until {
+                self.quarantined(msg);
+                return;
+            }
+            tracing::info!(device = %self.core.id(), "quarantine over");
+            self.policy.reset();
+            self.health = Health::Running;
+        }
+        #[cfg(feature = "fault-injection")]
+        if msg.payload.as_ref() == crate::FAULT_PANIC_MARKER {
+            // Ack first, as a poison message is deliberately rejected.
+            self.deps.link.ack(msg.ack);
+            self.guarded(ctx, |_, _| panic!("fault injection: panic marker received"));
+            return;
+        }
+        let wall = Utc::now();
+        let now = Instant::now();
+        self.guarded(ctx, |core, out| core.handle(&msg.kind, &msg.payload, msg.ack, now, wall, out));
+    }
+}
+
+impl DeviceActor {
+    fn quarantined(&mut self, msg: Inbound) {
+        metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Quarantined.label()).increment(1);
+        if let crate::topic::TopicKind::Chunk { capture_id, .. } = &msg.kind {
+            // Tell the device to keep the image and try again later.
+            self.deps
+                .link
+                .publish(self.ack_topic.clone(), super::nack::storage(capture_id), "nack");
+        }
+        self.deps.link.ack(msg.ack);
+    }
+
+    /// Ends a quarantine early (admin restart).
+    pub fn release(&mut self) {
+        self.policy.reset();
+        self.health = Health::Running;
+    }
+}
+
+impl Handler<Stop> for DeviceActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Snapshot> for DeviceActor {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _: Snapshot, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(DeviceSnapshot {
+            in_flight: self.core.in_flight(),
+            held_bytes: self.core.held_bytes(),
+            restarts: self.policy.total_restarts(),
+            state: match self.health {
+                Health::Running => "running",
+                Health::Restarting => "restarting",
+                Health::Quarantined { .. } => "quarantined",
+            },
+        })
+    }
+}

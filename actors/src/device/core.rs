@@ -1,0 +1,678 @@
+//! The device state machine (§2–§5) as pure logic: it takes one inbound message or timer tick and
+//! emits [`Effect`]s (rows, publishes, store requests, broker acks). The actor in `actor.rs`
+//! carries the effects out, so this file is tested without any I/O.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::assembler::{Assembly, ChunkOutcome, Layout};
+use crate::config::AssemblyConfig;
+use crate::device::budget::GlobalBudget;
+use crate::device::nack;
+use crate::errors::{excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord};
+use crate::ids::DeviceId;
+use crate::link::AckToken;
+use crate::metrics as m;
+use crate::protocol::{self, CaptureMeta, Chunk, DecodeLimits, DeviceMsg};
+use crate::sinks::rows::{CaptureRow, CommandResultRow, IngestStatus, ReadingRow, Row, StatusRow};
+use crate::topic::TopicKind;
+
+/// Largest early chunk (before its metadata) that is buffered: the protocol's largest chunk.
+const MAX_EARLY_CHUNK_BYTES: usize = 16 * 1024;
+
+/// What the actor must do after the state machine ran.
+#[derive(Debug)]
+pub enum Effect {
+    /// Write a row; ack `ack` to the broker after it commits.
+    Row(Row, Option<AckToken>),
+    /// Acknowledge to the broker now (the message needs no further durability).
+    Ack(AckToken),
+    /// Publish on the device's ack topic.
+    Publish {
+        /// JSON payload.
+        payload: Bytes,
+        /// `ack` or `nack`, for the metric.
+        kind: &'static str,
+    },
+    /// Write an image to object storage, then its captures row, then report back.
+    Store(StoreRequest),
+}
+
+/// A complete image to store.
+#[derive(Debug, Clone)]
+pub struct StoreRequest {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The device's capture id.
+    pub capture_id: String,
+    /// Dates the object key.
+    pub captured_at: DateTime<Utc>,
+    /// The image.
+    pub image: Bytes,
+    /// Sizes.
+    pub layout: Layout,
+    /// Announced checksum.
+    pub sha256: Option<String>,
+    /// NACK rounds used.
+    pub nack_rounds: u32,
+    /// When the last chunk arrived, for the end-to-end latency metric.
+    pub completed_at: Instant,
+}
+
+impl StoreRequest {
+    /// `captures/{device_id}/{YYYY}/{MM}/{DD}/{capture_id}.jpg` (§4.4).
+    pub fn object_key(&self) -> String {
+        format!(
+            "captures/{}/{}/{}.jpg",
+            self.device_id,
+            self.captured_at.format("%Y/%m/%d"),
+            self.capture_id
+        )
+    }
+
+    /// The captures row for an outcome.
+    pub fn row(&self, status: IngestStatus, stored_at: Option<DateTime<Utc>>) -> CaptureRow {
+        CaptureRow {
+            device_id: self.device_id.clone(),
+            capture_id: self.capture_id.clone(),
+            captured_at: self.captured_at,
+            image_bytes: i64::from(self.layout.image_bytes),
+            total_chunks: self.layout.total_chunks as i32,
+            chunk_size: self.layout.chunk_size as i32,
+            sha256: self.sha256.clone(),
+            status,
+            storage_path: (status == IngestStatus::Stored).then(|| self.object_key()),
+            nack_rounds: self.nack_rounds as i32,
+            stored_at,
+        }
+    }
+}
+
+/// How a store request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Object written and row committed.
+    Stored {
+        /// Commit time.
+        stored_at: DateTime<Utc>,
+    },
+    /// Failed after retries; the failed row was written.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+enum Phase {
+    Assembling(Assembly),
+    Storing,
+}
+
+#[derive(Debug)]
+struct Capture {
+    layout: Layout,
+    captured_at: DateTime<Utc>,
+    sha256: Option<String>,
+    phase: Phase,
+    last_activity: Instant,
+    nack_rounds: u32,
+    held: usize,
+}
+
+#[derive(Debug)]
+struct Early {
+    chunks: Vec<(u32, Bytes)>,
+    bytes: usize,
+    first_at: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Recent {
+    capture_id: String,
+    image_bytes: u32,
+    stored_at: DateTime<Utc>,
+}
+
+/// One device's state: in-flight assemblies, early chunks, recently stored captures.
+#[derive(Debug)]
+pub struct DeviceCore {
+    id: DeviceId,
+    cfg: Arc<AssemblyConfig>,
+    budget: Arc<GlobalBudget>,
+    captures: HashMap<String, Capture>,
+    early: HashMap<String, Early>,
+    recent: VecDeque<Recent>,
+    held: usize,
+    errors: ErrorRateLimiter<ErrorCode>,
+}
+
+impl Drop for DeviceCore {
+    fn drop(&mut self) {
+        // A stopped or crashed actor gives its bytes back; the device resends through NACKs.
+        self.budget.release(self.held);
+    }
+}
+
+impl DeviceCore {
+    /// Fresh state for a device (also after a restart).
+    pub fn new(id: DeviceId, cfg: Arc<AssemblyConfig>, budget: Arc<GlobalBudget>) -> Self {
+        let per_minute = cfg.error_rows_per_minute;
+        Self {
+            id,
+            cfg,
+            budget,
+            captures: HashMap::new(),
+            early: HashMap::new(),
+            recent: VecDeque::new(),
+            held: 0,
+            errors: ErrorRateLimiter::new(per_minute),
+        }
+    }
+
+    /// The device.
+    pub fn id(&self) -> &DeviceId {
+        &self.id
+    }
+
+    /// Captures in flight (assembling or storing).
+    pub fn in_flight(&self) -> usize {
+        self.captures.len()
+    }
+
+    /// Bytes held by this device.
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// Whether nothing is in flight, so the actor may be passivated.
+    pub fn is_idle(&self) -> bool {
+        self.captures.is_empty() && self.early.is_empty()
+    }
+
+    /// Handles one inbound message.
+    pub fn handle(
+        &mut self,
+        kind: &TopicKind,
+        payload: &Bytes,
+        ack: Option<AckToken>,
+        now: Instant,
+        wall: DateTime<Utc>,
+        out: &mut Vec<Effect>,
+    ) {
+        let limits = DecodeLimits {
+            max_image_bytes: self.cfg.max_image_bytes,
+        };
+        let msg = match protocol::decode(kind, payload, limits) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.error(e.code, e.message, e.capture_id.as_deref(), kind, payload, now, wall, out);
+                if let Some(a) = ack {
+                    out.push(Effect::Ack(a));
+                }
+                return;
+            }
+        };
+        match msg {
+            DeviceMsg::Status(s) => {
+                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "status").increment(1);
+                let row = StatusRow {
+                    device_id: self.id.clone(),
+                    status: s.status.as_str(),
+                    pending_count: s.pending_count,
+                    battery_v: s.battery_v,
+                    rssi: s.rssi,
+                    uptime_s: s.uptime_s,
+                    fw: s.fw,
+                    extra: s.extra,
+                    created_at: s.ts.unwrap_or(wall),
+                };
+                out.push(Effect::Row(Row::Status(row), ack));
+            }
+            DeviceMsg::Reading(r) => {
+                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "reading").increment(1);
+                let row = ReadingRow {
+                    device_id: self.id.clone(),
+                    seq: Some(r.seq as i64),
+                    capture_id: None,
+                    values: r.values,
+                    extra: r.extra,
+                    measured_at: r.ts.unwrap_or(wall),
+                };
+                out.push(Effect::Row(Row::Reading(row), ack));
+            }
+            DeviceMsg::CmdResult(c) => {
+                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "cmd_result").increment(1);
+                let row = CommandResultRow {
+                    device_id: self.id.clone(),
+                    result: json!({"ok": c.ok, "detail": c.detail}),
+                    command_id: c.command_id,
+                    ok: c.ok,
+                    completed_at: wall,
+                };
+                out.push(Effect::Row(Row::CommandResult(row), ack));
+            }
+            DeviceMsg::CaptureMeta(meta) => {
+                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "capture_meta").increment(1);
+                self.on_meta(meta, kind, payload, now, wall, out);
+                if let Some(a) = ack {
+                    out.push(Effect::Ack(a));
+                }
+            }
+            DeviceMsg::Chunk(chunk) => {
+                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "chunk").increment(1);
+                self.on_chunk(chunk, kind, payload, now, wall, out);
+                if let Some(a) = ack {
+                    out.push(Effect::Ack(a));
+                }
+            }
+        }
+    }
+
+    fn on_meta(
+        &mut self,
+        meta: CaptureMeta,
+        kind: &TopicKind,
+        payload: &Bytes,
+        now: Instant,
+        wall: DateTime<Utc>,
+        out: &mut Vec<Effect>,
+    ) {
+        let layout = Layout {
+            image_bytes: meta.image_bytes as u32,
+            chunk_size: meta.chunk_size,
+            total_chunks: meta.total_chunks,
+        };
+        if let Some(r) = self.recent.iter().find(|r| r.capture_id == meta.capture_id) {
+            let payload = nack::ack_ok(&r.capture_id, r.image_bytes, r.stored_at);
+            out.push(Effect::Publish { payload, kind: "ack" });
+            return;
+        }
+        if let Some(c) = self.captures.get_mut(&meta.capture_id) {
+            if c.layout == layout || matches!(c.phase, Phase::Storing) {
+                // A retransmission: keep the chunks, note the device is alive.
+                c.last_activity = now;
+                return;
+            }
+            // Different sizes: restart the assembly.
+            let old = self.captures.remove(&meta.capture_id).map(|c| c.held).unwrap_or(0);
+            self.release(old);
+        }
+        if self.captures.len() >= self.cfg.max_captures_in_flight {
+            let msg = format!(
+                "{} captures already in flight (max {})",
+                self.captures.len(),
+                self.cfg.max_captures_in_flight
+            );
+            self.error(ErrorCode::OverBudget, msg, Some(&meta.capture_id), kind, payload, now, wall, out);
+            return;
+        }
+        let need = layout.image_bytes as usize + (layout.total_chunks as usize).div_ceil(64) * 8;
+        if self.held + need > self.cfg.device_budget_bytes || !self.budget.try_reserve(need) {
+            let msg = format!("capture of {} bytes exceeds the byte budget", layout.image_bytes);
+            self.error(ErrorCode::OverBudget, msg, Some(&meta.capture_id), kind, payload, now, wall, out);
+            return;
+        }
+        self.held += need;
+        metrics::counter!(m::ASSEMBLIES_STARTED_TOTAL).increment(1);
+        let captured_at = meta.captured_at.unwrap_or(wall);
+        if let Some(sensors) = meta.sensors {
+            let row = ReadingRow {
+                device_id: self.id.clone(),
+                seq: None,
+                capture_id: Some(meta.capture_id.clone()),
+                values: sensors,
+                extra: Default::default(),
+                measured_at: captured_at,
+            };
+            out.push(Effect::Row(Row::Reading(row), None));
+        }
+        let capture = Capture {
+            layout,
+            captured_at,
+            sha256: meta.sha256.map(|s| s.to_ascii_lowercase()),
+            phase: Phase::Assembling(Assembly::new(layout)),
+            last_activity: now,
+            nack_rounds: 0,
+            held: need,
+        };
+        self.captures.insert(meta.capture_id.clone(), capture);
+        if let Some(early) = self.early.remove(&meta.capture_id) {
+            self.release(early.bytes);
+            for (index, data) in early.chunks {
+                let chunk = Chunk {
+                    capture_id: meta.capture_id.clone(),
+                    index,
+                    data,
+                };
+                self.on_chunk(chunk, kind, payload, now, wall, out);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_chunk(
+        &mut self,
+        chunk: Chunk,
+        kind: &TopicKind,
+        payload: &Bytes,
+        now: Instant,
+        wall: DateTime<Utc>,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(c) = self.captures.get_mut(&chunk.capture_id) else {
+            if self.recent.iter().any(|r| r.capture_id == chunk.capture_id) {
+                metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "duplicate").increment(1);
+                return;
+            }
+            self.buffer_early(chunk, kind, payload, now, wall, out);
+            return;
+        };
+        c.last_activity = now;
+        let Phase::Assembling(asm) = &mut c.phase else {
+            metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "duplicate").increment(1);
+            return;
+        };
+        let outcome = asm.add(chunk.index, &chunk.data);
+        let problem = match outcome {
+            ChunkOutcome::Accepted => {
+                metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "accepted").increment(1);
+                None
+            }
+            ChunkOutcome::Duplicate => {
+                metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "duplicate").increment(1);
+                None
+            }
+            ChunkOutcome::Complete => {
+                metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "accepted").increment(1);
+                self.complete(&chunk.capture_id, now, out);
+                None
+            }
+            ChunkOutcome::OutOfRange => Some(format!(
+                "chunk index {} is out of range 0..{}",
+                chunk.index,
+                asm.layout().total_chunks
+            )),
+            ChunkOutcome::WrongLength { expected, got } => Some(format!(
+                "chunk {} is {got} bytes, expected {expected}",
+                chunk.index
+            )),
+            ChunkOutcome::Conflict => Some(format!(
+                "duplicate chunk {} with different bytes; the first copy is kept",
+                chunk.index
+            )),
+        };
+        if let Some(msg) = problem {
+            metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "rejected").increment(1);
+            self.error(ErrorCode::BadChunk, msg, Some(&chunk.capture_id), kind, payload, now, wall, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn buffer_early(
+        &mut self,
+        chunk: Chunk,
+        kind: &TopicKind,
+        payload: &Bytes,
+        now: Instant,
+        wall: DateTime<Utc>,
+        out: &mut Vec<Effect>,
+    ) {
+        let n = chunk.data.len();
+        let fits = n <= MAX_EARLY_CHUNK_BYTES
+            && (self.early.contains_key(&chunk.capture_id)
+                || self.early.len() + self.captures.len() < self.cfg.max_captures_in_flight)
+            && self.held + n <= self.cfg.device_budget_bytes
+            && self.budget.try_reserve(n);
+        if !fits {
+            let id = chunk.capture_id.clone();
+            let msg = format!("chunk {} for unknown capture {id} and no room to buffer it", chunk.index);
+            self.error(ErrorCode::UnknownCapture, msg, Some(&id), kind, payload, now, wall, out);
+            out.push(Effect::Publish {
+                payload: nack::need_metadata(&id),
+                kind: "nack",
+            });
+            metrics::counter!(m::NACKS_TOTAL, "reason" => "need_metadata").increment(1);
+            return;
+        }
+        metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "buffered").increment(1);
+        self.held += n;
+        let e = self.early.entry(chunk.capture_id).or_insert_with(|| Early {
+            chunks: Vec::new(),
+            bytes: 0,
+            first_at: now,
+        });
+        e.bytes += n;
+        e.chunks.push((chunk.index, chunk.data));
+    }
+
+    fn complete(&mut self, capture_id: &str, now: Instant, out: &mut Vec<Effect>) {
+        let Some(c) = self.captures.get_mut(capture_id) else { return };
+        let Phase::Assembling(asm) = &mut c.phase else { return };
+        if let Some(expected) = &c.sha256 {
+            if !asm.verify_sha256(expected) {
+                let total = c.layout.total_chunks;
+                asm.reset();
+                c.nack_rounds += 1;
+                let rec = self.record(
+                    ErrorCode::ChecksumMismatch,
+                    "sha256 of the assembled image does not match".into(),
+                    json!({"capture_id": capture_id}),
+                    now,
+                );
+                if let Some(r) = rec {
+                    out.push(Effect::Row(Row::Error(r), None));
+                }
+                out.push(Effect::Publish {
+                    payload: nack::checksum(capture_id, total),
+                    kind: "nack",
+                });
+                metrics::counter!(m::NACKS_TOTAL, "reason" => "checksum").increment(1);
+                return;
+            }
+        }
+        let Phase::Assembling(asm) = std::mem::replace(&mut c.phase, Phase::Storing) else {
+            return;
+        };
+        out.push(Effect::Store(StoreRequest {
+            device_id: self.id.clone(),
+            capture_id: capture_id.to_owned(),
+            captured_at: c.captured_at,
+            image: asm.into_image(),
+            layout: c.layout,
+            sha256: c.sha256.clone(),
+            nack_rounds: c.nack_rounds,
+            completed_at: now,
+        }));
+    }
+
+    /// Reports the end of a store request.
+    pub fn on_stored(&mut self, capture_id: &str, outcome: StoreOutcome, now: Instant, out: &mut Vec<Effect>) {
+        let Some(c) = self.captures.remove(capture_id) else { return };
+        self.release(c.held);
+        match outcome {
+            StoreOutcome::Stored { stored_at } => {
+                metrics::counter!(m::CAPTURES_STORED_TOTAL).increment(1);
+                out.push(Effect::Publish {
+                    payload: nack::ack_ok(capture_id, c.layout.image_bytes, stored_at),
+                    kind: "ack",
+                });
+                if self.recent.len() >= self.cfg.recent_captures.max(1) {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(Recent {
+                    capture_id: capture_id.to_owned(),
+                    image_bytes: c.layout.image_bytes,
+                    stored_at,
+                });
+            }
+            StoreOutcome::Failed { reason } => {
+                metrics::counter!(m::CAPTURES_FAILED_TOTAL, "reason" => "storage").increment(1);
+                if let Some(r) = self.record(
+                    ErrorCode::StorageFailed,
+                    format!("storage upload failed after retries: {reason}"),
+                    json!({"capture_id": capture_id}),
+                    now,
+                ) {
+                    out.push(Effect::Row(Row::Error(r), None));
+                }
+                out.push(Effect::Publish {
+                    payload: nack::storage(capture_id),
+                    kind: "nack",
+                });
+                metrics::counter!(m::NACKS_TOTAL, "reason" => "storage").increment(1);
+            }
+        }
+    }
+
+    /// Runs the inactivity timeouts. Returns the next instant at which a tick is needed.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<Effect>) -> Option<Instant> {
+        let timeout = self.cfg.timeout();
+        let max_rounds = self.cfg.max_nack_rounds;
+        let mut failed = Vec::new();
+        for (id, c) in self.captures.iter_mut() {
+            let Phase::Assembling(asm) = &c.phase else { continue };
+            if now.duration_since(c.last_activity) < timeout {
+                continue;
+            }
+            if c.nack_rounds < max_rounds {
+                c.nack_rounds += 1;
+                c.last_activity = now;
+                out.push(Effect::Publish {
+                    payload: nack::missing(id, &asm.missing_ranges(), c.nack_rounds),
+                    kind: "nack",
+                });
+                metrics::counter!(m::NACKS_TOTAL, "reason" => "missing_chunks").increment(1);
+            } else {
+                failed.push(id.clone());
+            }
+        }
+        for id in failed {
+            let Some(c) = self.captures.remove(&id) else { continue };
+            self.release(c.held);
+            metrics::counter!(m::CAPTURES_FAILED_TOTAL, "reason" => "timeout").increment(1);
+            let missing = match &c.phase {
+                Phase::Assembling(a) => a.layout().total_chunks - a.received_count(),
+                Phase::Storing => 0,
+            };
+            if let Some(r) = self.record(
+                ErrorCode::AssemblyTimeout,
+                format!("assembly timed out after {} NACK rounds with {missing} chunks missing", c.nack_rounds),
+                json!({"capture_id": id, "missing_chunks": missing}),
+                now,
+            ) {
+                out.push(Effect::Row(Row::Error(r), None));
+            }
+            out.push(Effect::Row(
+                Row::Capture(CaptureRow {
+                    device_id: self.id.clone(),
+                    capture_id: id,
+                    captured_at: c.captured_at,
+                    image_bytes: i64::from(c.layout.image_bytes),
+                    total_chunks: c.layout.total_chunks as i32,
+                    chunk_size: c.layout.chunk_size as i32,
+                    sha256: c.sha256,
+                    status: IngestStatus::Failed,
+                    storage_path: None,
+                    nack_rounds: c.nack_rounds as i32,
+                    stored_at: None,
+                }),
+                None,
+            ));
+        }
+        let stale: Vec<String> = self
+            .early
+            .iter()
+            .filter(|(_, e)| now.duration_since(e.first_at) >= timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in stale {
+            let Some(e) = self.early.remove(&id) else { continue };
+            self.release(e.bytes);
+            if let Some(r) = self.record(
+                ErrorCode::UnknownCapture,
+                format!("{} chunks for capture {id} arrived without metadata", e.chunks.len()),
+                json!({"capture_id": id}),
+                now,
+            ) {
+                out.push(Effect::Row(Row::Error(r), None));
+            }
+            out.push(Effect::Publish {
+                payload: nack::need_metadata(&id),
+                kind: "nack",
+            });
+            metrics::counter!(m::NACKS_TOTAL, "reason" => "need_metadata").increment(1);
+        }
+        self.errors.prune(now);
+        self.next_deadline()
+    }
+
+    /// The earliest instant a tick has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timeout = self.cfg.timeout();
+        let a = self
+            .captures
+            .values()
+            .filter(|c| matches!(c.phase, Phase::Assembling(_)))
+            .map(|c| c.last_activity + timeout);
+        let e = self.early.values().map(|e| e.first_at + timeout);
+        a.chain(e).min()
+    }
+
+    fn release(&mut self, n: usize) {
+        self.held -= n.min(self.held);
+        self.budget.release(n);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn error(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        capture_id: Option<&str>,
+        kind: &TopicKind,
+        payload: &Bytes,
+        now: Instant,
+        _wall: DateTime<Utc>,
+        out: &mut Vec<Effect>,
+    ) {
+        let details = json!({
+            "topic_kind": kind.label(),
+            "capture_id": capture_id,
+            "payload_excerpt": excerpt(payload),
+            "payload_bytes": payload.len(),
+        });
+        tracing::debug!(device = %self.id, code = code.code(), %message, "device error");
+        if let Some(r) = self.record(code, message, details, now) {
+            out.push(Effect::Row(Row::Error(r), None));
+        }
+    }
+
+    /// Counts an error and returns its row unless rate-limited.
+    fn record(&mut self, code: ErrorCode, message: String, mut details: serde_json::Value, now: Instant) -> Option<ErrorRecord> {
+        metrics::counter!(m::ERRORS_TOTAL, "code" => code.label()).increment(1);
+        match self.errors.admit(code, now) {
+            Admit::Write { suppressed } => {
+                if suppressed > 0 {
+                    details["suppressed_before"] = json!(suppressed);
+                }
+                Some(ErrorRecord {
+                    device_id: self.id.to_string(),
+                    code,
+                    message,
+                    details,
+                    occurred_at: Utc::now(),
+                })
+            }
+            Admit::Suppress => {
+                metrics::counter!(m::ERROR_ROWS_SUPPRESSED_TOTAL, "code" => code.label()).increment(1);
+                None
+            }
+        }
+    }
+}

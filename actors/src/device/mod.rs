@@ -1,0 +1,54 @@
+//! Device actors: one per device, owning that device's in-flight assemblies and timers.
+//!
+//! - `core`: the pure state machine (messages in, effects out).
+//! - `actor`: the actix actor that runs it, carries out effects and supervises it.
+//! - `nack`: ACK/NACK payloads.
+//! - `budget`: the global assembly byte budget.
+
+pub mod actor;
+pub mod budget;
+pub mod core;
+pub mod nack;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use crate::link::AckToken;
+use crate::topic::TopicKind;
+
+pub use actor::{DeviceActor, DeviceDeps};
+
+/// One message for a device, as routed from MQTT.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Inbound {
+    /// What the topic said it is.
+    pub kind: TopicKind,
+    /// The raw payload (shared with the MQTT buffer: no copy).
+    pub payload: Bytes,
+    /// Set for QoS 1 messages.
+    pub ack: Option<AckToken>,
+}
+
+/// Asks a device actor to stop after what is already in its mailbox.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// Actor state, for the admin API and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSnapshot {
+    /// Captures in flight.
+    pub in_flight: usize,
+    /// Bytes held.
+    pub held_bytes: usize,
+    /// Restarts so far.
+    pub restarts: u64,
+    /// `running`, `restarting` or `quarantined`.
+    pub state: &'static str,
+}
+
+/// Asks for a [`DeviceSnapshot`].
+#[derive(Debug, Message)]
+#[rtype(result = "DeviceSnapshot")]
+pub struct Snapshot;

@@ -1,0 +1,168 @@
+//! Protocol error codes (§7), the `device_errors` record, and the per-device, per-code rate
+//! limiter that keeps a broken device from flooding the table.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// `device_errors.error_code` values (§7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// 2101: invalid device id in the topic.
+    InvalidDeviceId = 2101,
+    /// 2102: malformed JSON or unknown message type.
+    Malformed = 2102,
+    /// 2103: a field is missing or out of range.
+    BadField = 2103,
+    /// 2201: assembly timeout after the NACK rounds.
+    AssemblyTimeout = 2201,
+    /// 2202: too many captures in flight, or the byte budget is exceeded.
+    OverBudget = 2202,
+    /// 2203: bad chunk (index, length, conflicting duplicate).
+    BadChunk = 2203,
+    /// 2204: storage upload failed after retries.
+    StorageFailed = 2204,
+    /// 2205: chunk for an unknown capture, with no metadata.
+    UnknownCapture = 2205,
+    /// 2206: checksum mismatch.
+    ChecksumMismatch = 2206,
+    /// 2301: device quarantined by its supervisor.
+    Quarantined = 2301,
+}
+
+impl ErrorCode {
+    /// The numeric code.
+    pub fn code(self) -> i32 {
+        self as u16 as i32
+    }
+
+    /// A fixed label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidDeviceId => "2101",
+            Self::Malformed => "2102",
+            Self::BadField => "2103",
+            Self::AssemblyTimeout => "2201",
+            Self::OverBudget => "2202",
+            Self::BadChunk => "2203",
+            Self::StorageFailed => "2204",
+            Self::UnknownCapture => "2205",
+            Self::ChecksumMismatch => "2206",
+            Self::Quarantined => "2301",
+        }
+    }
+}
+
+/// Device id recorded for messages whose topic had no valid id (§1).
+pub const INVALID_DEVICE: &str = "INVALID";
+
+/// Most bytes of a payload copied into an error's details.
+pub const PAYLOAD_EXCERPT_BYTES: usize = 256;
+
+/// One `device_errors` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorRecord {
+    /// The device, or `INVALID`.
+    pub device_id: String,
+    /// §7 code.
+    pub code: ErrorCode,
+    /// Human-readable message.
+    pub message: String,
+    /// Topic, capture id, payload excerpt, suppressed count.
+    pub details: Value,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// A bounded, lossy UTF-8 excerpt of a payload for error details.
+pub fn excerpt(payload: &[u8]) -> String {
+    let end = payload.len().min(PAYLOAD_EXCERPT_BYTES);
+    String::from_utf8_lossy(&payload[..end]).into_owned()
+}
+
+/// Allows at most `per_minute` records per key per rolling minute and counts the rest.
+#[derive(Debug)]
+pub struct ErrorRateLimiter<K> {
+    per_minute: u32,
+    windows: HashMap<K, Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    allowed: u32,
+    suppressed: u64,
+}
+
+/// What the limiter decided for one error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Write the row; `suppressed` rows were dropped for this key since the last one written.
+    Write {
+        /// Count of errors suppressed before this one.
+        suppressed: u64,
+    },
+    /// Count it, write nothing.
+    Suppress,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> ErrorRateLimiter<K> {
+    /// A limiter with the given per-minute allowance per key.
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            windows: HashMap::new(),
+        }
+    }
+
+    /// Decides whether an error for `key` at `now` is written.
+    pub fn admit(&mut self, key: K, now: Instant) -> Admit {
+        let w = self.windows.entry(key).or_insert(Window {
+            started: now,
+            allowed: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(w.started) >= Duration::from_secs(60) {
+            w.started = now;
+            w.allowed = 0;
+        }
+        if w.allowed < self.per_minute {
+            w.allowed += 1;
+            let suppressed = std::mem::take(&mut w.suppressed);
+            Admit::Write { suppressed }
+        } else {
+            w.suppressed += 1;
+            Admit::Suppress
+        }
+    }
+
+    /// Forgets windows older than a minute, keeping memory bounded.
+    pub fn prune(&mut self, now: Instant) {
+        self.windows
+            .retain(|_, w| now.duration_since(w.started) < Duration::from_secs(60) || w.suppressed > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn error_rows_are_limited_per_key_per_minute_and_suppressed_ones_are_counted() {
+        let mut l = ErrorRateLimiter::new(10);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert!(matches!(l.admit(ErrorCode::Malformed, t0), Admit::Write { .. }));
+        }
+        assert_eq!(l.admit(ErrorCode::Malformed, t0), Admit::Suppress);
+        assert_eq!(l.admit(ErrorCode::Malformed, t0), Admit::Suppress);
+        // Another code has its own allowance.
+        assert!(matches!(l.admit(ErrorCode::BadChunk, t0), Admit::Write { .. }));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(l.admit(ErrorCode::Malformed, Instant::now()), Admit::Write { suppressed: 2 });
+    }
+}

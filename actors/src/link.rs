@@ -1,0 +1,120 @@
+//! The engine's handle on its MQTT connection for everything but reading: acknowledging QoS 1
+//! messages once what they produced is durable, and publishing ACK/NACK and commands to devices.
+//! Acks are tagged with the connection epoch, so a packet id from a closed connection is never
+//! acknowledged on a new one (the broker redelivers those instead).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::Publish;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
+
+use crate::metrics as m;
+
+/// Identifies one received QoS 1 PUBLISH on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    /// Connection epoch the packet arrived on.
+    pub epoch: u64,
+    /// Packet id.
+    pub pkid: u16,
+}
+
+/// A cloneable handle to the MQTT client for acks and publishes.
+#[derive(Clone)]
+pub struct MqttLink {
+    client: Option<AsyncClient>,
+    epoch: Arc<AtomicU64>,
+    publish_qos: QoS,
+}
+
+impl std::fmt::Debug for MqttLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttLink")
+            .field("epoch", &self.epoch.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl MqttLink {
+    /// A link over a connected client.
+    pub fn new(client: AsyncClient, publish_qos: QoS) -> Self {
+        Self {
+            client: Some(client),
+            epoch: Arc::new(AtomicU64::new(0)),
+            publish_qos,
+        }
+    }
+
+    /// A link that goes nowhere (unit tests of actors that need one).
+    pub fn detached() -> Self {
+        Self {
+            client: None,
+            epoch: Arc::new(AtomicU64::new(0)),
+            publish_qos: QoS::AtLeastOnce,
+        }
+    }
+
+    /// The current connection epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Called by the source on every CONNACK.
+    pub fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Acknowledges the given tokens. Tokens from an earlier connection are skipped and counted.
+    pub fn ack_all(&self, tokens: impl IntoIterator<Item = AckToken>) {
+        let Some(client) = &self.client else { return };
+        let epoch = self.epoch();
+        let (mut acked, mut stale) = (0u64, 0u64);
+        for t in tokens {
+            if t.epoch != epoch {
+                stale += 1;
+                continue;
+            }
+            let mut p = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
+            p.pkid = t.pkid;
+            match client.try_ack(&p) {
+                Ok(()) => acked += 1,
+                Err(e) => {
+                    // The request channel is sized above the receive maximum, so this means the
+                    // connection is going away; the broker redelivers on the next session.
+                    tracing::warn!(error = %e, "could not queue an MQTT ack");
+                    stale += 1;
+                }
+            }
+        }
+        if acked > 0 {
+            metrics::counter!(m::MQTT_ACKS_TOTAL).increment(acked);
+        }
+        if stale > 0 {
+            metrics::counter!(m::MQTT_ACKS_STALE_TOTAL).increment(stale);
+        }
+    }
+
+    /// Acknowledges one token.
+    pub fn ack(&self, token: Option<AckToken>) {
+        if let Some(t) = token {
+            self.ack_all([t]);
+        }
+    }
+
+    /// Publishes to a device, without waiting. `kind` labels the metric.
+    pub fn publish(&self, topic: String, payload: Bytes, kind: &'static str) {
+        let Some(client) = &self.client else { return };
+        match client.try_publish(topic, self.publish_qos, false, payload) {
+            Ok(()) => metrics::counter!(m::MQTT_PUBLISHES_TOTAL, "kind" => kind).increment(1),
+            Err(e) => tracing::warn!(error = %e, kind, "could not queue an MQTT publish"),
+        }
+    }
+
+    /// The underlying client, for the source's subscriptions and shutdown.
+    pub fn client(&self) -> Option<&AsyncClient> {
+        self.client.as_ref()
+    }
+}

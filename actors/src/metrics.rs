@@ -1,0 +1,146 @@
+//! Metric names and help texts, in one place (see `docs/metrics.md`). Label values come from
+//! small fixed sets; a device id is never a label.
+
+/// (name, kind, help) for every metric the engine exports; `describe_all` registers the help.
+pub const SPEC: &[(&str, &str, &str)] = &[
+    (MQTT_MESSAGES_TOTAL, "counter", "MQTT PUBLISH packets received, by topic kind (status, data, chunk, cmd_result, invalid)."),
+    (MQTT_BYTES_TOTAL, "counter", "Payload bytes received over MQTT."),
+    (MQTT_ACKS_TOTAL, "counter", "QoS 1 messages acknowledged to the broker after they were durable or deliberately rejected."),
+    (MQTT_ACKS_STALE_TOTAL, "counter", "Acknowledgements skipped because the connection they belonged to had closed (the broker redelivers)."),
+    (MQTT_DROPPED_TOTAL, "counter", "QoS 0 messages dropped because the router queue was full."),
+    (MQTT_CONNECTED, "gauge", "1 while the MQTT source is connected, else 0."),
+    (MQTT_RECONNECTS_TOTAL, "counter", "MQTT connection attempts after a failure."),
+    (MQTT_PUBLISHES_TOTAL, "counter", "Messages the engine published to devices, by kind (ack, nack, command)."),
+    (ROUTER_ROUTED_TOTAL, "counter", "Messages routed to device actors."),
+    (ROUTER_MAILBOX_WAITS_TOTAL, "counter", "Times the router waited for room in a full device mailbox."),
+    (DEVICE_ACTORS, "gauge", "Live device actors."),
+    (DEVICE_ACTORS_SPAWNED_TOTAL, "counter", "Device actors started."),
+    (DEVICE_ACTORS_PASSIVATED_TOTAL, "counter", "Device actors stopped after being idle."),
+    (DEVICE_ACTORS_RESTARTED_TOTAL, "counter", "Device actors restarted by their supervisor after a failure."),
+    (DEVICE_ACTORS_QUARANTINED_TOTAL, "counter", "Devices put in quarantine after too many restarts."),
+    (MESSAGES_TOTAL, "counter", "Decoded device messages by kind (status, reading, capture_meta, chunk, cmd_result)."),
+    (ASSEMBLIES_STARTED_TOTAL, "counter", "Captures whose assembly started."),
+    (CAPTURES_STORED_TOTAL, "counter", "Captures stored and acknowledged with ACK_OK."),
+    (CAPTURES_FAILED_TOTAL, "counter", "Captures that ended failed, by reason (timeout, storage)."),
+    (NACKS_TOTAL, "counter", "NACKs sent to devices, by reason (missing_chunks, need_metadata, checksum, storage)."),
+    (CHUNKS_TOTAL, "counter", "Chunks received, by outcome (accepted, duplicate, rejected, buffered)."),
+    (ASSEMBLY_BYTES, "gauge", "Bytes held by in-flight assemblies and early chunks, all devices."),
+    (ERRORS_TOTAL, "counter", "Device errors by protocol code (§7), including rate-limited ones."),
+    (ERROR_ROWS_SUPPRESSED_TOTAL, "counter", "device_errors rows not written because of the per-device rate limit."),
+    (SINK_BATCHES_TOTAL, "counter", "Batches written, by sink table."),
+    (SINK_ROWS_TOTAL, "counter", "Rows written, by sink table."),
+    (SINK_BATCH_ROWS, "histogram", "Rows per written batch, by sink table."),
+    (SINK_BATCH_SECONDS, "histogram", "Time to write one batch, by sink table."),
+    (SINK_RETRIES_TOTAL, "counter", "Batch writes retried after a retriable error, by sink."),
+    (SINK_FAILURES_TOTAL, "counter", "Rows rejected by a permanent error, by sink table."),
+    (SINK_QUEUE_ROWS, "gauge", "Rows buffered in a sink and not yet written, by sink."),
+    (OBJECTS_UPLOADED_TOTAL, "counter", "Objects written to object storage."),
+    (OBJECTS_BYTES_TOTAL, "counter", "Bytes written to object storage."),
+    (OBJECT_UPLOAD_SECONDS, "histogram", "Time to write one object, retries included."),
+    (OBJECT_FAILURES_TOTAL, "counter", "Objects that failed after every retry."),
+    (CAPTURE_E2E_SECONDS, "histogram", "Time from a capture's last chunk to its committed captures row."),
+];
+
+/// Counter; label `kind`.
+pub const MQTT_MESSAGES_TOTAL: &str = "fleetflow_mqtt_messages_total";
+/// Counter.
+pub const MQTT_BYTES_TOTAL: &str = "fleetflow_mqtt_received_bytes_total";
+/// Counter.
+pub const MQTT_ACKS_TOTAL: &str = "fleetflow_mqtt_acks_total";
+/// Counter.
+pub const MQTT_ACKS_STALE_TOTAL: &str = "fleetflow_mqtt_stale_acks_total";
+/// Counter.
+pub const MQTT_DROPPED_TOTAL: &str = "fleetflow_mqtt_dropped_total";
+/// Gauge.
+pub const MQTT_CONNECTED: &str = "fleetflow_mqtt_connected";
+/// Counter.
+pub const MQTT_RECONNECTS_TOTAL: &str = "fleetflow_mqtt_reconnects_total";
+/// Counter; label `kind`.
+pub const MQTT_PUBLISHES_TOTAL: &str = "fleetflow_mqtt_publishes_total";
+/// Counter.
+pub const ROUTER_ROUTED_TOTAL: &str = "fleetflow_router_routed_total";
+/// Counter.
+pub const ROUTER_MAILBOX_WAITS_TOTAL: &str = "fleetflow_router_mailbox_waits_total";
+/// Gauge.
+pub const DEVICE_ACTORS: &str = "fleetflow_device_actors";
+/// Counter.
+pub const DEVICE_ACTORS_SPAWNED_TOTAL: &str = "fleetflow_device_actors_spawned_total";
+/// Counter.
+pub const DEVICE_ACTORS_PASSIVATED_TOTAL: &str = "fleetflow_device_actors_passivated_total";
+/// Counter.
+pub const DEVICE_ACTORS_RESTARTED_TOTAL: &str = "fleetflow_device_actors_restarted_total";
+/// Counter.
+pub const DEVICE_ACTORS_QUARANTINED_TOTAL: &str = "fleetflow_device_actors_quarantined_total";
+/// Counter; label `kind`.
+pub const MESSAGES_TOTAL: &str = "fleetflow_device_messages_total";
+/// Counter.
+pub const ASSEMBLIES_STARTED_TOTAL: &str = "fleetflow_assemblies_started_total";
+/// Counter.
+pub const CAPTURES_STORED_TOTAL: &str = "fleetflow_captures_stored_total";
+/// Counter; label `reason`.
+pub const CAPTURES_FAILED_TOTAL: &str = "fleetflow_captures_failed_total";
+/// Counter; label `reason`.
+pub const NACKS_TOTAL: &str = "fleetflow_nacks_total";
+/// Counter; label `outcome`.
+pub const CHUNKS_TOTAL: &str = "fleetflow_chunks_total";
+/// Gauge.
+pub const ASSEMBLY_BYTES: &str = "fleetflow_assembly_bytes";
+/// Counter; label `code`.
+pub const ERRORS_TOTAL: &str = "fleetflow_device_errors_total";
+/// Counter; label `code`.
+pub const ERROR_ROWS_SUPPRESSED_TOTAL: &str = "fleetflow_device_error_rows_suppressed_total";
+/// Counter; label `table`.
+pub const SINK_BATCHES_TOTAL: &str = "fleetflow_sink_batches_total";
+/// Counter; label `table`.
+pub const SINK_ROWS_TOTAL: &str = "fleetflow_sink_rows_total";
+/// Histogram; label `table`.
+pub const SINK_BATCH_ROWS: &str = "fleetflow_sink_batch_rows";
+/// Histogram; label `table`.
+pub const SINK_BATCH_SECONDS: &str = "fleetflow_sink_batch_seconds";
+/// Counter; label `sink`.
+pub const SINK_RETRIES_TOTAL: &str = "fleetflow_sink_retries_total";
+/// Counter; label `table`.
+pub const SINK_FAILURES_TOTAL: &str = "fleetflow_sink_failures_total";
+/// Gauge; label `sink`.
+pub const SINK_QUEUE_ROWS: &str = "fleetflow_sink_queue_rows";
+/// Counter.
+pub const OBJECTS_UPLOADED_TOTAL: &str = "fleetflow_objects_uploaded_total";
+/// Counter.
+pub const OBJECTS_BYTES_TOTAL: &str = "fleetflow_objects_uploaded_bytes_total";
+/// Histogram.
+pub const OBJECT_UPLOAD_SECONDS: &str = "fleetflow_object_upload_seconds";
+/// Counter.
+pub const OBJECT_FAILURES_TOTAL: &str = "fleetflow_object_failures_total";
+/// Histogram.
+pub const CAPTURE_E2E_SECONDS: &str = "fleetflow_capture_e2e_seconds";
+
+/// Registers help texts with the installed recorder.
+pub fn describe_all() {
+    for (name, kind, help) in SPEC {
+        match *kind {
+            "counter" => metrics::describe_counter!(*name, *help),
+            "gauge" => metrics::describe_gauge!(*name, *help),
+            _ => metrics::describe_histogram!(*name, *help),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metric_names_follow_the_naming_rules() {
+        for (name, kind, _) in super::SPEC {
+            assert!(name.starts_with("fleetflow_"), "{name}");
+            assert!(!name.contains('.'), "{name}");
+            match *kind {
+                "counter" => assert!(name.ends_with("_total"), "{name}"),
+                "gauge" | "histogram" => assert!(!name.ends_with("_total"), "{name}"),
+                other => panic!("unknown kind {other}"),
+            }
+        }
+        let mut names: Vec<_> = super::SPEC.iter().map(|s| s.0).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), super::SPEC.len(), "duplicate metric names");
+    }
+}

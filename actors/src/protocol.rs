@@ -1,0 +1,489 @@
+//! The wire protocol's payloads (§2–§6) as typed messages, and the pure decoder from bytes to
+//! [`DeviceMsg`]. Nothing here does I/O; the device actor calls [`decode`] on its own thread.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use crate::errors::ErrorCode;
+use crate::ids::is_valid_capture_id;
+use crate::topic::TopicKind;
+
+/// Largest JSON payload other than a JSON chunk (§1).
+pub const MAX_JSON_BYTES: usize = 16 * 1024;
+/// Largest JSON chunk payload (§1).
+pub const MAX_JSON_CHUNK_BYTES: usize = 64 * 1024;
+/// Smallest and largest chunk size a capture may announce (§4.1).
+pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u32> = 256..=16384;
+
+/// A decoded device message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceMsg {
+    /// §2
+    Status(Status),
+    /// §3
+    Reading(Reading),
+    /// §4.1
+    CaptureMeta(CaptureMeta),
+    /// §4.2 and §4.3, both forms.
+    Chunk(Chunk),
+    /// §6
+    CmdResult(CmdResult),
+}
+
+/// Device states a status message may report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Awake and connected.
+    Online,
+    /// Deep sleep between captures.
+    Sleeping,
+    /// Taking or sending a capture.
+    Capturing,
+    /// In an error state.
+    Error,
+    /// Going offline (often a last will).
+    Offline,
+}
+
+impl DeviceStatus {
+    /// The text stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Sleeping => "sleeping",
+            Self::Capturing => "capturing",
+            Self::Error => "error",
+            Self::Offline => "offline",
+        }
+    }
+}
+
+/// §2 status heartbeat.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Status {
+    /// Required state.
+    pub status: DeviceStatus,
+    /// Battery voltage.
+    #[serde(default)]
+    pub battery_v: Option<f64>,
+    /// Wi-Fi signal, dBm.
+    #[serde(default)]
+    pub rssi: Option<i32>,
+    /// Seconds since boot.
+    #[serde(default)]
+    pub uptime_s: Option<i64>,
+    /// Captures waiting on the device.
+    #[serde(default)]
+    pub pending_count: Option<i32>,
+    /// Firmware version.
+    #[serde(default)]
+    pub fw: Option<String>,
+    /// Device time; receive time when missing.
+    #[serde(default, deserialize_with = "de_opt_ts")]
+    pub ts: Option<DateTime<Utc>>,
+    /// Unknown fields, stored in `extra`.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Optional measurements shared by readings and capture metadata.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Measurements {
+    /// °C
+    #[serde(default)]
+    pub temperature_c: Option<f64>,
+    /// %RH
+    #[serde(default)]
+    pub humidity_pct: Option<f64>,
+    /// hPa
+    #[serde(default)]
+    pub pressure_hpa: Option<f64>,
+    /// kΩ
+    #[serde(default)]
+    pub gas_kohm: Option<f64>,
+}
+
+/// §3 sensor reading.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Reading {
+    /// Per-device counter; `(device_id, seq)` is the identity. Limited to i64 for storage.
+    pub seq: u64,
+    /// Measurement time; receive time when missing.
+    #[serde(default, deserialize_with = "de_opt_ts")]
+    pub ts: Option<DateTime<Utc>>,
+    /// The measurements.
+    #[serde(flatten)]
+    pub values: Measurements,
+    /// Unknown fields (`type` removed), stored in `extra`.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// §4.1 capture announcement.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CaptureMeta {
+    /// `[A-Za-z0-9._-]{1,64}`
+    pub capture_id: String,
+    /// Capture time; receive time when missing. Dates the object key.
+    #[serde(default, deserialize_with = "de_opt_ts")]
+    pub captured_at: Option<DateTime<Utc>>,
+    /// Image size.
+    pub image_bytes: u64,
+    /// `ceil(image_bytes / chunk_size)`.
+    pub total_chunks: u32,
+    /// 256..=16384, default 1024.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: u32,
+    /// Optional lowercase or uppercase hex SHA-256 of the image.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Optional sensor snapshot, stored as a reading linked to the capture.
+    #[serde(default)]
+    pub sensors: Option<Measurements>,
+}
+
+fn default_chunk_size() -> u32 {
+    1024
+}
+
+/// §4.2/§4.3 one chunk of a capture.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    /// The capture.
+    pub capture_id: String,
+    /// 0-based index.
+    pub index: u32,
+    /// The chunk bytes (for binary chunks, a slice of the MQTT payload: no copy).
+    pub data: Bytes,
+}
+
+/// §6 command result.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CmdResult {
+    /// The command answered.
+    pub command_id: String,
+    /// Success.
+    pub ok: bool,
+    /// Free text.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// Why a payload was refused, with its protocol error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    /// 2102 (malformed, unknown type) or 2103 (field missing or out of range).
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+    /// The capture the payload was about, when known (for NACKs and error details).
+    pub capture_id: Option<String>,
+}
+
+impl DecodeError {
+    fn malformed(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::Malformed,
+            message: message.into(),
+            capture_id: None,
+        }
+    }
+    fn field(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::BadField,
+            message: message.into(),
+            capture_id: None,
+        }
+    }
+    fn with_capture(mut self, id: &str) -> Self {
+        self.capture_id = Some(id.to_owned());
+        self
+    }
+}
+
+fn json_error(e: serde_json::Error) -> DecodeError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => DecodeError::field(e.to_string()),
+        Category::Syntax | Category::Eof | Category::Io => DecodeError::malformed(e.to_string()),
+    }
+}
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest image a capture may announce.
+    pub max_image_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_image_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TypeProbe<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct JsonChunk<'a> {
+    capture_id: std::borrow::Cow<'a, str>,
+    index: u32,
+    #[serde(borrow)]
+    data: std::borrow::Cow<'a, str>,
+}
+
+/// Decodes one payload, given the kind its topic announced.
+pub fn decode(kind: &TopicKind, payload: &Bytes, limits: DecodeLimits) -> Result<DeviceMsg, DecodeError> {
+    match kind {
+        TopicKind::Chunk { capture_id, index } => Ok(DeviceMsg::Chunk(Chunk {
+            capture_id: capture_id.clone(),
+            index: *index,
+            data: payload.clone(),
+        })),
+        TopicKind::Status => {
+            check_len(payload, MAX_JSON_BYTES)?;
+            let s: Status = serde_json::from_slice(payload).map_err(json_error)?;
+            Ok(DeviceMsg::Status(s))
+        }
+        TopicKind::CmdResult => {
+            check_len(payload, MAX_JSON_BYTES)?;
+            let r: CmdResult = serde_json::from_slice(payload).map_err(json_error)?;
+            Ok(DeviceMsg::CmdResult(r))
+        }
+        TopicKind::Data => decode_data(payload, limits),
+    }
+}
+
+fn check_len(payload: &[u8], max: usize) -> Result<(), DecodeError> {
+    if payload.len() > max {
+        return Err(DecodeError::field(format!(
+            "payload is {} bytes, over the {max}-byte limit",
+            payload.len()
+        )));
+    }
+    Ok(())
+}
+
+fn decode_data(payload: &Bytes, limits: DecodeLimits) -> Result<DeviceMsg, DecodeError> {
+    check_len(payload, MAX_JSON_CHUNK_BYTES)?;
+    let probe: TypeProbe<'_> = serde_json::from_slice(payload).map_err(json_error)?;
+    let kind = probe
+        .kind
+        .ok_or_else(|| DecodeError::malformed("missing \"type\""))?;
+    if kind != "chunk" {
+        check_len(payload, MAX_JSON_BYTES)?;
+    }
+    match kind.as_ref() {
+        "reading" => {
+            let mut r: Reading = serde_json::from_slice(payload).map_err(json_error)?;
+            r.extra.remove("type");
+            if r.seq > i64::MAX as u64 {
+                return Err(DecodeError::field("seq is over 2^63-1"));
+            }
+            check_measurements(&r.values)?;
+            Ok(DeviceMsg::Reading(r))
+        }
+        "capture_meta" => {
+            let m: CaptureMeta = serde_json::from_slice(payload).map_err(json_error)?;
+            validate_meta(&m, limits).map_err(|e| e.with_capture(&m.capture_id))?;
+            Ok(DeviceMsg::CaptureMeta(m))
+        }
+        "chunk" => {
+            let c: JsonChunk<'_> = serde_json::from_slice(payload).map_err(json_error)?;
+            if !is_valid_capture_id(&c.capture_id) {
+                return Err(DecodeError::field("invalid capture_id"));
+            }
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(c.data.as_bytes())
+                .map_err(|e| DecodeError::field(format!("invalid base64 in data: {e}")).with_capture(&c.capture_id))?;
+            Ok(DeviceMsg::Chunk(Chunk {
+                capture_id: c.capture_id.into_owned(),
+                index: c.index,
+                data: Bytes::from(data),
+            }))
+        }
+        other => Err(DecodeError::malformed(format!(
+            "unknown message type {:?}",
+            truncate(other, 32)
+        ))),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn check_measurements(m: &Measurements) -> Result<(), DecodeError> {
+    for (name, v) in [
+        ("temperature_c", m.temperature_c),
+        ("humidity_pct", m.humidity_pct),
+        ("pressure_hpa", m.pressure_hpa),
+        ("gas_kohm", m.gas_kohm),
+    ] {
+        if let Some(v) = v {
+            if !v.is_finite() {
+                return Err(DecodeError::field(format!("{name} is not a finite number")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_meta(m: &CaptureMeta, limits: DecodeLimits) -> Result<(), DecodeError> {
+    if !is_valid_capture_id(&m.capture_id) {
+        return Err(DecodeError::field("invalid capture_id"));
+    }
+    if m.image_bytes == 0 || m.image_bytes > limits.max_image_bytes {
+        return Err(DecodeError::field(format!(
+            "image_bytes {} is outside 1..={}",
+            m.image_bytes, limits.max_image_bytes
+        )));
+    }
+    if !CHUNK_SIZE_RANGE.contains(&m.chunk_size) {
+        return Err(DecodeError::field(format!(
+            "chunk_size {} is outside 256..=16384",
+            m.chunk_size
+        )));
+    }
+    let expected = m.image_bytes.div_ceil(u64::from(m.chunk_size));
+    if u64::from(m.total_chunks) != expected {
+        return Err(DecodeError::field(format!(
+            "total_chunks {} does not equal ceil(image_bytes / chunk_size) = {expected}",
+            m.total_chunks
+        )));
+    }
+    if let Some(h) = &m.sha256 {
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DecodeError::field("sha256 is not 64 hex digits"));
+        }
+    }
+    if let Some(s) = &m.sensors {
+        check_measurements(s)?;
+    }
+    Ok(())
+}
+
+/// Accepts an RFC 3339 string or an integer of epoch milliseconds.
+fn de_opt_ts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    use serde::de::Error;
+    let v: Option<Value> = Option::deserialize(d)?;
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|e| D::Error::custom(format!("invalid RFC 3339 timestamp: {e}"))),
+        Some(Value::Number(n)) => {
+            let ms = n
+                .as_i64()
+                .ok_or_else(|| D::Error::custom("timestamp is not an integer of milliseconds"))?;
+            Utc.timestamp_millis_opt(ms)
+                .single()
+                .map(Some)
+                .ok_or_else(|| D::Error::custom("timestamp out of range"))
+        }
+        Some(_) => Err(D::Error::custom("timestamp must be a string or an integer")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(json: &str) -> Result<DeviceMsg, DecodeError> {
+        decode(&TopicKind::Data, &Bytes::copy_from_slice(json.as_bytes()), DecodeLimits::default())
+    }
+
+    #[test]
+    fn readings_decode_with_unknown_fields_kept_in_extra() {
+        let m = data(r#"{"type":"reading","seq":1841,"ts":"2026-10-04T12:00:00Z","temperature_c":21.5,"co2":400}"#).unwrap();
+        let DeviceMsg::Reading(r) = m else { panic!("not a reading") };
+        assert_eq!(r.seq, 1841);
+        assert_eq!(r.values.temperature_c, Some(21.5));
+        assert_eq!(r.values.humidity_pct, None);
+        assert_eq!(r.extra.get("co2"), Some(&Value::from(400)));
+        assert!(!r.extra.contains_key("type"));
+        assert_eq!(r.ts.unwrap().to_rfc3339(), "2026-10-04T12:00:00+00:00");
+    }
+
+    #[test]
+    fn epoch_millisecond_timestamps_are_accepted() {
+        let DeviceMsg::Reading(r) = data(r#"{"type":"reading","seq":1,"ts":1759579200000}"#).unwrap() else { panic!() };
+        assert_eq!(r.ts.unwrap().timestamp(), 1_759_579_200);
+    }
+
+    #[test]
+    fn malformed_json_and_unknown_types_are_2102() {
+        assert_eq!(data("{not json").unwrap_err().code, ErrorCode::Malformed);
+        assert_eq!(data(r#"{"type":"bogus"}"#).unwrap_err().code, ErrorCode::Malformed);
+        assert_eq!(data(r#"{"seq":1}"#).unwrap_err().code, ErrorCode::Malformed);
+        assert_eq!(data("[1,2]").unwrap_err().code, ErrorCode::BadField);
+    }
+
+    #[test]
+    fn missing_or_out_of_range_fields_are_2103() {
+        assert_eq!(data(r#"{"type":"reading"}"#).unwrap_err().code, ErrorCode::BadField);
+        assert_eq!(data(r#"{"type":"reading","seq":-1}"#).unwrap_err().code, ErrorCode::BadField);
+        assert_eq!(data(r#"{"type":"reading","seq":1,"temperature_c":"hot"}"#).unwrap_err().code, ErrorCode::BadField);
+        let meta = r#"{"type":"capture_meta","capture_id":"img_1","image_bytes":51234,"total_chunks":50,"chunk_size":1024}"#;
+        let e = data(meta).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadField);
+        assert_eq!(e.capture_id.as_deref(), Some("img_1"));
+        let big = r#"{"type":"capture_meta","capture_id":"img_1","image_bytes":99999999,"total_chunks":97657,"chunk_size":1024}"#;
+        assert_eq!(data(big).unwrap_err().code, ErrorCode::BadField);
+    }
+
+    #[test]
+    fn capture_meta_checks_the_chunk_arithmetic() {
+        let m = data(r#"{"type":"capture_meta","capture_id":"img_000183","captured_at":"2026-10-04T12:00:00Z","image_bytes":51234,"total_chunks":51,"chunk_size":1024,"sensors":{"temperature_c":21.5}}"#).unwrap();
+        let DeviceMsg::CaptureMeta(m) = m else { panic!() };
+        assert_eq!(m.total_chunks, 51);
+        assert_eq!(m.sensors.unwrap().temperature_c, Some(21.5));
+    }
+
+    #[test]
+    fn json_chunks_are_base64_decoded_and_bad_base64_is_2103() {
+        let DeviceMsg::Chunk(c) = data(r#"{"type":"chunk","capture_id":"img_1","index":3,"data":"AAEC"}"#).unwrap() else { panic!() };
+        assert_eq!((c.index, &c.data[..]), (3, &[0u8, 1, 2][..]));
+        let e = data(r#"{"type":"chunk","capture_id":"img_1","index":3,"data":"!!"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadField);
+    }
+
+    #[test]
+    fn oversized_payloads_are_refused_before_parsing() {
+        let pad = "x".repeat(17 * 1024);
+        let e = data(&format!(r#"{{"type":"reading","seq":1,"pad":"{pad}"}}"#)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadField);
+        let status = Bytes::from(format!(r#"{{"status":"online","pad":"{pad}"}}"#));
+        assert!(decode(&TopicKind::Status, &status, DecodeLimits::default()).is_err());
+    }
+
+    #[test]
+    fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
+        let deep = format!(r#"{{"type":"reading","seq":1,"x":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
+        assert!(data(&deep).is_err());
+    }
+
+    #[test]
+    fn status_requires_a_known_state() {
+        let ok = Bytes::from_static(br#"{"status":"online","battery_v":3.92,"rssi":-61,"fw":"1.4.2"}"#);
+        let DeviceMsg::Status(s) = decode(&TopicKind::Status, &ok, DecodeLimits::default()).unwrap() else { panic!() };
+        assert_eq!(s.status, DeviceStatus::Online);
+        let bad = Bytes::from_static(br#"{"status":"dancing"}"#);
+        assert_eq!(decode(&TopicKind::Status, &bad, DecodeLimits::default()).unwrap_err().code, ErrorCode::BadField);
+    }
+}

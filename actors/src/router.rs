@@ -1,0 +1,289 @@
+//! The router actor: takes raw PUBLISH packets from the MQTT source, parses the topic, and hands
+//! each message to its device's actor, starting one on a device's first message. Device actors
+//! are spread over one arbiter per core by a hash of the device id. When a device mailbox is
+//! full the router waits (it never uses `do_send` on the data path), which stops it reading from
+//! the source; the broker's receive maximum then holds the rest.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use chrono::Utc;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::device::{DeviceActor, DeviceDeps, DeviceSnapshot, Inbound, Snapshot, Stop};
+use crate::errors::{excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord, INVALID_DEVICE};
+use crate::ids::DeviceId;
+use crate::link::AckToken;
+use crate::metrics as m;
+use crate::sinks::rows::{Pending, Row};
+use crate::topic::{TopicError, TopicParser};
+
+/// A PUBLISH as the source received it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RawPublish {
+    /// Topic bytes.
+    pub topic: Bytes,
+    /// Payload bytes.
+    pub payload: Bytes,
+    /// Set for QoS 1.
+    pub ack: Option<AckToken>,
+}
+
+/// Sent by a device actor that wants to stop (idle), or by anyone to drop an entry.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeviceExited {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The incarnation that asked.
+    pub generation: u64,
+}
+
+/// Asks the router for a device's actor state (`None` when it has no live actor).
+#[derive(Debug, Message)]
+#[rtype(result = "Option<DeviceSnapshot>")]
+pub struct QueryDevice(pub DeviceId);
+
+/// Stops every device actor (shutdown); resolves when their mailboxes were drained.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct StopAll;
+
+/// Router statistics.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct LiveDevices;
+
+struct Entry {
+    addr: Addr<DeviceActor>,
+    generation: u64,
+}
+
+/// The router.
+pub struct Router {
+    parser: TopicParser,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+    deps: Option<DeviceDeps>,
+    devices: HashMap<DeviceId, Entry>,
+    next_generation: u64,
+    invalid: ErrorRateLimiter<ErrorCode>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Router {
+    /// A router; call [`Router::set_deps`] before it receives messages.
+    pub fn new(parser: TopicParser, arbiters: Arc<Vec<ArbiterHandle>>) -> Self {
+        Self {
+            parser,
+            arbiters,
+            deps: None,
+            devices: HashMap::new(),
+            next_generation: 0,
+            invalid: ErrorRateLimiter::new(10),
+            hasher: Default::default(),
+        }
+    }
+
+    fn arbiter_for(&self, id: &DeviceId) -> &ArbiterHandle {
+        let mut h = self.hasher.build_hasher();
+        id.hash(&mut h);
+        &self.arbiters[(h.finish() % self.arbiters.len() as u64) as usize]
+    }
+
+    fn spawn(&mut self, id: DeviceId) -> Addr<DeviceActor> {
+        let deps = self.deps.clone().expect("router dependencies are set before start");
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let arbiter = self.arbiter_for(&id).clone();
+        let actor_id = id.clone();
+        let addr = DeviceActor::start_in_arbiter(&arbiter, move |_ctx| DeviceActor::new(actor_id, generation, deps));
+        self.devices.insert(
+            id,
+            Entry {
+                addr: addr.clone(),
+                generation,
+            },
+        );
+        addr
+    }
+
+    fn reject(&mut self, msg: RawPublish, err: TopicError, ctx: &mut Context<Self>) {
+        let (code, device) = match &err {
+            TopicError::BadDeviceId(_) | TopicError::OutsidePrefix => (ErrorCode::InvalidDeviceId, INVALID_DEVICE.to_string()),
+            TopicError::UnknownSuffix(_) => (ErrorCode::Malformed, device_level(&self.parser, &msg.topic)),
+            TopicError::BadChunkTopic(_) => (ErrorCode::BadField, device_level(&self.parser, &msg.topic)),
+        };
+        metrics::counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "invalid").increment(1);
+        metrics::counter!(m::ERRORS_TOTAL, "code" => code.label()).increment(1);
+        tracing::debug!(topic = %String::from_utf8_lossy(&msg.topic), error = %err, "rejected topic");
+        let deps = self.deps.as_ref().expect("router dependencies are set before start");
+        match self.invalid.admit(code, Instant::now()) {
+            Admit::Write { suppressed } => {
+                let row = Row::Error(ErrorRecord {
+                    device_id: device,
+                    code,
+                    message: err.to_string(),
+                    details: json!({
+                        "topic": excerpt(&msg.topic),
+                        "payload_excerpt": excerpt(&msg.payload),
+                        "payload_bytes": msg.payload.len(),
+                        "suppressed_before": suppressed,
+                    }),
+                    occurred_at: Utc::now(),
+                });
+                // The reject is durable once its error row is; if the row was rate-limited,
+                // there is nothing to keep and the ack goes now.
+                let pending = Pending::new(row, msg.ack);
+                let pg = deps.pg.clone();
+                if let Err(SendError::Full(p)) = pg.try_send(pending) {
+                    ctx.wait(async move { let _ = pg.send(p).await; }.into_actor(self));
+                }
+            }
+            Admit::Suppress => {
+                metrics::counter!(m::ERROR_ROWS_SUPPRESSED_TOTAL, "code" => code.label()).increment(1);
+                deps.link.ack(msg.ack);
+            }
+        }
+    }
+}
+
+/// The device level of a topic that could not be parsed further, normalised, or `INVALID`.
+fn device_level(parser: &TopicParser, topic: &[u8]) -> String {
+    let p = parser.prefix().len() + 1;
+    topic
+        .get(p..)
+        .and_then(|rest| rest.split(|&b| b == b'/').next())
+        .and_then(|raw| DeviceId::parse_bytes(raw).ok())
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| INVALID_DEVICE.to_string())
+}
+
+/// Hands the router what device actors need; sent once at startup.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetDeps(pub DeviceDeps);
+
+impl Handler<SetDeps> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: SetDeps, _ctx: &mut Self::Context) {
+        self.deps = Some(msg.0);
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Control messages only: data arrives through the stream.
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+impl StreamHandler<RawPublish> for Router {
+    fn handle(&mut self, msg: RawPublish, ctx: &mut Self::Context) {
+        self.route(msg, ctx);
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        tracing::info!("MQTT source stream ended");
+    }
+}
+
+impl Handler<RawPublish> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: RawPublish, ctx: &mut Self::Context) {
+        self.route(msg, ctx);
+    }
+}
+
+impl Router {
+    fn route(&mut self, msg: RawPublish, ctx: &mut Context<Self>) {
+        let parsed = match self.parser.parse(&msg.topic) {
+            Ok(p) => p,
+            Err(e) => return self.reject(msg, e, ctx),
+        };
+        metrics::counter!(m::MQTT_MESSAGES_TOTAL, "kind" => parsed.kind.label()).increment(1);
+        metrics::counter!(m::ROUTER_ROUTED_TOTAL).increment(1);
+        let inbound = Inbound {
+            kind: parsed.kind,
+            payload: msg.payload,
+            ack: msg.ack,
+        };
+        let addr = match self.devices.get(&parsed.device_id) {
+            Some(e) if e.addr.connected() => e.addr.clone(),
+            Some(_) => {
+                // The actor died without being asked to (its arbiter failed): restart it.
+                metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
+                self.spawn(parsed.device_id)
+            }
+            None => self.spawn(parsed.device_id),
+        };
+        match addr.try_send(inbound) {
+            Ok(()) => {}
+            Err(SendError::Full(inbound)) => {
+                metrics::counter!(m::ROUTER_MAILBOX_WAITS_TOTAL).increment(1);
+                ctx.wait(addr.send(inbound).into_actor(self).map(|_, _, _| ()));
+            }
+            Err(SendError::Closed(_)) => {
+                tracing::warn!("device actor closed while routing; the broker will redeliver");
+            }
+        }
+    }
+}
+
+impl Handler<DeviceExited> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceExited, _ctx: &mut Self::Context) {
+        if let Some(e) = self.devices.get(&msg.device_id) {
+            if e.generation == msg.generation {
+                let e = self.devices.remove(&msg.device_id).expect("entry exists");
+                metrics::counter!(m::DEVICE_ACTORS_PASSIVATED_TOTAL).increment(1);
+                // Control message: the actor finishes its mailbox, then stops.
+                e.addr.do_send(Stop);
+            }
+        }
+    }
+}
+
+impl Handler<QueryDevice> for Router {
+    type Result = ResponseFuture<Option<DeviceSnapshot>>;
+
+    fn handle(&mut self, msg: QueryDevice, _ctx: &mut Self::Context) -> Self::Result {
+        let addr = self.devices.get(&msg.0).map(|e| e.addr.clone());
+        Box::pin(async move {
+            match addr {
+                Some(a) => a.send(Snapshot).await.ok(),
+                None => None,
+            }
+        })
+    }
+}
+
+impl Handler<LiveDevices> for Router {
+    type Result = usize;
+    fn handle(&mut self, _: LiveDevices, _ctx: &mut Self::Context) -> usize {
+        self.devices.len()
+    }
+}
+
+impl Handler<StopAll> for Router {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, _: StopAll, _ctx: &mut Self::Context) -> Self::Result {
+        let entries: Vec<_> = self.devices.drain().map(|(_, e)| e.addr).collect();
+        Box::pin(async move {
+            let n = entries.len();
+            // `send` queues behind what each mailbox holds, so this drains them.
+            for a in entries {
+                let _ = a.send(Stop).await;
+            }
+            n
+        })
+    }
+}

@@ -1,0 +1,66 @@
+//! Sinks: permanent children that make data durable.
+//!
+//! - `rows`: the row types per table.
+//! - `pg`: the Postgres sink actor (batching, retries, acks after commit).
+//! - `pg_write`: one-round-trip batch statements per table.
+//! - `objects`: the object-storage sink actor.
+//!
+//! Retry rules: Postgres connection, pool and transient server errors are retried with backoff
+//! until they succeed (the broker holds what is not acknowledged); permanent errors (a row the
+//! schema refuses) are retried row by row, the bad rows counted and rejected. Object uploads are
+//! retried `upload_attempts` times, then the capture fails with 2204.
+
+pub mod objects;
+pub mod pg;
+pub mod pg_write;
+pub mod rows;
+
+/// A sink error, classified for the retry rule.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying: connection lost, pool exhausted, server shutting down, serialization.
+    #[error("retriable: {0}")]
+    Retriable(String),
+    /// Retrying the same rows cannot help.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl SinkError {
+    /// Whether the write should be retried.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, SinkError::Retriable(_))
+    }
+}
+
+impl From<tokio_postgres::Error> for SinkError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let msg = format!("{e}");
+        match e.code() {
+            None => SinkError::Retriable(msg),
+            Some(code) => {
+                let c = code.code();
+                let retriable = c.starts_with("08")
+                    || c.starts_with("53")
+                    || c.starts_with("57")
+                    || c == "40001"
+                    || c == "40P01"
+                    || c.starts_with("58");
+                if retriable {
+                    SinkError::Retriable(msg)
+                } else {
+                    SinkError::Permanent(msg)
+                }
+            }
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for SinkError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => SinkError::Retriable(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The object-storage sink actor: writes complete images through `object_store` with bounded
+//! concurrency and retries, then hands the `captures` row to the Postgres sink and waits for it
+//! to commit, so that the device actor sends ACK_OK only when both are durable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::sync::{oneshot, Semaphore};
+
+use super::pg::PgSink;
+use super::rows::{IngestStatus, Pending, Row};
+use crate::config::ObjectsConfig;
+use crate::device::core::{StoreOutcome, StoreRequest};
+use crate::metrics as m;
+
+/// Store one image and its row.
+#[derive(Debug, Message)]
+#[rtype(result = "StoreOutcome")]
+pub struct Store(pub StoreRequest);
+
+/// The object sink.
+pub struct ObjectSink {
+    store: Arc<dyn ObjectStore>,
+    pg: Addr<PgSink>,
+    cfg: ObjectsConfig,
+    permits: Arc<Semaphore>,
+}
+
+impl ObjectSink {
+    /// A sink writing to `store`, and rows to `pg`.
+    pub fn new(store: Arc<dyn ObjectStore>, pg: Addr<PgSink>, cfg: ObjectsConfig) -> Self {
+        let permits = Arc::new(Semaphore::new(cfg.upload_concurrency.max(1)));
+        Self {
+            store,
+            pg,
+            cfg,
+            permits,
+        }
+    }
+}
+
+impl Actor for ObjectSink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.cfg.mailbox_capacity);
+    }
+}
+
+impl Handler<Store> for ObjectSink {
+    type Result = ResponseFuture<StoreOutcome>;
+
+    fn handle(&mut self, Store(req): Store, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let pg = self.pg.clone();
+        let permits = self.permits.clone();
+        let attempts = self.cfg.upload_attempts.max(1);
+        let backoff = Duration::from_millis(self.cfg.upload_backoff_ms);
+        Box::pin(async move {
+            let upload = {
+                let _permit = permits.acquire().await;
+                upload(&*store, &req, attempts, backoff).await
+            };
+            let (status, stored_at) = match &upload {
+                Ok(()) => (IngestStatus::Stored, Some(Utc::now())),
+                Err(_) => (IngestStatus::Failed, None),
+            };
+            let (tx, rx) = oneshot::channel();
+            let pending = Pending {
+                row: Row::Capture(req.row(status, stored_at)),
+                ack: None,
+                done: Some(tx),
+            };
+            if pg.send(pending).await.is_err() {
+                return StoreOutcome::Failed {
+                    reason: "postgres sink unavailable".into(),
+                };
+            }
+            let committed = rx.await.unwrap_or_else(|_| Err("postgres sink dropped the row".into()));
+            match (upload, committed) {
+                (Ok(()), Ok(())) => {
+                    metrics::histogram!(m::CAPTURE_E2E_SECONDS).record(req.completed_at.elapsed().as_secs_f64());
+                    StoreOutcome::Stored {
+                        stored_at: stored_at.unwrap_or_else(Utc::now),
+                    }
+                }
+                (Err(e), _) => StoreOutcome::Failed { reason: e },
+                (Ok(()), Err(e)) => StoreOutcome::Failed {
+                    reason: format!("captures row: {e}"),
+                },
+            }
+        })
+    }
+}
+
+async fn upload(store: &dyn ObjectStore, req: &StoreRequest, attempts: u32, backoff: Duration) -> Result<(), String> {
+    let path = Path::from(req.object_key());
+    let started = StdInstant::now();
+    let mut delay = backoff;
+    let mut last = String::new();
+    for attempt in 1..=attempts {
+        // `Bytes` clone: a reference count, not a copy of the image.
+        match store.put(&path, PutPayload::from_bytes(req.image.clone())).await {
+            Ok(_) => {
+                metrics::counter!(m::OBJECTS_UPLOADED_TOTAL).increment(1);
+                metrics::counter!(m::OBJECTS_BYTES_TOTAL).increment(req.image.len() as u64);
+                metrics::histogram!(m::OBJECT_UPLOAD_SECONDS).record(started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            Err(e) => {
+                last = e.to_string();
+                tracing::warn!(device = %req.device_id, capture = %req.capture_id, attempt, error = %e, "object upload failed");
+                if attempt < attempts {
+                    metrics::counter!(m::SINK_RETRIES_TOTAL, "sink" => "objects").increment(1);
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+    metrics::counter!(m::OBJECT_FAILURES_TOTAL).increment(1);
+    Err(last)
+}

@@ -1,0 +1,215 @@
+//! The Postgres sink actor: batches rows per table (flushing on rows, bytes or age), writes each
+//! batch in one round trip with bounded concurrency, retries retriable errors with backoff, and
+//! only then acknowledges the batch's messages to the broker and tells any waiter.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use actix::prelude::*;
+use deadpool_postgres::Pool;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::pg_write::write_batch;
+use super::rows::{Pending, Table};
+use super::SinkError;
+use crate::batcher::Batcher;
+use crate::config::SinksConfig;
+use crate::link::MqttLink;
+use crate::metrics as m;
+
+/// Flushes everything buffered and waits until every batch in flight is written.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+impl Message for Pending {
+    type Result = ();
+}
+
+/// The Postgres sink.
+pub struct PgSink {
+    pool: Pool,
+    link: MqttLink,
+    cfg: SinksConfig,
+    batchers: Vec<Batcher<Pending>>,
+    timers: Vec<Option<SpawnHandle>>,
+    permits: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl PgSink {
+    /// A sink over `pool`; acks go through `link`.
+    pub fn new(pool: Pool, link: MqttLink, cfg: SinksConfig) -> Self {
+        let limits = cfg.limits();
+        let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+        Self {
+            pool,
+            link,
+            batchers: Table::ALL.iter().map(|_| Batcher::new(limits)).collect(),
+            timers: Table::ALL.iter().map(|_| None).collect(),
+            permits,
+            queued: Arc::new(AtomicUsize::new(0)),
+            cfg,
+        }
+    }
+
+    fn dispatch(&mut self, table: Table, batch: Vec<Pending>, ctx: &mut Context<Self>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Some(h) = self.timers[table.index()].take() {
+            ctx.cancel_future(h);
+        }
+        metrics::gauge!(m::SINK_QUEUE_ROWS, "sink" => "postgres").set(self.queued.load(Ordering::Relaxed) as f64);
+        let permits = self.permits.clone();
+        let job = Job {
+            pool: self.pool.clone(),
+            link: self.link.clone(),
+            retry_min: Duration::from_millis(self.cfg.retry_min_ms),
+            retry_max: Duration::from_millis(self.cfg.retry_max_ms),
+            queued: self.queued.clone(),
+        };
+        // Wait (blocking this actor's mailbox) until a write slot is free: backpressure.
+        ctx.wait(
+            async move { permits.acquire_owned().await }
+                .into_actor(self)
+                .map(move |permit, _act, _ctx| {
+                    let Ok(permit) = permit else { return };
+                    actix::spawn(async move {
+                        job.write(table, batch).await;
+                        drop(permit);
+                    });
+                }),
+        );
+    }
+}
+
+impl Actor for PgSink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.cfg.mailbox_capacity);
+    }
+}
+
+impl Handler<Pending> for PgSink {
+    type Result = ();
+
+    fn handle(&mut self, p: Pending, ctx: &mut Self::Context) {
+        let table = p.row.table();
+        let bytes = p.row.estimated_bytes();
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let i = table.index();
+        if let Some(batch) = self.batchers[i].push(p, bytes, Instant::now()) {
+            self.dispatch(table, batch, ctx);
+        } else if self.timers[i].is_none() {
+            let age = Duration::from_millis(self.cfg.max_batch_age_ms);
+            self.timers[i] = Some(ctx.run_later(age, move |act, ctx| {
+                act.timers[i] = None;
+                let batch = act.batchers[i].take();
+                act.dispatch(table, batch, ctx);
+            }));
+        }
+    }
+}
+
+impl Handler<Flush> for PgSink {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
+        for t in Table::ALL {
+            let batch = self.batchers[t.index()].take();
+            self.dispatch(t, batch, ctx);
+        }
+        let permits = self.permits.clone();
+        let n = self.cfg.concurrency.max(1) as u32;
+        Box::pin(
+            async move {
+                // Every permit free means no batch is being written.
+                let _all = permits.acquire_many(n).await;
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+struct Job {
+    pool: Pool,
+    link: MqttLink,
+    retry_min: Duration,
+    retry_max: Duration,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Job {
+    async fn write(&self, table: Table, batch: Vec<Pending>) {
+        match self.write_retrying(table, &batch).await {
+            Ok(()) => self.finish(batch, Ok(())),
+            Err(e) if batch.len() == 1 => {
+                metrics::counter!(m::SINK_FAILURES_TOTAL, "table" => table.label()).increment(1);
+                tracing::error!(table = table.label(), error = %e, "row rejected by Postgres");
+                self.finish(batch, Err(e.to_string()));
+            }
+            Err(e) => {
+                tracing::warn!(table = table.label(), error = %e, rows = batch.len(), "batch refused; writing rows one by one");
+                for p in batch {
+                    let one = vec![p];
+                    match self.write_retrying(table, &one).await {
+                        Ok(()) => self.finish(one, Ok(())),
+                        Err(e) => {
+                            metrics::counter!(m::SINK_FAILURES_TOTAL, "table" => table.label()).increment(1);
+                            tracing::error!(table = table.label(), error = %e, "row rejected by Postgres");
+                            self.finish(one, Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retries retriable errors until they succeed; returns permanent ones.
+    async fn write_retrying(&self, table: Table, batch: &[Pending]) -> Result<(), SinkError> {
+        let mut delay = self.retry_min;
+        loop {
+            let started = StdInstant::now();
+            let res = async {
+                let mut client = self.pool.get().await?;
+                write_batch(&mut client, table, batch).await
+            }
+            .await;
+            match res {
+                Ok(_) => {
+                    metrics::histogram!(m::SINK_BATCH_SECONDS, "table" => table.label()).record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(m::SINK_BATCH_ROWS, "table" => table.label()).record(batch.len() as f64);
+                    metrics::counter!(m::SINK_BATCHES_TOTAL, "table" => table.label()).increment(1);
+                    metrics::counter!(m::SINK_ROWS_TOTAL, "table" => table.label()).increment(batch.len() as u64);
+                    return Ok(());
+                }
+                Err(e) if e.is_retriable() => {
+                    metrics::counter!(m::SINK_RETRIES_TOTAL, "sink" => "postgres").increment(1);
+                    tracing::warn!(table = table.label(), error = %e, retry_in_ms = delay.as_millis() as u64, "batch write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.retry_max);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn finish(&self, batch: Vec<Pending>, outcome: Result<(), String>) {
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        let mut tokens = Vec::with_capacity(batch.len());
+        for p in batch {
+            if let Some(t) = p.ack {
+                tokens.push(t);
+            }
+            if let Some(done) = p.done {
+                let _ = done.send(outcome.clone());
+            }
+        }
+        // Durable (or deliberately rejected): now the broker may forget these messages.
+        self.link.ack_all(tokens);
+    }
+}

@@ -1,0 +1,211 @@
+//! One statement per table per batch: rows are passed as arrays and expanded with `UNNEST`, so a
+//! batch of any size is one round trip with one prepared statement, and `ON CONFLICT` keeps
+//! replays idempotent.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Client;
+use serde_json::Value;
+
+use super::rows::{CaptureRow, IngestStatus, Pending, Row, Table};
+use super::SinkError;
+
+const INSERT_STATUS: &str = "INSERT INTO device_status (device_id, status, pending_count, battery_v, rssi, uptime_s, extra, created_at)
+ SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::float8[], $5::int4[], $6::int8[], $7::jsonb[], $8::timestamptz[])";
+
+const UPSERT_DEVICES: &str = "INSERT INTO devices (device_id, first_seen_at, last_seen_at, status, battery_v, rssi, uptime_s, fw)
+ SELECT d, t, t, s, b, r, u, f FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::float8[], $5::int4[], $6::int8[], $7::text[]) AS x(d, t, s, b, r, u, f)
+ ON CONFLICT (device_id) DO UPDATE SET
+   last_seen_at = GREATEST(devices.last_seen_at, EXCLUDED.last_seen_at),
+   status = COALESCE(EXCLUDED.status, devices.status),
+   battery_v = COALESCE(EXCLUDED.battery_v, devices.battery_v),
+   rssi = COALESCE(EXCLUDED.rssi, devices.rssi),
+   uptime_s = COALESCE(EXCLUDED.uptime_s, devices.uptime_s),
+   fw = COALESCE(EXCLUDED.fw, devices.fw)";
+
+const INSERT_READINGS: &str = "INSERT INTO sensor_readings (device_id, seq, capture_id, temperature_c, humidity_pct, pressure_hpa, gas_kohm, extra, measured_at)
+ SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::jsonb[], $9::timestamptz[])
+ ON CONFLICT DO NOTHING";
+
+const UPSERT_CAPTURES: &str = "INSERT INTO captures (device_id, device_capture_id, captured_at, image_bytes, total_chunks, chunk_size, sha256, ingest_status, storage_path, nack_rounds, stored_at)
+ SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::int4[], $6::int4[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::timestamptz[])
+ ON CONFLICT (device_id, device_capture_id) DO UPDATE SET
+   captured_at = EXCLUDED.captured_at, image_bytes = EXCLUDED.image_bytes, total_chunks = EXCLUDED.total_chunks,
+   chunk_size = EXCLUDED.chunk_size, sha256 = EXCLUDED.sha256, ingest_status = EXCLUDED.ingest_status,
+   storage_path = EXCLUDED.storage_path, nack_rounds = EXCLUDED.nack_rounds, stored_at = EXCLUDED.stored_at
+ WHERE captures.ingest_status <> 'stored'";
+
+const INSERT_ERRORS: &str = "INSERT INTO device_errors (device_id, error_code, message, details, occurred_at)
+ SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::timestamptz[])";
+
+const UPDATE_COMMANDS: &str = "UPDATE device_commands c SET status = CASE WHEN x.ok THEN 'succeeded' ELSE 'failed' END,
+   result = x.result, completed_at = x.t
+ FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::timestamptz[]) AS x(d, id, ok, result, t)
+ WHERE c.id = x.id AND c.device_id = x.d";
+
+/// Columns of the `devices` upsert, deduplicated per device (latest wins).
+#[derive(Default)]
+struct DeviceCols<'a> {
+    idx: HashMap<&'a str, usize>,
+    ids: Vec<&'a str>,
+    at: Vec<DateTime<Utc>>,
+    status: Vec<Option<&'a str>>,
+    battery: Vec<Option<f64>>,
+    rssi: Vec<Option<i32>>,
+    uptime: Vec<Option<i64>>,
+    fw: Vec<Option<&'a str>>,
+}
+
+impl<'a> DeviceCols<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn touch(&mut self, id: &'a str, at: DateTime<Utc>, status: Option<&'a str>, battery: Option<f64>, rssi: Option<i32>, uptime: Option<i64>, fw: Option<&'a str>) {
+        match self.idx.get(id) {
+            Some(&i) => {
+                if at >= self.at[i] {
+                    self.at[i] = at;
+                    self.status[i] = status.or(self.status[i]);
+                    self.battery[i] = battery.or(self.battery[i]);
+                    self.rssi[i] = rssi.or(self.rssi[i]);
+                    self.uptime[i] = uptime.or(self.uptime[i]);
+                    self.fw[i] = fw.or(self.fw[i]);
+                }
+            }
+            None => {
+                self.idx.insert(id, self.ids.len());
+                self.ids.push(id);
+                self.at.push(at);
+                self.status.push(status);
+                self.battery.push(battery);
+                self.rssi.push(rssi);
+                self.uptime.push(uptime);
+                self.fw.push(fw);
+            }
+        }
+    }
+
+    async fn write(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), SinkError> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let stmt = tx.prepare_cached(UPSERT_DEVICES).await?;
+        tx.execute(&stmt, &[&self.ids, &self.at, &self.status, &self.battery, &self.rssi, &self.uptime, &self.fw])
+            .await?;
+        Ok(())
+    }
+}
+
+fn extra_json(m: &serde_json::Map<String, Value>) -> Value {
+    if m.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(m.clone())
+    }
+}
+
+/// Writes one batch of rows, all of `table`, in one transaction.
+pub async fn write_batch(client: &mut Client, table: Table, batch: &[Pending]) -> Result<u64, SinkError> {
+    let tx = client.transaction().await?;
+    let n = match table {
+        Table::Status => {
+            let mut ids = Vec::with_capacity(batch.len());
+            let (mut st, mut pc, mut bv, mut rs, mut up, mut ex, mut at) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+            let mut dev = DeviceCols::default();
+            for p in batch {
+                let Row::Status(s) = &p.row else { continue };
+                ids.push(s.device_id.as_str());
+                st.push(s.status);
+                pc.push(s.pending_count);
+                bv.push(s.battery_v);
+                rs.push(s.rssi);
+                up.push(s.uptime_s);
+                ex.push(extra_json(&s.extra));
+                at.push(s.created_at);
+                dev.touch(s.device_id.as_str(), s.created_at, Some(s.status), s.battery_v, s.rssi, s.uptime_s, s.fw.as_deref());
+            }
+            let stmt = tx.prepare_cached(INSERT_STATUS).await?;
+            let n = tx.execute(&stmt, &[&ids, &st, &pc, &bv, &rs, &up, &ex, &at]).await?;
+            dev.write(&tx).await?;
+            n
+        }
+        Table::Readings => {
+            let mut ids = Vec::with_capacity(batch.len());
+            let (mut seq, mut cap, mut t, mut h, mut pr, mut g, mut ex, mut at) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+            let mut dev = DeviceCols::default();
+            for p in batch {
+                let Row::Reading(r) = &p.row else { continue };
+                ids.push(r.device_id.as_str());
+                seq.push(r.seq);
+                cap.push(r.capture_id.as_deref());
+                t.push(r.values.temperature_c);
+                h.push(r.values.humidity_pct);
+                pr.push(r.values.pressure_hpa);
+                g.push(r.values.gas_kohm);
+                ex.push(extra_json(&r.extra));
+                at.push(r.measured_at);
+                dev.touch(r.device_id.as_str(), r.measured_at, None, None, None, None, None);
+            }
+            let stmt = tx.prepare_cached(INSERT_READINGS).await?;
+            let n = tx.execute(&stmt, &[&ids, &seq, &cap, &t, &h, &pr, &g, &ex, &at]).await?;
+            dev.write(&tx).await?;
+            n
+        }
+        Table::Captures => {
+            // One row per capture per statement (ON CONFLICT DO UPDATE may touch a row once);
+            // `stored` wins over `failed`.
+            let mut latest: HashMap<(&str, &str), &CaptureRow> = HashMap::new();
+            for p in batch {
+                let Row::Capture(c) = &p.row else { continue };
+                let key = (c.device_id.as_str(), c.capture_id.as_str());
+                match latest.get(&key) {
+                    Some(prev) if prev.status == IngestStatus::Stored => {}
+                    _ => {
+                        latest.insert(key, c);
+                    }
+                }
+            }
+            let rows: Vec<&CaptureRow> = latest.into_values().collect();
+            let ids: Vec<&str> = rows.iter().map(|c| c.device_id.as_str()).collect();
+            let cid: Vec<&str> = rows.iter().map(|c| c.capture_id.as_str()).collect();
+            let cat: Vec<DateTime<Utc>> = rows.iter().map(|c| c.captured_at).collect();
+            let ib: Vec<i64> = rows.iter().map(|c| c.image_bytes).collect();
+            let tc: Vec<i32> = rows.iter().map(|c| c.total_chunks).collect();
+            let cs: Vec<i32> = rows.iter().map(|c| c.chunk_size).collect();
+            let sha: Vec<Option<&str>> = rows.iter().map(|c| c.sha256.as_deref()).collect();
+            let st: Vec<&str> = rows.iter().map(|c| c.status.as_str()).collect();
+            let sp: Vec<Option<&str>> = rows.iter().map(|c| c.storage_path.as_deref()).collect();
+            let nr: Vec<i32> = rows.iter().map(|c| c.nack_rounds).collect();
+            let sat: Vec<Option<DateTime<Utc>>> = rows.iter().map(|c| c.stored_at).collect();
+            let stmt = tx.prepare_cached(UPSERT_CAPTURES).await?;
+            tx.execute(&stmt, &[&ids, &cid, &cat, &ib, &tc, &cs, &sha, &st, &sp, &nr, &sat]).await?
+        }
+        Table::Errors => {
+            let (mut ids, mut code, mut msg, mut det, mut at) = (vec![], vec![], vec![], vec![], vec![]);
+            for p in batch {
+                let Row::Error(e) = &p.row else { continue };
+                ids.push(e.device_id.as_str());
+                code.push(e.code.code());
+                msg.push(e.message.as_str());
+                det.push(&e.details);
+                at.push(e.occurred_at);
+            }
+            let stmt = tx.prepare_cached(INSERT_ERRORS).await?;
+            tx.execute(&stmt, &[&ids, &code, &msg, &det, &at]).await?
+        }
+        Table::Commands => {
+            let (mut ids, mut cid, mut ok, mut res, mut at) = (vec![], vec![], vec![], vec![], vec![]);
+            for p in batch {
+                let Row::CommandResult(c) = &p.row else { continue };
+                ids.push(c.device_id.as_str());
+                cid.push(c.command_id.as_str());
+                ok.push(c.ok);
+                res.push(&c.result);
+                at.push(c.completed_at);
+            }
+            let stmt = tx.prepare_cached(UPDATE_COMMANDS).await?;
+            tx.execute(&stmt, &[&ids, &cid, &ok, &res, &at]).await?
+        }
+    };
+    tx.commit().await?;
+    Ok(n)
+}

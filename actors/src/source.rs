@@ -1,0 +1,261 @@
+//! The MQTT source: one rumqttc v5 event loop, polled by a task that only decodes the packet
+//! kind and forwards PUBLISHes to the router's bounded queue. It never waits on I/O other than
+//! the broker: acks and publishes from the rest of the engine go out through the same loop.
+//! It reconnects with exponential backoff and resubscribes on every CONNACK.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::MqttConfig;
+use crate::link::{AckToken, MqttLink};
+use crate::metrics as m;
+use crate::router::RawPublish;
+use crate::topic::TopicParser;
+
+/// Commands for the source loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceControl {
+    /// Forward messages.
+    Run,
+    /// Keep the connection (so acks still go out) but stop forwarding; what arrives is left
+    /// unacknowledged for the broker to redeliver.
+    Drain,
+    /// Disconnect and end.
+    Stop,
+}
+
+/// Invalid source settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The broker URL is not `mqtt://host[:port]`.
+    #[error("mqtt.url {0:?} must look like mqtt://host:port")]
+    BadUrl(String),
+    /// QoS other than 0 or 1.
+    #[error("mqtt.qos must be 0 or 1, got {0}")]
+    BadQos(u8),
+    /// Password file unreadable.
+    #[error("mqtt.password_file {0}: {1}")]
+    PasswordFile(String, std::io::Error),
+}
+
+/// A running source.
+pub struct SourceHandle {
+    /// Acks and publishes.
+    pub link: MqttLink,
+    /// True while connected.
+    pub connected: Arc<AtomicBool>,
+    /// Control channel.
+    pub control: watch::Sender<SourceControl>,
+    /// The poll task.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Parses `mqtt://host:port` (or `tcp://`).
+pub fn parse_url(url: &str) -> Result<(String, u16), SourceError> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| SourceError::BadUrl(url.into()))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().map_err(|_| SourceError::BadUrl(url.into()))?),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        return Err(SourceError::BadUrl(url.into()));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Builds the client options from config.
+pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, SourceError> {
+    let (host, port) = parse_url(&cfg.url)?;
+    let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
+    o.set_clean_start(cfg.clean_start);
+    o.set_manual_acks(true);
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval = Some(cfg.session_expiry_secs);
+    props.receive_maximum = Some(cfg.receive_maximum.max(1));
+    props.max_packet_size = Some(cfg.max_packet_bytes);
+    o.set_connect_properties(props);
+    // Above the receive maximum, so queuing an ack never fails for lack of room.
+    o.set_request_channel_capacity(cfg.receive_maximum as usize * 2 + 1024);
+    let password = match (&cfg.password, &cfg.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| SourceError::PasswordFile(f.clone(), e))?
+                .trim_end()
+                .to_string(),
+        ),
+        _ => None,
+    };
+    if let Some(user) = &cfg.username {
+        o.set_credentials(user.clone(), password.unwrap_or_default());
+    }
+    Ok(o)
+}
+
+fn qos(q: u8) -> Result<QoS, SourceError> {
+    match q {
+        0 => Ok(QoS::AtMostOnce),
+        1 => Ok(QoS::AtLeastOnce),
+        other => Err(SourceError::BadQos(other)),
+    }
+}
+
+/// Starts the source; PUBLISHes go to `out`, which should hold more than the receive maximum.
+pub fn spawn(cfg: &MqttConfig, out: mpsc::Sender<RawPublish>) -> Result<SourceHandle, SourceError> {
+    let opts = options(cfg)?;
+    let sub_qos = qos(cfg.qos)?;
+    let cap = opts.request_channel_capacity();
+    let (client, eventloop) = AsyncClient::new(opts, cap);
+    let link = MqttLink::new(client.clone(), sub_qos);
+    let connected = Arc::new(AtomicBool::new(false));
+    let (control, control_rx) = watch::channel(SourceControl::Run);
+    let topics = TopicParser::new(cfg.topic_prefix.clone()).subscriptions().to_vec();
+    let lp = Loop {
+        client,
+        eventloop,
+        link: link.clone(),
+        connected: connected.clone(),
+        control: control_rx,
+        out,
+        topics,
+        qos: sub_qos,
+        backoff_min: Duration::from_millis(cfg.reconnect_min_ms),
+        backoff_max: Duration::from_millis(cfg.reconnect_max_ms),
+    };
+    let task = tokio::spawn(lp.run());
+    Ok(SourceHandle {
+        link,
+        connected,
+        control,
+        task,
+    })
+}
+
+struct Loop {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    link: MqttLink,
+    connected: Arc<AtomicBool>,
+    control: watch::Receiver<SourceControl>,
+    out: mpsc::Sender<RawPublish>,
+    topics: Vec<String>,
+    qos: QoS,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl Loop {
+    async fn run(mut self) {
+        let mut backoff = self.backoff_min;
+        let bytes_counter = metrics::counter!(m::MQTT_BYTES_TOTAL);
+        loop {
+            let state = *self.control.borrow();
+            if state == SourceControl::Stop {
+                break;
+            }
+            let ev = tokio::select! {
+                ev = self.eventloop.poll() => ev,
+                changed = self.control.changed() => {
+                    if changed.is_err() { break; }
+                    continue;
+                }
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if state != SourceControl::Run {
+                        continue;
+                    }
+                    bytes_counter.increment(p.payload.len() as u64);
+                    let ack = (p.qos != QoS::AtMostOnce).then(|| AckToken {
+                        epoch: self.link.epoch(),
+                        pkid: p.pkid,
+                    });
+                    let msg = RawPublish {
+                        topic: p.topic,
+                        payload: p.payload,
+                        ack,
+                    };
+                    match self.out.try_send(msg) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(msg)) => {
+                            if msg.ack.is_none() {
+                                metrics::counter!(m::MQTT_DROPPED_TOTAL).increment(1);
+                            } else if self.out.send(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    let epoch = self.link.next_epoch();
+                    backoff = self.backoff_min;
+                    self.connected.store(true, Ordering::Release);
+                    metrics::gauge!(m::MQTT_CONNECTED).set(1.0);
+                    tracing::info!(epoch, session_present = ack.session_present, "MQTT connected");
+                    let filters = self
+                        .topics
+                        .iter()
+                        .map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.clone(), self.qos));
+                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                        tracing::error!(error = %e, "could not queue subscriptions");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                    tracing::warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if self.connected.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(error = %e, "MQTT connection lost");
+                    } else {
+                        tracing::debug!(error = %e, "MQTT connect failed");
+                    }
+                    metrics::gauge!(m::MQTT_CONNECTED).set(0.0);
+                    metrics::counter!(m::MQTT_RECONNECTS_TOTAL).increment(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.control.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(self.backoff_max);
+                }
+            }
+        }
+        // Give queued acks a moment to reach the broker, then say goodbye.
+        let _ = self.client.try_disconnect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(_)) => {}
+            }
+        }
+        self.connected.store(false, Ordering::Release);
+        metrics::gauge!(m::MQTT_CONNECTED).set(0.0);
+        tracing::info!("MQTT source stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_are_parsed_with_a_default_port() {
+        assert_eq!(parse_url("mqtt://127.0.0.1:11883").unwrap(), ("127.0.0.1".into(), 11883));
+        assert_eq!(parse_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
+        assert!(parse_url("http://x").is_err());
+        assert!(parse_url("mqtt://:1").is_err());
+    }
+}
