@@ -1,1 +1,84 @@
-fn main() {}
+//! `fleetflow`: the ingestion engine's command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fleetflow::config::Config;
+use fleetflow::engine::Engine;
+use fleetflow::{db, telemetry};
+
+#[derive(Parser)]
+#[command(name = "fleetflow", version, about = "Actor-based MQTT ingestion engine for camera and sensor fleets")]
+struct Cli {
+    /// Config file (TOML). Environment variables `FLEETFLOW_SECTION__KEY` override it.
+    #[arg(long, short, env = "FLEETFLOW_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log level or filter, e.g. `info` or `fleetflow_actors=debug` (overrides `[log] level`).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine (the default).
+    Run,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Validate the configuration and print it with secrets removed.
+    Config,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(level) = cli.log_level {
+        cfg.log.level = level;
+    }
+    telemetry::init_logging(&cfg.log);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Config => {
+            print!("{}", cfg.to_redacted_toml());
+            Ok(())
+        }
+        Command::Migrate => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let n = rt.block_on(db::migrate(&cfg.postgres))?;
+            println!("applied {n} migration(s)");
+            Ok(())
+        }
+        Command::Run => run(cfg),
+    }
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    let prometheus = telemetry::init_metrics().context("installing the metrics recorder")?;
+    let system = actix::System::new();
+    let clean = system.block_on(async move {
+        let engine = Engine::start(cfg, prometheus).await?;
+        wait_for_signal().await;
+        Ok::<_, anyhow::Error>(engine.shutdown().await)
+    })?;
+    if !clean {
+        tracing::warn!("shutdown was not clean; the broker redelivers what was not acknowledged");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

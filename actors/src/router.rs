@@ -89,6 +89,11 @@ impl Router {
         }
     }
 
+    /// Sets what device actors need (done once, before the first message).
+    pub fn set_deps(&mut self, deps: DeviceDeps) {
+        self.deps = Some(deps);
+    }
+
     fn arbiter_for(&self, id: &DeviceId) -> &ArbiterHandle {
         let mut h = self.hasher.build_hasher();
         id.hash(&mut h);

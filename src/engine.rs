@@ -1,0 +1,182 @@
+//! Wiring: starts the sinks, the router with its device arbiters, the MQTT source and the HTTP
+//! server, and runs the coordinated shutdown: stop forwarding from MQTT, drain device actors,
+//! flush the sinks (which acknowledges what became durable), disconnect, all within a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use fleetflow_actors::device::budget::GlobalBudget;
+use fleetflow_actors::device::DeviceDeps;
+use fleetflow_actors::router::{RawPublish, Router, StopAll};
+use fleetflow_actors::sinks::objects::ObjectSink;
+use fleetflow_actors::sinks::pg::{Flush, PgSink};
+use fleetflow_actors::source::{self, SourceControl, SourceHandle};
+use fleetflow_actors::topic::TopicParser;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::mpsc;
+
+use crate::config::{redact_url, Config};
+use crate::{db, http, objects};
+
+/// Startup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Database.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// Object store.
+    #[error(transparent)]
+    Objects(#[from] objects::ObjectsError),
+    /// MQTT settings.
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+    /// HTTP bind.
+    #[error("http.bind {0}: {1}")]
+    Bind(String, std::io::Error),
+}
+
+/// A running engine.
+pub struct Engine {
+    source: SourceHandle,
+    router: Addr<Router>,
+    pg: Addr<PgSink>,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+    http_task: tokio::task::JoinHandle<()>,
+    deadline: Duration,
+    /// The bound HTTP address.
+    pub http_addr: std::net::SocketAddr,
+}
+
+impl Engine {
+    /// Starts everything; must run inside an actix `System`.
+    pub async fn start(cfg: Config, prometheus: PrometheusHandle) -> Result<Self, EngineError> {
+        if cfg.postgres.migrate_on_start {
+            let n = db::migrate(&cfg.postgres).await?;
+            tracing::info!(applied = n, "database schema is up to date");
+        }
+        let pool = db::pool(&cfg.postgres)?;
+        let store = objects::build(&cfg.objects)?;
+
+        let queue = cfg.mqtt.receive_maximum as usize + 1024;
+        let (tx, rx) = mpsc::channel::<RawPublish>(queue);
+        let source = source::spawn(&cfg.mqtt, tx)?;
+        let link = source.link.clone();
+
+        let sinks_cfg = cfg.sinks.clone();
+        let pg_pool = pool.clone();
+        let pg_link = link.clone();
+        let pg = PgSink::create(move |_| PgSink::new(pg_pool, pg_link, sinks_cfg));
+        let obj_store = store.clone();
+        let obj_pg = pg.clone();
+        let obj_cfg = cfg.objects.clone();
+        let objects = ObjectSink::create(move |_| ObjectSink::new(obj_store, obj_pg, obj_cfg));
+
+        let n = match cfg.devices.arbiters {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        };
+        let arbiters: Arc<Vec<ArbiterHandle>> = Arc::new((0..n).map(|_| Arbiter::new().handle()).collect());
+        let parser = TopicParser::new(cfg.mqtt.topic_prefix.clone());
+        let budget = Arc::new(GlobalBudget::new(cfg.assembly.global_budget_bytes));
+        let assembly = Arc::new(cfg.assembly.clone());
+        let devices = Arc::new(cfg.devices.clone());
+        let router_arbiters = arbiters.clone();
+        let engine_pg = pg.clone();
+        let router = Router::create(move |ctx| {
+            let deps = DeviceDeps {
+                assembly,
+                devices,
+                budget,
+                link,
+                topics: parser.clone(),
+                pg: pg.clone(),
+                objects,
+                router: ctx.address(),
+            };
+            let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+            ctx.add_stream(stream);
+            let mut r = Router::new(parser, router_arbiters);
+            r.set_deps(deps);
+            r
+        });
+
+        let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
+            .await
+            .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
+        let http_addr = listener.local_addr().map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
+        let app = http::router(http::HttpState {
+            prometheus,
+            pool,
+            store,
+            mqtt_connected: source.connected.clone(),
+        });
+        let http_task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(
+            mqtt = %cfg.mqtt.url,
+            prefix = %cfg.mqtt.topic_prefix,
+            postgres = %redact_url(&cfg.postgres.url),
+            objects = %cfg.objects.url,
+            http = %http_addr,
+            arbiters = n,
+            "fleetflow engine started"
+        );
+        Ok(Self {
+            pg: engine_pg,
+            source,
+            router,
+            arbiters,
+            http_task,
+            deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
+            http_addr,
+        })
+    }
+}
+
+impl Engine {
+    /// The router, for admin queries.
+    pub fn router(&self) -> &Addr<Router> {
+        &self.router
+    }
+
+    /// Graceful shutdown: stop forwarding, drain device actors, flush sinks (acks follow each
+    /// commit), disconnect. Whatever is left after the deadline is logged and abandoned; the
+    /// broker redelivers everything that was not acknowledged.
+    pub async fn shutdown(self) -> bool {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.deadline;
+        tracing::info!(deadline_ms = self.deadline.as_millis() as u64, "shutting down");
+        let _ = self.source.control.send(SourceControl::Drain);
+        let mut clean = true;
+        match tokio::time::timeout_at(deadline, self.router.send(StopAll)).await {
+            Ok(Ok(n)) => tracing::info!(device_actors = n, "device actors drained"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "router unavailable during shutdown"),
+            Err(_) => {
+                clean = false;
+                tracing::warn!("device actors did not drain before the deadline");
+            }
+        }
+        match tokio::time::timeout_at(deadline, self.pg.send(Flush)).await {
+            Ok(_) => tracing::info!("postgres sink flushed"),
+            Err(_) => {
+                clean = false;
+                tracing::warn!("postgres sink did not flush before the deadline; unacknowledged messages will be redelivered");
+            }
+        }
+        let _ = self.source.control.send(SourceControl::Stop);
+        if tokio::time::timeout_at(deadline + Duration::from_secs(3), self.source.task).await.is_err() {
+            clean = false;
+            tracing::warn!("MQTT source did not stop before the deadline");
+        }
+        self.http_task.abort();
+        for a in self.arbiters.iter() {
+            a.stop();
+        }
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, clean, "shutdown complete");
+        clean
+    }
+}

@@ -1,0 +1,18 @@
+//! The `fleetflow` binary's library: everything between the command line and the actor crate.
+//!
+//! # Layout
+//! - [`config`]: the typed config file, environment overrides and validation.
+//! - [`db`]: the Postgres pool and the embedded migrations.
+//! - [`objects`]: builds the object store (local filesystem or S3-compatible).
+//! - [`telemetry`]: logging and the Prometheus recorder.
+//! - [`http`]: `/metrics`, `/health`, `/ready`.
+//! - [`engine`]: wiring of source, router, device actors and sinks, and graceful shutdown.
+//! - [`sim`]: the fleet simulator used by `fleetflow-sim`, the demo and the tests.
+
+pub mod config;
+pub mod db;
+pub mod engine;
+pub mod http;
+pub mod objects;
+pub mod sim;
+pub mod telemetry;

@@ -1,0 +1,57 @@
+//! Builds the object store from `[objects]`: the local filesystem (default) or S3-compatible.
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::ObjectStore;
+
+use crate::config::ObjectsConfig;
+
+/// Object store configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    /// The directory cannot be created.
+    #[error("objects.url: cannot create {0}: {1}")]
+    Dir(String, std::io::Error),
+    /// The store refused the settings.
+    #[error("objects: {0}")]
+    Store(#[from] object_store::Error),
+    /// Neither file:// nor s3://.
+    #[error("objects.url must start with file:// or s3://, got {0:?}")]
+    Scheme(String),
+}
+
+/// Where local objects live, for `file://` URLs (`file:///abs` or `file://relative`).
+pub fn local_root(url: &str) -> Option<std::path::PathBuf> {
+    url.strip_prefix("file://").map(std::path::PathBuf::from)
+}
+
+/// Builds the store.
+pub fn build(cfg: &ObjectsConfig) -> Result<Arc<dyn ObjectStore>, ObjectsError> {
+    if let Some(root) = local_root(&cfg.url) {
+        std::fs::create_dir_all(&root).map_err(|e| ObjectsError::Dir(root.display().to_string(), e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| ObjectsError::Dir(root.display().to_string(), e))?;
+        return Ok(Arc::new(LocalFileSystem::new_with_prefix(root)?));
+    }
+    if let Some(bucket) = cfg.url.strip_prefix("s3://") {
+        let bucket = bucket.trim_end_matches('/');
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_region(&cfg.region)
+            .with_allow_http(cfg.allow_http);
+        if let Some(ep) = &cfg.endpoint {
+            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+        }
+        if let Some(k) = &cfg.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(s) = &cfg.secret_access_key {
+            b = b.with_secret_access_key(s);
+        }
+        return Ok(Arc::new(b.build()?));
+    }
+    Err(ObjectsError::Scheme(cfg.url.clone()))
+}
