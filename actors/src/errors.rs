@@ -78,10 +78,22 @@ pub struct ErrorRecord {
     pub occurred_at: DateTime<Utc>,
 }
 
-/// A bounded, lossy UTF-8 excerpt of a payload for error details.
+/// A bounded excerpt of a payload for error details: text when the payload is printable UTF-8,
+/// otherwise `hex:` and the first bytes in hex (JSONB cannot hold NUL characters).
 pub fn excerpt(payload: &[u8]) -> String {
     let end = payload.len().min(PAYLOAD_EXCERPT_BYTES);
-    String::from_utf8_lossy(&payload[..end]).into_owned()
+    let mut cut = &payload[..end];
+    // Do not split a UTF-8 sequence at the cut.
+    while let Err(e) = std::str::from_utf8(cut) {
+        if e.error_len().is_some() {
+            break;
+        }
+        cut = &cut[..e.valid_up_to()];
+    }
+    match std::str::from_utf8(cut) {
+        Ok(s) if !s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => s.to_string(),
+        _ => format!("hex:{}", hex::encode(&payload[..payload.len().min(64)])),
+    }
 }
 
 /// Allows at most `per_minute` records per key per rolling minute and counts the rest.
@@ -150,6 +162,15 @@ impl<K: std::hash::Hash + Eq + Clone> ErrorRateLimiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excerpts_are_bounded_and_binary_payloads_become_hex() {
+        assert_eq!(excerpt(b"{bad json"), "{bad json");
+        assert_eq!(excerpt(&[0u8, 1, 2]), "hex:000102");
+        assert_eq!(excerpt(&vec![b'a'; 1000]).len(), PAYLOAD_EXCERPT_BYTES);
+        let e = excerpt("é".repeat(200).as_bytes());
+        assert!(e.len() <= PAYLOAD_EXCERPT_BYTES && !e.starts_with("hex:"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn error_rows_are_limited_per_key_per_minute_and_suppressed_ones_are_counted() {

@@ -272,8 +272,15 @@ async fn run_connection(cfg: SimConfig, conn: usize, ids: Vec<usize>) -> Result<
             _ = tick.tick() => {
                 let now = Instant::now();
                 if !subscribed { continue; }
-                if now < end {
+                let captures_left = devices.iter().any(|d| d.captures_sent < cfg.captures_per_device);
+                if now < end || captures_left {
+                    // Past the end only the promised captures are still sent (no drift loss).
+                    let only_captures = now >= end;
                     for d in devices.iter_mut() {
+                        if only_captures {
+                            d.next_reading = end + Duration::from_secs(86_400);
+                            d.next_status = d.next_reading;
+                        }
                         generate(&cfg, d, now, capture_every, &image, &sha, &client, &mut sent_order, &mut rng, &mut report);
                     }
                 } else {
@@ -347,7 +354,7 @@ fn generate(
         publish(client, sent, format!("{}/{}/data", cfg.prefix, d.id), Bytes::from(payload), Some((0, d.seq)), report);
     }
     if d.captures_sent < cfg.captures_per_device && now >= d.next_capture {
-        d.next_capture = now + capture_every;
+        d.next_capture += capture_every;
         d.captures_sent += 1;
         let capture_id = format!("img_{:06}", d.captures_sent);
         let total = image::total_chunks(image.len(), cfg.chunk_size);

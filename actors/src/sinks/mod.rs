@@ -35,7 +35,10 @@ impl SinkError {
 
 impl From<tokio_postgres::Error> for SinkError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let msg = format!("{e}");
+        let msg = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => format!("{e}"),
+        };
         match e.code() {
             None => SinkError::Retriable(msg),
             Some(code) => {
