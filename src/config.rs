@@ -8,7 +8,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub use fleetflow_actors::config::{AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, SinksConfig};
+pub use fleetflow_actors::config::{
+    AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, SinksConfig,
+};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -101,7 +103,9 @@ fn default_bind() -> String {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { bind: default_bind() }
+        Self {
+            bind: default_bind(),
+        }
     }
 }
 
@@ -185,15 +189,22 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(p) = path {
             if !p.exists() {
-                return Err(ConfigError::Parse(format!("config file {} does not exist", p.display())));
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )));
             }
             fig = fig.merge(Toml::file(p));
         }
         fig = fig.merge(
             // Only `FLEETFLOW_SECTION__KEY` names: others (FLEETFLOW_TEST_*) are not config.
-            Env::prefixed("FLEETFLOW_").split("__").filter(|k| k.as_str().contains('.')),
+            Env::prefixed("FLEETFLOW_")
+                .split("__")
+                .filter(|k| k.as_str().contains('.')),
         );
-        let cfg: Config = fig.extract().map_err(|e| ConfigError::Parse(render_figment_error(e)))?;
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Parse(render_figment_error(e)))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -210,7 +221,12 @@ impl Config {
 
     /// Checks values that types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field, message: &str| Err(ConfigError::Invalid { field, message: message.into() });
+        let bad = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.into(),
+            })
+        };
         if fleetflow_actors::source::parse_url(&self.mqtt.url).is_err() {
             return bad("mqtt.url", "must look like mqtt://host:port");
         }
@@ -221,12 +237,17 @@ impl Config {
             return bad("mqtt.client_id", "must not be empty");
         }
         if self.mqtt.topic_prefix.is_empty() || self.mqtt.topic_prefix.contains(['+', '#']) {
-            return bad("mqtt.topic_prefix", "must be non-empty and contain no wildcards");
+            return bad(
+                "mqtt.topic_prefix",
+                "must be non-empty and contain no wildcards",
+            );
         }
         if self.mqtt.receive_maximum == 0 {
             return bad("mqtt.receive_maximum", "must be at least 1");
         }
-        if !self.postgres.url.starts_with("postgres://") && !self.postgres.url.starts_with("postgresql://") {
+        if !self.postgres.url.starts_with("postgres://")
+            && !self.postgres.url.starts_with("postgresql://")
+        {
             return bad("postgres.url", "must start with postgres://");
         }
         if self.postgres.pool_size == 0 {
@@ -239,7 +260,10 @@ impl Config {
             return bad("assembly.assembly_timeout_ms", "must be positive");
         }
         if self.assembly.max_image_bytes == 0 || self.assembly.max_image_bytes > u32::MAX as u64 {
-            return bad("assembly.max_image_bytes", "must be between 1 and 4294967295");
+            return bad(
+                "assembly.max_image_bytes",
+                "must be between 1 and 4294967295",
+            );
         }
         if self.assembly.max_captures_in_flight == 0 {
             return bad("assembly.max_captures_in_flight", "must be at least 1");
@@ -285,7 +309,11 @@ fn render_figment_error(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let path = e.path.join(".");
-            let src = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            let src = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
             if path.is_empty() {
                 format!("{} ({src})", e.kind)
             } else {
@@ -302,7 +330,11 @@ mod tests {
 
     #[test]
     fn the_shipped_example_config_parses_and_validates() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fleetflow.example.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fleetflow.example.toml"
+        ))
+        .unwrap();
         let cfg = Config::from_toml(&text).unwrap();
         assert_eq!(cfg.mqtt.topic_prefix, "ESP32CAM");
         assert_eq!(cfg.assembly.assembly_timeout_ms, 30_000);
@@ -310,27 +342,38 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused_with_their_name() {
-        let e = Config::from_toml("[assembly]\nassembly_timeout = 5\n").unwrap_err().to_string();
+        let e = Config::from_toml("[assembly]\nassembly_timeout = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("assembly_timeout"), "{e}");
     }
 
     #[test]
     fn wrong_types_name_the_field() {
-        let e = Config::from_toml("[sinks]\nmax_batch_rows = \"many\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("[sinks]\nmax_batch_rows = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sinks.max_batch_rows"), "{e}");
     }
 
     #[test]
     fn invalid_values_name_the_field() {
-        let e = Config::from_toml("[mqtt]\nqos = 2\n").unwrap_err().to_string();
+        let e = Config::from_toml("[mqtt]\nqos = 2\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mqtt.qos"), "{e}");
-        let e = Config::from_toml("[objects]\nurl = \"gs://x\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("[objects]\nurl = \"gs://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("objects.url"), "{e}");
     }
 
     #[test]
     fn passwords_are_redacted_from_urls() {
-        assert_eq!(redact_url("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
 }

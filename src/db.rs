@@ -37,7 +37,8 @@ pub enum DbError {
 
 /// Builds the pool (connections are opened lazily).
 pub fn pool(cfg: &PostgresConfig) -> Result<Pool, DbError> {
-    let mut pg = tokio_postgres::Config::from_str(&cfg.url).map_err(|e| DbError::Url(e.to_string()))?;
+    let mut pg =
+        tokio_postgres::Config::from_str(&cfg.url).map_err(|e| DbError::Url(e.to_string()))?;
     pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
     pg.application_name("fleetflow");
     let mgr = Manager::from_config(
@@ -72,12 +73,17 @@ pub async fn migrate(cfg: &PostgresConfig) -> Result<usize, DbError> {
         }
     });
     let lock = "SELECT pg_advisory_lock(727274)";
-    client.batch_execute(lock).await.map_err(|e| DbError::Migrate(e.to_string()))?;
+    client
+        .batch_execute(lock)
+        .await
+        .map_err(|e| DbError::Migrate(e.to_string()))?;
     let report = embedded::migrations::runner()
         .run_async(&mut client)
         .await
         .map_err(|e| DbError::Migrate(e.to_string()));
-    let _ = client.batch_execute("SELECT pg_advisory_unlock(727274)").await;
+    let _ = client
+        .batch_execute("SELECT pg_advisory_unlock(727274)")
+        .await;
     drop(client);
     let _ = conn_task.await;
     let report = report?;

@@ -73,38 +73,46 @@ impl Engine {
         let objects = ObjectSink::create(move |_| ObjectSink::new(obj_store, obj_pg, obj_cfg));
 
         let n = match cfg.devices.arbiters {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             n => n,
         };
-        let arbiters: Arc<Vec<ArbiterHandle>> = Arc::new((0..n).map(|_| Arbiter::new().handle()).collect());
+        let arbiters: Arc<Vec<ArbiterHandle>> =
+            Arc::new((0..n).map(|_| Arbiter::new().handle()).collect());
         let parser = TopicParser::new(cfg.mqtt.topic_prefix.clone());
         let budget = Arc::new(GlobalBudget::new(cfg.assembly.global_budget_bytes));
         let assembly = Arc::new(cfg.assembly.clone());
         let devices = Arc::new(cfg.devices.clone());
         let router_arbiters = arbiters.clone();
         let engine_pg = pg.clone();
-        let router = Router::create(move |ctx| {
-            let deps = DeviceDeps {
-                assembly,
-                devices,
-                budget,
-                link,
-                topics: parser.clone(),
-                pg: pg.clone(),
-                objects,
-                router: ctx.address(),
-            };
-            let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-            ctx.add_stream(stream);
-            let mut r = Router::new(parser, router_arbiters);
-            r.set_deps(deps);
-            r
-        });
+        let router =
+            Router::create(move |ctx| {
+                let deps = DeviceDeps {
+                    assembly,
+                    devices,
+                    budget,
+                    link,
+                    topics: parser.clone(),
+                    pg: pg.clone(),
+                    objects,
+                    router: ctx.address(),
+                };
+                let stream = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|m| (m, rx))
+                });
+                ctx.add_stream(stream);
+                let mut r = Router::new(parser, router_arbiters);
+                r.set_deps(deps);
+                r
+            });
 
         let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
             .await
             .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
-        let http_addr = listener.local_addr().map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
         let app = http::router(http::HttpState {
             prometheus,
             pool,
@@ -149,7 +157,10 @@ impl Engine {
     pub async fn shutdown(self) -> bool {
         let started = tokio::time::Instant::now();
         let deadline = started + self.deadline;
-        tracing::info!(deadline_ms = self.deadline.as_millis() as u64, "shutting down");
+        tracing::info!(
+            deadline_ms = self.deadline.as_millis() as u64,
+            "shutting down"
+        );
         let _ = self.source.control.send(SourceControl::Drain);
         let mut clean = true;
         match tokio::time::timeout_at(deadline, self.router.send(StopAll)).await {
@@ -168,7 +179,10 @@ impl Engine {
             }
         }
         let _ = self.source.control.send(SourceControl::Stop);
-        if tokio::time::timeout_at(deadline + Duration::from_secs(3), self.source.task).await.is_err() {
+        if tokio::time::timeout_at(deadline + Duration::from_secs(3), self.source.task)
+            .await
+            .is_err()
+        {
             clean = false;
             tracing::warn!("MQTT source did not stop before the deadline");
         }
@@ -176,7 +190,11 @@ impl Engine {
         for a in self.arbiters.iter() {
             a.stop();
         }
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, clean, "shutdown complete");
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            clean,
+            "shutdown complete"
+        );
         clean
     }
 }

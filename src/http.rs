@@ -40,7 +40,10 @@ pub fn router(state: HttpState) -> Router {
 
 async fn metrics(State(s): State<HttpState>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         s.prometheus.render(),
     )
         .into_response()
@@ -55,7 +58,9 @@ async fn ready(State(s): State<HttpState>) -> Response {
     let mqtt = s.mqtt_connected.load(Ordering::Acquire);
     let pg = tokio::time::timeout(probe, async {
         let c = s.pool.get().await.map_err(|e| e.to_string())?;
-        c.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
+        c.simple_query("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(())
     })
     .await
@@ -74,6 +79,10 @@ async fn ready(State(s): State<HttpState>) -> Response {
         "postgres": {"ok": pg.is_ok(), "error": pg.err()},
         "objects": {"ok": objects.is_ok(), "error": objects.err()},
     });
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }

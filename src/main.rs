@@ -9,7 +9,11 @@ use fleetflow::engine::Engine;
 use fleetflow::{db, telemetry};
 
 #[derive(Parser)]
-#[command(name = "fleetflow", version, about = "Actor-based MQTT ingestion engine for camera and sensor fleets")]
+#[command(
+    name = "fleetflow",
+    version,
+    about = "Actor-based MQTT ingestion engine for camera and sensor fleets"
+)]
 struct Cli {
     /// Config file (TOML). Environment variables `FLEETFLOW_SECTION__KEY` override it.
     #[arg(long, short, env = "FLEETFLOW_CONFIG", global = true)]
@@ -44,7 +48,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let n = rt.block_on(db::migrate(&cfg.postgres))?;
             println!("applied {n} migration(s)");
             Ok(())

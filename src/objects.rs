@@ -30,7 +30,8 @@ pub fn local_root(url: &str) -> Option<std::path::PathBuf> {
 /// Builds the store.
 pub fn build(cfg: &ObjectsConfig) -> Result<Arc<dyn ObjectStore>, ObjectsError> {
     if let Some(root) = local_root(&cfg.url) {
-        std::fs::create_dir_all(&root).map_err(|e| ObjectsError::Dir(root.display().to_string(), e))?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| ObjectsError::Dir(root.display().to_string(), e))?;
         let root = root
             .canonicalize()
             .map_err(|e| ObjectsError::Dir(root.display().to_string(), e))?;

@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use common::{eventually, random_device, Options, Store, TestEnv};
 use fleetflow::sim::image::jpeg_like;
-use object_store::{ObjectStoreExt, path::Path};
+use object_store::{path::Path, ObjectStoreExt};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
 
 async fn one_capture_is_stored_byte_identical_and_acked_after(store: Store) {
-    let env = TestEnv::start(Options { store, ..Options::default() }).await;
+    let env = TestEnv::start(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let id = random_device();
     let mut dev = env.device(&id).await;
     let image = jpeg_like(51_234, 42);
@@ -30,7 +34,16 @@ async fn one_capture_is_stored_byte_identical_and_acked_after(store: Store) {
     let key = format!("captures/{id}/2026/10/04/img_000183.jpg");
     let stored = match store {
         Store::Local => std::fs::read(env.objects_dir.join(&key)).expect("object file"),
-        Store::S3 => env.services.s3_store().get(&Path::from(key.as_str())).await.expect("S3 object").bytes().await.unwrap().to_vec(),
+        Store::S3 => env
+            .services
+            .s3_store()
+            .get(&Path::from(key.as_str()))
+            .await
+            .expect("S3 object")
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
     };
     assert_eq!(stored, image.to_vec(), "object is byte-identical");
     let db = env.db().await;
@@ -61,7 +74,11 @@ async fn a_51_chunk_capture_is_stored_byte_identical_then_acked_on_s3() {
 
 #[tokio::test]
 async fn withheld_chunks_are_nacked_as_ranges_and_the_capture_completes_after_resend() {
-    let env = TestEnv::start(Options { assembly_timeout_ms: 1500, ..Options::default() }).await;
+    let env = TestEnv::start(Options {
+        assembly_timeout_ms: 1500,
+        ..Options::default()
+    })
+    .await;
     let id = random_device();
     let mut dev = env.device(&id).await;
     let image = jpeg_like(51_234, 7);
@@ -87,17 +104,34 @@ async fn withheld_chunks_are_nacked_as_ranges_and_the_capture_completes_after_re
 }
 
 #[tokio::test]
-async fn a_capture_that_never_completes_fails_with_2201_after_the_nack_rounds_and_frees_its_memory() {
-    let env = TestEnv::start(Options { assembly_timeout_ms: 700, max_nack_rounds: 2, ..Options::default() }).await;
+async fn a_capture_that_never_completes_fails_with_2201_after_the_nack_rounds_and_frees_its_memory()
+{
+    let env = TestEnv::start(Options {
+        assembly_timeout_ms: 700,
+        max_nack_rounds: 2,
+        ..Options::default()
+    })
+    .await;
     let id = random_device();
     let mut dev = env.device(&id).await;
     let image = jpeg_like(20_000, 3);
     dev.meta("img_lost", &image, 1024, false).await;
     dev.chunk_bin("img_lost", &image, 1024, 0).await;
-    eventually(T, "assembly bytes to be held", || async { (env.metric("fleetflow_assembly_bytes").await > 0.0).then_some(()) }).await;
+    eventually(T, "assembly bytes to be held", || async {
+        (env.metric("fleetflow_assembly_bytes").await > 0.0).then_some(())
+    })
+    .await;
     let acks = dev.acks_within(Duration::from_secs(4)).await;
-    let rounds: Vec<i64> = acks.iter().filter(|a| a["reason"] == "missing_chunks").map(|a| a["round"].as_i64().unwrap()).collect();
-    assert_eq!(rounds, vec![1, 2], "two NACK rounds, then give up: {acks:?}");
+    let rounds: Vec<i64> = acks
+        .iter()
+        .filter(|a| a["reason"] == "missing_chunks")
+        .map(|a| a["round"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        rounds,
+        vec![1, 2],
+        "two NACK rounds, then give up: {acks:?}"
+    );
     assert_eq!(acks[0]["missing"], json!([[1, 19]]));
     eventually(T, "the failed captures row", || async {
         let c = env.db().await;
@@ -111,14 +145,27 @@ async fn a_capture_that_never_completes_fails_with_2201_after_the_nack_rounds_an
     .eq(&("failed".to_string(), 2))
     .then_some(())
     .expect("captures row says failed after 2 rounds");
-    let errors = env.scalar_i64(&format!("SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2201")).await;
+    let errors = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2201"
+        ))
+        .await;
     assert_eq!(errors, 1);
-    assert_eq!(env.metric("fleetflow_assembly_bytes").await, 0.0, "memory released");
-    assert_eq!(env.metric("fleetflow_captures_failed_total{reason=\"timeout\"}").await, 1.0);
+    assert_eq!(
+        env.metric("fleetflow_assembly_bytes").await,
+        0.0,
+        "memory released"
+    );
+    assert_eq!(
+        env.metric("fleetflow_captures_failed_total{reason=\"timeout\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
-async fn reordered_duplicated_json_and_binary_chunks_assemble_and_a_conflicting_duplicate_is_2203() {
+async fn reordered_duplicated_json_and_binary_chunks_assemble_and_a_conflicting_duplicate_is_2203()
+{
     let env = TestEnv::start(Options::default()).await;
     let id = random_device();
     let mut dev = env.device(&id).await;
@@ -138,13 +185,26 @@ async fn reordered_duplicated_json_and_binary_chunks_assemble_and_a_conflicting_
     }
     let ack = dev.next_ack(T).await;
     assert_eq!(ack["type"], "ACK_OK", "{ack}");
-    let stored = std::fs::read(env.objects_dir.join(format!("captures/{id}/2026/10/04/img_mix.jpg"))).unwrap();
+    let stored = std::fs::read(
+        env.objects_dir
+            .join(format!("captures/{id}/2026/10/04/img_mix.jpg")),
+    )
+    .unwrap();
     assert_eq!(stored, image.to_vec());
     eventually(T, "the 2203 error row", || async {
-        (env.scalar_i64(&format!("SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2203")).await == 1).then_some(())
+        (env.scalar_i64(&format!(
+            "SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2203"
+        ))
+        .await
+            == 1)
+            .then_some(())
     })
     .await;
-    assert!(env.metric("fleetflow_chunks_total{outcome=\"duplicate\"}").await >= 3.0);
+    assert!(
+        env.metric("fleetflow_chunks_total{outcome=\"duplicate\"}")
+            .await
+            >= 3.0
+    );
 }
 
 #[tokio::test]
@@ -164,8 +224,16 @@ async fn readings_land_once_even_when_replayed_and_status_updates_device_status_
     dev.publish("status", r#"{"status":"online","battery_v":3.92,"rssi":-61,"uptime_s":12345,"pending_count":2,"fw":"1.4.2","ts":"2026-10-04T12:00:00Z","mode":"eco"}"#)
         .await;
     eventually(T, "50 readings and a status row", || async {
-        let n = env.scalar_i64(&format!("SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'")).await;
-        let s = env.scalar_i64(&format!("SELECT count(*) FROM device_status WHERE device_id = '{id}'")).await;
+        let n = env
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
+            ))
+            .await;
+        let s = env
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM device_status WHERE device_id = '{id}'"
+            ))
+            .await;
         (n >= 50 && s == 1).then_some(())
     })
     .await;
@@ -176,13 +244,27 @@ async fn readings_land_once_even_when_replayed_and_status_updates_device_status_
         .query_one("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM sensor_readings WHERE device_id = $1", &[&id])
         .await
         .unwrap();
-    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2), r.get::<_, i64>(3)), (50, 50, 1, 50));
+    assert_eq!(
+        (
+            r.get::<_, i64>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, i64>(3)
+        ),
+        (50, 50, 1, 50)
+    );
     let extra: serde_json::Value = c
-        .query_one("SELECT extra FROM sensor_readings WHERE device_id = $1 AND seq = 1", &[&id])
+        .query_one(
+            "SELECT extra FROM sensor_readings WHERE device_id = $1 AND seq = 1",
+            &[&id],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(extra["fw_note"], "r0", "unknown fields are kept in extra, and the first copy wins");
+    assert_eq!(
+        extra["fw_note"], "r0",
+        "unknown fields are kept in extra, and the first copy wins"
+    );
     let s = c
         .query_one("SELECT status, battery_v, rssi, pending_count, extra->>'mode' FROM device_status WHERE device_id = $1", &[&id])
         .await
@@ -215,15 +297,27 @@ async fn bad_input_gets_its_error_code_and_metric_while_other_devices_keep_inges
     bad_dev.publish("data", "{not json").await;
     bad_dev.publish("data", r#"{"type":"selfie"}"#).await;
     bad_dev.publish("data", r#"{"type":"reading"}"#).await;
-    bad_dev.publish_raw(&format!("{}/AA:BB:CC/status", env.prefix), r#"{"status":"online"}"#).await;
-    bad_dev.publish_raw(&format!("{}/{}/status", env.prefix, "F".repeat(65)), r#"{"status":"online"}"#).await;
+    bad_dev
+        .publish_raw(
+            &format!("{}/AA:BB:CC/status", env.prefix),
+            r#"{"status":"online"}"#,
+        )
+        .await;
+    bad_dev
+        .publish_raw(
+            &format!("{}/{}/status", env.prefix, "F".repeat(65)),
+            r#"{"status":"online"}"#,
+        )
+        .await;
     bad_dev.meta("img_bad", &image, 1024, false).await;
     bad_dev.chunk_bin("img_bad", &image, 1024, 0).await;
     bad_dev.publish("chunk/img_bad/99", vec![1u8; 1024]).await;
     for i in 0..3 {
         good_dev.chunk_bin("img_ok", &image, 1024, i).await;
     }
-    good_dev.publish("data", r#"{"type":"reading","seq":1,"temperature_c":20.0}"#).await;
+    good_dev
+        .publish("data", r#"{"type":"reading","seq":1,"temperature_c":20.0}"#)
+        .await;
 
     let ack = good_dev.next_ack(T).await;
     assert_eq!(ack["type"], "ACK_OK", "the good device is served: {ack}");
@@ -243,13 +337,19 @@ async fn bad_input_gets_its_error_code_and_metric_while_other_devices_keep_inges
     .await;
     let m = env.metrics().await;
     for (code, n) in [("2101", 2.0), ("2102", 2.0), ("2103", 1.0), ("2203", 1.0)] {
-        let v = common::metric_value(&m, &format!("fleetflow_device_errors_total{{code=\"{code}\"}}"));
+        let v = common::metric_value(
+            &m,
+            &format!("fleetflow_device_errors_total{{code=\"{code}\"}}"),
+        );
         assert!(v >= n, "errors {code}: {v}");
     }
     let details: serde_json::Value = env
         .db()
         .await
-        .query_one("SELECT details FROM device_errors WHERE device_id = $1 AND error_code = 2203", &[&bad])
+        .query_one(
+            "SELECT details FROM device_errors WHERE device_id = $1 AND error_code = 2203",
+            &[&bad],
+        )
         .await
         .unwrap()
         .get(0);
@@ -261,7 +361,10 @@ async fn bad_input_gets_its_error_code_and_metric_while_other_devices_keep_inges
 }
 
 async fn count_readings(env: &TestEnv, id: &str) -> i64 {
-    env.scalar_i64(&format!("SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'")).await
+    env.scalar_i64(&format!(
+        "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -286,12 +389,18 @@ async fn two_hundred_devices_times_five_captures_are_all_stored_and_acked_with_n
         drain: Duration::from_secs(90),
         with_sha256: true,
         seed: 3,
+        retry_after: Duration::from_secs(30),
     };
     let report = fleetflow::sim::run(cfg).await.expect("simulator");
     assert_eq!(report.captures_started, 1000);
     assert_eq!(report.captures_acked, 1000, "{report:?}");
-    let stored = env.scalar_i64("SELECT count(*) FROM captures WHERE ingest_status = 'stored'").await;
+    let stored = env
+        .scalar_i64("SELECT count(*) FROM captures WHERE ingest_status = 'stored'")
+        .await;
     assert_eq!(stored, 1000);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM device_errors").await, 0);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM device_errors").await,
+        0
+    );
     assert_eq!(env.metric("fleetflow_captures_stored_total").await, 1000.0);
 }

@@ -9,7 +9,12 @@ use fleetflow::sim::image::jpeg_like;
 
 #[tokio::test]
 async fn metrics_expose_messages_captures_nacks_batches_actors_restarts_and_errors() {
-    let env = TestEnv::start(Options { assembly_timeout_ms: 500, max_nack_rounds: 1, ..Options::default() }).await;
+    let env = TestEnv::start(Options {
+        assembly_timeout_ms: 500,
+        max_nack_rounds: 1,
+        ..Options::default()
+    })
+    .await;
     let id = random_device();
     let mut dev = env.device(&id).await;
     let image = jpeg_like(4000, 1);
@@ -17,18 +22,32 @@ async fn metrics_expose_messages_captures_nacks_batches_actors_restarts_and_erro
     for i in 0..4 {
         dev.chunk_bin("img_a", &image, 1024, i).await;
     }
-    assert_eq!(dev.next_ack(Duration::from_secs(20)).await["type"], "ACK_OK");
+    assert_eq!(
+        dev.next_ack(Duration::from_secs(20)).await["type"],
+        "ACK_OK"
+    );
     dev.meta("img_b", &image, 1024, false).await;
     dev.publish("data", r#"{"type":"reading","seq":1}"#).await;
     dev.publish("data", "garbage").await;
     assert_eq!(dev.next_ack(Duration::from_secs(20)).await["type"], "NACK");
-    let text = eventually(Duration::from_secs(20), "the failed capture to be counted", || async {
-        let m = env.metrics().await;
-        (common::metric_value(&m, "fleetflow_captures_failed_total{reason=\"timeout\"}") == 1.0).then_some(m)
-    })
+    let text = eventually(
+        Duration::from_secs(20),
+        "the failed capture to be counted",
+        || async {
+            let m = env.metrics().await;
+            (common::metric_value(&m, "fleetflow_captures_failed_total{reason=\"timeout\"}") == 1.0)
+                .then_some(m)
+        },
+    )
     .await;
-    for (name, kind) in fleetflow_actors::metrics::SPEC.iter().map(|(n, k, _)| (*n, *k)) {
-        assert!(text.contains(&format!("# TYPE {name} {kind}")), "{name} ({kind}) is not exported:\n{text}");
+    for (name, kind) in fleetflow_actors::metrics::SPEC
+        .iter()
+        .map(|(n, k, _)| (*n, *k))
+    {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}")),
+            "{name} ({kind}) is not exported:\n{text}"
+        );
     }
     for series in [
         "fleetflow_device_messages_total{kind=\"capture_meta\"} 2",
@@ -42,17 +61,34 @@ async fn metrics_expose_messages_captures_nacks_batches_actors_restarts_and_erro
     ] {
         assert!(text.lines().any(|l| l == series), "missing `{series}`");
     }
-    assert!(common::metric_value(&text, "fleetflow_sink_batch_rows_count{table=\"sensor_readings\"}") >= 1.0);
-    assert!(common::metric_value(&text, "fleetflow_sink_batch_seconds_count{table=\"captures\"}") >= 1.0);
+    assert!(
+        common::metric_value(
+            &text,
+            "fleetflow_sink_batch_rows_count{table=\"sensor_readings\"}"
+        ) >= 1.0
+    );
+    assert!(
+        common::metric_value(
+            &text,
+            "fleetflow_sink_batch_seconds_count{table=\"captures\"}"
+        ) >= 1.0
+    );
 }
 
 #[tokio::test]
 async fn ready_reports_a_stopped_postgres_and_recovers_when_it_returns() {
     let pg = PrivatePg::start();
-    let env = TestEnv::start(Options { pg_url: Some(pg.url()), ..Options::default() }).await;
+    let env = TestEnv::start(Options {
+        pg_url: Some(pg.url()),
+        ..Options::default()
+    })
+    .await;
     let ready = || async {
         let r = reqwest::get(format!("{}/ready", env.http)).await.unwrap();
-        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
     };
     assert_eq!(ready().await.0, 200);
     pg.stop();
@@ -64,7 +100,14 @@ async fn ready_reports_a_stopped_postgres_and_recovers_when_it_returns() {
     assert_eq!(body["postgres"]["ok"], false, "{body}");
     assert_eq!(body["mqtt"]["connected"], true);
     let health = reqwest::get(format!("{}/health", env.http)).await.unwrap();
-    assert_eq!(health.status().as_u16(), 200, "the process itself is healthy");
+    assert_eq!(
+        health.status().as_u16(),
+        200,
+        "the process itself is healthy"
+    );
     pg.start_again();
-    eventually(Duration::from_secs(20), "/ready to recover", || async { (ready().await.0 == 200).then_some(()) }).await;
+    eventually(Duration::from_secs(20), "/ready to recover", || async {
+        (ready().await.0 == 200).then_some(())
+    })
+    .await;
 }

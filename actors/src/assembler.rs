@@ -212,7 +212,13 @@ mod tests {
         let img = image(3000);
         let mut a = Assembly::new(layout(3000, 1024));
         assert_eq!(a.add(3, &img[..1]), ChunkOutcome::OutOfRange);
-        assert_eq!(a.add(0, &img[..10]), ChunkOutcome::WrongLength { expected: 1024, got: 10 });
+        assert_eq!(
+            a.add(0, &img[..10]),
+            ChunkOutcome::WrongLength {
+                expected: 1024,
+                got: 10
+            }
+        );
         assert_eq!(a.add(0, &img[..1024]), ChunkOutcome::Accepted);
         assert_eq!(a.add(0, &img[..1024]), ChunkOutcome::Duplicate);
         assert_eq!(a.add(0, &img[1..1025]), ChunkOutcome::Conflict);

@@ -91,7 +91,13 @@ pub fn excerpt(payload: &[u8]) -> String {
         cut = &cut[..e.valid_up_to()];
     }
     match std::str::from_utf8(cut) {
-        Ok(s) if !s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => s.to_string(),
+        Ok(s)
+            if !s
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
+        {
+            s.to_string()
+        }
         _ => format!("hex:{}", hex::encode(&payload[..payload.len().min(64)])),
     }
 }
@@ -154,8 +160,9 @@ impl<K: std::hash::Hash + Eq + Clone> ErrorRateLimiter<K> {
 
     /// Forgets windows older than a minute, keeping memory bounded.
     pub fn prune(&mut self, now: Instant) {
-        self.windows
-            .retain(|_, w| now.duration_since(w.started) < Duration::from_secs(60) || w.suppressed > 0);
+        self.windows.retain(|_, w| {
+            now.duration_since(w.started) < Duration::from_secs(60) || w.suppressed > 0
+        });
     }
 }
 
@@ -177,13 +184,22 @@ mod tests {
         let mut l = ErrorRateLimiter::new(10);
         let t0 = Instant::now();
         for _ in 0..10 {
-            assert!(matches!(l.admit(ErrorCode::Malformed, t0), Admit::Write { .. }));
+            assert!(matches!(
+                l.admit(ErrorCode::Malformed, t0),
+                Admit::Write { .. }
+            ));
         }
         assert_eq!(l.admit(ErrorCode::Malformed, t0), Admit::Suppress);
         assert_eq!(l.admit(ErrorCode::Malformed, t0), Admit::Suppress);
         // Another code has its own allowance.
-        assert!(matches!(l.admit(ErrorCode::BadChunk, t0), Admit::Write { .. }));
+        assert!(matches!(
+            l.admit(ErrorCode::BadChunk, t0),
+            Admit::Write { .. }
+        ));
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(l.admit(ErrorCode::Malformed, Instant::now()), Admit::Write { suppressed: 2 });
+        assert_eq!(
+            l.admit(ErrorCode::Malformed, Instant::now()),
+            Admit::Write { suppressed: 2 }
+        );
     }
 }

@@ -38,7 +38,10 @@ impl DeviceId {
         if raw.len() > MAX_DEVICE_ID_BYTES {
             return Err(DeviceIdError::TooLong(raw.len()));
         }
-        if let Some(c) = raw.chars().find(|c| matches!(c, ':' | '/' | '+' | '#' | '\0')) {
+        if let Some(c) = raw
+            .chars()
+            .find(|c| matches!(c, ':' | '/' | '+' | '#' | '\0'))
+        {
             return Err(DeviceIdError::ForbiddenChar(c));
         }
         if raw.bytes().any(|b| b.is_ascii_lowercase()) {
@@ -87,17 +90,29 @@ mod tests {
 
     #[test]
     fn lowercase_device_ids_are_normalised_to_uppercase() {
-        assert_eq!(DeviceId::parse("aabbccddeeff").unwrap().as_str(), "AABBCCDDEEFF");
-        assert_eq!(DeviceId::parse("AABBCCDDEEFF").unwrap().as_str(), "AABBCCDDEEFF");
+        assert_eq!(
+            DeviceId::parse("aabbccddeeff").unwrap().as_str(),
+            "AABBCCDDEEFF"
+        );
+        assert_eq!(
+            DeviceId::parse("AABBCCDDEEFF").unwrap().as_str(),
+            "AABBCCDDEEFF"
+        );
     }
 
     #[test]
     fn device_ids_with_forbidden_characters_or_too_long_are_rejected() {
         for bad in ["AA:BB", "AA/BB", "AA+", "#", "A\0B"] {
-            assert!(matches!(DeviceId::parse(bad), Err(DeviceIdError::ForbiddenChar(_))), "{bad}");
+            assert!(
+                matches!(DeviceId::parse(bad), Err(DeviceIdError::ForbiddenChar(_))),
+                "{bad}"
+            );
         }
         assert_eq!(DeviceId::parse(""), Err(DeviceIdError::Empty));
-        assert_eq!(DeviceId::parse(&"A".repeat(65)), Err(DeviceIdError::TooLong(65)));
+        assert_eq!(
+            DeviceId::parse(&"A".repeat(65)),
+            Err(DeviceIdError::TooLong(65))
+        );
         assert!(DeviceId::parse(&"A".repeat(64)).is_ok());
     }
 

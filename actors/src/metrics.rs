@@ -116,14 +116,42 @@ pub const CAPTURE_E2E_SECONDS: &str = "fleetflow_capture_e2e_seconds";
 
 /// Label sets known up front, so that every series is exported (at 0) from the start.
 const LABELS: &[(&str, &str, &[&str])] = &[
-    (MQTT_MESSAGES_TOTAL, "kind", &["status", "data", "chunk", "cmd_result", "invalid"]),
+    (
+        MQTT_MESSAGES_TOTAL,
+        "kind",
+        &["status", "data", "chunk", "cmd_result", "invalid"],
+    ),
     (MQTT_PUBLISHES_TOTAL, "kind", &["ack", "nack", "command"]),
-    (MESSAGES_TOTAL, "kind", &["status", "reading", "capture_meta", "chunk", "cmd_result"]),
+    (
+        MESSAGES_TOTAL,
+        "kind",
+        &["status", "reading", "capture_meta", "chunk", "cmd_result"],
+    ),
     (CAPTURES_FAILED_TOTAL, "reason", &["timeout", "storage"]),
-    (NACKS_TOTAL, "reason", &["missing_chunks", "need_metadata", "checksum", "storage"]),
-    (CHUNKS_TOTAL, "outcome", &["accepted", "duplicate", "rejected", "buffered"]),
-    (ERRORS_TOTAL, "code", &["2101", "2102", "2103", "2201", "2202", "2203", "2204", "2205", "2206", "2301"]),
-    (ERROR_ROWS_SUPPRESSED_TOTAL, "code", &["2101", "2102", "2103", "2201", "2202", "2203", "2204", "2205", "2206", "2301"]),
+    (
+        NACKS_TOTAL,
+        "reason",
+        &["missing_chunks", "need_metadata", "checksum", "storage"],
+    ),
+    (
+        CHUNKS_TOTAL,
+        "outcome",
+        &["accepted", "duplicate", "rejected", "buffered"],
+    ),
+    (
+        ERRORS_TOTAL,
+        "code",
+        &[
+            "2101", "2102", "2103", "2201", "2202", "2203", "2204", "2205", "2206", "2301",
+        ],
+    ),
+    (
+        ERROR_ROWS_SUPPRESSED_TOTAL,
+        "code",
+        &[
+            "2101", "2102", "2103", "2201", "2202", "2203", "2204", "2205", "2206", "2301",
+        ],
+    ),
     (SINK_BATCHES_TOTAL, "table", TABLES),
     (SINK_ROWS_TOTAL, "table", TABLES),
     (SINK_FAILURES_TOTAL, "table", TABLES),
@@ -131,7 +159,13 @@ const LABELS: &[(&str, &str, &[&str])] = &[
     (SINK_QUEUE_ROWS, "sink", &["postgres"]),
 ];
 
-const TABLES: &[&str] = &["device_status", "sensor_readings", "captures", "device_errors", "device_commands"];
+const TABLES: &[&str] = &[
+    "device_status",
+    "sensor_readings",
+    "captures",
+    "device_errors",
+    "device_commands",
+];
 
 /// Registers help texts with the installed recorder and exports every counter and gauge at 0.
 pub fn describe_all() {

@@ -244,7 +244,11 @@ struct JsonChunk<'a> {
 }
 
 /// Decodes one payload, given the kind its topic announced.
-pub fn decode(kind: &TopicKind, payload: &Bytes, limits: DecodeLimits) -> Result<DeviceMsg, DecodeError> {
+pub fn decode(
+    kind: &TopicKind,
+    payload: &Bytes,
+    limits: DecodeLimits,
+) -> Result<DeviceMsg, DecodeError> {
     match kind {
         TopicKind::Chunk { capture_id, index } => Ok(DeviceMsg::Chunk(Chunk {
             capture_id: capture_id.clone(),
@@ -306,7 +310,10 @@ fn decode_data(payload: &Bytes, limits: DecodeLimits) -> Result<DeviceMsg, Decod
             }
             let data = base64::engine::general_purpose::STANDARD
                 .decode(c.data.as_bytes())
-                .map_err(|e| DecodeError::field(format!("invalid base64 in data: {e}")).with_capture(&c.capture_id))?;
+                .map_err(|e| {
+                    DecodeError::field(format!("invalid base64 in data: {e}"))
+                        .with_capture(&c.capture_id)
+                })?;
             Ok(DeviceMsg::Chunk(Chunk {
                 capture_id: c.capture_id.into_owned(),
                 index: c.index,
@@ -405,13 +412,19 @@ mod tests {
     use super::*;
 
     fn data(json: &str) -> Result<DeviceMsg, DecodeError> {
-        decode(&TopicKind::Data, &Bytes::copy_from_slice(json.as_bytes()), DecodeLimits::default())
+        decode(
+            &TopicKind::Data,
+            &Bytes::copy_from_slice(json.as_bytes()),
+            DecodeLimits::default(),
+        )
     }
 
     #[test]
     fn readings_decode_with_unknown_fields_kept_in_extra() {
         let m = data(r#"{"type":"reading","seq":1841,"ts":"2026-10-04T12:00:00Z","temperature_c":21.5,"co2":400}"#).unwrap();
-        let DeviceMsg::Reading(r) = m else { panic!("not a reading") };
+        let DeviceMsg::Reading(r) = m else {
+            panic!("not a reading")
+        };
         assert_eq!(r.seq, 1841);
         assert_eq!(r.values.temperature_c, Some(21.5));
         assert_eq!(r.values.humidity_pct, None);
@@ -422,23 +435,41 @@ mod tests {
 
     #[test]
     fn epoch_millisecond_timestamps_are_accepted() {
-        let DeviceMsg::Reading(r) = data(r#"{"type":"reading","seq":1,"ts":1759579200000}"#).unwrap() else { panic!() };
+        let DeviceMsg::Reading(r) =
+            data(r#"{"type":"reading","seq":1,"ts":1759579200000}"#).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(r.ts.unwrap().timestamp(), 1_759_579_200);
     }
 
     #[test]
     fn malformed_json_and_unknown_types_are_2102() {
         assert_eq!(data("{not json").unwrap_err().code, ErrorCode::Malformed);
-        assert_eq!(data(r#"{"type":"bogus"}"#).unwrap_err().code, ErrorCode::Malformed);
+        assert_eq!(
+            data(r#"{"type":"bogus"}"#).unwrap_err().code,
+            ErrorCode::Malformed
+        );
         assert_eq!(data(r#"{"seq":1}"#).unwrap_err().code, ErrorCode::Malformed);
         assert_eq!(data("[1,2]").unwrap_err().code, ErrorCode::BadField);
     }
 
     #[test]
     fn missing_or_out_of_range_fields_are_2103() {
-        assert_eq!(data(r#"{"type":"reading"}"#).unwrap_err().code, ErrorCode::BadField);
-        assert_eq!(data(r#"{"type":"reading","seq":-1}"#).unwrap_err().code, ErrorCode::BadField);
-        assert_eq!(data(r#"{"type":"reading","seq":1,"temperature_c":"hot"}"#).unwrap_err().code, ErrorCode::BadField);
+        assert_eq!(
+            data(r#"{"type":"reading"}"#).unwrap_err().code,
+            ErrorCode::BadField
+        );
+        assert_eq!(
+            data(r#"{"type":"reading","seq":-1}"#).unwrap_err().code,
+            ErrorCode::BadField
+        );
+        assert_eq!(
+            data(r#"{"type":"reading","seq":1,"temperature_c":"hot"}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::BadField
+        );
         let meta = r#"{"type":"capture_meta","capture_id":"img_1","image_bytes":51234,"total_chunks":50,"chunk_size":1024}"#;
         let e = data(meta).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadField);
@@ -450,14 +481,20 @@ mod tests {
     #[test]
     fn capture_meta_checks_the_chunk_arithmetic() {
         let m = data(r#"{"type":"capture_meta","capture_id":"img_000183","captured_at":"2026-10-04T12:00:00Z","image_bytes":51234,"total_chunks":51,"chunk_size":1024,"sensors":{"temperature_c":21.5}}"#).unwrap();
-        let DeviceMsg::CaptureMeta(m) = m else { panic!() };
+        let DeviceMsg::CaptureMeta(m) = m else {
+            panic!()
+        };
         assert_eq!(m.total_chunks, 51);
         assert_eq!(m.sensors.unwrap().temperature_c, Some(21.5));
     }
 
     #[test]
     fn json_chunks_are_base64_decoded_and_bad_base64_is_2103() {
-        let DeviceMsg::Chunk(c) = data(r#"{"type":"chunk","capture_id":"img_1","index":3,"data":"AAEC"}"#).unwrap() else { panic!() };
+        let DeviceMsg::Chunk(c) =
+            data(r#"{"type":"chunk","capture_id":"img_1","index":3,"data":"AAEC"}"#).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!((c.index, &c.data[..]), (3, &[0u8, 1, 2][..]));
         let e = data(r#"{"type":"chunk","capture_id":"img_1","index":3,"data":"!!"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadField);
@@ -474,16 +511,30 @@ mod tests {
 
     #[test]
     fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
-        let deep = format!(r#"{{"type":"reading","seq":1,"x":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
+        let deep = format!(
+            r#"{{"type":"reading","seq":1,"x":{}{}}}"#,
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
         assert!(data(&deep).is_err());
     }
 
     #[test]
     fn status_requires_a_known_state() {
-        let ok = Bytes::from_static(br#"{"status":"online","battery_v":3.92,"rssi":-61,"fw":"1.4.2"}"#);
-        let DeviceMsg::Status(s) = decode(&TopicKind::Status, &ok, DecodeLimits::default()).unwrap() else { panic!() };
+        let ok =
+            Bytes::from_static(br#"{"status":"online","battery_v":3.92,"rssi":-61,"fw":"1.4.2"}"#);
+        let DeviceMsg::Status(s) =
+            decode(&TopicKind::Status, &ok, DecodeLimits::default()).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(s.status, DeviceStatus::Online);
         let bad = Bytes::from_static(br#"{"status":"dancing"}"#);
-        assert_eq!(decode(&TopicKind::Status, &bad, DecodeLimits::default()).unwrap_err().code, ErrorCode::BadField);
+        assert_eq!(
+            decode(&TopicKind::Status, &bad, DecodeLimits::default())
+                .unwrap_err()
+                .code,
+            ErrorCode::BadField
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! the source; the broker's receive maximum then holds the rest.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -95,18 +95,22 @@ impl Router {
     }
 
     fn arbiter_for(&self, id: &DeviceId) -> &ArbiterHandle {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.arbiters[(h.finish() % self.arbiters.len() as u64) as usize]
+        let h = self.hasher.hash_one(id);
+        &self.arbiters[(h % self.arbiters.len() as u64) as usize]
     }
 
     fn spawn(&mut self, id: DeviceId) -> Addr<DeviceActor> {
-        let deps = self.deps.clone().expect("router dependencies are set before start");
+        let deps = self
+            .deps
+            .clone()
+            .expect("router dependencies are set before start");
         self.next_generation += 1;
         let generation = self.next_generation;
         let arbiter = self.arbiter_for(&id).clone();
         let actor_id = id.clone();
-        let addr = DeviceActor::start_in_arbiter(&arbiter, move |_ctx| DeviceActor::new(actor_id, generation, deps));
+        let addr = DeviceActor::start_in_arbiter(&arbiter, move |_ctx| {
+            DeviceActor::new(actor_id, generation, deps)
+        });
         self.devices.insert(
             id,
             Entry {
@@ -119,14 +123,23 @@ impl Router {
 
     fn reject(&mut self, msg: RawPublish, err: TopicError, ctx: &mut Context<Self>) {
         let (code, device) = match &err {
-            TopicError::BadDeviceId(_) | TopicError::OutsidePrefix => (ErrorCode::InvalidDeviceId, INVALID_DEVICE.to_string()),
-            TopicError::UnknownSuffix(_) => (ErrorCode::Malformed, device_level(&self.parser, &msg.topic)),
-            TopicError::BadChunkTopic(_) => (ErrorCode::BadField, device_level(&self.parser, &msg.topic)),
+            TopicError::BadDeviceId(_) | TopicError::OutsidePrefix => {
+                (ErrorCode::InvalidDeviceId, INVALID_DEVICE.to_string())
+            }
+            TopicError::UnknownSuffix(_) => {
+                (ErrorCode::Malformed, device_level(&self.parser, &msg.topic))
+            }
+            TopicError::BadChunkTopic(_) => {
+                (ErrorCode::BadField, device_level(&self.parser, &msg.topic))
+            }
         };
         metrics::counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "invalid").increment(1);
         metrics::counter!(m::ERRORS_TOTAL, "code" => code.label()).increment(1);
         tracing::debug!(topic = %String::from_utf8_lossy(&msg.topic), error = %err, "rejected topic");
-        let deps = self.deps.as_ref().expect("router dependencies are set before start");
+        let deps = self
+            .deps
+            .as_ref()
+            .expect("router dependencies are set before start");
         match self.invalid.admit(code, Instant::now()) {
             Admit::Write { suppressed } => {
                 let row = Row::Error(ErrorRecord {
@@ -146,11 +159,17 @@ impl Router {
                 let pending = Pending::new(row, msg.ack);
                 let pg = deps.pg.clone();
                 if let Err(SendError::Full(p)) = pg.try_send(pending) {
-                    ctx.wait(async move { let _ = pg.send(p).await; }.into_actor(self));
+                    ctx.wait(
+                        async move {
+                            let _ = pg.send(p).await;
+                        }
+                        .into_actor(self),
+                    );
                 }
             }
             Admit::Suppress => {
-                metrics::counter!(m::ERROR_ROWS_SUPPRESSED_TOTAL, "code" => code.label()).increment(1);
+                metrics::counter!(m::ERROR_ROWS_SUPPRESSED_TOTAL, "code" => code.label())
+                    .increment(1);
                 deps.link.ack(msg.ack);
             }
         }

@@ -120,7 +120,9 @@ pub fn spawn(cfg: &MqttConfig, out: mpsc::Sender<RawPublish>) -> Result<SourceHa
     let link = MqttLink::new(client.clone(), sub_qos);
     let connected = Arc::new(AtomicBool::new(false));
     let (control, control_rx) = watch::channel(SourceControl::Run);
-    let topics = TopicParser::new(cfg.topic_prefix.clone()).subscriptions().to_vec();
+    let topics = TopicParser::new(cfg.topic_prefix.clone())
+        .subscriptions()
+        .to_vec();
     let lp = Loop {
         client,
         eventloop,
@@ -203,7 +205,11 @@ impl Loop {
                     backoff = self.backoff_min;
                     self.connected.store(true, Ordering::Release);
                     metrics::gauge!(m::MQTT_CONNECTED).set(1.0);
-                    tracing::info!(epoch, session_present = ack.session_present, "MQTT connected");
+                    tracing::info!(
+                        epoch,
+                        session_present = ack.session_present,
+                        "MQTT connected"
+                    );
                     let filters = self
                         .topics
                         .iter()
@@ -237,7 +243,9 @@ impl Loop {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while tokio::time::Instant::now() < deadline {
             match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => {
+                    break
+                }
                 Ok(Ok(_)) => {}
             }
         }
@@ -253,7 +261,10 @@ mod tests {
 
     #[test]
     fn broker_urls_are_parsed_with_a_default_port() {
-        assert_eq!(parse_url("mqtt://127.0.0.1:11883").unwrap(), ("127.0.0.1".into(), 11883));
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:11883").unwrap(),
+            ("127.0.0.1".into(), 11883)
+        );
         assert_eq!(parse_url("mqtt://broker").unwrap(), ("broker".into(), 1883));
         assert!(parse_url("http://x").is_err());
         assert!(parse_url("mqtt://:1").is_err());

@@ -75,7 +75,10 @@ impl RestartPolicy {
         self.recent.push_back(now);
         self.total += 1;
         let exp = (self.recent.len() as u32).saturating_sub(1).min(20);
-        let base = self.backoff_min.saturating_mul(1 << exp).min(self.backoff_max);
+        let base = self
+            .backoff_min
+            .saturating_mul(1 << exp)
+            .min(self.backoff_max);
         // Full jitter in [base/2, base].
         let jitter = rand::rng().random_range(0.5..=1.0);
         Decision::Restart {
@@ -131,7 +134,10 @@ mod tests {
     async fn failures_outside_the_window_do_not_count_towards_quarantine() {
         let mut p = RestartPolicy::new(&cfg());
         for _ in 0..10 {
-            assert!(matches!(p.on_failure(Instant::now()), Decision::Restart { .. }));
+            assert!(matches!(
+                p.on_failure(Instant::now()),
+                Decision::Restart { .. }
+            ));
             tokio::time::advance(Duration::from_secs(31)).await;
         }
     }

@@ -167,7 +167,10 @@ mod tests {
         let t = p().parse(b"ESP32CAM/aabbccddeeff/status").unwrap();
         assert_eq!(t.device_id.as_str(), "AABBCCDDEEFF");
         assert_eq!(t.kind, TopicKind::Status);
-        assert_eq!(p().parse(b"ESP32CAM/AABBCCDDEEFF/data").unwrap().kind, TopicKind::Data);
+        assert_eq!(
+            p().parse(b"ESP32CAM/AABBCCDDEEFF/data").unwrap().kind,
+            TopicKind::Data
+        );
         assert_eq!(
             p().parse(b"ESP32CAM/AABBCCDDEEFF/cmd/result").unwrap().kind,
             TopicKind::CmdResult
@@ -194,7 +197,10 @@ mod tests {
         let parser = TopicParser::new("org_7/devices");
         let t = parser.parse(b"org_7/devices/AABBCCDDEEFF/status").unwrap();
         assert_eq!(t.device_id.as_str(), "AABBCCDDEEFF");
-        assert_eq!(parser.ack_topic(&t.device_id), "org_7/devices/AABBCCDDEEFF/ack");
+        assert_eq!(
+            parser.ack_topic(&t.device_id),
+            "org_7/devices/AABBCCDDEEFF/ack"
+        );
     }
 
     #[test]
@@ -204,16 +210,28 @@ mod tests {
             b"ESP32CAM/AA#/data",
             b"ESP32CAM/AA:BB/status",
         ] {
-            assert!(matches!(p().parse(topic), Err(TopicError::BadDeviceId(_))), "{topic:?}");
+            assert!(
+                matches!(p().parse(topic), Err(TopicError::BadDeviceId(_))),
+                "{topic:?}"
+            );
         }
         let long = format!("ESP32CAM/{}/status", "A".repeat(65));
-        assert!(matches!(p().parse(long.as_bytes()), Err(TopicError::BadDeviceId(_))));
+        assert!(matches!(
+            p().parse(long.as_bytes()),
+            Err(TopicError::BadDeviceId(_))
+        ));
     }
 
     #[test]
     fn other_prefixes_and_unknown_suffixes_are_refused() {
-        assert_eq!(p().parse(b"OTHER/AABBCCDDEEFF/status"), Err(TopicError::OutsidePrefix));
-        assert_eq!(p().parse(b"ESP32CAMX/AABBCCDDEEFF/status"), Err(TopicError::OutsidePrefix));
+        assert_eq!(
+            p().parse(b"OTHER/AABBCCDDEEFF/status"),
+            Err(TopicError::OutsidePrefix)
+        );
+        assert_eq!(
+            p().parse(b"ESP32CAMX/AABBCCDDEEFF/status"),
+            Err(TopicError::OutsidePrefix)
+        );
         assert!(matches!(
             p().parse(b"ESP32CAM/AABBCCDDEEFF/bogus"),
             Err(TopicError::UnknownSuffix(_))

@@ -7,10 +7,17 @@ use clap::Parser;
 use fleetflow::sim::{self, ChunkForm, SimConfig};
 
 #[derive(Parser)]
-#[command(name = "fleetflow-sim", about = "Simulates a fleet of camera and sensor devices")]
+#[command(
+    name = "fleetflow-sim",
+    about = "Simulates a fleet of camera and sensor devices"
+)]
 struct Args {
     /// Broker URL.
-    #[arg(long, default_value = "mqtt://127.0.0.1:11883", env = "FLEETFLOW_MQTT__URL")]
+    #[arg(
+        long,
+        default_value = "mqtt://127.0.0.1:11883",
+        env = "FLEETFLOW_MQTT__URL"
+    )]
     url: String,
     /// Topic prefix.
     #[arg(long, default_value = "ESP32CAM")]
@@ -54,12 +61,17 @@ struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seconds without news of a capture before a device resends its metadata.
+    #[arg(long, default_value_t = 10.0)]
+    retry_s: f64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
@@ -82,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         drain: Duration::from_secs_f64(a.drain_s),
         with_sha256: true,
         seed: a.seed,
+        retry_after: Duration::from_secs_f64(a.retry_s),
     };
     let report = sim::run(cfg).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);

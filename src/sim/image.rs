@@ -7,8 +7,13 @@ use bytes::Bytes;
 pub fn jpeg_like(len: usize, seed: u64) -> Bytes {
     let len = len.max(24);
     let mut v = Vec::with_capacity(len);
-    v.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0x01, 0x01, 0x00]);
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    v.extend_from_slice(&[
+        0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0x00, 0x01, 0x01, 0x00,
+    ]);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     while v.len() < len - 2 {
         x ^= x << 13;
         x ^= x >> 7;

@@ -58,6 +58,9 @@ pub struct SimConfig {
     pub with_sha256: bool,
     /// Random seed.
     pub seed: u64,
+    /// A device that heard nothing about a capture for this long resends its metadata, as
+    /// firmware that keeps the image until ACK_OK does.
+    pub retry_after: Duration,
 }
 
 /// How chunks are sent.
@@ -92,6 +95,7 @@ impl Default for SimConfig {
             drain: Duration::from_secs(60),
             with_sha256: true,
             seed: 1,
+            retry_after: Duration::from_secs(10),
         }
     }
 }
@@ -105,6 +109,7 @@ struct Capture {
     image: Bytes,
     meta: Bytes,
     last_chunk_at: Instant,
+    last_heard: Instant,
 }
 
 struct Device {
@@ -136,7 +141,9 @@ pub async fn run(cfg: SimConfig) -> Result<SimReport, rumqttc::v5::ClientError> 
     for c in 0..conns {
         let ids: Vec<usize> = (0..cfg.devices).filter(|n| n % conns == c).collect();
         let cfg = cfg.clone();
-        tasks.push(tokio::spawn(async move { run_connection(cfg, c, ids).await }));
+        tasks.push(tokio::spawn(
+            async move { run_connection(cfg, c, ids).await },
+        ));
     }
     let mut parts = Vec::new();
     for t in tasks {
@@ -149,7 +156,11 @@ pub async fn run(cfg: SimConfig) -> Result<SimReport, rumqttc::v5::ClientError> 
     Ok(SimReport::merge(&cfg, parts, started.elapsed()))
 }
 
-async fn run_connection(cfg: SimConfig, conn: usize, ids: Vec<usize>) -> Result<ConnReport, rumqttc::v5::ClientError> {
+async fn run_connection(
+    cfg: SimConfig,
+    conn: usize,
+    ids: Vec<usize>,
+) -> Result<ConnReport, rumqttc::v5::ClientError> {
     let client_id = format!("fleetflow-sim-{}-{}-{conn}", std::process::id(), cfg.seed);
     let mut o = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
     o.set_keep_alive(Duration::from_secs(30));
@@ -185,7 +196,11 @@ async fn run_connection(cfg: SimConfig, conn: usize, ids: Vec<usize>) -> Result<
             }
         })
         .collect();
-    let index: HashMap<String, usize> = devices.iter().enumerate().map(|(i, d)| (d.id.clone(), i)).collect();
+    let index: HashMap<String, usize> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.clone(), i))
+        .collect();
     let mut report = ConnReport::default();
     let image = image::jpeg_like(cfg.image_bytes, cfg.seed + conn as u64);
     let sha = hex::encode(Sha256::digest(&image));
@@ -216,9 +231,9 @@ async fn run_connection(cfg: SimConfig, conn: usize, ids: Vec<usize>) -> Result<
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(a))) => {
-                    if let Some((_, seq)) = by_pkid.remove(&a.pkid) {
+                    if let Some((di, seq)) = by_pkid.remove(&a.pkid) {
                         report.readings_acked += 1;
-                        report.acked_seqs.push(seq);
+                        report.acked_readings.push((devices[di].id.clone(), seq));
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -238,6 +253,7 @@ async fn run_connection(cfg: SimConfig, conn: usize, ids: Vec<usize>) -> Result<
                         ("NACK", reason) => {
                             report.nacks += 1;
                             let Some(c) = d.inflight.get_mut(&msg.capture_id) else { continue };
+                            c.last_heard = Instant::now();
                             let ranges: Vec<[u32; 2]> = match reason {
                                 Some("need_metadata") => {
                                     publish(&client, &mut sent_order, format!("{}/{}/data", cfg.prefix, d.id), c.meta.clone(), None, &mut report);
@@ -272,16 +288,25 @@ async fn run_connection(cfg: SimConfig, conn: usize, ids: Vec<usize>) -> Result<
             _ = tick.tick() => {
                 let now = Instant::now();
                 if !subscribed { continue; }
+                for d in devices.iter_mut() {
+                    for c in d.inflight.values_mut() {
+                        if now.duration_since(c.last_heard) >= cfg.retry_after {
+                            c.last_heard = now;
+                            report.retries += 1;
+                            publish(&client, &mut sent_order, format!("{}/{}/data", cfg.prefix, d.id), c.meta.clone(), None, &mut report);
+                        }
+                    }
+                }
                 let captures_left = devices.iter().any(|d| d.captures_sent < cfg.captures_per_device);
                 if now < end || captures_left {
                     // Past the end only the promised captures are still sent (no drift loss).
                     let only_captures = now >= end;
-                    for d in devices.iter_mut() {
+                    for (di, d) in devices.iter_mut().enumerate() {
                         if only_captures {
                             d.next_reading = end + Duration::from_secs(86_400);
                             d.next_status = d.next_reading;
                         }
-                        generate(&cfg, d, now, capture_every, &image, &sha, &client, &mut sent_order, &mut rng, &mut report);
+                        generate(&cfg, di, d, now, capture_every, &image, &sha, &client, &mut sent_order, &mut rng, &mut report);
                     }
                 } else {
                     let outstanding: usize = devices.iter().map(|d| d.inflight.len()).sum();
@@ -297,7 +322,10 @@ async fn run_connection(cfg: SimConfig, conn: usize, ids: Vec<usize>) -> Result<
     }
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while !matches!(eventloop.poll().await, Err(_) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) {}
+        while !matches!(
+            eventloop.poll().await,
+            Err(_) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))
+        ) {}
     })
     .await;
     report.device_ids = devices.iter().map(|d| d.id.clone()).collect();
@@ -315,6 +343,7 @@ fn period(per_sec: f64) -> Duration {
 #[allow(clippy::too_many_arguments)]
 fn generate(
     cfg: &SimConfig,
+    di: usize,
     d: &mut Device,
     now: Instant,
     capture_every: Duration,
@@ -334,7 +363,14 @@ fn generate(
             report.messages,
             d.inflight.len()
         );
-        publish(client, sent, format!("{}/{}/status", cfg.prefix, d.id), Bytes::from(payload), None, report);
+        publish(
+            client,
+            sent,
+            format!("{}/{}/status", cfg.prefix, d.id),
+            Bytes::from(payload),
+            None,
+            report,
+        );
     }
     if cfg.readings_per_sec > 0.0 && now >= d.next_reading {
         d.next_reading += period(cfg.readings_per_sec);
@@ -351,21 +387,39 @@ fn generate(
             10.0 + rng.random_range(0.0..5.0)
         );
         report.readings_sent += 1;
-        publish(client, sent, format!("{}/{}/data", cfg.prefix, d.id), Bytes::from(payload), Some((0, d.seq)), report);
+        publish(
+            client,
+            sent,
+            format!("{}/{}/data", cfg.prefix, d.id),
+            Bytes::from(payload),
+            Some((di, d.seq)),
+            report,
+        );
     }
     if d.captures_sent < cfg.captures_per_device && now >= d.next_capture {
         d.next_capture += capture_every;
         d.captures_sent += 1;
         let capture_id = format!("img_{:06}", d.captures_sent);
         let total = image::total_chunks(image.len(), cfg.chunk_size);
-        let sha_field = if cfg.with_sha256 { format!(r#","sha256":"{sha}""#) } else { String::new() };
+        let sha_field = if cfg.with_sha256 {
+            format!(r#","sha256":"{sha}""#)
+        } else {
+            String::new()
+        };
         let meta = Bytes::from(format!(
             r#"{{"type":"capture_meta","capture_id":"{capture_id}","captured_at":"{}","image_bytes":{},"total_chunks":{total},"chunk_size":{}{sha_field},"sensors":{{"temperature_c":21.5}}}}"#,
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             image.len(),
             cfg.chunk_size
         ));
-        publish(client, sent, format!("{}/{}/data", cfg.prefix, d.id), meta.clone(), None, report);
+        publish(
+            client,
+            sent,
+            format!("{}/{}/data", cfg.prefix, d.id),
+            meta.clone(),
+            None,
+            report,
+        );
         report.captures_started += 1;
         for i in 0..total {
             if cfg.loss_rate > 0.0 && rng.random_bool(cfg.loss_rate.min(1.0)) {
@@ -380,6 +434,7 @@ fn generate(
                 image: image.clone(),
                 meta,
                 last_chunk_at: Instant::now(),
+                last_heard: Instant::now(),
             },
         );
     }
@@ -403,11 +458,26 @@ fn send_chunk(
         ChunkForm::Mixed => i % 2 == 0,
     };
     if binary {
-        publish(client, sent, format!("{}/{device}/chunk/{capture_id}/{i}", cfg.prefix), data, None, report);
+        publish(
+            client,
+            sent,
+            format!("{}/{device}/chunk/{capture_id}/{i}", cfg.prefix),
+            data,
+            None,
+            report,
+        );
     } else {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-        let payload = format!(r#"{{"type":"chunk","capture_id":"{capture_id}","index":{i},"data":"{b64}"}}"#);
-        publish(client, sent, format!("{}/{device}/data", cfg.prefix), Bytes::from(payload), None, report);
+        let payload =
+            format!(r#"{{"type":"chunk","capture_id":"{capture_id}","index":{i},"data":"{b64}"}}"#);
+        publish(
+            client,
+            sent,
+            format!("{}/{device}/data", cfg.prefix),
+            Bytes::from(payload),
+            None,
+            report,
+        );
     }
     report.chunks_sent += 1;
 }

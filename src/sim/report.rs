@@ -17,8 +17,10 @@ pub struct ConnReport {
     pub readings_sent: u64,
     /// Readings the broker acknowledged (PUBACK).
     pub readings_acked: u64,
-    /// Their sequence numbers.
-    pub acked_seqs: Vec<u64>,
+    /// Which readings: (device id, seq).
+    pub acked_readings: Vec<(String, u64)>,
+    /// Metadata resent by the device-side retry timer.
+    pub retries: u64,
     /// Captures announced.
     pub captures_started: u64,
     /// ACK_OK received.
@@ -86,8 +88,13 @@ pub struct SimReport {
     pub connection_errors: u64,
     /// Readings per second over the traffic phase.
     pub readings_per_sec: f64,
+    /// Metadata resent by the device-side retry timer.
+    pub device_retries: u64,
     /// Latency percentiles, ms.
     pub latency_ms: Latency,
+    /// Readings the broker acknowledged: (device id, seq). Not serialised.
+    #[serde(skip)]
+    pub acked_readings: Vec<(String, u64)>,
 }
 
 /// Percentiles of last-chunk → ACK_OK.
@@ -113,9 +120,16 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 impl SimReport {
     /// Merges connection reports.
-    pub fn merge(cfg: &SimConfig, parts: Vec<ConnReport>, elapsed: Duration) -> Self {
+    pub fn merge(cfg: &SimConfig, mut parts: Vec<ConnReport>, elapsed: Duration) -> Self {
+        let acked_readings: Vec<(String, u64)> = parts
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.acked_readings))
+            .collect();
         let sum = |f: fn(&ConnReport) -> u64| parts.iter().map(f).sum::<u64>();
-        let mut lat: Vec<f64> = parts.iter().flat_map(|p| p.latencies_ms.iter().copied()).collect();
+        let mut lat: Vec<f64> = parts
+            .iter()
+            .flat_map(|p| p.latencies_ms.iter().copied())
+            .collect();
         lat.sort_by(|a, b| a.total_cmp(b));
         let readings_sent = sum(|p| p.readings_sent);
         Self {
@@ -136,6 +150,8 @@ impl SimReport {
             chunks_dropped: sum(|p| p.chunks_dropped),
             publish_errors: sum(|p| p.publish_errors),
             connection_errors: sum(|p| p.connection_errors),
+            device_retries: sum(|p| p.retries),
+            acked_readings,
             readings_per_sec: readings_sent as f64 / cfg.duration.as_secs_f64().max(0.001),
             latency_ms: Latency {
                 p50: pct(&lat, 0.50),

@@ -37,9 +37,13 @@ fn env_or(k: &str, d: &str) -> String {
 impl Services {
     pub fn from_env() -> Self {
         let mqtt = env_or("FLEETFLOW_TEST_MQTT_URL", "mqtt://127.0.0.1:11883");
-        let (mqtt_host, mqtt_port) = fleetflow_actors::source::parse_url(&mqtt).expect("FLEETFLOW_TEST_MQTT_URL");
+        let (mqtt_host, mqtt_port) =
+            fleetflow_actors::source::parse_url(&mqtt).expect("FLEETFLOW_TEST_MQTT_URL");
         Self {
-            pg_url: env_or("FLEETFLOW_TEST_PG_URL", "postgres://fleetflow:fleetflow@127.0.0.1:55432/fleetflow"),
+            pg_url: env_or(
+                "FLEETFLOW_TEST_PG_URL",
+                "postgres://fleetflow:fleetflow@127.0.0.1:55432/fleetflow",
+            ),
             mqtt_host,
             mqtt_port,
             s3_endpoint: env_or("FLEETFLOW_TEST_S3_ENDPOINT", "http://127.0.0.1:19000"),
@@ -54,15 +58,24 @@ impl Services {
     pub async fn require(&self) {
         let hint = "start the services with `scripts/services up` (the test command does this)";
         if let Err(e) = tokio_postgres::connect(&self.pg_url, NoTls).await {
-            panic!("PostgreSQL is not reachable at {}: {e}; {hint}", self.pg_url);
+            panic!(
+                "PostgreSQL is not reachable at {}: {e}; {hint}",
+                self.pg_url
+            );
         }
         if std::net::TcpStream::connect((self.mqtt_host.as_str(), self.mqtt_port)).is_err() {
-            panic!("Mosquitto is not reachable at {}:{}; {hint}", self.mqtt_host, self.mqtt_port);
+            panic!(
+                "Mosquitto is not reachable at {}:{}; {hint}",
+                self.mqtt_host, self.mqtt_port
+            );
         }
     }
 
     pub fn s3_reachable(&self) -> bool {
-        let hostport = self.s3_endpoint.trim_start_matches("http://").trim_end_matches('/');
+        let hostport = self
+            .s3_endpoint
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
         std::net::TcpStream::connect(hostport).is_ok()
     }
 
@@ -83,7 +96,9 @@ impl Services {
 
 pub fn random_hex(n: usize) -> String {
     let mut r = rand::rng();
-    (0..n).map(|_| format!("{:x}", r.random_range(0..16u8))).collect()
+    (0..n)
+        .map(|_| format!("{:x}", r.random_range(0..16u8)))
+        .collect()
 }
 
 /// A random device id (12 uppercase hex digits).
@@ -92,7 +107,11 @@ pub fn random_device() -> String {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Which object store the engine writes to.
@@ -215,7 +234,11 @@ level = "info,fleetflow_actors=debug"
 
     /// Starts (or restarts) the engine process.
     pub fn spawn_engine(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetflow"));
         for (k, _) in std::env::vars() {
             if k.starts_with("FLEETFLOW_") {
@@ -245,8 +268,13 @@ level = "info,fleetflow_actors=debug"
     /// SIGTERM; returns the exit status and how long the exit took.
     pub fn terminate(&mut self, wait: Duration) -> (Option<std::process::ExitStatus>, Duration) {
         let started = std::time::Instant::now();
-        let Some(mut c) = self.child.take() else { return (None, Duration::ZERO) };
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let Some(mut c) = self.child.take() else {
+            return (None, Duration::ZERO);
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         while started.elapsed() < wait {
             if let Ok(Some(st)) = c.try_wait() {
                 return (Some(st), started.elapsed());
@@ -271,7 +299,10 @@ level = "info,fleetflow_actors=debug"
             }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    panic!("engine exited with {st} before it was ready:\n{}", self.log());
+                    panic!(
+                        "engine exited with {st} before it was ready:\n{}",
+                        self.log()
+                    );
                 }
             }
             if tokio::time::Instant::now() > deadline {
@@ -286,7 +317,12 @@ level = "info,fleetflow_actors=debug"
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.http)).await.unwrap().text().await.unwrap()
+        reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The value of one sample line, e.g. `fleetflow_nacks_total{reason="missing_chunks"}`;
@@ -302,7 +338,10 @@ level = "info,fleetflow_actors=debug"
     /// Runs `q` until it returns true or the timeout passes.
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         let c = self.db().await;
-        c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+        c.query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
     }
 }
 
@@ -317,12 +356,18 @@ impl Drop for TestEnv {
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let (c, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -333,7 +378,9 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 pub async fn create_database(admin_url: &str) -> String {
     let name = format!("ff_test_{}", random_hex(12));
     let c = connect(admin_url).await;
-    c.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
     match admin_url.rfind('/') {
         Some(i) => format!("{}/{name}", &admin_url[..i]),
         None => panic!("bad admin url {admin_url}"),
@@ -369,7 +416,11 @@ pub struct TestDevice {
 
 impl TestDevice {
     pub async fn connect(s: &Services, prefix: &str, id: &str) -> Self {
-        let mut o = MqttOptions::new(format!("dev-{}", random_hex(10)), s.mqtt_host.clone(), s.mqtt_port);
+        let mut o = MqttOptions::new(
+            format!("dev-{}", random_hex(10)),
+            s.mqtt_host.clone(),
+            s.mqtt_port,
+        );
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(Some(1 << 20));
         let (client, mut el) = AsyncClient::new(o, 10_000);
@@ -408,7 +459,8 @@ impl TestDevice {
     }
 
     pub async fn publish(&self, suffix: &str, payload: impl Into<Bytes>) {
-        self.publish_raw(&format!("{}/{}/{suffix}", self.prefix, self.id), payload).await;
+        self.publish_raw(&format!("{}/{}/{suffix}", self.prefix, self.id), payload)
+            .await;
     }
 
     pub async fn publish_raw(&self, topic: &str, payload: impl Into<Bytes>) {
@@ -422,7 +474,10 @@ impl TestDevice {
         let total = image.len().div_ceil(chunk_size);
         let sha = if sha {
             use sha2::Digest;
-            format!(r#","sha256":"{}""#, hex::encode(sha2::Sha256::digest(image)))
+            format!(
+                r#","sha256":"{}""#,
+                hex::encode(sha2::Sha256::digest(image))
+            )
         } else {
             String::new()
         };
@@ -442,9 +497,13 @@ impl TestDevice {
     pub async fn chunk_json(&self, capture_id: &str, image: &[u8], chunk_size: usize, i: usize) {
         use base64::Engine as _;
         let s = i * chunk_size;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&image[s..(s + chunk_size).min(image.len())]);
-        self.publish("data", format!(r#"{{"type":"chunk","capture_id":"{capture_id}","index":{i},"data":"{b64}"}}"#))
-            .await;
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode(&image[s..(s + chunk_size).min(image.len())]);
+        self.publish(
+            "data",
+            format!(r#"{{"type":"chunk","capture_id":"{capture_id}","index":{i},"data":"{b64}"}}"#),
+        )
+        .await;
     }
 
     /// The next ACK/NACK, or panics after `timeout`.
@@ -482,7 +541,9 @@ pub struct PrivatePg {
 impl PrivatePg {
     pub fn start() -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL binaries under /usr/lib/postgresql (scripts/services up installs them)")
+            .expect(
+                "PostgreSQL binaries under /usr/lib/postgresql (scripts/services up installs them)",
+            )
             .filter_map(|e| e.ok())
             .map(|e| e.path().join("bin"))
             .filter(|p| p.join("initdb").exists())
@@ -491,13 +552,33 @@ impl PrivatePg {
         let dir = PathBuf::from(format!("/tmp/ff-pg-{}", random_hex(8)));
         std::fs::create_dir_all(&dir).unwrap();
         let run = |args: &[&str]| {
-            let st = Command::new("runuser").args(["-u", "postgres", "--"]).args(args).stdout(Stdio::null()).status().unwrap();
+            let st = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(args)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
             assert!(st.success(), "{args:?} failed");
         };
-        Command::new("chown").args(["postgres:postgres", dir.to_str().unwrap()]).status().unwrap();
+        Command::new("chown")
+            .args(["postgres:postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
         let data = dir.join("data");
-        run(&[bin.join("initdb").to_str().unwrap(), "-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres"]);
-        let pg = Self { dir, port: free_port(), bin };
+        run(&[
+            bin.join("initdb").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]);
+        let pg = Self {
+            dir,
+            port: free_port(),
+            bin,
+        };
         pg.start_again();
         pg
     }
@@ -509,7 +590,15 @@ impl PrivatePg {
     fn pg_ctl(&self, args: &[&str]) -> bool {
         let data = self.dir.join("data");
         Command::new("runuser")
-            .args(["-u", "postgres", "--", self.bin.join("pg_ctl").to_str().unwrap(), "-D", data.to_str().unwrap(), "-w"])
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                self.bin.join("pg_ctl").to_str().unwrap(),
+                "-D",
+                data.to_str().unwrap(),
+                "-w",
+            ])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -519,13 +608,23 @@ impl PrivatePg {
     }
 
     pub fn start_again(&self) {
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.display());
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
         let log = self.dir.join("log");
-        assert!(self.pg_ctl(&["-l", log.to_str().unwrap(), "-o", &opts, "start"]), "private postgres start");
+        assert!(
+            self.pg_ctl(&["-l", log.to_str().unwrap(), "-o", &opts, "start"]),
+            "private postgres start"
+        );
     }
 
     pub fn stop(&self) {
-        assert!(self.pg_ctl(&["-m", "fast", "stop"]), "private postgres stop");
+        assert!(
+            self.pg_ctl(&["-m", "fast", "stop"]),
+            "private postgres stop"
+        );
     }
 }
 

@@ -93,7 +93,9 @@ impl DeviceActor {
             match effect {
                 Effect::Ack(t) => self.deps.link.ack(Some(t)),
                 Effect::Publish { payload, kind } => {
-                    self.deps.link.publish(self.ack_topic.clone(), payload, kind)
+                    self.deps
+                        .link
+                        .publish(self.ack_topic.clone(), payload, kind)
                 }
                 Effect::Row(row, ack) => {
                     let p = Pending::new(row, ack);
@@ -116,7 +118,9 @@ impl DeviceActor {
                         let outcome = res.unwrap_or_else(|e| StoreOutcome::Failed {
                             reason: format!("object sink unavailable: {e}"),
                         });
-                        act.guarded(ctx, |core, out| core.on_stored(&capture_id, outcome, Instant::now(), out));
+                        act.guarded(ctx, |core, out| {
+                            core.on_stored(&capture_id, outcome, Instant::now(), out)
+                        });
                     }));
                 }
             }
@@ -140,7 +144,11 @@ impl DeviceActor {
     }
 
     /// Runs a state-machine step, catching a panic at the actor boundary.
-    fn guarded(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut DeviceCore, &mut Vec<Effect>)) {
+    fn guarded(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut DeviceCore, &mut Vec<Effect>),
+    ) {
         let mut out = std::mem::take(&mut self.effects);
         let result = catch_unwind(AssertUnwindSafe(|| f(&mut self.core, &mut out)));
         self.effects = out;
@@ -162,7 +170,11 @@ impl DeviceActor {
         let id = self.core.id().clone();
         // Rebuild the state from the actor's arguments; the old state (and its bytes) is
         // dropped. Lost assemblies resync with the device through need_metadata/missing NACKs.
-        self.core = DeviceCore::new(id.clone(), self.deps.assembly.clone(), self.deps.budget.clone());
+        self.core = DeviceCore::new(
+            id.clone(),
+            self.deps.assembly.clone(),
+            self.deps.budget.clone(),
+        );
         if let Some((h, _)) = self.timer.take() {
             ctx.cancel_future(h);
         }
@@ -186,7 +198,8 @@ impl DeviceActor {
                     details: json!({"restarts": self.policy.total_restarts(), "quarantine_until_ms": self.deps.devices.quarantine_ms}),
                     occurred_at: Utc::now(),
                 });
-                metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Quarantined.label()).increment(1);
+                metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Quarantined.label())
+                    .increment(1);
                 self.effects.push(Effect::Row(row, None));
                 self.run_effects(ctx);
             }
@@ -194,7 +207,9 @@ impl DeviceActor {
     }
 
     fn schedule_timer(&mut self, ctx: &mut Context<Self>) {
-        let Some(deadline) = self.core.next_deadline() else { return };
+        let Some(deadline) = self.core.next_deadline() else {
+            return;
+        };
         if let Some((_, at)) = self.timer {
             if at <= deadline {
                 return;
@@ -217,7 +232,10 @@ impl DeviceActor {
         let idle = Duration::from_millis(self.deps.devices.idle_passivate_ms);
         let due = (self.last_msg + idle).saturating_duration_since(Instant::now());
         ctx.run_later(due.max(Duration::from_millis(10)), move |act, ctx| {
-            if act.last_msg.elapsed() >= idle && act.core.is_idle() && !matches!(act.health, Health::Quarantined { .. }) {
+            if act.last_msg.elapsed() >= idle
+                && act.core.is_idle()
+                && !matches!(act.health, Health::Quarantined { .. })
+            {
                 act.deps.router.do_send(DeviceExited {
                     device_id: act.core.id().clone(),
                     generation: act.generation,
@@ -267,7 +285,9 @@ impl Handler<Inbound> for DeviceActor {
         }
         let wall = Utc::now();
         let now = Instant::now();
-        self.guarded(ctx, |core, out| core.handle(&msg.kind, &msg.payload, msg.ack, now, wall, out));
+        self.guarded(ctx, |core, out| {
+            core.handle(&msg.kind, &msg.payload, msg.ack, now, wall, out)
+        });
     }
 }
 
@@ -276,9 +296,11 @@ impl DeviceActor {
         metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Quarantined.label()).increment(1);
         if let crate::topic::TopicKind::Chunk { capture_id, .. } = &msg.kind {
             // Tell the device to keep the image and try again later.
-            self.deps
-                .link
-                .publish(self.ack_topic.clone(), super::nack::storage(capture_id), "nack");
+            self.deps.link.publish(
+                self.ack_topic.clone(),
+                super::nack::storage(capture_id),
+                "nack",
+            );
         }
         self.deps.link.ack(msg.ack);
     }

@@ -211,7 +211,16 @@ impl DeviceCore {
         let msg = match protocol::decode(kind, payload, limits) {
             Ok(msg) => msg,
             Err(e) => {
-                self.error(e.code, e.message, e.capture_id.as_deref(), kind, payload, now, wall, out);
+                self.error(
+                    e.code,
+                    e.message,
+                    e.capture_id.as_deref(),
+                    kind,
+                    payload,
+                    now,
+                    wall,
+                    out,
+                );
                 if let Some(a) = ack {
                     out.push(Effect::Ack(a));
                 }
@@ -290,7 +299,10 @@ impl DeviceCore {
         };
         if let Some(r) = self.recent.iter().find(|r| r.capture_id == meta.capture_id) {
             let payload = nack::ack_ok(&r.capture_id, r.image_bytes, r.stored_at);
-            out.push(Effect::Publish { payload, kind: "ack" });
+            out.push(Effect::Publish {
+                payload,
+                kind: "ack",
+            });
             return;
         }
         if let Some(c) = self.captures.get_mut(&meta.capture_id) {
@@ -300,7 +312,11 @@ impl DeviceCore {
                 return;
             }
             // Different sizes: restart the assembly.
-            let old = self.captures.remove(&meta.capture_id).map(|c| c.held).unwrap_or(0);
+            let old = self
+                .captures
+                .remove(&meta.capture_id)
+                .map(|c| c.held)
+                .unwrap_or(0);
             self.release(old);
         }
         if self.captures.len() >= self.cfg.max_captures_in_flight {
@@ -309,13 +325,34 @@ impl DeviceCore {
                 self.captures.len(),
                 self.cfg.max_captures_in_flight
             );
-            self.error(ErrorCode::OverBudget, msg, Some(&meta.capture_id), kind, payload, now, wall, out);
+            self.error(
+                ErrorCode::OverBudget,
+                msg,
+                Some(&meta.capture_id),
+                kind,
+                payload,
+                now,
+                wall,
+                out,
+            );
             return;
         }
         let need = layout.image_bytes as usize + (layout.total_chunks as usize).div_ceil(64) * 8;
         if self.held + need > self.cfg.device_budget_bytes || !self.budget.try_reserve(need) {
-            let msg = format!("capture of {} bytes exceeds the byte budget", layout.image_bytes);
-            self.error(ErrorCode::OverBudget, msg, Some(&meta.capture_id), kind, payload, now, wall, out);
+            let msg = format!(
+                "capture of {} bytes exceeds the byte budget",
+                layout.image_bytes
+            );
+            self.error(
+                ErrorCode::OverBudget,
+                msg,
+                Some(&meta.capture_id),
+                kind,
+                payload,
+                now,
+                wall,
+                out,
+            );
             return;
         }
         self.held += need;
@@ -409,7 +446,16 @@ impl DeviceCore {
         };
         if let Some(msg) = problem {
             metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "rejected").increment(1);
-            self.error(ErrorCode::BadChunk, msg, Some(&chunk.capture_id), kind, payload, now, wall, out);
+            self.error(
+                ErrorCode::BadChunk,
+                msg,
+                Some(&chunk.capture_id),
+                kind,
+                payload,
+                now,
+                wall,
+                out,
+            );
         }
     }
 
@@ -431,8 +477,20 @@ impl DeviceCore {
             && self.budget.try_reserve(n);
         if !fits {
             let id = chunk.capture_id.clone();
-            let msg = format!("chunk {} for unknown capture {id} and no room to buffer it", chunk.index);
-            self.error(ErrorCode::UnknownCapture, msg, Some(&id), kind, payload, now, wall, out);
+            let msg = format!(
+                "chunk {} for unknown capture {id} and no room to buffer it",
+                chunk.index
+            );
+            self.error(
+                ErrorCode::UnknownCapture,
+                msg,
+                Some(&id),
+                kind,
+                payload,
+                now,
+                wall,
+                out,
+            );
             out.push(Effect::Publish {
                 payload: nack::need_metadata(&id),
                 kind: "nack",
@@ -452,8 +510,12 @@ impl DeviceCore {
     }
 
     fn complete(&mut self, capture_id: &str, now: Instant, out: &mut Vec<Effect>) {
-        let Some(c) = self.captures.get_mut(capture_id) else { return };
-        let Phase::Assembling(asm) = &mut c.phase else { return };
+        let Some(c) = self.captures.get_mut(capture_id) else {
+            return;
+        };
+        let Phase::Assembling(asm) = &mut c.phase else {
+            return;
+        };
         if let Some(expected) = &c.sha256 {
             if !asm.verify_sha256(expected) {
                 let total = c.layout.total_chunks;
@@ -492,8 +554,16 @@ impl DeviceCore {
     }
 
     /// Reports the end of a store request.
-    pub fn on_stored(&mut self, capture_id: &str, outcome: StoreOutcome, now: Instant, out: &mut Vec<Effect>) {
-        let Some(c) = self.captures.remove(capture_id) else { return };
+    pub fn on_stored(
+        &mut self,
+        capture_id: &str,
+        outcome: StoreOutcome,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(c) = self.captures.remove(capture_id) else {
+            return;
+        };
         self.release(c.held);
         match outcome {
             StoreOutcome::Stored { stored_at } => {
@@ -536,7 +606,9 @@ impl DeviceCore {
         let max_rounds = self.cfg.max_nack_rounds;
         let mut failed = Vec::new();
         for (id, c) in self.captures.iter_mut() {
-            let Phase::Assembling(asm) = &c.phase else { continue };
+            let Phase::Assembling(asm) = &c.phase else {
+                continue;
+            };
             if now.duration_since(c.last_activity) < timeout {
                 continue;
             }
@@ -553,7 +625,9 @@ impl DeviceCore {
             }
         }
         for id in failed {
-            let Some(c) = self.captures.remove(&id) else { continue };
+            let Some(c) = self.captures.remove(&id) else {
+                continue;
+            };
             self.release(c.held);
             metrics::counter!(m::CAPTURES_FAILED_TOTAL, "reason" => "timeout").increment(1);
             let missing = match &c.phase {
@@ -562,7 +636,10 @@ impl DeviceCore {
             };
             if let Some(r) = self.record(
                 ErrorCode::AssemblyTimeout,
-                format!("assembly timed out after {} NACK rounds with {missing} chunks missing", c.nack_rounds),
+                format!(
+                    "assembly timed out after {} NACK rounds with {missing} chunks missing",
+                    c.nack_rounds
+                ),
                 json!({"capture_id": id, "missing_chunks": missing}),
                 now,
             ) {
@@ -592,11 +669,16 @@ impl DeviceCore {
             .map(|(k, _)| k.clone())
             .collect();
         for id in stale {
-            let Some(e) = self.early.remove(&id) else { continue };
+            let Some(e) = self.early.remove(&id) else {
+                continue;
+            };
             self.release(e.bytes);
             if let Some(r) = self.record(
                 ErrorCode::UnknownCapture,
-                format!("{} chunks for capture {id} arrived without metadata", e.chunks.len()),
+                format!(
+                    "{} chunks for capture {id} arrived without metadata",
+                    e.chunks.len()
+                ),
                 json!({"capture_id": id}),
                 now,
             ) {
@@ -654,7 +736,13 @@ impl DeviceCore {
     }
 
     /// Counts an error and returns its row unless rate-limited.
-    fn record(&mut self, code: ErrorCode, message: String, mut details: serde_json::Value, now: Instant) -> Option<ErrorRecord> {
+    fn record(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        mut details: serde_json::Value,
+        now: Instant,
+    ) -> Option<ErrorRecord> {
         metrics::counter!(m::ERRORS_TOTAL, "code" => code.label()).increment(1);
         match self.errors.admit(code, now) {
             Admit::Write { suppressed } => {
@@ -670,7 +758,8 @@ impl DeviceCore {
                 })
             }
             Admit::Suppress => {
-                metrics::counter!(m::ERROR_ROWS_SUPPRESSED_TOTAL, "code" => code.label()).increment(1);
+                metrics::counter!(m::ERROR_ROWS_SUPPRESSED_TOTAL, "code" => code.label())
+                    .increment(1);
                 None
             }
         }

@@ -51,7 +51,12 @@ pub fn need_metadata(capture_id: &str) -> Bytes {
 
 /// `{"type":"NACK","missing":[[0,total-1]],"reason":"checksum"}`
 pub fn checksum(capture_id: &str, total_chunks: u32) -> Bytes {
-    nack(capture_id, &[[0, total_chunks.saturating_sub(1)]], "checksum", None)
+    nack(
+        capture_id,
+        &[[0, total_chunks.saturating_sub(1)]],
+        "checksum",
+        None,
+    )
 }
 
 /// `{"type":"NACK","missing":[],"reason":"storage"}`
@@ -86,7 +91,8 @@ mod tests {
 
     #[test]
     fn a_missing_chunks_nack_matches_the_protocol_example() {
-        let v: Value = serde_json::from_slice(&missing("img_000183", &[[3, 3], [17, 20]], 1)).unwrap();
+        let v: Value =
+            serde_json::from_slice(&missing("img_000183", &[[3, 3], [17, 20]], 1)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type":"NACK","capture_id":"img_000183","missing":[[3,3],[17,20]],"reason":"missing_chunks","round":1})
@@ -95,7 +101,9 @@ mod tests {
 
     #[test]
     fn long_missing_lists_are_truncated_under_4_kib_keeping_the_first_ranges() {
-        let ranges: Vec<[u32; 2]> = (0..2000).map(|i| [i * 3 + 1_000_000, i * 3 + 1_000_001]).collect();
+        let ranges: Vec<[u32; 2]> = (0..2000)
+            .map(|i| [i * 3 + 1_000_000, i * 3 + 1_000_001])
+            .collect();
         let p = missing(&"c".repeat(64), &ranges, 2);
         assert!(p.len() < MAX_NACK_BYTES, "{}", p.len());
         let v: Value = serde_json::from_slice(&p).unwrap();
@@ -106,7 +114,9 @@ mod tests {
 
     #[test]
     fn ack_ok_carries_size_and_time() {
-        let t = DateTime::parse_from_rfc3339("2026-10-04T12:00:01Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-10-04T12:00:01Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let v: Value = serde_json::from_slice(&ack_ok("img_1", 51234, t)).unwrap();
         assert_eq!(v["type"], "ACK_OK");
         assert_eq!(v["image_bytes"], 51234);

@@ -80,10 +80,13 @@ impl Handler<Store> for ObjectSink {
                     reason: "postgres sink unavailable".into(),
                 };
             }
-            let committed = rx.await.unwrap_or_else(|_| Err("postgres sink dropped the row".into()));
+            let committed = rx
+                .await
+                .unwrap_or_else(|_| Err("postgres sink dropped the row".into()));
             match (upload, committed) {
                 (Ok(()), Ok(())) => {
-                    metrics::histogram!(m::CAPTURE_E2E_SECONDS).record(req.completed_at.elapsed().as_secs_f64());
+                    metrics::histogram!(m::CAPTURE_E2E_SECONDS)
+                        .record(req.completed_at.elapsed().as_secs_f64());
                     StoreOutcome::Stored {
                         stored_at: stored_at.unwrap_or_else(Utc::now),
                     }
@@ -97,18 +100,27 @@ impl Handler<Store> for ObjectSink {
     }
 }
 
-async fn upload(store: &dyn ObjectStore, req: &StoreRequest, attempts: u32, backoff: Duration) -> Result<(), String> {
+async fn upload(
+    store: &dyn ObjectStore,
+    req: &StoreRequest,
+    attempts: u32,
+    backoff: Duration,
+) -> Result<(), String> {
     let path = Path::from(req.object_key());
     let started = StdInstant::now();
     let mut delay = backoff;
     let mut last = String::new();
     for attempt in 1..=attempts {
         // `Bytes` clone: a reference count, not a copy of the image.
-        match store.put(&path, PutPayload::from_bytes(req.image.clone())).await {
+        match store
+            .put(&path, PutPayload::from_bytes(req.image.clone()))
+            .await
+        {
             Ok(_) => {
                 metrics::counter!(m::OBJECTS_UPLOADED_TOTAL).increment(1);
                 metrics::counter!(m::OBJECTS_BYTES_TOTAL).increment(req.image.len() as u64);
-                metrics::histogram!(m::OBJECT_UPLOAD_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::histogram!(m::OBJECT_UPLOAD_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
                 return Ok(());
             }
             Err(e) => {

@@ -62,7 +62,8 @@ impl PgSink {
         if let Some(h) = self.timers[table.index()].take() {
             ctx.cancel_future(h);
         }
-        metrics::gauge!(m::SINK_QUEUE_ROWS, "sink" => "postgres").set(self.queued.load(Ordering::Relaxed) as f64);
+        metrics::gauge!(m::SINK_QUEUE_ROWS, "sink" => "postgres")
+            .set(self.queued.load(Ordering::Relaxed) as f64);
         let permits = self.permits.clone();
         let job = Job {
             pool: self.pool.clone(),
@@ -159,7 +160,8 @@ impl Job {
                     match self.write_retrying(table, &one).await {
                         Ok(()) => self.finish(one, Ok(())),
                         Err(e) => {
-                            metrics::counter!(m::SINK_FAILURES_TOTAL, "table" => table.label()).increment(1);
+                            metrics::counter!(m::SINK_FAILURES_TOTAL, "table" => table.label())
+                                .increment(1);
                             tracing::error!(table = table.label(), error = %e, "row rejected by Postgres");
                             self.finish(one, Err(e.to_string()));
                         }
@@ -181,10 +183,13 @@ impl Job {
             .await;
             match res {
                 Ok(_) => {
-                    metrics::histogram!(m::SINK_BATCH_SECONDS, "table" => table.label()).record(started.elapsed().as_secs_f64());
-                    metrics::histogram!(m::SINK_BATCH_ROWS, "table" => table.label()).record(batch.len() as f64);
+                    metrics::histogram!(m::SINK_BATCH_SECONDS, "table" => table.label())
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(m::SINK_BATCH_ROWS, "table" => table.label())
+                        .record(batch.len() as f64);
                     metrics::counter!(m::SINK_BATCHES_TOTAL, "table" => table.label()).increment(1);
-                    metrics::counter!(m::SINK_ROWS_TOTAL, "table" => table.label()).increment(batch.len() as u64);
+                    metrics::counter!(m::SINK_ROWS_TOTAL, "table" => table.label())
+                        .increment(batch.len() as u64);
                     return Ok(());
                 }
                 Err(e) if e.is_retriable() => {

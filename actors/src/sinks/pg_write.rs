@@ -36,7 +36,8 @@ const UPSERT_CAPTURES: &str = "INSERT INTO captures (device_id, device_capture_i
    storage_path = EXCLUDED.storage_path, nack_rounds = EXCLUDED.nack_rounds, stored_at = EXCLUDED.stored_at
  WHERE captures.ingest_status <> 'stored'";
 
-const INSERT_ERRORS: &str = "INSERT INTO device_errors (device_id, error_code, message, details, occurred_at)
+const INSERT_ERRORS: &str =
+    "INSERT INTO device_errors (device_id, error_code, message, details, occurred_at)
  SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::timestamptz[])";
 
 const UPDATE_COMMANDS: &str = "UPDATE device_commands c SET status = CASE WHEN x.ok THEN 'succeeded' ELSE 'failed' END,
@@ -59,7 +60,16 @@ struct DeviceCols<'a> {
 
 impl<'a> DeviceCols<'a> {
     #[allow(clippy::too_many_arguments)]
-    fn touch(&mut self, id: &'a str, at: DateTime<Utc>, status: Option<&'a str>, battery: Option<f64>, rssi: Option<i32>, uptime: Option<i64>, fw: Option<&'a str>) {
+    fn touch(
+        &mut self,
+        id: &'a str,
+        at: DateTime<Utc>,
+        status: Option<&'a str>,
+        battery: Option<f64>,
+        rssi: Option<i32>,
+        uptime: Option<i64>,
+        fw: Option<&'a str>,
+    ) {
         match self.idx.get(id) {
             Some(&i) => {
                 if at >= self.at[i] {
@@ -89,8 +99,19 @@ impl<'a> DeviceCols<'a> {
             return Ok(());
         }
         let stmt = tx.prepare_cached(UPSERT_DEVICES).await?;
-        tx.execute(&stmt, &[&self.ids, &self.at, &self.status, &self.battery, &self.rssi, &self.uptime, &self.fw])
-            .await?;
+        tx.execute(
+            &stmt,
+            &[
+                &self.ids,
+                &self.at,
+                &self.status,
+                &self.battery,
+                &self.rssi,
+                &self.uptime,
+                &self.fw,
+            ],
+        )
+        .await?;
         Ok(())
     }
 }
@@ -104,12 +125,17 @@ fn extra_json(m: &serde_json::Map<String, Value>) -> Value {
 }
 
 /// Writes one batch of rows, all of `table`, in one transaction.
-pub async fn write_batch(client: &mut Client, table: Table, batch: &[Pending]) -> Result<u64, SinkError> {
+pub async fn write_batch(
+    client: &mut Client,
+    table: Table,
+    batch: &[Pending],
+) -> Result<u64, SinkError> {
     let tx = client.transaction().await?;
     let n = match table {
         Table::Status => {
             let mut ids = Vec::with_capacity(batch.len());
-            let (mut st, mut pc, mut bv, mut rs, mut up, mut ex, mut at) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+            let (mut st, mut pc, mut bv, mut rs, mut up, mut ex, mut at) =
+                (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
             let mut dev = DeviceCols::default();
             for p in batch {
                 let Row::Status(s) = &p.row else { continue };
@@ -121,16 +147,35 @@ pub async fn write_batch(client: &mut Client, table: Table, batch: &[Pending]) -
                 up.push(s.uptime_s);
                 ex.push(extra_json(&s.extra));
                 at.push(s.created_at);
-                dev.touch(s.device_id.as_str(), s.created_at, Some(s.status), s.battery_v, s.rssi, s.uptime_s, s.fw.as_deref());
+                dev.touch(
+                    s.device_id.as_str(),
+                    s.created_at,
+                    Some(s.status),
+                    s.battery_v,
+                    s.rssi,
+                    s.uptime_s,
+                    s.fw.as_deref(),
+                );
             }
             let stmt = tx.prepare_cached(INSERT_STATUS).await?;
-            let n = tx.execute(&stmt, &[&ids, &st, &pc, &bv, &rs, &up, &ex, &at]).await?;
+            let n = tx
+                .execute(&stmt, &[&ids, &st, &pc, &bv, &rs, &up, &ex, &at])
+                .await?;
             dev.write(&tx).await?;
             n
         }
         Table::Readings => {
             let mut ids = Vec::with_capacity(batch.len());
-            let (mut seq, mut cap, mut t, mut h, mut pr, mut g, mut ex, mut at) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+            let (mut seq, mut cap, mut t, mut h, mut pr, mut g, mut ex, mut at) = (
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+            );
             let mut dev = DeviceCols::default();
             for p in batch {
                 let Row::Reading(r) = &p.row else { continue };
@@ -143,10 +188,20 @@ pub async fn write_batch(client: &mut Client, table: Table, batch: &[Pending]) -
                 g.push(r.values.gas_kohm);
                 ex.push(extra_json(&r.extra));
                 at.push(r.measured_at);
-                dev.touch(r.device_id.as_str(), r.measured_at, None, None, None, None, None);
+                dev.touch(
+                    r.device_id.as_str(),
+                    r.measured_at,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                );
             }
             let stmt = tx.prepare_cached(INSERT_READINGS).await?;
-            let n = tx.execute(&stmt, &[&ids, &seq, &cap, &t, &h, &pr, &g, &ex, &at]).await?;
+            let n = tx
+                .execute(&stmt, &[&ids, &seq, &cap, &t, &h, &pr, &g, &ex, &at])
+                .await?;
             dev.write(&tx).await?;
             n
         }
@@ -177,10 +232,15 @@ pub async fn write_batch(client: &mut Client, table: Table, batch: &[Pending]) -
             let nr: Vec<i32> = rows.iter().map(|c| c.nack_rounds).collect();
             let sat: Vec<Option<DateTime<Utc>>> = rows.iter().map(|c| c.stored_at).collect();
             let stmt = tx.prepare_cached(UPSERT_CAPTURES).await?;
-            tx.execute(&stmt, &[&ids, &cid, &cat, &ib, &tc, &cs, &sha, &st, &sp, &nr, &sat]).await?
+            tx.execute(
+                &stmt,
+                &[&ids, &cid, &cat, &ib, &tc, &cs, &sha, &st, &sp, &nr, &sat],
+            )
+            .await?
         }
         Table::Errors => {
-            let (mut ids, mut code, mut msg, mut det, mut at) = (vec![], vec![], vec![], vec![], vec![]);
+            let (mut ids, mut code, mut msg, mut det, mut at) =
+                (vec![], vec![], vec![], vec![], vec![]);
             for p in batch {
                 let Row::Error(e) = &p.row else { continue };
                 ids.push(e.device_id.as_str());
@@ -193,9 +253,12 @@ pub async fn write_batch(client: &mut Client, table: Table, batch: &[Pending]) -
             tx.execute(&stmt, &[&ids, &code, &msg, &det, &at]).await?
         }
         Table::Commands => {
-            let (mut ids, mut cid, mut ok, mut res, mut at) = (vec![], vec![], vec![], vec![], vec![]);
+            let (mut ids, mut cid, mut ok, mut res, mut at) =
+                (vec![], vec![], vec![], vec![], vec![]);
             for p in batch {
-                let Row::CommandResult(c) = &p.row else { continue };
+                let Row::CommandResult(c) = &p.row else {
+                    continue;
+                };
                 ids.push(c.device_id.as_str());
                 cid.push(c.command_id.as_str());
                 ok.push(c.ok);
