@@ -1,0 +1,104 @@
+//! Reliability under faults (issue: reliability): kill -9 mid-stream, SIGTERM during load, and a
+//! restart storm on one device while others keep ingesting. Real Postgres and Mosquitto.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{eventually, Options, TestEnv};
+use fleetflow::sim::{ChunkForm, SimConfig};
+use rand::Rng;
+
+fn sim(env: &TestEnv, devices: usize, secs: u64, readings_per_sec: f64, captures: u32) -> SimConfig {
+    SimConfig {
+        host: env.services.mqtt_host.clone(),
+        port: env.services.mqtt_port,
+        prefix: env.prefix.clone(),
+        devices,
+        connections: 2,
+        id_base: 0xC0_0000_0000 + rand::rng().random_range(0..1_000_000u64) * 1000,
+        duration: Duration::from_secs(secs),
+        readings_per_sec,
+        status_per_sec: 0.0,
+        captures_per_device: captures,
+        image_bytes: 20_000,
+        chunk_size: 1024,
+        chunk_form: ChunkForm::Mixed,
+        loss_rate: 0.0,
+        drain: Duration::from_secs(90),
+        with_sha256: true,
+        seed: rand::rng().random(),
+        retry_after: Duration::from_secs(5),
+    }
+}
+
+/// Every broker-acknowledged reading is in Postgres exactly once.
+async fn assert_exactly_once(env: &TestEnv, acked: &[(String, u64)]) -> i64 {
+    let want: HashSet<(String, i64)> = acked.iter().map(|(d, s)| (d.clone(), *s as i64)).collect();
+    let n = eventually(Duration::from_secs(60), "every acked reading in Postgres", || async {
+        let c = env.db().await;
+        let rows = c.query("SELECT device_id, seq FROM sensor_readings WHERE seq IS NOT NULL", &[]).await.unwrap();
+        let have: HashSet<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        want.is_subset(&have).then_some(rows.len())
+    })
+    .await;
+    let c = env.db().await;
+    let dup: i64 = c
+        .query_one("SELECT count(*) FROM (SELECT device_id, seq FROM sensor_readings WHERE seq IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1) d", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dup, 0, "no reading is stored twice");
+    n as i64
+}
+
+#[tokio::test]
+async fn readings_acknowledged_by_the_broker_survive_two_kill_9s_exactly_once_and_every_image_completes() {
+    let mut env = TestEnv::start(Options { assembly_timeout_ms: 1500, ..Options::default() }).await;
+    // 25 devices x 40 readings/s x 20 s = 20,000 readings, and 25 x 2 = 50 images.
+    let cfg = sim(&env, 25, 20, 40.0, 2);
+    let run = tokio::spawn(fleetflow::sim::run(cfg));
+    for _ in 0..2 {
+        let wait = rand::rng().random_range(3_000..7_000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let pid = env.pid();
+        env.kill9();
+        eprintln!("killed engine pid {pid} with SIGKILL after {wait} ms");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        env.spawn_engine();
+        env.wait_ready(Duration::from_secs(30)).await;
+    }
+    let report = run.await.unwrap().expect("simulator");
+    let stored = assert_exactly_once(&env, &report.acked_readings).await;
+    let images = env.scalar_i64("SELECT count(*) FROM captures WHERE ingest_status = 'stored'").await;
+    eprintln!(
+        "readings sent {}, acked by broker {}, in Postgres {stored}; images announced {}, ACK_OK {}, stored {images}; NACKs {}, device retries {}",
+        report.readings_sent, report.readings_acked_by_broker, report.captures_started, report.captures_acked, report.nacks, report.device_retries
+    );
+    assert_eq!(report.readings_sent, 20_000);
+    assert_eq!(report.readings_acked_by_broker, 20_000);
+    assert_eq!(report.captures_started, 50);
+    assert_eq!(report.captures_acked, 50, "every image is stored, after NACKs and resends where the crash lost it");
+    assert_eq!(images, 50);
+}
+
+#[tokio::test]
+async fn sigterm_during_load_exits_0_within_the_deadline_and_a_restart_loses_and_duplicates_nothing() {
+    let mut env = TestEnv::start(Options { extra: "[shutdown]\ndeadline_ms = 10000\n".into(), ..Options::default() }).await;
+    let cfg = sim(&env, 20, 8, 50.0, 1);
+    let run = tokio::spawn(fleetflow::sim::run(cfg));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, took) = env.terminate(Duration::from_secs(15));
+    let status = status.expect("engine exited within the deadline");
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(env.log().contains("shutdown complete"), "{}", env.log());
+    env.spawn_engine();
+    env.wait_ready(Duration::from_secs(30)).await;
+    let report = run.await.unwrap().expect("simulator");
+    let stored = assert_exactly_once(&env, &report.acked_readings).await;
+    assert_eq!(report.readings_acked_by_broker, report.readings_sent);
+    assert_eq!(stored as u64, report.readings_sent);
+    assert_eq!(report.captures_acked, report.captures_started);
+}
