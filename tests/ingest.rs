@@ -380,6 +380,7 @@ async fn two_hundred_devices_times_five_captures_are_all_stored_and_acked_with_n
         id_base: base,
         duration: Duration::from_secs(5),
         readings_per_sec: 0.0,
+        readings_per_device: 0,
         status_per_sec: 0.0,
         captures_per_device: 5,
         image_bytes: 50 * 1024,

@@ -20,6 +20,7 @@ fn sim(env: &TestEnv, devices: usize, secs: u64, readings_per_sec: f64, captures
         id_base: 0xC0_0000_0000 + rand::rng().random_range(0..1_000_000u64) * 1000,
         duration: Duration::from_secs(secs),
         readings_per_sec,
+        readings_per_device: 0,
         status_per_sec: 0.0,
         captures_per_device: captures,
         image_bytes: 20_000,
@@ -57,7 +58,8 @@ async fn assert_exactly_once(env: &TestEnv, acked: &[(String, u64)]) -> i64 {
 async fn readings_acknowledged_by_the_broker_survive_two_kill_9s_exactly_once_and_every_image_completes() {
     let mut env = TestEnv::start(Options { assembly_timeout_ms: 1500, ..Options::default() }).await;
     // 25 devices x 40 readings/s x 20 s = 20,000 readings, and 25 x 2 = 50 images.
-    let cfg = sim(&env, 25, 20, 40.0, 2);
+    let mut cfg = sim(&env, 25, 20, 40.0, 2);
+    cfg.readings_per_device = 800;
     let run = tokio::spawn(fleetflow::sim::run(cfg));
     for _ in 0..2 {
         let wait = rand::rng().random_range(3_000..7_000);

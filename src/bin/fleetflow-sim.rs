@@ -34,6 +34,9 @@ struct Args {
     /// Readings per device per second.
     #[arg(long, default_value_t = 1.0)]
     readings_per_sec: f64,
+    /// Exact readings per device (0: as many as the rate and duration give).
+    #[arg(long, default_value_t = 0)]
+    readings_per_device: u64,
     /// Status heartbeats per device per second.
     #[arg(long, default_value_t = 0.1)]
     status_per_sec: f64,
@@ -85,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         id_base: a.id_base,
         duration: Duration::from_secs_f64(a.duration_s),
         readings_per_sec: a.readings_per_sec,
+        readings_per_device: a.readings_per_device,
         status_per_sec: a.status_per_sec,
         captures_per_device: a.captures,
         image_bytes: a.image_bytes,

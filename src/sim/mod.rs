@@ -40,6 +40,8 @@ pub struct SimConfig {
     pub duration: Duration,
     /// Readings per device per second (0 for none).
     pub readings_per_sec: f64,
+    /// When non-zero, each device sends exactly this many readings, even past `duration`.
+    pub readings_per_device: u64,
     /// Status heartbeats per device per second (0 for none).
     pub status_per_sec: f64,
     /// Captures per device over the run (spread evenly).
@@ -86,6 +88,7 @@ impl Default for SimConfig {
             id_base: 0xA0_0000_0000,
             duration: Duration::from_secs(30),
             readings_per_sec: 1.0,
+            readings_per_device: 0,
             status_per_sec: 0.1,
             captures_per_device: 5,
             image_bytes: 50 * 1024,
@@ -297,14 +300,20 @@ async fn run_connection(
                         }
                     }
                 }
-                let captures_left = devices.iter().any(|d| d.captures_sent < cfg.captures_per_device);
-                if now < end || captures_left {
-                    // Past the end only the promised captures are still sent (no drift loss).
-                    let only_captures = now >= end;
+                let owed = |d: &Device| {
+                    d.captures_sent < cfg.captures_per_device
+                        || (cfg.readings_per_device > 0 && d.seq < cfg.readings_per_device)
+                };
+                let work_left = devices.iter().any(owed);
+                if now < end || work_left {
+                    // Past the end only the promised captures and readings are still sent.
+                    let only_owed = now >= end;
                     for (di, d) in devices.iter_mut().enumerate() {
-                        if only_captures {
-                            d.next_reading = end + Duration::from_secs(86_400);
-                            d.next_status = d.next_reading;
+                        if only_owed {
+                            d.next_status = end + Duration::from_secs(86_400);
+                            if cfg.readings_per_device == 0 {
+                                d.next_reading = d.next_status;
+                            }
                         }
                         generate(&cfg, di, d, now, capture_every, &image, &sha, &client, &mut sent_order, &mut rng, &mut report);
                     }
@@ -372,7 +381,8 @@ fn generate(
             report,
         );
     }
-    if cfg.readings_per_sec > 0.0 && now >= d.next_reading {
+    let reading_cap_hit = cfg.readings_per_device > 0 && d.seq >= cfg.readings_per_device;
+    if cfg.readings_per_sec > 0.0 && now >= d.next_reading && !reading_cap_hit {
         d.next_reading += period(cfg.readings_per_sec);
         if d.next_reading < now {
             d.next_reading = now + period(cfg.readings_per_sec);
