@@ -104,3 +104,52 @@ async fn sigterm_during_load_exits_0_within_the_deadline_and_a_restart_loses_and
     assert_eq!(stored as u64, report.readings_sent);
     assert_eq!(report.captures_acked, report.captures_started);
 }
+
+#[tokio::test]
+async fn a_restart_storm_on_one_device_ends_in_quarantine_while_100_others_keep_their_throughput() {
+    let env = TestEnv::start(Options {
+        extra: "[devices]\nmax_restarts = 3\nrestart_backoff_min_ms = 50\nrestart_backoff_max_ms = 400\nquarantine_ms = 600000\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let cfg = sim(&env, 100, 9, 10.0, 0);
+    let run = tokio::spawn(fleetflow::sim::run(cfg));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let storm_start = chrono::Utc::now();
+    let bad = common::random_device();
+    let dev = env.device(&bad).await;
+    for _ in 0..8 {
+        dev.publish("data", fleetflow_actors::FAULT_PANIC_MARKER.to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Quarantined: its next reading is answered (acked and counted) but not stored.
+    dev.publish("data", r#"{"type":"reading","seq":1}"#).await;
+    let storm_end = chrono::Utc::now();
+    let report = run.await.unwrap().expect("simulator");
+    assert_exactly_once(&env, &report.acked_readings).await;
+
+    let m = env.metrics().await;
+    assert_eq!(common::metric_value(&m, "fleetflow_device_actors_restarted_total"), 3.0, "three restarts with backoff");
+    assert_eq!(common::metric_value(&m, "fleetflow_device_actors_quarantined_total"), 1.0);
+    let quarantine_rows = env.scalar_i64(&format!("SELECT count(*) FROM device_errors WHERE device_id = '{bad}' AND error_code = 2301")).await;
+    assert_eq!(quarantine_rows, 1);
+    assert_eq!(env.scalar_i64(&format!("SELECT count(*) FROM sensor_readings WHERE device_id = '{bad}'")).await, 0);
+
+    // Throughput of the others: durable readings per second before the storm vs during it.
+    let c = env.db().await;
+    let rate = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        let c = &c;
+        async move {
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM sensor_readings WHERE created_at >= $1 AND created_at < $2", &[&from, &to])
+                .await
+                .unwrap()
+                .get(0);
+            n as f64 / (to - from).num_milliseconds() as f64 * 1000.0
+        }
+    };
+    let before = rate(storm_start - chrono::Duration::milliseconds(2000), storm_start).await;
+    let during = rate(storm_start, storm_end).await;
+    eprintln!("other devices: {before:.0} readings/s before the storm, {during:.0} readings/s during it");
+    assert!(during >= 0.8 * before, "throughput dropped more than 20 %: {before:.0}/s -> {during:.0}/s");
+}
