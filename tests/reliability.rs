@@ -10,7 +10,13 @@ use common::{eventually, Options, TestEnv};
 use fleetflow::sim::{ChunkForm, SimConfig};
 use rand::Rng;
 
-fn sim(env: &TestEnv, devices: usize, secs: u64, readings_per_sec: f64, captures: u32) -> SimConfig {
+fn sim(
+    env: &TestEnv,
+    devices: usize,
+    secs: u64,
+    readings_per_sec: f64,
+    captures: u32,
+) -> SimConfig {
     SimConfig {
         host: env.services.mqtt_host.clone(),
         port: env.services.mqtt_port,
@@ -37,12 +43,22 @@ fn sim(env: &TestEnv, devices: usize, secs: u64, readings_per_sec: f64, captures
 /// Every broker-acknowledged reading is in Postgres exactly once.
 async fn assert_exactly_once(env: &TestEnv, acked: &[(String, u64)]) -> i64 {
     let want: HashSet<(String, i64)> = acked.iter().map(|(d, s)| (d.clone(), *s as i64)).collect();
-    let n = eventually(Duration::from_secs(60), "every acked reading in Postgres", || async {
-        let c = env.db().await;
-        let rows = c.query("SELECT device_id, seq FROM sensor_readings WHERE seq IS NOT NULL", &[]).await.unwrap();
-        let have: HashSet<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        want.is_subset(&have).then_some(rows.len())
-    })
+    let n = eventually(
+        Duration::from_secs(60),
+        "every acked reading in Postgres",
+        || async {
+            let c = env.db().await;
+            let rows = c
+                .query(
+                    "SELECT device_id, seq FROM sensor_readings WHERE seq IS NOT NULL",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let have: HashSet<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            want.is_subset(&have).then_some(rows.len())
+        },
+    )
     .await;
     let c = env.db().await;
     let dup: i64 = c
@@ -55,8 +71,13 @@ async fn assert_exactly_once(env: &TestEnv, acked: &[(String, u64)]) -> i64 {
 }
 
 #[tokio::test]
-async fn readings_acknowledged_by_the_broker_survive_two_kill_9s_exactly_once_and_every_image_completes() {
-    let mut env = TestEnv::start(Options { assembly_timeout_ms: 1500, ..Options::default() }).await;
+async fn readings_acknowledged_by_the_broker_survive_two_kill_9s_exactly_once_and_every_image_completes(
+) {
+    let mut env = TestEnv::start(Options {
+        assembly_timeout_ms: 1500,
+        ..Options::default()
+    })
+    .await;
     // 25 devices x 40 readings/s x 20 s = 20,000 readings, and 25 x 2 = 50 images.
     let mut cfg = sim(&env, 25, 20, 40.0, 2);
     cfg.readings_per_device = 800;
@@ -73,7 +94,9 @@ async fn readings_acknowledged_by_the_broker_survive_two_kill_9s_exactly_once_an
     }
     let report = run.await.unwrap().expect("simulator");
     let stored = assert_exactly_once(&env, &report.acked_readings).await;
-    let images = env.scalar_i64("SELECT count(*) FROM captures WHERE ingest_status = 'stored'").await;
+    let images = env
+        .scalar_i64("SELECT count(*) FROM captures WHERE ingest_status = 'stored'")
+        .await;
     eprintln!(
         "readings sent {}, acked by broker {}, in Postgres {stored}; images announced {}, ACK_OK {}, stored {images}; NACKs {}, device retries {}",
         report.readings_sent, report.readings_acked_by_broker, report.captures_started, report.captures_acked, report.nacks, report.device_retries
@@ -81,13 +104,21 @@ async fn readings_acknowledged_by_the_broker_survive_two_kill_9s_exactly_once_an
     assert_eq!(report.readings_sent, 20_000);
     assert_eq!(report.readings_acked_by_broker, 20_000);
     assert_eq!(report.captures_started, 50);
-    assert_eq!(report.captures_acked, 50, "every image is stored, after NACKs and resends where the crash lost it");
+    assert_eq!(
+        report.captures_acked, 50,
+        "every image is stored, after NACKs and resends where the crash lost it"
+    );
     assert_eq!(images, 50);
 }
 
 #[tokio::test]
-async fn sigterm_during_load_exits_0_within_the_deadline_and_a_restart_loses_and_duplicates_nothing() {
-    let mut env = TestEnv::start(Options { extra: "[shutdown]\ndeadline_ms = 10000\n".into(), ..Options::default() }).await;
+async fn sigterm_during_load_exits_0_within_the_deadline_and_a_restart_loses_and_duplicates_nothing(
+) {
+    let mut env = TestEnv::start(Options {
+        extra: "[shutdown]\ndeadline_ms = 10000\n".into(),
+        ..Options::default()
+    })
+    .await;
     let cfg = sim(&env, 20, 8, 50.0, 1);
     let run = tokio::spawn(fleetflow::sim::run(cfg));
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -119,7 +150,8 @@ async fn a_restart_storm_on_one_device_ends_in_quarantine_while_100_others_keep_
     let bad = common::random_device();
     let dev = env.device(&bad).await;
     for _ in 0..8 {
-        dev.publish("data", fleetflow_actors::FAULT_PANIC_MARKER.to_vec()).await;
+        dev.publish("data", fleetflow_actors::FAULT_PANIC_MARKER.to_vec())
+            .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Quarantined: its next reading is answered (acked and counted) but not stored.
@@ -129,11 +161,28 @@ async fn a_restart_storm_on_one_device_ends_in_quarantine_while_100_others_keep_
     assert_exactly_once(&env, &report.acked_readings).await;
 
     let m = env.metrics().await;
-    assert_eq!(common::metric_value(&m, "fleetflow_device_actors_restarted_total"), 3.0, "three restarts with backoff");
-    assert_eq!(common::metric_value(&m, "fleetflow_device_actors_quarantined_total"), 1.0);
-    let quarantine_rows = env.scalar_i64(&format!("SELECT count(*) FROM device_errors WHERE device_id = '{bad}' AND error_code = 2301")).await;
+    assert_eq!(
+        common::metric_value(&m, "fleetflow_device_actors_restarted_total"),
+        3.0,
+        "three restarts with backoff"
+    );
+    assert_eq!(
+        common::metric_value(&m, "fleetflow_device_actors_quarantined_total"),
+        1.0
+    );
+    let quarantine_rows = env
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM device_errors WHERE device_id = '{bad}' AND error_code = 2301"
+        ))
+        .await;
     assert_eq!(quarantine_rows, 1);
-    assert_eq!(env.scalar_i64(&format!("SELECT count(*) FROM sensor_readings WHERE device_id = '{bad}'")).await, 0);
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM sensor_readings WHERE device_id = '{bad}'"
+        ))
+        .await,
+        0
+    );
 
     // Throughput of the others: durable readings per second before the storm vs during it.
     let c = env.db().await;
@@ -148,8 +197,17 @@ async fn a_restart_storm_on_one_device_ends_in_quarantine_while_100_others_keep_
             n as f64 / (to - from).num_milliseconds() as f64 * 1000.0
         }
     };
-    let before = rate(storm_start - chrono::Duration::milliseconds(2000), storm_start).await;
+    let before = rate(
+        storm_start - chrono::Duration::milliseconds(2000),
+        storm_start,
+    )
+    .await;
     let during = rate(storm_start, storm_end).await;
-    eprintln!("other devices: {before:.0} readings/s before the storm, {during:.0} readings/s during it");
-    assert!(during >= 0.8 * before, "throughput dropped more than 20 %: {before:.0}/s -> {during:.0}/s");
+    eprintln!(
+        "other devices: {before:.0} readings/s before the storm, {during:.0} readings/s during it"
+    );
+    assert!(
+        during >= 0.8 * before,
+        "throughput dropped more than 20 %: {before:.0}/s -> {during:.0}/s"
+    );
 }

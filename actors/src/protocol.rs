@@ -519,6 +519,44 @@ mod tests {
         assert!(data(&deep).is_err());
     }
 
+    proptest::proptest! {
+        /// Hostile input never panics: arbitrary bytes, and JSON-looking mutations of valid
+        /// messages, always decode to a message or a 2102/2103 error.
+        #[test]
+        fn the_decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let b = Bytes::from(bytes);
+            for kind in [TopicKind::Status, TopicKind::Data, TopicKind::CmdResult] {
+                if let Err(e) = decode(&kind, &b, DecodeLimits::default()) {
+                    proptest::prop_assert!(matches!(e.code, ErrorCode::Malformed | ErrorCode::BadField));
+                }
+            }
+        }
+
+        #[test]
+        fn the_decoder_never_panics_on_mutated_valid_messages(
+            which in 0usize..4,
+            cut in 0usize..300,
+            flip in 0usize..300,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let samples = [
+                r#"{"type":"reading","seq":1841,"ts":"2026-10-04T12:00:00Z","temperature_c":21.5}"#,
+                r#"{"type":"capture_meta","capture_id":"img_000183","image_bytes":51234,"total_chunks":51,"chunk_size":1024}"#,
+                r#"{"type":"chunk","capture_id":"img_000183","index":0,"data":"AAECAwQ="}"#,
+                r#"{"status":"online","battery_v":3.92,"rssi":-61}"#,
+            ];
+            let mut v = samples[which].as_bytes().to_vec();
+            if !v.is_empty() {
+                let i = flip % v.len();
+                v[i] = byte;
+                v.truncate(cut.max(1));
+            }
+            let b = Bytes::from(v);
+            let _ = decode(&TopicKind::Data, &b, DecodeLimits::default());
+            let _ = decode(&TopicKind::Status, &b, DecodeLimits::default());
+        }
+    }
+
     #[test]
     fn status_requires_a_known_state() {
         let ok =
