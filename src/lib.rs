@@ -6,6 +6,7 @@
 //! - [`objects`]: builds the object store (local filesystem or S3-compatible).
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`http`]: `/metrics`, `/health`, `/ready`.
+//! - [`replay`]: re-uploads images kept in the dead-letter directory.
 //! - [`engine`]: wiring of source, router, device actors and sinks, and graceful shutdown.
 //! - [`sim`]: the fleet simulator used by `fleetflow-sim`, the demo and the tests.
 
@@ -14,5 +15,6 @@ pub mod db;
 pub mod engine;
 pub mod http;
 pub mod objects;
+pub mod replay;
 pub mod sim;
 pub mod telemetry;

@@ -33,6 +33,8 @@ enum Command {
     Migrate,
     /// Validate the configuration and print it with secrets removed.
     Config,
+    /// Upload images kept in the dead-letter directory and mark their captures stored.
+    ReplayDeadLetters,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +55,20 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let n = rt.block_on(db::migrate(&cfg.postgres))?;
             println!("applied {n} migration(s)");
+            Ok(())
+        }
+        Command::ReplayDeadLetters => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let r = rt.block_on(fleetflow::replay::replay(&cfg))?;
+            println!(
+                "replayed {} dead letter(s), {} still failing",
+                r.replayed, r.failed
+            );
+            if r.failed > 0 {
+                anyhow::bail!("{} dead letter(s) could not be replayed", r.failed);
+            }
             Ok(())
         }
         Command::Run => run(cfg),

@@ -362,6 +362,21 @@ pub struct ObjectsConfig {
     /// Store requests the object sink's mailbox holds. Default 256.
     #[serde(default = "default_objects_mailbox")]
     pub mailbox_capacity: usize,
+    /// Where images that failed every upload attempt are kept for `fleetflow replay-dead-letters`.
+    /// Default `./data/dead-letter`.
+    #[serde(default = "default_dead_letter_dir")]
+    pub dead_letter_dir: String,
+    /// Most bytes kept in the dead-letter directory; past it, new failures are not kept (counted
+    /// and logged, the device still keeps its image). Default 1 GiB.
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: u64,
+}
+
+fn default_dead_letter_dir() -> String {
+    "./data/dead-letter".into()
+}
+fn default_dead_letter_max_bytes() -> u64 {
+    1024 * 1024 * 1024
 }
 
 fn default_objects_url() -> String {
@@ -396,6 +411,8 @@ impl Default for ObjectsConfig {
             upload_attempts: default_upload_attempts(),
             upload_backoff_ms: default_upload_backoff_ms(),
             mailbox_capacity: default_objects_mailbox(),
+            dead_letter_dir: default_dead_letter_dir(),
+            dead_letter_max_bytes: default_dead_letter_max_bytes(),
         }
     }
 }

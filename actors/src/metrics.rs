@@ -39,7 +39,11 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (OBJECT_UPLOAD_SECONDS, "histogram", "Time to write one object, retries included."),
     (OBJECT_FAILURES_TOTAL, "counter", "Objects that failed after every retry."),
     (CAPTURE_E2E_SECONDS, "histogram", "Time from a capture's last chunk to its committed captures row."),
+    (DEAD_LETTERS_TOTAL, "counter", "Images kept in the dead-letter directory after every upload attempt failed."),
 ];
+
+/// Counter.
+pub const DEAD_LETTERS_TOTAL: &str = "fleetflow_dead_letters_total";
 
 /// Counter; label `kind`.
 pub const MQTT_MESSAGES_TOTAL: &str = "fleetflow_mqtt_messages_total";

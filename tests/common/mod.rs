@@ -131,6 +131,10 @@ pub struct Options {
     pub extra: String,
     /// Override the Postgres URL (tests with their own server).
     pub pg_url: Option<String>,
+    /// Override the S3 endpoint (tests with their own server).
+    pub s3_endpoint: Option<String>,
+    /// Extra lines for the `[objects]` section.
+    pub objects_extra: String,
 }
 
 impl Default for Options {
@@ -141,6 +145,8 @@ impl Default for Options {
             max_nack_rounds: 3,
             extra: String::new(),
             pg_url: None,
+            s3_endpoint: None,
+            objects_extra: String::new(),
         }
     }
 }
@@ -169,22 +175,32 @@ impl TestEnv {
         };
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("t{}", random_hex(10));
+
         let port = free_port();
         let objects_dir = dir.path().join("objects");
         let objects = match opts.store {
             Store::Local => format!("url = \"file://{}\"", objects_dir.display()),
             Store::S3 => {
+                let endpoint = opts
+                    .s3_endpoint
+                    .clone()
+                    .unwrap_or_else(|| services.s3_endpoint.clone());
                 assert!(
-                    services.s3_reachable(),
+                    opts.s3_endpoint.is_some() || services.s3_reachable(),
                     "the S3 server is not reachable at {}; start it with `scripts/services up`",
                     services.s3_endpoint
                 );
                 format!(
                     "url = \"s3://{}\"\nendpoint = \"{}\"\nallow_http = true\nregion = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\nupload_attempts = 3\nupload_backoff_ms = 100",
-                    services.s3_bucket, services.s3_endpoint, services.s3_region, services.s3_access_key, services.s3_secret_key
+                    services.s3_bucket, endpoint, services.s3_region, services.s3_access_key, services.s3_secret_key
                 )
             }
         };
+        let objects = format!(
+            "{objects}\ndead_letter_dir = \"{}\"\n{}",
+            dir.path().join("dead-letter").display(),
+            opts.objects_extra
+        );
         let config = format!(
             r#"[mqtt]
 url = "mqtt://{}:{}"
@@ -633,4 +649,91 @@ impl Drop for PrivatePg {
         let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A private moto S3 server (for tests that stop the object store).
+pub struct PrivateS3 {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateS3 {
+    pub fn moto_bin() -> PathBuf {
+        let tools = std::env::var("FLEETFLOW_TOOLS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                    .join(".cache/fleetflow-tools")
+            });
+        let bin = tools.join("moto-venv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "{} is missing; `scripts/services up` installs it",
+            bin.display()
+        );
+        bin
+    }
+
+    pub async fn start() -> Self {
+        let mut s = Self {
+            port: free_port(),
+            child: None,
+        };
+        s.start_again().await;
+        s
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts moto (empty: it keeps data in memory) and creates the bucket.
+    pub async fn start_again(&mut self) {
+        let child = Command::new(Self::moto_bin())
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        self.child = Some(child);
+        let url = format!("{}/fleetflow", self.endpoint());
+        eventually(
+            Duration::from_secs(30),
+            "moto to create the bucket",
+            || async {
+                reqwest::Client::new()
+                    .put(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Resident set size of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }

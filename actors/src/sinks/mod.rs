@@ -10,6 +10,7 @@
 //! schema refuses) are retried row by row, the bad rows counted and rejected. Object uploads are
 //! retried `upload_attempts` times, then the capture fails with 2204.
 
+pub mod dead_letter;
 pub mod objects;
 pub mod pg;
 pub mod pg_write;

@@ -11,6 +11,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::{oneshot, Semaphore};
 
+use super::dead_letter::DeadLetterDir;
 use super::pg::PgSink;
 use super::rows::{IngestStatus, Pending, Row};
 use crate::config::ObjectsConfig;
@@ -28,17 +29,20 @@ pub struct ObjectSink {
     pg: Addr<PgSink>,
     cfg: ObjectsConfig,
     permits: Arc<Semaphore>,
+    dead_letters: DeadLetterDir,
 }
 
 impl ObjectSink {
     /// A sink writing to `store`, and rows to `pg`.
     pub fn new(store: Arc<dyn ObjectStore>, pg: Addr<PgSink>, cfg: ObjectsConfig) -> Self {
         let permits = Arc::new(Semaphore::new(cfg.upload_concurrency.max(1)));
+        let dead_letters = DeadLetterDir::new(&cfg.dead_letter_dir, cfg.dead_letter_max_bytes);
         Self {
             store,
             pg,
             cfg,
             permits,
+            dead_letters,
         }
     }
 }
@@ -60,11 +64,25 @@ impl Handler<Store> for ObjectSink {
         let permits = self.permits.clone();
         let attempts = self.cfg.upload_attempts.max(1);
         let backoff = Duration::from_millis(self.cfg.upload_backoff_ms);
+        let dead_letters = self.dead_letters.clone();
         Box::pin(async move {
             let upload = {
                 let _permit = permits.acquire().await;
                 upload(&*store, &req, attempts, backoff).await
             };
+            if let Err(reason) = &upload {
+                // Keep the bytes so that an admin can replay them; never just throw them away.
+                let (dl, r, reason) = (dead_letters, req.clone(), reason.clone());
+                match tokio::task::spawn_blocking(move || dl.put(&r, &reason)).await {
+                    Ok(Ok(path)) => {
+                        tracing::warn!(device = %req.device_id, capture = %req.capture_id, path = %path.display(), "upload failed after retries; image kept in the dead-letter directory")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(device = %req.device_id, capture = %req.capture_id, error = %e, "upload failed after retries and the image could not be dead-lettered; the device keeps it")
+                    }
+                    Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
+                }
+            }
             let (status, stored_at) = match &upload {
                 Ok(()) => (IngestStatus::Stored, Some(Utc::now())),
                 Err(_) => (IngestStatus::Failed, None),

@@ -1,0 +1,158 @@
+//! The dead-letter directory: images whose upload failed after every retry are written here,
+//! with a JSON sidecar describing the capture, so that `fleetflow replay-dead-letters` can
+//! upload them later. The directory is bounded by `objects.dead_letter_max_bytes`.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::device::core::StoreRequest;
+use crate::metrics as m;
+
+/// What the sidecar records about a dead-lettered capture.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The device.
+    pub device_id: String,
+    /// The device's capture id.
+    pub capture_id: String,
+    /// Capture time (dates the object key).
+    pub captured_at: DateTime<Utc>,
+    /// The object key the image belongs at.
+    pub object_key: String,
+    /// Size.
+    pub image_bytes: u32,
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Chunk count.
+    pub total_chunks: u32,
+    /// Announced checksum.
+    pub sha256: Option<String>,
+    /// Why the upload failed.
+    pub reason: String,
+    /// When it was written here.
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Dead-letter I/O errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// Over the configured size.
+    #[error("dead-letter directory is full ({used} of {max} bytes)")]
+    Full {
+        /// Bytes in use.
+        used: u64,
+        /// Limit.
+        max: u64,
+    },
+    /// Filesystem error.
+    #[error("dead-letter I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// Bad sidecar.
+    #[error("dead-letter sidecar: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The directory.
+#[derive(Debug, Clone)]
+pub struct DeadLetterDir {
+    root: PathBuf,
+    max_bytes: u64,
+}
+
+impl DeadLetterDir {
+    /// A directory at `root` holding at most `max_bytes`.
+    pub fn new(root: impl Into<PathBuf>, max_bytes: u64) -> Self {
+        Self {
+            root: root.into(),
+            max_bytes,
+        }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn used(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(rd) = std::fs::read_dir(p) else {
+                return 0;
+            };
+            rd.filter_map(|e| e.ok())
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        }
+        walk(&self.root)
+    }
+
+    /// Keeps the image and its sidecar. Blocking I/O: call from `spawn_blocking`.
+    pub fn put(&self, req: &StoreRequest, reason: &str) -> Result<PathBuf, DeadLetterError> {
+        let used = self.used();
+        if used + req.image.len() as u64 > self.max_bytes {
+            return Err(DeadLetterError::Full {
+                used,
+                max: self.max_bytes,
+            });
+        }
+        let key = req.object_key();
+        let path = self.root.join(&key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, &req.image)?;
+        let meta = DeadLetter {
+            device_id: req.device_id.to_string(),
+            capture_id: req.capture_id.clone(),
+            captured_at: req.captured_at,
+            object_key: key,
+            image_bytes: req.layout.image_bytes,
+            chunk_size: req.layout.chunk_size,
+            total_chunks: req.layout.total_chunks,
+            sha256: req.sha256.clone(),
+            reason: reason.to_string(),
+            failed_at: Utc::now(),
+        };
+        std::fs::write(
+            path.with_extension("json"),
+            serde_json::to_vec_pretty(&meta)?,
+        )?;
+        metrics::counter!(m::DEAD_LETTERS_TOTAL).increment(1);
+        Ok(path)
+    }
+
+    /// Every dead letter: (sidecar, image path).
+    pub fn list(&self) -> Result<Vec<(DeadLetter, PathBuf)>, DeadLetterError> {
+        let mut out = Vec::new();
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(rd) = std::fs::read_dir(p) else { return };
+            for e in rd.filter_map(|e| e.ok()) {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|x| x == "json") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut sidecars = Vec::new();
+        walk(&self.root, &mut sidecars);
+        sidecars.sort();
+        for s in sidecars {
+            let meta: DeadLetter = serde_json::from_slice(&std::fs::read(&s)?)?;
+            out.push((meta, s.with_extension("jpg")));
+        }
+        Ok(out)
+    }
+
+    /// Removes a replayed dead letter.
+    pub fn remove(&self, image: &Path) -> Result<(), DeadLetterError> {
+        std::fs::remove_file(image)?;
+        std::fs::remove_file(image.with_extension("json"))?;
+        Ok(())
+    }
+}
