@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, random_device, Options, Store, TestEnv};
-use fleetflow::sim::image::jpeg_like;
+use fleetflow::sim::image::jpeg;
 use object_store::{path::Path, ObjectStoreExt};
 use serde_json::json;
 
@@ -20,7 +20,7 @@ async fn one_capture_is_stored_byte_identical_and_acked_after(store: Store) {
     .await;
     let id = random_device();
     let mut dev = env.device(&id).await;
-    let image = jpeg_like(51_234, 42);
+    let image = jpeg(51_234, 42);
     dev.meta("img_000183", &image, 1024, true).await;
     for i in 0..51 {
         dev.chunk_bin("img_000183", &image, 1024, i).await;
@@ -81,7 +81,7 @@ async fn withheld_chunks_are_nacked_as_ranges_and_the_capture_completes_after_re
     .await;
     let id = random_device();
     let mut dev = env.device(&id).await;
-    let image = jpeg_like(51_234, 7);
+    let image = jpeg(51_234, 7);
     dev.meta("img_1", &image, 1024, true).await;
     let withheld = |i: usize| i == 3 || (17..=20).contains(&i);
     for i in (0..51).filter(|i| !withheld(*i)) {
@@ -114,7 +114,7 @@ async fn a_capture_that_never_completes_fails_with_2201_after_the_nack_rounds_an
     .await;
     let id = random_device();
     let mut dev = env.device(&id).await;
-    let image = jpeg_like(20_000, 3);
+    let image = jpeg(20_000, 3);
     dev.meta("img_lost", &image, 1024, false).await;
     dev.chunk_bin("img_lost", &image, 1024, 0).await;
     eventually(T, "assembly bytes to be held", || async {
@@ -169,7 +169,7 @@ async fn reordered_duplicated_json_and_binary_chunks_assemble_and_a_conflicting_
     let env = TestEnv::start(Options::default()).await;
     let id = random_device();
     let mut dev = env.device(&id).await;
-    let image = jpeg_like(10_000, 11);
+    let image = jpeg(10_000, 11);
     dev.meta("img_mix", &image, 1024, true).await;
     let order = [9, 3, 0, 7, 1, 1, 5, 8, 2, 6, 4, 9, 0];
     for (n, &i) in order.iter().enumerate() {
@@ -291,7 +291,7 @@ async fn bad_input_gets_its_error_code_and_metric_while_other_devices_keep_inges
     let good = random_device();
     let bad_dev = env.device(&bad).await;
     let mut good_dev = env.device(&good).await;
-    let image = jpeg_like(3000, 5);
+    let image = jpeg(3000, 5);
     good_dev.meta("img_ok", &image, 1024, true).await;
 
     bad_dev.publish("data", "{not json").await;
@@ -391,6 +391,7 @@ async fn two_hundred_devices_times_five_captures_are_all_stored_and_acked_with_n
         with_sha256: true,
         seed: 3,
         retry_after: Duration::from_secs(30),
+        ..fleetflow::sim::SimConfig::default()
     };
     let report = fleetflow::sim::run(cfg).await.expect("simulator");
     assert_eq!(report.captures_started, 1000);

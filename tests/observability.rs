@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, random_device, Options, PrivatePg, TestEnv};
-use fleetflow::sim::image::jpeg_like;
+use fleetflow::sim::image::jpeg;
 
 #[tokio::test]
 async fn metrics_expose_messages_captures_nacks_batches_actors_restarts_and_errors() {
@@ -17,7 +17,7 @@ async fn metrics_expose_messages_captures_nacks_batches_actors_restarts_and_erro
     .await;
     let id = random_device();
     let mut dev = env.device(&id).await;
-    let image = jpeg_like(4000, 1);
+    let image = jpeg(4000, 1);
     dev.meta("img_a", &image, 1024, true).await;
     for i in 0..4 {
         dev.chunk_bin("img_a", &image, 1024, i).await;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{eventually, random_device, rss_bytes, Options, PrivatePg, PrivateS3, Store, TestEnv};
-use fleetflow::sim::image::jpeg_like;
+use fleetflow::sim::image::jpeg;
 use fleetflow::sim::{ChunkForm, SimConfig};
 use object_store::{path::Path, ObjectStoreExt};
 use rand::Rng;
@@ -44,6 +44,7 @@ async fn a_20_second_database_outage_loses_nothing_duplicates_nothing_keeps_rss_
         with_sha256: false,
         seed: 5,
         retry_after: Duration::from_secs(10),
+        ..fleetflow::sim::SimConfig::default()
     };
     let run = tokio::spawn(fleetflow::sim::run(cfg));
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -121,7 +122,7 @@ async fn a_storage_outage_retries_then_fails_with_2204_keeps_the_bytes_and_a_rep
     .await;
     let id = random_device();
     let mut dev = env.device(&id).await;
-    let image = jpeg_like(8000, 21);
+    let image = jpeg(8000, 21);
     s3.stop();
     dev.meta("img_out", &image, 1024, true).await;
     for i in 0..8 {

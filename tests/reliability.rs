@@ -37,6 +37,7 @@ fn sim(
         with_sha256: true,
         seed: rand::rng().random(),
         retry_after: Duration::from_secs(5),
+        ..SimConfig::default()
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use fleetflow::sim::{self, ChunkForm, SimConfig};
+use fleetflow::sim::{self, ChunkForm, Mode, SimConfig};
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +67,27 @@ struct Args {
     /// Seconds without news of a capture before a device resends its metadata.
     #[arg(long, default_value_t = 10.0)]
     retry_s: f64,
+    /// Pacing: `rate` (per-device rates) or `max` (as fast as acknowledged).
+    #[arg(long, value_enum, default_value_t = Mode::Rate)]
+    mode: Mode,
+    /// `max` mode: unacknowledged publishes per connection.
+    #[arg(long, default_value_t = 1000)]
+    window: usize,
+    /// `max` mode: captures in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    capture_window: usize,
+    /// Shuffle each capture's chunk order.
+    #[arg(long)]
+    reorder: bool,
+    /// Probability of sending a chunk twice.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_rate: f64,
+    /// Probability that a device goes silent mid-capture.
+    #[arg(long, default_value_t = 0.0)]
+    silent_rate: f64,
+    /// Write the report here as well as to stdout.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -99,8 +120,19 @@ async fn main() -> anyhow::Result<()> {
         with_sha256: true,
         seed: a.seed,
         retry_after: Duration::from_secs_f64(a.retry_s),
+        mode: a.mode,
+        window: a.window,
+        capture_window: a.capture_window,
+        reorder: a.reorder,
+        duplicate_rate: a.duplicate_rate,
+        silent_rate: a.silent_rate,
+        progress: true,
     };
     let report = sim::run(cfg).await?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = a.report {
+        std::fs::write(p, &text)?;
+    }
+    println!("{text}");
     Ok(())
 }

@@ -37,6 +37,10 @@ pub struct ConnReport {
     pub chunks_dropped: u64,
     /// Captures never acknowledged.
     pub unacked_captures: u64,
+    /// Captures abandoned on purpose (silent devices).
+    pub silent_captures: u64,
+    /// Chunks deliberately sent twice.
+    pub duplicates_sent: u64,
     /// SUBACKs.
     pub suback: u64,
     /// Publishes that could not be queued.
@@ -70,8 +74,12 @@ pub struct SimReport {
     pub captures_started: u64,
     /// ACK_OK received.
     pub captures_acked: u64,
-    /// Captures never acknowledged.
+    /// Captures never acknowledged (excluding silent ones).
     pub captures_unacked: u64,
+    /// Captures abandoned by silent devices.
+    pub captures_silent: u64,
+    /// Chunks deliberately duplicated.
+    pub duplicates_sent: u64,
     /// Duplicate ACK_OK.
     pub duplicate_acks: u64,
     /// NACKs received.
@@ -143,6 +151,8 @@ impl SimReport {
             captures_started: sum(|p| p.captures_started),
             captures_acked: sum(|p| p.acks),
             captures_unacked: sum(|p| p.unacked_captures),
+            captures_silent: sum(|p| p.silent_captures),
+            duplicates_sent: sum(|p| p.duplicates_sent),
             duplicate_acks: sum(|p| p.duplicate_acks),
             nacks: sum(|p| p.nacks),
             resends: sum(|p| p.resends),
@@ -152,7 +162,7 @@ impl SimReport {
             connection_errors: sum(|p| p.connection_errors),
             device_retries: sum(|p| p.retries),
             acked_readings,
-            readings_per_sec: readings_sent as f64 / cfg.duration.as_secs_f64().max(0.001),
+            readings_per_sec: readings_sent as f64 / elapsed.as_secs_f64().max(0.001),
             latency_ms: Latency {
                 p50: pct(&lat, 0.50),
                 p90: pct(&lat, 0.90),
