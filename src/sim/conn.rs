@@ -255,7 +255,7 @@ pub(super) async fn run_connection(
                         || (cfg.readings_per_device > 0 && d.seq < cfg.readings_per_device)
                 };
                 let work_left = devices.iter().any(owed);
-                if (now < end && cfg.mode == Mode::Rate) || (cfg.mode == Mode::Rate && work_left) {
+                if cfg.mode == Mode::Rate && (now < end || work_left) {
                     let only_owed = now >= end;
                     for (di, d) in devices.iter_mut().enumerate() {
                         if only_owed {
