@@ -109,5 +109,93 @@ fn bench_assemble(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench_decode, bench_assemble);
+fn bench_batch_encoder(c: &mut Criterion) {
+    use bytes::BytesMut;
+    use fleetflow_actors::ids::DeviceId;
+    use fleetflow_actors::protocol::Measurements;
+    use fleetflow_actors::sinks::pg_write::ReadingColumns;
+    use fleetflow_actors::sinks::rows::{Pending, ReadingRow, Row};
+    use tokio_postgres::types::Type;
+
+    let devices: Vec<DeviceId> = (0..200)
+        .map(|i| DeviceId::parse(&format!("{:012X}", i)).unwrap())
+        .collect();
+    let batch: Vec<Pending> = (0..2000)
+        .map(|i| {
+            Pending::new(
+                Row::Reading(ReadingRow {
+                    device_id: devices[i % 200].clone(),
+                    seq: Some(i as i64),
+                    capture_id: None,
+                    values: Measurements {
+                        temperature_c: Some(21.5),
+                        humidity_pct: Some(40.2),
+                        pressure_hpa: Some(1012.3),
+                        gas_kohm: None,
+                    },
+                    extra: Default::default(),
+                    measured_at: chrono::Utc::now(),
+                    touch_device: i < 200,
+                }),
+                None,
+            )
+        })
+        .collect();
+    let types = [
+        Type::TEXT_ARRAY,
+        Type::INT8_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::FLOAT8_ARRAY,
+        Type::FLOAT8_ARRAY,
+        Type::FLOAT8_ARRAY,
+        Type::FLOAT8_ARRAY,
+        Type::JSONB_ARRAY,
+        Type::TIMESTAMPTZ_ARRAY,
+    ];
+    let mut g = c.benchmark_group("batch_encoder");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.bench_function("readings_2000_rows_unnest_params", |b| {
+        let mut buf = BytesMut::with_capacity(1 << 20);
+        b.iter(|| {
+            let cols = ReadingColumns::build(&batch);
+            buf.clear();
+            for (p, t) in cols.params().iter().zip(types.iter()) {
+                p.to_sql_checked(t, &mut buf).unwrap();
+            }
+            (cols.device_count(), buf.len())
+        })
+    });
+    g.finish();
+}
+
+fn bench_route(c: &mut Criterion) {
+    use std::hash::BuildHasher;
+    let parser = TopicParser::new("ESP32CAM");
+    let topics: Vec<Vec<u8>> = (0..1000)
+        .map(|i| format!("ESP32CAM/{:012X}/data", i).into_bytes())
+        .collect();
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut g = c.benchmark_group("router");
+    g.throughput(Throughput::Elements(topics.len() as u64));
+    // The router's per-message work: parse the topic, pick the device's arbiter (of 8).
+    g.bench_function("parse_and_place_1000_topics", |b| {
+        b.iter(|| {
+            let mut acc = 0u64;
+            for t in &topics {
+                let p = parser.parse(t).unwrap();
+                acc += hasher.hash_one(&p.device_id) % 8;
+            }
+            acc
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_assemble,
+    bench_batch_encoder,
+    bench_route
+);
 criterion_main!(benches);

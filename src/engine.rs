@@ -58,8 +58,7 @@ impl Engine {
         let pool = db::pool(&cfg.postgres)?;
         let store = objects::build(&cfg.objects)?;
 
-        let queue = cfg.mqtt.receive_maximum as usize + 1024;
-        let (tx, rx) = mpsc::channel::<RawPublish>(queue);
+        let (tx, rx) = mpsc::channel::<RawPublish>(source::ROUTER_QUEUE_CAPACITY);
         let source = source::spawn(&cfg.mqtt, tx)?;
         let link = source.link.clone();
 

@@ -3,7 +3,7 @@
 //! Acks are tagged with the connection epoch, so a packet id from a closed connection is never
 //! acknowledged on a new one (the broker redelivers those instead).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,6 +28,8 @@ pub struct MqttLink {
     client: Option<AsyncClient>,
     epoch: Arc<AtomicU64>,
     publish_qos: QoS,
+    /// QoS 1 messages received and not yet acknowledged (or given up on).
+    unacked: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for MqttLink {
@@ -45,6 +47,7 @@ impl MqttLink {
             client: Some(client),
             epoch: Arc::new(AtomicU64::new(0)),
             publish_qos,
+            unacked: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -54,6 +57,7 @@ impl MqttLink {
             client: None,
             epoch: Arc::new(AtomicU64::new(0)),
             publish_qos: QoS::AtLeastOnce,
+            unacked: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -62,9 +66,21 @@ impl MqttLink {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Called by the source on every CONNACK.
+    /// Called by the source on every CONNACK: packets of the old connection will be redelivered.
     pub fn next_epoch(&self) -> u64 {
+        self.unacked.store(0, Ordering::Release);
+        metrics::gauge!(m::MQTT_UNACKED).set(0.0);
         self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Called by the source for each QoS 1 message received; returns the count now unacknowledged.
+    pub fn received(&self) -> i64 {
+        self.unacked.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// QoS 1 messages received and not yet acknowledged.
+    pub fn unacked(&self) -> i64 {
+        self.unacked.load(Ordering::Acquire)
     }
 
     /// Acknowledges the given tokens. Tokens from an earlier connection are skipped and counted.
@@ -91,6 +107,8 @@ impl MqttLink {
         }
         if acked > 0 {
             metrics::counter!(m::MQTT_ACKS_TOTAL).increment(acked);
+            let left = self.unacked.fetch_sub(acked as i64, Ordering::AcqRel) - acked as i64;
+            metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
         }
         if stale > 0 {
             metrics::counter!(m::MQTT_ACKS_STALE_TOTAL).increment(stale);

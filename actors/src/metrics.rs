@@ -7,6 +7,7 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (MQTT_BYTES_TOTAL, "counter", "Payload bytes received over MQTT."),
     (MQTT_ACKS_TOTAL, "counter", "QoS 1 messages acknowledged to the broker after they were durable or deliberately rejected."),
     (MQTT_ACKS_STALE_TOTAL, "counter", "Acknowledgements skipped because the connection they belonged to had closed (the broker redelivers)."),
+    (MQTT_UNACKED, "gauge", "QoS 1 messages received and not yet acknowledged to the broker (bounded by the receive maximum)."),
     (MQTT_DROPPED_TOTAL, "counter", "QoS 0 messages dropped because the router queue was full."),
     (MQTT_CONNECTED, "gauge", "1 while the MQTT source is connected, else 0."),
     (MQTT_RECONNECTS_TOTAL, "counter", "MQTT connection attempts after a failure."),
@@ -53,6 +54,8 @@ pub const MQTT_BYTES_TOTAL: &str = "fleetflow_mqtt_received_bytes_total";
 pub const MQTT_ACKS_TOTAL: &str = "fleetflow_mqtt_acks_total";
 /// Counter.
 pub const MQTT_ACKS_STALE_TOTAL: &str = "fleetflow_mqtt_stale_acks_total";
+/// Gauge.
+pub const MQTT_UNACKED: &str = "fleetflow_mqtt_unacked";
 /// Counter.
 pub const MQTT_DROPPED_TOTAL: &str = "fleetflow_mqtt_dropped_total";
 /// Gauge.

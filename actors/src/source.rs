@@ -18,6 +18,17 @@ use crate::metrics as m;
 use crate::router::RawPublish;
 use crate::topic::TopicParser;
 
+/// At most this many QoS 1 messages can be unacknowledged on one connection: packet ids are
+/// 16-bit and unique while in flight. Queues sized above it never fill with QoS 1 traffic.
+pub const MAX_INFLIGHT_PACKET_IDS: usize = 65_535;
+
+/// The rumqttc request channel: every possible ack plus room for publishes to devices.
+pub const REQUEST_CHANNEL_CAPACITY: usize = MAX_INFLIGHT_PACKET_IDS + 8192;
+
+/// The source → router queue: QoS 1 forwarding never waits, so the poll loop keeps draining
+/// acks even when the rest of the pipeline is slow (the broker then holds what is unacked).
+pub const ROUTER_QUEUE_CAPACITY: usize = MAX_INFLIGHT_PACKET_IDS + 1024;
+
 /// Commands for the source loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceControl {
@@ -85,8 +96,9 @@ pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, SourceError> {
     props.receive_maximum = Some(cfg.receive_maximum.max(1));
     props.max_packet_size = Some(cfg.max_packet_bytes);
     o.set_connect_properties(props);
-    // Above the receive maximum, so queuing an ack never fails for lack of room.
-    o.set_request_channel_capacity(cfg.receive_maximum as usize * 2 + 1024);
+    // Room for an ack for every packet id that can be in flight (65,535), whatever the broker
+    // does with the receive maximum, plus ACK/NACK publishes: queuing an ack never fails.
+    o.set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
     let password = match (&cfg.password, &cfg.password_file) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(f)) => Some(
@@ -161,6 +173,7 @@ impl Loop {
     async fn run(mut self) {
         let mut backoff = self.backoff_min;
         let bytes_counter = metrics::counter!(m::MQTT_BYTES_TOTAL);
+        let mut max_unacked = 0i64;
         loop {
             let state = *self.control.borrow();
             if state == SourceControl::Stop {
@@ -179,9 +192,19 @@ impl Loop {
                         continue;
                     }
                     bytes_counter.increment(p.payload.len() as u64);
-                    let ack = (p.qos != QoS::AtMostOnce).then(|| AckToken {
-                        epoch: self.link.epoch(),
-                        pkid: p.pkid,
+                    let ack = (p.qos != QoS::AtMostOnce).then(|| {
+                        let n = self.link.received();
+                        if n > max_unacked {
+                            max_unacked = n;
+                            tracing::debug!(
+                                unacked = n,
+                                "new high of unacknowledged QoS 1 messages"
+                            );
+                        }
+                        AckToken {
+                            epoch: self.link.epoch(),
+                            pkid: p.pkid,
+                        }
                     });
                     let msg = RawPublish {
                         topic: p.topic,

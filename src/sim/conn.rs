@@ -266,7 +266,7 @@ pub(super) async fn run_connection(
                         }
                         generate(&cfg, di, d, now, capture_every, &image, &sha, &mut out, &mut rng, &mut report);
                     }
-                } else if cfg.mode == Mode::Max && (now < end || work_left) {
+                } else if cfg.mode == Mode::Max && (now < end || (work_left && now < end + cfg.drain)) {
                     generate_max(&cfg, &mut devices, &mut rr, now < end, &image, &sha, &mut out, &mut rng, &mut report);
                 } else {
                     let outstanding: usize = devices.iter().map(|d| d.inflight.values().filter(|c| !c.silent).count()).sum();

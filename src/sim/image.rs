@@ -18,7 +18,11 @@ pub fn jpeg(len: usize, seed: u64) -> Bytes {
 }
 
 fn encode(w: u32, h: u32, seed: u64) -> Vec<u8> {
-    let (r0, g0, b0) = (seed.wrapping_mul(67) % 256, seed.wrapping_mul(131) % 256, seed.wrapping_mul(29) % 256);
+    let (r0, g0, b0) = (
+        seed.wrapping_mul(67) % 256,
+        seed.wrapping_mul(131) % 256,
+        seed.wrapping_mul(29) % 256,
+    );
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         let r = (r0 as u32 + x * 255 / w) % 256;
         let g = (g0 as u32 + y * 255 / h) % 256;

@@ -150,7 +150,11 @@ pub struct DeviceCore {
     recent: VecDeque<Recent>,
     held: usize,
     errors: ErrorRateLimiter<ErrorCode>,
+    last_touch: Option<Instant>,
 }
+
+/// How often readings refresh `devices.last_seen_at` (status messages always do).
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Drop for DeviceCore {
     fn drop(&mut self) {
@@ -172,6 +176,7 @@ impl DeviceCore {
             recent: VecDeque::new(),
             held: 0,
             errors: ErrorRateLimiter::new(per_minute),
+            last_touch: None,
         }
     }
 
@@ -245,7 +250,14 @@ impl DeviceCore {
             }
             DeviceMsg::Reading(r) => {
                 metrics::counter!(m::MESSAGES_TOTAL, "kind" => "reading").increment(1);
+                let touch_device = self
+                    .last_touch
+                    .is_none_or(|t| now.duration_since(t) >= TOUCH_EVERY);
+                if touch_device {
+                    self.last_touch = Some(now);
+                }
                 let row = ReadingRow {
+                    touch_device,
                     device_id: self.id.clone(),
                     seq: Some(r.seq as i64),
                     capture_id: None,
@@ -366,6 +378,7 @@ impl DeviceCore {
                 values: sensors,
                 extra: Default::default(),
                 measured_at: captured_at,
+                touch_device: false,
             };
             out.push(Effect::Row(Row::Reading(row), None));
         }

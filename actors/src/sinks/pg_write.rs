@@ -124,6 +124,84 @@ fn extra_json(m: &serde_json::Map<String, Value>) -> Value {
     }
 }
 
+/// The `sensor_readings` batch as column arrays (one per statement parameter), plus the
+/// deduplicated `devices` touches. Public so that the encoder can be benchmarked.
+pub struct ReadingColumns<'a> {
+    ids: Vec<&'a str>,
+    seq: Vec<Option<i64>>,
+    capture: Vec<Option<&'a str>>,
+    temperature: Vec<Option<f64>>,
+    humidity: Vec<Option<f64>>,
+    pressure: Vec<Option<f64>>,
+    gas: Vec<Option<f64>>,
+    extra: Vec<Value>,
+    measured_at: Vec<DateTime<Utc>>,
+    devices: DeviceCols<'a>,
+}
+
+impl<'a> ReadingColumns<'a> {
+    /// Splits a batch into columns.
+    pub fn build(batch: &'a [Pending]) -> Self {
+        let n = batch.len();
+        let mut c = Self {
+            ids: Vec::with_capacity(n),
+            seq: Vec::with_capacity(n),
+            capture: Vec::with_capacity(n),
+            temperature: Vec::with_capacity(n),
+            humidity: Vec::with_capacity(n),
+            pressure: Vec::with_capacity(n),
+            gas: Vec::with_capacity(n),
+            extra: Vec::with_capacity(n),
+            measured_at: Vec::with_capacity(n),
+            devices: DeviceCols::default(),
+        };
+        for p in batch {
+            let Row::Reading(r) = &p.row else { continue };
+            c.ids.push(r.device_id.as_str());
+            c.seq.push(r.seq);
+            c.capture.push(r.capture_id.as_deref());
+            c.temperature.push(r.values.temperature_c);
+            c.humidity.push(r.values.humidity_pct);
+            c.pressure.push(r.values.pressure_hpa);
+            c.gas.push(r.values.gas_kohm);
+            c.extra.push(extra_json(&r.extra));
+            c.measured_at.push(r.measured_at);
+            if r.touch_device {
+                c.devices.touch(
+                    r.device_id.as_str(),
+                    r.measured_at,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                );
+            }
+        }
+        c
+    }
+
+    /// The statement parameters, in order.
+    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
+        [
+            &self.ids,
+            &self.seq,
+            &self.capture,
+            &self.temperature,
+            &self.humidity,
+            &self.pressure,
+            &self.gas,
+            &self.extra,
+            &self.measured_at,
+        ]
+    }
+
+    /// Distinct devices in the batch.
+    pub fn device_count(&self) -> usize {
+        self.devices.ids.len()
+    }
+}
+
 /// Writes one batch of rows, all of `table`, in one transaction.
 pub async fn write_batch(
     client: &mut Client,
@@ -165,44 +243,10 @@ pub async fn write_batch(
             n
         }
         Table::Readings => {
-            let mut ids = Vec::with_capacity(batch.len());
-            let (mut seq, mut cap, mut t, mut h, mut pr, mut g, mut ex, mut at) = (
-                vec![],
-                vec![],
-                vec![],
-                vec![],
-                vec![],
-                vec![],
-                vec![],
-                vec![],
-            );
-            let mut dev = DeviceCols::default();
-            for p in batch {
-                let Row::Reading(r) = &p.row else { continue };
-                ids.push(r.device_id.as_str());
-                seq.push(r.seq);
-                cap.push(r.capture_id.as_deref());
-                t.push(r.values.temperature_c);
-                h.push(r.values.humidity_pct);
-                pr.push(r.values.pressure_hpa);
-                g.push(r.values.gas_kohm);
-                ex.push(extra_json(&r.extra));
-                at.push(r.measured_at);
-                dev.touch(
-                    r.device_id.as_str(),
-                    r.measured_at,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                );
-            }
+            let cols = ReadingColumns::build(batch);
             let stmt = tx.prepare_cached(INSERT_READINGS).await?;
-            let n = tx
-                .execute(&stmt, &[&ids, &seq, &cap, &t, &h, &pr, &g, &ex, &at])
-                .await?;
-            dev.write(&tx).await?;
+            let n = tx.execute(&stmt, &cols.params()).await?;
+            cols.devices.write(&tx).await?;
             n
         }
         Table::Captures => {

@@ -48,6 +48,9 @@ pub struct ReadingRow {
     pub extra: Map<String, Value>,
     /// Measurement time.
     pub measured_at: DateTime<Utc>,
+    /// Also refresh `devices.last_seen_at` (set at most every few seconds per device, so that
+    /// concurrent batches do not contend for the same `devices` rows).
+    pub touch_device: bool,
 }
 
 /// `captures.ingest_status`.
