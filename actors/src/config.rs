@@ -268,6 +268,10 @@ pub struct SinksConfig {
     /// Longest a row waits for its batch, in ms. Default 20.
     #[serde(default = "default_max_batch_age_ms")]
     pub max_batch_age_ms: u64,
+    /// Longest a `captures` row waits for its batch, in ms. It is on the path to the device's
+    /// ACK_OK, so it is kept short. Default 2.
+    #[serde(default = "default_captures_max_age_ms")]
+    pub captures_max_age_ms: u64,
     /// Batches written at once. Default 2.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -291,6 +295,9 @@ fn default_max_batch_bytes() -> usize {
 fn default_max_batch_age_ms() -> u64 {
     20
 }
+fn default_captures_max_age_ms() -> u64 {
+    2
+}
 fn default_concurrency() -> usize {
     2
 }
@@ -310,6 +317,7 @@ impl Default for SinksConfig {
             max_batch_rows: default_max_batch_rows(),
             max_batch_bytes: default_max_batch_bytes(),
             max_batch_age_ms: default_max_batch_age_ms(),
+            captures_max_age_ms: default_captures_max_age_ms(),
             concurrency: default_concurrency(),
             mailbox_capacity: default_sink_mailbox_capacity(),
             retry_min_ms: default_retry_min_ms(),

@@ -87,6 +87,24 @@ impl PgSink {
     }
 }
 
+impl PgSink {
+    /// Flushes `table` when its oldest row reaches `age`. If every writer is busy at that moment,
+    /// the batch keeps filling (up to `max_batch_rows`) until one is free: under load, batches
+    /// grow instead of queueing behind each other, so fewer and larger commits keep up.
+    fn arm_age_timer(&mut self, table: Table, age: Duration, ctx: &mut Context<Self>) {
+        let i = table.index();
+        self.timers[i] = Some(ctx.run_later(age, move |act, ctx| {
+            act.timers[i] = None;
+            if act.permits.available_permits() == 0 {
+                act.arm_age_timer(table, Duration::from_millis(1), ctx);
+                return;
+            }
+            let batch = act.batchers[i].take();
+            act.dispatch(table, batch, ctx);
+        }));
+    }
+}
+
 impl Actor for PgSink {
     type Context = Context<Self>;
 
@@ -106,12 +124,11 @@ impl Handler<Pending> for PgSink {
         if let Some(batch) = self.batchers[i].push(p, bytes, Instant::now()) {
             self.dispatch(table, batch, ctx);
         } else if self.timers[i].is_none() {
-            let age = Duration::from_millis(self.cfg.max_batch_age_ms);
-            self.timers[i] = Some(ctx.run_later(age, move |act, ctx| {
-                act.timers[i] = None;
-                let batch = act.batchers[i].take();
-                act.dispatch(table, batch, ctx);
-            }));
+            let age = Duration::from_millis(match table {
+                Table::Captures => self.cfg.captures_max_age_ms.min(self.cfg.max_batch_age_ms),
+                _ => self.cfg.max_batch_age_ms,
+            });
+            self.arm_age_timer(table, age, ctx);
         }
     }
 }
