@@ -95,6 +95,13 @@ pub struct HttpConfig {
     /// Address for `/metrics`, `/health` and `/ready`. Default `127.0.0.1:9464`.
     #[serde(default = "default_bind")]
     pub bind: String,
+    /// How often the fleet gauges (devices by last seen) are recomputed, in ms. Default 60000.
+    #[serde(default = "default_fleet_stats_interval_ms")]
+    pub fleet_stats_interval_ms: u64,
+}
+
+fn default_fleet_stats_interval_ms() -> u64 {
+    60_000
 }
 
 fn default_bind() -> String {
@@ -105,6 +112,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             bind: default_bind(),
+            fleet_stats_interval_ms: default_fleet_stats_interval_ms(),
         }
     }
 }

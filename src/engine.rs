@@ -43,6 +43,7 @@ pub struct Engine {
     pg: Addr<PgSink>,
     arbiters: Arc<Vec<ArbiterHandle>>,
     http_task: tokio::task::JoinHandle<()>,
+    stats_task: tokio::task::JoinHandle<()>,
     deadline: Duration,
     /// The bound HTTP address.
     pub http_addr: std::net::SocketAddr,
@@ -106,6 +107,10 @@ impl Engine {
                 r
             });
 
+        let stats_task = crate::fleet_stats::spawn(
+            pool.clone(),
+            Duration::from_millis(cfg.http.fleet_stats_interval_ms),
+        );
         let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
             .await
             .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
@@ -138,6 +143,7 @@ impl Engine {
             router,
             arbiters,
             http_task,
+            stats_task,
             deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
             http_addr,
         })
@@ -186,6 +192,7 @@ impl Engine {
             tracing::warn!("MQTT source did not stop before the deadline");
         }
         self.http_task.abort();
+        self.stats_task.abort();
         for a in self.arbiters.iter() {
             a.stop();
         }

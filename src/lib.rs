@@ -7,12 +7,14 @@
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`http`]: `/metrics`, `/health`, `/ready`.
 //! - [`replay`]: re-uploads images kept in the dead-letter directory.
+//! - [`fleet_stats`]: fleet-level gauges from the database (devices by last seen).
 //! - [`engine`]: wiring of source, router, device actors and sinks, and graceful shutdown.
 //! - [`sim`]: the fleet simulator used by `fleetflow-sim`, the demo and the tests.
 
 pub mod config;
 pub mod db;
 pub mod engine;
+pub mod fleet_stats;
 pub mod http;
 pub mod objects;
 pub mod replay;

@@ -13,6 +13,10 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (MQTT_RECONNECTS_TOTAL, "counter", "MQTT connection attempts after a failure."),
     (MQTT_PUBLISHES_TOTAL, "counter", "Messages the engine published to devices, by kind (ack, nack, command)."),
     (ROUTER_ROUTED_TOTAL, "counter", "Messages routed to device actors."),
+    (DEVICE_MAILBOX_PUSHED_TOTAL, "counter", "Messages put into device actor mailboxes (depth = pushed - popped)."),
+    (DEVICE_MAILBOX_POPPED_TOTAL, "counter", "Messages taken from device actor mailboxes."),
+    (DEVICES_LAST_SEEN, "gauge", "Known devices by time since their last message: lt_1h, 1h_24h, gt_24h (refreshed every minute)."),
+    (SINK_BYTES_TOTAL, "counter", "Estimated bytes of rows written, by sink table."),
     (ROUTER_MAILBOX_WAITS_TOTAL, "counter", "Times the router waited for room in a full device mailbox."),
     (DEVICE_ACTORS, "gauge", "Live device actors."),
     (DEVICE_ACTORS_SPAWNED_TOTAL, "counter", "Device actors started."),
@@ -66,6 +70,14 @@ pub const MQTT_RECONNECTS_TOTAL: &str = "fleetflow_mqtt_reconnects_total";
 pub const MQTT_PUBLISHES_TOTAL: &str = "fleetflow_mqtt_publishes_total";
 /// Counter.
 pub const ROUTER_ROUTED_TOTAL: &str = "fleetflow_router_routed_total";
+/// Counter.
+pub const DEVICE_MAILBOX_PUSHED_TOTAL: &str = "fleetflow_device_mailbox_pushed_total";
+/// Counter.
+pub const DEVICE_MAILBOX_POPPED_TOTAL: &str = "fleetflow_device_mailbox_popped_total";
+/// Gauge; label `bucket`.
+pub const DEVICES_LAST_SEEN: &str = "fleetflow_devices_last_seen";
+/// Counter; label `table`.
+pub const SINK_BYTES_TOTAL: &str = "fleetflow_sink_bytes_total";
 /// Counter.
 pub const ROUTER_MAILBOX_WAITS_TOTAL: &str = "fleetflow_router_mailbox_waits_total";
 /// Gauge.
@@ -161,6 +173,8 @@ const LABELS: &[(&str, &str, &[&str])] = &[
     ),
     (SINK_BATCHES_TOTAL, "table", TABLES),
     (SINK_ROWS_TOTAL, "table", TABLES),
+    (SINK_BYTES_TOTAL, "table", TABLES),
+    (DEVICES_LAST_SEEN, "bucket", &["lt_1h", "1h_24h", "gt_24h"]),
     (SINK_FAILURES_TOTAL, "table", TABLES),
     (SINK_RETRIES_TOTAL, "sink", &["postgres", "objects"]),
     (SINK_QUEUE_ROWS, "sink", &["postgres"]),

@@ -247,6 +247,7 @@ impl Router {
             }
             None => self.spawn(parsed.device_id),
         };
+        metrics::counter!(m::DEVICE_MAILBOX_PUSHED_TOTAL).increment(1);
         match addr.try_send(inbound) {
             Ok(()) => {}
             Err(SendError::Full(inbound)) => {

@@ -266,6 +266,7 @@ impl Handler<Inbound> for DeviceActor {
     type Result = ();
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
+        metrics::counter!(m::DEVICE_MAILBOX_POPPED_TOTAL).increment(1);
         self.last_msg = Instant::now();
         if let Health::Quarantined { until } = self.health {
             if Instant::now() < until {
