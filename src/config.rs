@@ -43,6 +43,9 @@ pub struct Config {
     /// Shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Admin API and console.
+    #[serde(default)]
+    pub admin: crate::admin::AdminConfig,
 }
 
 /// `[postgres]`

@@ -31,6 +31,9 @@ pub enum EngineError {
     /// MQTT settings.
     #[error(transparent)]
     Source(#[from] source::SourceError),
+    /// Admin settings.
+    #[error("{0}")]
+    Admin(String),
     /// HTTP bind.
     #[error("http.bind {0}: {1}")]
     Bind(String, std::io::Error),
@@ -117,12 +120,25 @@ impl Engine {
         let http_addr = listener
             .local_addr()
             .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
+        let token = cfg.admin.resolve_token().map_err(EngineError::Admin)?;
+        if token.is_none() {
+            tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
+        }
+        let admin = crate::admin::AdminState::new(
+            pool.clone(),
+            store.clone(),
+            router.clone(),
+            token,
+            prometheus.clone(),
+            cfg.admin.restart_cooldown_secs,
+        );
         let app = http::router(http::HttpState {
             prometheus,
             pool,
             store,
             mqtt_connected: source.connected.clone(),
-        });
+        })
+        .merge(crate::admin::routes(admin));
         let http_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "HTTP server failed");

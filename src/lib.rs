@@ -1,6 +1,7 @@
 //! The `fleetflow` binary's library: everything between the command line and the actor crate.
 //!
 //! # Layout
+//! - [`admin`]: the token-protected admin API and the operator console.
 //! - [`config`]: the typed config file, environment overrides and validation.
 //! - [`db`]: the Postgres pool and the embedded migrations.
 //! - [`objects`]: builds the object store (local filesystem or S3-compatible).
@@ -11,6 +12,7 @@
 //! - [`engine`]: wiring of source, router, device actors and sinks, and graceful shutdown.
 //! - [`sim`]: the fleet simulator used by `fleetflow-sim`, the demo and the tests.
 
+pub mod admin;
 pub mod config;
 pub mod db;
 pub mod engine;

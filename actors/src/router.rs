@@ -49,6 +49,18 @@ pub struct DeviceExited {
 #[rtype(result = "Option<DeviceSnapshot>")]
 pub struct QueryDevice(pub DeviceId);
 
+/// Asks for the actor state of several devices (those without a live actor are left out).
+#[derive(Debug, Message)]
+#[rtype(result = "std::collections::HashMap<String, DeviceSnapshot>")]
+pub struct QueryDevices(pub Vec<DeviceId>);
+
+/// Restarts a device's actor: the old one finishes its mailbox and stops, a fresh one (state
+/// rebuilt, restart policy reset) takes the device's next messages. In-flight assemblies are
+/// resynchronised with the device through NACKs. Returns whether an actor was running.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct RestartDevice(pub DeviceId);
+
 /// Stops every device actor (shutdown); resolves when their mailboxes were drained.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
@@ -287,6 +299,49 @@ impl Handler<QueryDevice> for Router {
                 None => None,
             }
         })
+    }
+}
+
+impl Handler<QueryDevices> for Router {
+    type Result = ResponseFuture<HashMap<String, DeviceSnapshot>>;
+
+    fn handle(&mut self, msg: QueryDevices, _ctx: &mut Self::Context) -> Self::Result {
+        let addrs: Vec<(String, Addr<DeviceActor>)> = msg
+            .0
+            .into_iter()
+            .filter_map(|id| {
+                self.devices
+                    .get(&id)
+                    .map(|e| (id.to_string(), e.addr.clone()))
+            })
+            .collect();
+        Box::pin(async move {
+            let mut out = HashMap::new();
+            for (id, a) in addrs {
+                if let Ok(s) = a.send(Snapshot).await {
+                    out.insert(id, s);
+                }
+            }
+            out
+        })
+    }
+}
+
+impl Handler<RestartDevice> for Router {
+    type Result = bool;
+
+    fn handle(&mut self, msg: RestartDevice, _ctx: &mut Self::Context) -> bool {
+        let was_running = match self.devices.remove(&msg.0) {
+            Some(e) => {
+                // Control message: the old actor drains its mailbox, then stops.
+                e.addr.do_send(Stop);
+                true
+            }
+            None => false,
+        };
+        metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
+        self.spawn(msg.0);
+        was_running
     }
 }
 

@@ -1,0 +1,119 @@
+//! Bearer-token authentication, compared in constant time, and JSON errors of the form
+//! `{"error": {"code", "message", "field"?}}`.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::AdminState;
+
+/// An API error.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// The offending field, for 400s.
+    pub field: Option<String>,
+    /// Seconds, for 429s.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+    /// 400 naming a field.
+    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid", message);
+        e.field = Some(field.to_string());
+        e
+    }
+    /// 404.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+    /// 500 from an internal failure (the detail is logged, not returned).
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "admin API internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the engine log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(f) = self.field {
+            body["error"]["field"] = json!(f);
+        }
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}
+
+/// Whether `presented` equals the token, in time independent of where they differ.
+pub fn token_matches(token: &str, presented: &str) -> bool {
+    // Lengths are compared in constant time too (ct_eq on unequal lengths is false).
+    token.as_bytes().ct_eq(presented.as_bytes()).into()
+}
+
+/// Middleware: every API request needs `Authorization: Bearer <token>`.
+pub async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    let Some(token) = s.token.as_deref() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "admin_disabled",
+            "the admin API has no token: set FLEETFLOW_ADMIN__TOKEN or admin.token_file",
+        )
+        .into_response();
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !token_matches(token, presented) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_match_only_exactly() {
+        assert!(super::token_matches("s3cret-token", "s3cret-token"));
+        assert!(!super::token_matches("s3cret-token", "s3cret-tokeN"));
+        assert!(!super::token_matches("s3cret-token", "s3cret"));
+        assert!(!super::token_matches("s3cret-token", ""));
+    }
+}

@@ -1,0 +1,116 @@
+//! The token-protected admin API (`/api/v1/...`) and the operator console (`/`).
+//!
+//! - `auth`: bearer-token check in constant time, and the JSON error shape.
+//! - `devices`: device list and detail, capture thumbnails.
+//! - `restarts`: in-process restarts with a per-target cooldown.
+//! - `console`: the embedded web page.
+
+mod auth;
+mod console;
+mod devices;
+mod restarts;
+
+use std::sync::Arc;
+
+use actix::Addr;
+use axum::routing::{get, post};
+use axum::Router;
+use deadpool_postgres::Pool;
+use fleetflow_actors::router::Router as DeviceRouter;
+use metrics_exporter_prometheus::PrometheusHandle;
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+
+pub use auth::ApiError;
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The bearer token (prefer `FLEETFLOW_ADMIN__TOKEN` or `token_file`). Without a token the
+    /// API answers 503 and the console cannot log in. Never logged.
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+    /// File holding the token.
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// Minimum time between two restarts of the same target, in seconds. Default 300.
+    #[serde(default = "default_cooldown")]
+    pub restart_cooldown_secs: u64,
+}
+
+fn default_cooldown() -> u64 {
+    300
+}
+
+impl AdminConfig {
+    /// The configured token, from the value or the file.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        match (&self.token, &self.token_file) {
+            (Some(t), _) if !t.is_empty() => Ok(Some(t.clone())),
+            (_, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|e| format!("admin.token_file {f}: {e}")),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Devices and captures.
+    pub pool: Pool,
+    /// Images and the thumbnail cache.
+    pub store: Arc<dyn ObjectStore>,
+    /// Live actor state and restarts.
+    pub router: Addr<DeviceRouter>,
+    /// The token, if configured.
+    pub token: Option<Arc<str>>,
+    /// Totals for the console.
+    pub prometheus: PrometheusHandle,
+    /// Restart cooldowns.
+    pub restarts: Arc<restarts::Cooldowns>,
+}
+
+impl AdminState {
+    /// State for the routes.
+    pub fn new(
+        pool: Pool,
+        store: Arc<dyn ObjectStore>,
+        router: Addr<DeviceRouter>,
+        token: Option<String>,
+        prometheus: PrometheusHandle,
+        cooldown_secs: u64,
+    ) -> Self {
+        Self {
+            pool,
+            store,
+            router,
+            token: token.map(Arc::from),
+            prometheus,
+            restarts: Arc::new(restarts::Cooldowns::new(std::time::Duration::from_secs(
+                cooldown_secs,
+            ))),
+        }
+    }
+}
+
+/// The admin routes and the console.
+pub fn routes(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/stats", get(devices::stats))
+        .route("/api/v1/devices", get(devices::list))
+        .route("/api/v1/devices/{device_id}", get(devices::detail))
+        .route(
+            "/api/v1/devices/{device_id}/captures/{capture_id}/thumbnail",
+            get(devices::thumbnail),
+        )
+        .route("/api/v1/restarts", post(restarts::create))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .with_state(state);
+    Router::new().merge(api).route("/", get(console::page))
+}

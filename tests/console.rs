@@ -1,0 +1,111 @@
+//! The operator console in a real browser (Debian's headless Chromium): a device appears after
+//! the simulator sends data, its page shows thumbnails generated server-side, and a screenshot
+//! of that page is saved to `docs/console.png`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{eventually, Options, TestEnv};
+use fleetflow::sim::SimConfig;
+
+const TOKEN: &str = "console-test-token-0123456789";
+
+fn chromium(args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=8000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("chromium is not installed ({e}); `scripts/test` installs Debian's chromium package"));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_console_lists_devices_and_shows_capture_thumbnails_in_a_real_browser() {
+    let env = TestEnv::start(Options {
+        extra: format!("[admin]\ntoken = \"{TOKEN}\"\n"),
+        ..Options::default()
+    })
+    .await;
+    let cfg = SimConfig {
+        host: env.services.mqtt_host.clone(),
+        port: env.services.mqtt_port,
+        prefix: env.prefix.clone(),
+        devices: 4,
+        connections: 1,
+        id_base: 0xCA_0000_0000 + rand::random::<u32>() as u64 * 100,
+        duration: Duration::from_secs(2),
+        readings_per_sec: 2.0,
+        status_per_sec: 1.0,
+        captures_per_device: 2,
+        image_bytes: 40_000,
+        drain: Duration::from_secs(30),
+        ..SimConfig::default()
+    };
+    let first = fleetflow::sim::device_id(cfg.id_base, 0);
+    let report = fleetflow::sim::run(cfg).await.unwrap();
+    assert_eq!(report.captures_acked, 8);
+    eventually(Duration::from_secs(10), "status rows", || async {
+        (env.scalar_i64("SELECT count(*) FROM devices WHERE status = 'online'")
+            .await
+            == 4)
+            .then_some(())
+    })
+    .await;
+
+    // The list page: every device appears, with its actor state.
+    let list = chromium(&["--dump-dom", &format!("{}/#token={TOKEN}", env.http)]);
+    for n in 0..4 {
+        let id = format!("{:012X}", u64::from_str_radix(&first, 16).unwrap() + n);
+        assert!(
+            list.contains(&format!("data-device=\"{id}\"")),
+            "device {id} is not listed:\n{list}"
+        );
+    }
+    assert!(list.contains("state-running"));
+
+    // The device page: thumbnails generated server-side and loaded by the browser.
+    let url = format!("{}/#token={TOKEN}&device={first}", env.http);
+    let page = chromium(&["--dump-dom", &url]);
+    assert!(
+        page.contains(&format!("id=\"device-title\">{first}<")),
+        "{page}"
+    );
+    let loaded = page.matches("data-loaded=\"160\"").count();
+    assert_eq!(loaded, 2, "two 160-px thumbnails loaded:\n{page}");
+
+    // A wrong token gets the login form back.
+    let denied = chromium(&["--dump-dom", &format!("{}/#token=wrong", env.http)]);
+    assert!(denied.contains("The token was refused."), "{denied}");
+
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console.png");
+    chromium(&[
+        "--window-size=1280,800",
+        &format!("--screenshot={}", shot.display()),
+        &url,
+    ]);
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "screenshot written"
+    );
+}
