@@ -47,6 +47,7 @@ pub struct Engine {
     arbiters: Arc<Vec<ArbiterHandle>>,
     http_task: tokio::task::JoinHandle<()>,
     stats_task: tokio::task::JoinHandle<()>,
+    restart_worker: tokio::task::JoinHandle<()>,
     deadline: Duration,
     /// The bound HTTP address.
     pub http_addr: std::net::SocketAddr,
@@ -124,6 +125,11 @@ impl Engine {
         if token.is_none() {
             tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
         }
+        let restart_worker = crate::restarts::spawn_worker(
+            crate::restarts::Restarter::new(pool.clone(), router.clone()),
+            cfg.postgres.url.clone(),
+            Duration::from_secs(cfg.admin.restart_poll_secs.max(1)),
+        );
         let admin = crate::admin::AdminState::new(
             pool.clone(),
             store.clone(),
@@ -160,6 +166,7 @@ impl Engine {
             arbiters,
             http_task,
             stats_task,
+            restart_worker,
             deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
             http_addr,
         })
@@ -209,6 +216,7 @@ impl Engine {
         }
         self.http_task.abort();
         self.stats_task.abort();
+        self.restart_worker.abort();
         for a in self.arbiters.iter() {
             a.stop();
         }

@@ -7,6 +7,7 @@
 //! - [`objects`]: builds the object store (local filesystem or S3-compatible).
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`http`]: `/metrics`, `/health`, `/ready`.
+//! - [`restarts`]: in-process restarts requested over HTTP or as database rows, with their audit trail.
 //! - [`replay`]: re-uploads images kept in the dead-letter directory.
 //! - [`fleet_stats`]: fleet-level gauges from the database (devices by last seen).
 //! - [`engine`]: wiring of source, router, device actors and sinks, and graceful shutdown.
@@ -20,5 +21,6 @@ pub mod fleet_stats;
 pub mod http;
 pub mod objects;
 pub mod replay;
+pub mod restarts;
 pub mod sim;
 pub mod telemetry;

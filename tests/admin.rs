@@ -132,6 +132,17 @@ async fn restarting_a_device_completes_then_a_second_request_within_the_cooldown
     assert_eq!(body["status"], "completed", "{body}");
     assert_eq!(body["result"]["was_running"], true);
     assert_eq!(body["result"]["healthy"], true);
+    // The audit row went running -> completed with the health check in its result.
+    let row = env
+        .db()
+        .await
+        .query_one("SELECT status, requested_by, started_at IS NOT NULL, completed_at IS NOT NULL, result FROM service_restart_requests WHERE id = $1", &[&body["id"].as_i64().unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "completed");
+    assert_eq!(row.get::<_, String>(1), "admin-api");
+    assert!(row.get::<_, bool>(2) && row.get::<_, bool>(3));
+    assert_eq!(row.get::<_, Value>(4)["healthy"], true);
     let again = c
         .post(format!("{}/api/v1/restarts", env.http))
         .bearer_auth(TOKEN)
@@ -185,4 +196,148 @@ async fn restarting_a_device_completes_then_a_second_request_within_the_cooldown
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_restart_requested_as_a_database_row_is_picked_up_at_once_and_the_sql_function_enforces_the_cooldown(
+) {
+    let env = env().await;
+    let target = random_device();
+    let other = random_device();
+    let t = env.device(&target).await;
+    t.publish("status", r#"{"status":"online"}"#).await;
+    let o = env.device(&other).await;
+    let db = env.db().await;
+    eventually(Duration::from_secs(10), "the device row", || async {
+        (env.scalar_i64(&format!(
+            "SELECT count(*) FROM devices WHERE device_id = '{target}'"
+        ))
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    let id: i64 = db
+        .query_one(
+            "SELECT request_service_restart($1, 'stuck')",
+            &[&format!("device:{target}")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Woken by NOTIFY: the poll interval is 30 s, so finishing within 5 s proves the wake-up.
+    let (status, result) = eventually(Duration::from_secs(5), "the row to complete", || async {
+        let r = env
+            .db()
+            .await
+            .query_one(
+                "SELECT status, result FROM service_restart_requests WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        let status: String = r.get(0);
+        (status != "pending" && status != "running").then(|| (status, r.get::<_, Value>(1)))
+    })
+    .await;
+    assert_eq!(status, "completed", "{result}");
+    assert_eq!(result["healthy"], true);
+    let err = db
+        .query_one(
+            "SELECT request_service_restart($1, 'again')",
+            &[&format!("device:{target}")],
+        )
+        .await
+        .unwrap_err();
+    let msg = err
+        .as_db_error()
+        .expect("a database error")
+        .message()
+        .to_string();
+    assert!(
+        msg.contains("already requested") && msg.contains("cooldown"),
+        "{msg}"
+    );
+    let bad = db
+        .query_one(
+            "SELECT request_service_restart('reboot the world', NULL)",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(bad
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("invalid restart target"));
+    // An unsupported target is recorded as rejected, with the reason.
+    let id: i64 = db
+        .query_one("SELECT request_service_restart('pipeline', 'all')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let status = eventually(Duration::from_secs(5), "the pipeline row", || async {
+        let s: String = env
+            .db()
+            .await
+            .query_one(
+                "SELECT status FROM service_restart_requests WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (s != "pending" && s != "running").then_some(s)
+    })
+    .await;
+    assert_eq!(status, "rejected");
+    // The other device is unaffected.
+    o.publish("data", r#"{"type":"reading","seq":7}"#).await;
+    eventually(
+        Duration::from_secs(10),
+        "the other device's reading",
+        || async {
+            (env.scalar_i64(&format!(
+                "SELECT count(*) FROM sensor_readings WHERE device_id = '{other}'"
+            ))
+            .await
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn with_two_engines_on_one_database_each_restart_row_is_executed_exactly_once() {
+    let a = env().await;
+    let b = TestEnv::start(Options {
+        extra: format!("[admin]\ntoken = \"{TOKEN}\"\n"),
+        pg_url: Some(a.db_url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let db = a.db().await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let id: i64 = db
+            .query_one(
+                "SELECT request_service_restart($1, 'race')",
+                &[&format!("device:{}", random_device())],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        ids.push(id);
+    }
+    eventually(Duration::from_secs(10), "all rows completed", || async {
+        (a.scalar_i64("SELECT count(*) FROM service_restart_requests WHERE status = 'completed'")
+            .await
+            == 10)
+            .then_some(())
+    })
+    .await;
+    let restarts = a.metric("fleetflow_device_actors_restarted_total").await
+        + b.metric("fleetflow_device_actors_restarted_total").await;
+    assert_eq!(restarts, 10.0, "each row executed once across both engines");
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::ApiError;
 
 /// `[admin]`: the admin API.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// The bearer token (prefer `FLEETFLOW_ADMIN__TOKEN` or `token_file`). Without a token the
@@ -37,10 +37,29 @@ pub struct AdminConfig {
     /// Minimum time between two restarts of the same target, in seconds. Default 300.
     #[serde(default = "default_cooldown")]
     pub restart_cooldown_secs: u64,
+    /// How often the restart worker polls `service_restart_requests` besides LISTEN/NOTIFY, in
+    /// seconds. Default 30.
+    #[serde(default = "default_restart_poll")]
+    pub restart_poll_secs: u64,
+}
+
+fn default_restart_poll() -> u64 {
+    30
 }
 
 fn default_cooldown() -> u64 {
     300
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            token_file: None,
+            restart_cooldown_secs: default_cooldown(),
+            restart_poll_secs: default_restart_poll(),
+        }
+    }
 }
 
 impl AdminConfig {
@@ -69,8 +88,10 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// Totals for the console.
     pub prometheus: PrometheusHandle,
-    /// Restart cooldowns.
-    pub restarts: Arc<restarts::Cooldowns>,
+    /// Executes restarts and records them.
+    pub restarter: crate::restarts::Restarter,
+    /// Cooldown per restart target, in seconds.
+    pub cooldown_secs: u64,
 }
 
 impl AdminState {
@@ -84,14 +105,13 @@ impl AdminState {
         cooldown_secs: u64,
     ) -> Self {
         Self {
-            pool,
+            pool: pool.clone(),
             store,
-            router,
+            router: router.clone(),
             token: token.map(Arc::from),
+            restarter: crate::restarts::Restarter::new(pool, router),
             prometheus,
-            restarts: Arc::new(restarts::Cooldowns::new(std::time::Duration::from_secs(
-                cooldown_secs,
-            ))),
+            cooldown_secs,
         }
     }
 }

@@ -1,50 +1,15 @@
-//! `POST /api/v1/restarts`: in-process restarts, limited to one per target per cooldown
-//! (429 with `Retry-After` otherwise). This session implements the `device:<id>` target; the
-//! other targets of the control-plane issue answer 400 naming the field.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! `POST /api/v1/restarts`: records the request through `request_service_restart` (which
+//! enforces the per-target cooldown in the database: 429 with `Retry-After` here), executes it
+//! in process and returns the row's final status and result. The row is the audit trail.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use fleetflow_actors::ids::DeviceId;
-use fleetflow_actors::router::RestartDevice;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{AdminState, ApiError};
-
-/// Last restart per target.
-#[derive(Debug)]
-pub struct Cooldowns {
-    every: Duration,
-    last: Mutex<HashMap<String, Instant>>,
-}
-
-impl Cooldowns {
-    /// One restart per target per `every`.
-    pub fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes the slot for `target`, or says how long until it is free.
-    pub fn take(&self, target: &str, now: Instant) -> Result<(), Duration> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = last.get(target) {
-            let since = now.duration_since(*t);
-            if since < self.every {
-                return Err(self.every - since);
-            }
-        }
-        last.insert(target.to_string(), now);
-        Ok(())
-    }
-}
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -72,43 +37,48 @@ pub async fn create(
     let id = DeviceId::parse(raw)
         .map_err(|e| ApiError::bad_field("target", format!("invalid device id: {e}")))?;
     let key = format!("device:{id}");
-    if let Err(wait) = s.restarts.take(&key, Instant::now()) {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "cooldown",
-            format!(
-                "{key} was restarted recently; try again in {} s",
-                wait.as_secs() + 1
-            ),
-        );
-        e.retry_after = Some(wait.as_secs() + 1);
-        return Err(e);
-    }
-    let started = Instant::now();
-    let was_running = s
-        .router
-        .send(RestartDevice(id.clone()))
+    let c = s.pool.get().await.map_err(ApiError::internal)?;
+    let row = c
+        .query_one(
+            "SELECT request_service_restart($1, $2, 'admin-api', make_interval(secs => $3), true)",
+            &[&key, &body.reason, &(s.cooldown_secs as f64)],
+        )
+        .await;
+    let request_id: i64 = match row {
+        Ok(r) => r.get(0),
+        Err(e) => {
+            if let Some(db) = e.as_db_error() {
+                if db.code().code() == "P0001" {
+                    let wait: u64 = db
+                        .detail()
+                        .and_then(|d| d.parse().ok())
+                        .unwrap_or(s.cooldown_secs);
+                    let mut err = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "cooldown",
+                        db.message().to_string(),
+                    );
+                    err.retry_after = Some(wait.max(1));
+                    return Err(err);
+                }
+                if db.code().code() == "22023" {
+                    return Err(ApiError::bad_field("target", db.message().to_string()));
+                }
+            }
+            return Err(ApiError::internal(e));
+        }
+    };
+    drop(c);
+    let (outcome, result) = s
+        .restarter
+        .execute(request_id, &key)
         .await
         .map_err(ApiError::internal)?;
-    // Health check: the fresh actor answers.
-    let snapshot = s
-        .router
-        .send(fleetflow_actors::router::QueryDevice(id.clone()))
-        .await
-        .map_err(ApiError::internal)?;
-    tracing::info!(target = %key, reason = body.reason.as_deref().unwrap_or(""), was_running, "device restarted by the admin API");
+    tracing::info!(target = %key, request_id, reason = body.reason.as_deref().unwrap_or(""), "restart requested over HTTP");
     Ok((
         StatusCode::OK,
-        Json(json!({
-            "target": key,
-            "status": if snapshot.is_some() { "completed" } else { "failed" },
-            "result": {
-                "was_running": was_running,
-                "healthy": snapshot.is_some(),
-                "state": snapshot.as_ref().map(|s| s.state),
-                "took_ms": started.elapsed().as_millis() as u64,
-            },
-            "reason": body.reason,
-        })),
+        Json(
+            json!({"id": request_id, "target": key, "status": outcome.as_str(), "result": result, "reason": body.reason}),
+        ),
     ))
 }
