@@ -66,6 +66,8 @@ impl Engine {
         let (tx, rx) = mpsc::channel::<RawPublish>(source::ROUTER_QUEUE_CAPACITY);
         let source = source::spawn(&cfg.mqtt, tx)?;
         let link = source.link.clone();
+        let admin_link = link.clone();
+        let admin_topics = TopicParser::new(cfg.mqtt.topic_prefix.clone());
 
         let sinks_cfg = cfg.sinks.clone();
         let pg_pool = pool.clone();
@@ -130,14 +132,17 @@ impl Engine {
             cfg.postgres.url.clone(),
             Duration::from_secs(cfg.admin.restart_poll_secs.max(1)),
         );
-        let admin = crate::admin::AdminState::new(
-            pool.clone(),
-            store.clone(),
-            router.clone(),
-            token,
-            prometheus.clone(),
-            cfg.admin.restart_cooldown_secs,
-        );
+        let admin = crate::admin::AdminState {
+            pool: pool.clone(),
+            store: store.clone(),
+            router: router.clone(),
+            token: token.map(Arc::from),
+            prometheus: prometheus.clone(),
+            restarter: crate::restarts::Restarter::new(pool.clone(), router.clone()),
+            cooldown_secs: cfg.admin.restart_cooldown_secs,
+            link: admin_link,
+            topics: admin_topics,
+        };
         let app = http::router(http::HttpState {
             prometheus,
             pool,

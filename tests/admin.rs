@@ -341,3 +341,78 @@ async fn with_two_engines_on_one_database_each_restart_row_is_executed_exactly_o
         + b.metric("fleetflow_device_actors_restarted_total").await;
     assert_eq!(restarts, 10.0, "each row executed once across both engines");
 }
+
+#[tokio::test]
+async fn a_command_is_stored_published_to_the_device_and_its_reply_completes_the_row() {
+    let env = env().await;
+    let id = random_device();
+    let mut dev = env.device(&id).await;
+    dev.publish("status", r#"{"status":"online"}"#).await;
+    eventually(Duration::from_secs(10), "the device row", || async {
+        (env.scalar_i64(&format!(
+            "SELECT count(*) FROM devices WHERE device_id = '{id}'"
+        ))
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/api/v1/devices/{id}/commands", env.http);
+    let r = c
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "capture_now", "args": {"flash": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    let command_id = body["command_id"].as_str().unwrap().to_string();
+    let cmd = dev.next_ack(Duration::from_secs(10)).await;
+    assert_eq!(
+        cmd,
+        json!({"type": "command", "command_id": command_id, "name": "capture_now", "args": {"flash": true}})
+    );
+    let sent: String = env
+        .db()
+        .await
+        .query_one(
+            "SELECT status FROM device_commands WHERE id = $1",
+            &[&command_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sent, "sent");
+    dev.publish(
+        "cmd/result",
+        format!(r#"{{"command_id":"{command_id}","ok":true,"detail":"captured img_9"}}"#),
+    )
+    .await;
+    let (status, result) = eventually(Duration::from_secs(10), "the reply to complete the command", || async {
+        let r = env.db().await.query_one("SELECT status, result, completed_at IS NOT NULL FROM device_commands WHERE id = $1", &[&command_id]).await.unwrap();
+        let status: String = r.get(0);
+        (status == "succeeded" && r.get::<_, bool>(2)).then(|| (status, r.get::<_, Value>(1)))
+    })
+    .await;
+    assert_eq!(status, "succeeded");
+    assert_eq!(result["detail"], "captured img_9");
+    let bad = c
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "rm -rf"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"]["field"], "name");
+    let unknown = c
+        .post(format!("{}/api/v1/devices/FFFFFFFFFFFF/commands", env.http))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "capture_now"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}

@@ -2,10 +2,12 @@
 //!
 //! - `auth`: bearer-token check in constant time, and the JSON error shape.
 //! - `devices`: device list and detail, capture thumbnails.
+//! - `commands`: device commands (§6).
 //! - `restarts`: in-process restarts with a per-target cooldown.
 //! - `console`: the embedded web page.
 
 mod auth;
+mod commands;
 mod console;
 mod devices;
 mod restarts;
@@ -92,28 +94,10 @@ pub struct AdminState {
     pub restarter: crate::restarts::Restarter,
     /// Cooldown per restart target, in seconds.
     pub cooldown_secs: u64,
-}
-
-impl AdminState {
-    /// State for the routes.
-    pub fn new(
-        pool: Pool,
-        store: Arc<dyn ObjectStore>,
-        router: Addr<DeviceRouter>,
-        token: Option<String>,
-        prometheus: PrometheusHandle,
-        cooldown_secs: u64,
-    ) -> Self {
-        Self {
-            pool: pool.clone(),
-            store,
-            router: router.clone(),
-            token: token.map(Arc::from),
-            restarter: crate::restarts::Restarter::new(pool, router),
-            prometheus,
-            cooldown_secs,
-        }
-    }
+    /// Publishes commands.
+    pub link: fleetflow_actors::link::MqttLink,
+    /// Builds command topics.
+    pub topics: fleetflow_actors::topic::TopicParser,
 }
 
 /// The admin routes and the console.
@@ -125,6 +109,10 @@ pub fn routes(state: AdminState) -> Router {
         .route(
             "/api/v1/devices/{device_id}/captures/{capture_id}/thumbnail",
             get(devices::thumbnail),
+        )
+        .route(
+            "/api/v1/devices/{device_id}/commands",
+            post(commands::create),
         )
         .route("/api/v1/restarts", post(restarts::create))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -458,8 +458,18 @@ impl TestDevice {
                 }
             }
         });
+        // ACK/NACKs and commands (§5, §6) arrive on one channel, in order.
         client
-            .subscribe(format!("{prefix}/{id}/ack"), QoS::AtLeastOnce)
+            .subscribe_many([
+                rumqttc::v5::mqttbytes::v5::Filter::new(
+                    format!("{prefix}/{id}/ack"),
+                    QoS::AtLeastOnce,
+                ),
+                rumqttc::v5::mqttbytes::v5::Filter::new(
+                    format!("{prefix}/{id}/cmd"),
+                    QoS::AtLeastOnce,
+                ),
+            ])
             .await
             .unwrap();
         tokio::time::timeout(Duration::from_secs(10), sub_rx.recv())
