@@ -93,6 +93,14 @@ impl StoreRequest {
     }
 }
 
+/// The message being handled, for error details.
+struct MsgCtx<'a> {
+    kind: &'a TopicKind,
+    payload: &'a Bytes,
+    now: Instant,
+    wall: DateTime<Utc>,
+}
+
 /// How a store request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOutcome {
@@ -210,22 +218,20 @@ impl DeviceCore {
         wall: DateTime<Utc>,
         out: &mut Vec<Effect>,
     ) {
+        let cx = MsgCtx {
+            kind,
+            payload,
+            now,
+            wall,
+        };
+        let cx = &cx;
         let limits = DecodeLimits {
             max_image_bytes: self.cfg.max_image_bytes,
         };
         let msg = match protocol::decode(kind, payload, limits) {
             Ok(msg) => msg,
             Err(e) => {
-                self.error(
-                    e.code,
-                    e.message,
-                    e.capture_id.as_deref(),
-                    kind,
-                    payload,
-                    now,
-                    wall,
-                    out,
-                );
+                self.error(e.code, e.message, e.capture_id.as_deref(), cx, out);
                 if let Some(a) = ack {
                     out.push(Effect::Ack(a));
                 }
@@ -280,14 +286,14 @@ impl DeviceCore {
             }
             DeviceMsg::CaptureMeta(meta) => {
                 metrics::counter!(m::MESSAGES_TOTAL, "kind" => "capture_meta").increment(1);
-                self.on_meta(meta, kind, payload, now, wall, out);
+                self.on_meta(meta, cx, out);
                 if let Some(a) = ack {
                     out.push(Effect::Ack(a));
                 }
             }
             DeviceMsg::Chunk(chunk) => {
                 metrics::counter!(m::MESSAGES_TOTAL, "kind" => "chunk").increment(1);
-                self.on_chunk(chunk, kind, payload, now, wall, out);
+                self.on_chunk(chunk, cx, out);
                 if let Some(a) = ack {
                     out.push(Effect::Ack(a));
                 }
@@ -295,15 +301,8 @@ impl DeviceCore {
         }
     }
 
-    fn on_meta(
-        &mut self,
-        meta: CaptureMeta,
-        kind: &TopicKind,
-        payload: &Bytes,
-        now: Instant,
-        wall: DateTime<Utc>,
-        out: &mut Vec<Effect>,
-    ) {
+    fn on_meta(&mut self, meta: CaptureMeta, cx: &MsgCtx<'_>, out: &mut Vec<Effect>) {
+        let (now, wall) = (cx.now, cx.wall);
         let layout = Layout {
             image_bytes: meta.image_bytes as u32,
             chunk_size: meta.chunk_size,
@@ -337,16 +336,7 @@ impl DeviceCore {
                 self.captures.len(),
                 self.cfg.max_captures_in_flight
             );
-            self.error(
-                ErrorCode::OverBudget,
-                msg,
-                Some(&meta.capture_id),
-                kind,
-                payload,
-                now,
-                wall,
-                out,
-            );
+            self.error(ErrorCode::OverBudget, msg, Some(&meta.capture_id), cx, out);
             return;
         }
         let need = layout.image_bytes as usize + (layout.total_chunks as usize).div_ceil(64) * 8;
@@ -355,16 +345,7 @@ impl DeviceCore {
                 "capture of {} bytes exceeds the byte budget",
                 layout.image_bytes
             );
-            self.error(
-                ErrorCode::OverBudget,
-                msg,
-                Some(&meta.capture_id),
-                kind,
-                payload,
-                now,
-                wall,
-                out,
-            );
+            self.error(ErrorCode::OverBudget, msg, Some(&meta.capture_id), cx, out);
             return;
         }
         self.held += need;
@@ -400,27 +381,19 @@ impl DeviceCore {
                     index,
                     data,
                 };
-                self.on_chunk(chunk, kind, payload, now, wall, out);
+                self.on_chunk(chunk, cx, out);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_chunk(
-        &mut self,
-        chunk: Chunk,
-        kind: &TopicKind,
-        payload: &Bytes,
-        now: Instant,
-        wall: DateTime<Utc>,
-        out: &mut Vec<Effect>,
-    ) {
+    fn on_chunk(&mut self, chunk: Chunk, cx: &MsgCtx<'_>, out: &mut Vec<Effect>) {
+        let now = cx.now;
         let Some(c) = self.captures.get_mut(&chunk.capture_id) else {
             if self.recent.iter().any(|r| r.capture_id == chunk.capture_id) {
                 metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "duplicate").increment(1);
                 return;
             }
-            self.buffer_early(chunk, kind, payload, now, wall, out);
+            self.buffer_early(chunk, cx, out);
             return;
         };
         c.last_activity = now;
@@ -459,29 +432,12 @@ impl DeviceCore {
         };
         if let Some(msg) = problem {
             metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "rejected").increment(1);
-            self.error(
-                ErrorCode::BadChunk,
-                msg,
-                Some(&chunk.capture_id),
-                kind,
-                payload,
-                now,
-                wall,
-                out,
-            );
+            self.error(ErrorCode::BadChunk, msg, Some(&chunk.capture_id), cx, out);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn buffer_early(
-        &mut self,
-        chunk: Chunk,
-        kind: &TopicKind,
-        payload: &Bytes,
-        now: Instant,
-        wall: DateTime<Utc>,
-        out: &mut Vec<Effect>,
-    ) {
+    fn buffer_early(&mut self, chunk: Chunk, cx: &MsgCtx<'_>, out: &mut Vec<Effect>) {
+        let now = cx.now;
         let n = chunk.data.len();
         let fits = n <= MAX_EARLY_CHUNK_BYTES
             && (self.early.contains_key(&chunk.capture_id)
@@ -494,16 +450,7 @@ impl DeviceCore {
                 "chunk {} for unknown capture {id} and no room to buffer it",
                 chunk.index
             );
-            self.error(
-                ErrorCode::UnknownCapture,
-                msg,
-                Some(&id),
-                kind,
-                payload,
-                now,
-                wall,
-                out,
-            );
+            self.error(ErrorCode::UnknownCapture, msg, Some(&id), cx, out);
             out.push(Effect::Publish {
                 payload: nack::need_metadata(&id),
                 kind: "nack",
@@ -724,26 +671,22 @@ impl DeviceCore {
         self.budget.release(n);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn error(
         &mut self,
         code: ErrorCode,
         message: String,
         capture_id: Option<&str>,
-        kind: &TopicKind,
-        payload: &Bytes,
-        now: Instant,
-        _wall: DateTime<Utc>,
+        cx: &MsgCtx<'_>,
         out: &mut Vec<Effect>,
     ) {
         let details = json!({
-            "topic_kind": kind.label(),
+            "topic_kind": cx.kind.label(),
             "capture_id": capture_id,
-            "payload_excerpt": excerpt(payload),
-            "payload_bytes": payload.len(),
+            "payload_excerpt": excerpt(cx.payload),
+            "payload_bytes": cx.payload.len(),
         });
         tracing::debug!(device = %self.id, code = code.code(), %message, "device error");
-        if let Some(r) = self.record(code, message, details, now) {
+        if let Some(r) = self.record(code, message, details, cx.now) {
             out.push(Effect::Row(Row::Error(r), None));
         }
     }
@@ -776,5 +719,161 @@ impl DeviceCore {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> DeviceCore {
+        let cfg = AssemblyConfig {
+            assembly_timeout_ms: 1000,
+            max_nack_rounds: 2,
+            ..AssemblyConfig::default()
+        };
+        DeviceCore::new(
+            DeviceId::parse("AABBCCDDEEFF").unwrap(),
+            Arc::new(cfg),
+            Arc::new(GlobalBudget::new(1 << 30)),
+        )
+    }
+
+    fn meta(id: &str, bytes: usize) -> Bytes {
+        let total = bytes.div_ceil(1024);
+        Bytes::from(format!(
+            r#"{{"type":"capture_meta","capture_id":"{id}","captured_at":"2026-10-04T12:00:00Z","image_bytes":{bytes},"total_chunks":{total},"chunk_size":1024}}"#
+        ))
+    }
+
+    fn publishes(out: &[Effect]) -> Vec<serde_json::Value> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Publish { payload, .. } => serde_json::from_slice(payload).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_incomplete_capture_is_nacked_each_round_then_fails_and_frees_its_bytes() {
+        let mut c = core();
+        let mut out = Vec::new();
+        let wall = Utc::now();
+        c.handle(
+            &TopicKind::Data,
+            &meta("img_1", 3000),
+            None,
+            Instant::now(),
+            wall,
+            &mut out,
+        );
+        let chunk = TopicKind::Chunk {
+            capture_id: "img_1".into(),
+            index: 0,
+        };
+        c.handle(
+            &chunk,
+            &Bytes::from(vec![1u8; 1024]),
+            None,
+            Instant::now(),
+            wall,
+            &mut out,
+        );
+        assert!(c.held_bytes() >= 3000);
+        out.clear();
+        for round in 1..=2 {
+            tokio::time::advance(std::time::Duration::from_millis(1000)).await;
+            c.tick(Instant::now(), &mut out);
+            let p = publishes(&out);
+            assert_eq!(p.last().unwrap()["round"], round);
+            assert_eq!(p.last().unwrap()["missing"], serde_json::json!([[1, 2]]));
+        }
+        out.clear();
+        tokio::time::advance(std::time::Duration::from_millis(1000)).await;
+        assert_eq!(
+            c.tick(Instant::now(), &mut out),
+            None,
+            "nothing left to time"
+        );
+        let failed = out.iter().any(|e| matches!(e, Effect::Row(Row::Capture(r), _) if r.status == IngestStatus::Failed && r.nack_rounds == 2));
+        let timeout_error = out.iter().any(
+            |e| matches!(e, Effect::Row(Row::Error(r), _) if r.code == ErrorCode::AssemblyTimeout),
+        );
+        assert!(failed && timeout_error);
+        assert_eq!(c.held_bytes(), 0);
+        assert!(c.is_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn early_chunks_are_applied_when_their_metadata_arrives_and_the_image_is_stored() {
+        let mut c = core();
+        let mut out = Vec::new();
+        let wall = Utc::now();
+        let img: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8).collect();
+        let k1 = TopicKind::Chunk {
+            capture_id: "img_2".into(),
+            index: 1,
+        };
+        c.handle(
+            &k1,
+            &Bytes::copy_from_slice(&img[1024..]),
+            None,
+            Instant::now(),
+            wall,
+            &mut out,
+        );
+        assert!(!c.is_idle(), "buffered");
+        c.handle(
+            &TopicKind::Data,
+            &meta("img_2", 1500),
+            None,
+            Instant::now(),
+            wall,
+            &mut out,
+        );
+        let k0 = TopicKind::Chunk {
+            capture_id: "img_2".into(),
+            index: 0,
+        };
+        c.handle(
+            &k0,
+            &Bytes::copy_from_slice(&img[..1024]),
+            None,
+            Instant::now(),
+            wall,
+            &mut out,
+        );
+        let store = out.iter().find_map(|e| match e {
+            Effect::Store(r) => Some(r.clone()),
+            _ => None,
+        });
+        let store = store.expect("a store request");
+        assert_eq!(&store.image[..], &img[..]);
+        assert_eq!(
+            store.object_key(),
+            "captures/AABBCCDDEEFF/2026/10/04/img_2.jpg"
+        );
+        out.clear();
+        c.on_stored(
+            "img_2",
+            StoreOutcome::Stored { stored_at: wall },
+            Instant::now(),
+            &mut out,
+        );
+        assert_eq!(publishes(&out)[0]["type"], "ACK_OK");
+        assert_eq!(c.held_bytes(), 0);
+        // Metadata for a stored capture is answered at once with ACK_OK.
+        out.clear();
+        c.handle(
+            &TopicKind::Data,
+            &meta("img_2", 1500),
+            None,
+            Instant::now(),
+            wall,
+            &mut out,
+        );
+        assert_eq!(publishes(&out)[0]["type"], "ACK_OK");
+        assert!(c.is_idle());
     }
 }
