@@ -111,3 +111,40 @@ async fn ready_reports_a_stopped_postgres_and_recovers_when_it_returns() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_idle_device_actor_is_passivated_and_comes_back_on_its_next_message() {
+    let env = TestEnv::start(Options {
+        extra: "[devices]\nidle_passivate_ms = 400\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let id = random_device();
+    let dev = env.device(&id).await;
+    dev.publish("data", r#"{"type":"reading","seq":1}"#).await;
+    eventually(
+        Duration::from_secs(10),
+        "the actor to be passivated",
+        || async {
+            let m = env.metrics().await;
+            (common::metric_value(&m, "fleetflow_device_actors_passivated_total") == 1.0
+                && common::metric_value(&m, "fleetflow_device_actors") == 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+    dev.publish("data", r#"{"type":"reading","seq":2}"#).await;
+    eventually(Duration::from_secs(10), "both readings stored", || async {
+        (env.scalar_i64(&format!(
+            "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
+        ))
+        .await
+            == 2)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.metric("fleetflow_device_actors_spawned_total").await,
+        2.0
+    );
+}
