@@ -142,6 +142,8 @@ impl Engine {
             cooldown_secs: cfg.admin.restart_cooldown_secs,
             link: admin_link,
             topics: admin_topics,
+            secret_key: crate::secrets::SecretKey::from_env()
+                .map_err(|e| EngineError::Admin(e.to_string()))?,
         };
         let app = http::router(http::HttpState {
             prometheus,

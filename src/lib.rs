@@ -8,6 +8,7 @@
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`http`]: `/metrics`, `/health`, `/ready`.
 //! - [`restarts`]: in-process restarts requested over HTTP or as database rows, with their audit trail.
+//! - [`secrets`]: AEAD sealing of broker passwords at rest.
 //! - [`replay`]: re-uploads images kept in the dead-letter directory.
 //! - [`fleet_stats`]: fleet-level gauges from the database (devices by last seen).
 //! - [`engine`]: wiring of source, router, device actors and sinks, and graceful shutdown.
@@ -22,5 +23,6 @@ pub mod http;
 pub mod objects;
 pub mod replay;
 pub mod restarts;
+pub mod secrets;
 pub mod sim;
 pub mod telemetry;

@@ -145,12 +145,15 @@ async fn a_capture_that_never_completes_fails_with_2201_after_the_nack_rounds_an
     .eq(&("failed".to_string(), 2))
     .then_some(())
     .expect("captures row says failed after 2 rounds");
-    let errors = env
-        .scalar_i64(&format!(
-            "SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2201"
-        ))
-        .await;
-    assert_eq!(errors, 1);
+    eventually(T, "the 2201 error row", || async {
+        let n = env
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2201"
+            ))
+            .await;
+        (n == 1).then_some(())
+    })
+    .await;
     assert_eq!(
         env.metric("fleetflow_assembly_bytes").await,
         0.0,

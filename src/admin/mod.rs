@@ -3,6 +3,7 @@
 //! - `auth`: bearer-token check in constant time, and the JSON error shape.
 //! - `devices`: device list and detail, capture thumbnails.
 //! - `commands`: device commands (§6).
+//! - `mqtt_config`: broker config per product (sealed passwords, masked output, connection test).
 //! - `restarts`: in-process restarts with a per-target cooldown.
 //! - `console`: the embedded web page.
 
@@ -10,6 +11,7 @@ mod auth;
 mod commands;
 mod console;
 mod devices;
+mod mqtt_config;
 mod restarts;
 
 use std::sync::Arc;
@@ -98,6 +100,8 @@ pub struct AdminState {
     pub link: fleetflow_actors::link::MqttLink,
     /// Builds command topics.
     pub topics: fleetflow_actors::topic::TopicParser,
+    /// Seals broker passwords (`FLEETFLOW_SECRET_KEY`).
+    pub secret_key: Option<crate::secrets::SecretKey>,
 }
 
 /// The admin routes and the console.
@@ -115,6 +119,14 @@ pub fn routes(state: AdminState) -> Router {
             post(commands::create),
         )
         .route("/api/v1/restarts", post(restarts::create))
+        .route(
+            "/api/v1/products/{product_id}/mqtt-config",
+            get(mqtt_config::get).put(mqtt_config::put),
+        )
+        .route(
+            "/api/v1/products/{product_id}/mqtt-config/test",
+            post(mqtt_config::test),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -135,6 +135,8 @@ pub struct Options {
     pub s3_endpoint: Option<String>,
     /// Extra lines for the `[objects]` section.
     pub objects_extra: String,
+    /// Environment variables for the engine process (e.g. `FLEETFLOW_SECRET_KEY`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -147,6 +149,7 @@ impl Default for Options {
             pg_url: None,
             s3_endpoint: None,
             objects_extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -163,6 +166,7 @@ pub struct TestEnv {
     pub log_path: PathBuf,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl TestEnv {
@@ -242,6 +246,7 @@ level = "info,fleetflow_actors=debug"
             log_path,
             dir,
             child: None,
+            env: opts.env.clone(),
         };
         env.spawn_engine();
         env.wait_ready(Duration::from_secs(30)).await;
@@ -261,6 +266,7 @@ level = "info,fleetflow_actors=debug"
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.arg("--config")
             .arg(&self.config_path)
             .stdin(Stdio::null())

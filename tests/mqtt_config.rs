@@ -1,0 +1,241 @@
+//! Broker config per product (control-plane issue): validation naming the field, passwords
+//! sealed at rest and masked in output, and the connection test against a real Mosquitto that
+//! requires a password.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, Options, TestEnv};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "config-test-token-0123456789abcdef";
+const KEY: &str = "6b1f0c2e9d4a7b3c8e5f1a2d6c9b0e4f7a3d8c2b5e1f9a6d4c7b0e3f8a2d5c1b";
+
+struct AuthBroker {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl AuthBroker {
+    fn start(user: &str, pass: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pwfile = dir.path().join("passwd");
+        let st = Command::new("mosquitto_passwd")
+            .args(["-c", "-b"])
+            .arg(&pwfile)
+            .args([user, pass])
+            .status()
+            .expect("mosquitto_passwd");
+        assert!(st.success());
+        // Mosquitto drops privileges to `mosquitto` when started as root: let it read the files.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(dir.path())
+            .status();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+                pwfile.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto");
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for AuthBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn env(with_key: bool) -> TestEnv {
+    let mut env = vec![];
+    if with_key {
+        env.push(("FLEETFLOW_SECRET_KEY".to_string(), KEY.to_string()));
+    }
+    TestEnv::start(Options {
+        extra: format!("[admin]\ntoken = \"{TOKEN}\"\n"),
+        env,
+        ..Options::default()
+    })
+    .await
+}
+
+async fn put(env: &TestEnv, product: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .put(format!(
+            "{}/api/v1/products/{product}/mqtt-config",
+            env.http
+        ))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn invalid_configs_are_refused_naming_the_field_and_unknown_products_are_not_configured() {
+    let env = env(true).await;
+    for (body, field) in [
+        (json!({"port": 1883}), "host"),
+        (json!({"host": "broker", "port": 70000}), "port"),
+        (json!({"host": "broker", "qos": 3}), "qos"),
+        (json!({"host": "broker", "pattern": "a/#/b"}), "pattern"),
+        (json!({"host": "broker", "protocol": "http"}), "protocol"),
+        (
+            json!({"host": "broker", "use_shared": true}),
+            "shared_group",
+        ),
+    ] {
+        let (code, resp) = put(&env, "cam-1", body.clone()).await;
+        assert_eq!(code, 400, "{body}");
+        assert_eq!(resp["error"]["field"], field, "{body}: {resp}");
+    }
+    let (code, resp) = put(&env, "cam-1", json!({"host": "broker", "hots": 1})).await;
+    assert_eq!(code, 400);
+    assert!(
+        resp["error"]["message"].as_str().unwrap().contains("hots"),
+        "{resp}"
+    );
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/products/nope/mqtt-config", env.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "not_configured"
+    );
+}
+
+#[tokio::test]
+async fn the_password_is_sealed_in_the_database_masked_in_the_api_and_the_connection_test_reports_the_connack(
+) {
+    let broker = AuthBroker::start("camera-fleet", "right-password-42");
+    let env = env(true).await;
+    let (code, resp) = put(
+        &env,
+        "cam-1",
+        json!({"host": "127.0.0.1", "port": broker.port, "username": "camera-fleet", "password": "right-password-42", "qos": 1}),
+    )
+    .await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["config"]["password"], "***");
+    let stored: Vec<u8> = env
+        .db()
+        .await
+        .query_one(
+            "SELECT password_encrypted FROM mqtt_configs WHERE product_id = 'cam-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !stored.windows(17).any(|w| w == b"right-password-42"),
+        "the column does not hold the plaintext"
+    );
+    assert_eq!(stored[0], 1, "versioned AEAD format");
+    let c = reqwest::Client::new();
+    let got: Value = c
+        .get(format!("{}/api/v1/products/cam-1/mqtt-config", env.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["config"]["password"], "***");
+    assert!(!got.to_string().contains("right-password-42"));
+
+    let test = format!("{}/api/v1/products/cam-1/mqtt-config/test", env.http);
+    // The saved settings (stored password, decrypted) connect.
+    let ok: Value = c
+        .post(&test)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ok["connected"], true, "{ok}");
+    // A wrong password is refused with a readable reason.
+    let bad: Value = c
+        .post(&test)
+        .bearer_auth(TOKEN)
+        .json(&json!({"host": "127.0.0.1", "port": broker.port, "username": "camera-fleet", "password": "wrong"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bad["connected"], false, "{bad}");
+    let reason = bad["reason"].as_str().unwrap();
+    assert!(
+        reason == "bad username or password" || reason == "not authorized",
+        "{bad}"
+    );
+    assert!(bad["latency_ms"].as_u64().unwrap() < 10_000);
+    // Saving again with "***" keeps the stored password.
+    let (code, _) = put(&env, "cam-1", json!({"host": "127.0.0.1", "port": broker.port, "username": "camera-fleet", "password": "***"})).await;
+    assert_eq!(code, 200);
+    let ok: Value = c
+        .post(&test)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ok["connected"], true, "{ok}");
+}
+
+#[tokio::test]
+async fn without_a_secret_key_a_password_cannot_be_stored() {
+    let env = env(false).await;
+    let (code, resp) = put(
+        &env,
+        "cam-2",
+        json!({"host": "127.0.0.1", "username": "u", "password": "p"}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert_eq!(resp["error"]["field"], "password");
+    assert!(resp["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("FLEETFLOW_SECRET_KEY"));
+}
