@@ -71,8 +71,7 @@ impl Engine {
 
         let sinks_cfg = cfg.sinks.clone();
         let pg_pool = pool.clone();
-        let pg_link = link.clone();
-        let pg = PgSink::create(move |_| PgSink::new(pg_pool, pg_link, sinks_cfg));
+        let pg = PgSink::create(move |_| PgSink::new(pg_pool, sinks_cfg));
         let obj_store = store.clone();
         let obj_pg = pg.clone();
         let obj_cfg = cfg.objects.clone();
@@ -98,8 +97,6 @@ impl Engine {
                     assembly,
                     devices,
                     budget,
-                    link,
-                    topics: parser.clone(),
                     pg: pg.clone(),
                     objects,
                     router: ctx.address(),

@@ -13,13 +13,51 @@ use rumqttc::v5::AsyncClient;
 
 use crate::metrics as m;
 
-/// Identifies one received QoS 1 PUBLISH on one connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Identifies one received QoS 1 PUBLISH on one connection, and that connection.
+#[derive(Debug, Clone)]
 pub struct AckToken {
+    /// The connection the packet arrived on (acks must go back on it).
+    pub link: MqttLink,
     /// Connection epoch the packet arrived on.
     pub epoch: u64,
     /// Packet id.
     pub pkid: u16,
+}
+
+/// Where replies to a device go: the connection its messages came from, and that source's
+/// topic layout (for `{prefix}/{device_id}/ack` and `/cmd`).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The connection.
+    pub link: MqttLink,
+    /// The source's topics.
+    pub topics: crate::topic::TopicParser,
+}
+
+/// Acknowledges tokens, each on its own connection. Tokens from a closed connection are
+/// skipped and counted (the broker redelivers those).
+pub fn ack_all(tokens: impl IntoIterator<Item = AckToken>) {
+    let (mut acked, mut stale) = (0u64, 0u64);
+    for t in tokens {
+        if t.link.ack_one(t.epoch, t.pkid) {
+            acked += 1;
+        } else {
+            stale += 1;
+        }
+    }
+    if acked > 0 {
+        metrics::counter!(m::MQTT_ACKS_TOTAL).increment(acked);
+    }
+    if stale > 0 {
+        metrics::counter!(m::MQTT_ACKS_STALE_TOTAL).increment(stale);
+    }
+}
+
+/// Acknowledges one token, if any.
+pub fn ack(token: Option<AckToken>) {
+    if let Some(t) = token {
+        ack_all([t]);
+    }
 }
 
 /// A cloneable handle to the MQTT client for acks and publishes.
@@ -83,42 +121,38 @@ impl MqttLink {
         self.unacked.load(Ordering::Acquire)
     }
 
-    /// Acknowledges the given tokens. Tokens from an earlier connection are skipped and counted.
-    pub fn ack_all(&self, tokens: impl IntoIterator<Item = AckToken>) {
-        let Some(client) = &self.client else { return };
-        let epoch = self.epoch();
-        let (mut acked, mut stale) = (0u64, 0u64);
-        for t in tokens {
-            if t.epoch != epoch {
-                stale += 1;
-                continue;
-            }
-            let mut p = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
-            p.pkid = t.pkid;
-            match client.try_ack(&p) {
-                Ok(()) => acked += 1,
-                Err(e) => {
-                    // The request channel is sized above the receive maximum, so this means the
-                    // connection is going away; the broker redelivers on the next session.
-                    tracing::warn!(error = %e, "could not queue an MQTT ack");
-                    stale += 1;
-                }
-            }
-        }
-        if acked > 0 {
-            metrics::counter!(m::MQTT_ACKS_TOTAL).increment(acked);
-            let left = self.unacked.fetch_sub(acked as i64, Ordering::AcqRel) - acked as i64;
-            metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
-        }
-        if stale > 0 {
-            metrics::counter!(m::MQTT_ACKS_STALE_TOTAL).increment(stale);
+    /// A token for a packet received now on this connection.
+    pub fn token(&self, pkid: u16) -> AckToken {
+        AckToken {
+            link: self.clone(),
+            epoch: self.epoch(),
+            pkid,
         }
     }
 
-    /// Acknowledges one token.
-    pub fn ack(&self, token: Option<AckToken>) {
-        if let Some(t) = token {
-            self.ack_all([t]);
+    /// Queues one ack; false when the packet belongs to an earlier connection or the connection
+    /// is going away.
+    fn ack_one(&self, epoch: u64, pkid: u16) -> bool {
+        let Some(client) = &self.client else {
+            return false;
+        };
+        if epoch != self.epoch() {
+            return false;
+        }
+        let mut p = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
+        p.pkid = pkid;
+        match client.try_ack(&p) {
+            Ok(()) => {
+                let left = self.unacked.fetch_sub(1, Ordering::AcqRel) - 1;
+                metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
+                true
+            }
+            Err(e) => {
+                // The request channel holds an ack for every possible packet id, so this means
+                // the connection is going away; the broker redelivers on the next session.
+                tracing::warn!(error = %e, "could not queue an MQTT ack");
+                false
+            }
         }
     }
 

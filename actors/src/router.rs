@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::device::{DeviceActor, DeviceDeps, DeviceSnapshot, Inbound, Snapshot, Stop};
 use crate::errors::{excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord, INVALID_DEVICE};
 use crate::ids::DeviceId;
-use crate::link::AckToken;
+use crate::link::{AckToken, Reply};
 use crate::metrics as m;
 use crate::sinks::rows::{Pending, Row};
 use crate::topic::{TopicError, TopicParser};
@@ -32,6 +32,8 @@ pub struct RawPublish {
     pub payload: Bytes,
     /// Set for QoS 1.
     pub ack: Option<AckToken>,
+    /// The source it came from: its topic layout, and where replies and acks go.
+    pub source: Arc<Reply>,
 }
 
 /// Sent by a device actor that wants to stop (idle), or by anyone to drop an entry.
@@ -182,7 +184,7 @@ impl Router {
             Admit::Suppress => {
                 metrics::counter!(m::ERROR_ROWS_SUPPRESSED_TOTAL, "code" => code.label())
                     .increment(1);
-                deps.link.ack(msg.ack);
+                crate::link::ack(msg.ack);
             }
         }
     }
@@ -239,7 +241,7 @@ impl Handler<RawPublish> for Router {
 
 impl Router {
     fn route(&mut self, msg: RawPublish, ctx: &mut Context<Self>) {
-        let parsed = match self.parser.parse(&msg.topic) {
+        let parsed = match msg.source.topics.parse(&msg.topic) {
             Ok(p) => p,
             Err(e) => return self.reject(msg, e, ctx),
         };
@@ -249,6 +251,7 @@ impl Router {
             kind: parsed.kind,
             payload: msg.payload,
             ack: msg.ack,
+            reply: msg.source,
         };
         let addr = match self.devices.get(&parsed.device_id) {
             Some(e) if e.addr.connected() => e.addr.clone(),

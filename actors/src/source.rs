@@ -13,7 +13,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::MqttConfig;
-use crate::link::{AckToken, MqttLink};
+use crate::link::{MqttLink, Reply};
 use crate::metrics as m;
 use crate::router::RawPublish;
 use crate::topic::TopicParser;
@@ -132,13 +132,17 @@ pub fn spawn(cfg: &MqttConfig, out: mpsc::Sender<RawPublish>) -> Result<SourceHa
     let link = MqttLink::new(client.clone(), sub_qos);
     let connected = Arc::new(AtomicBool::new(false));
     let (control, control_rx) = watch::channel(SourceControl::Run);
-    let topics = TopicParser::new(cfg.topic_prefix.clone())
-        .subscriptions()
-        .to_vec();
+    let parser = TopicParser::new(cfg.topic_prefix.clone());
+    let topics = parser.subscriptions().to_vec();
+    let reply = std::sync::Arc::new(Reply {
+        link: link.clone(),
+        topics: parser,
+    });
     let lp = Loop {
         client,
         eventloop,
         link: link.clone(),
+        reply,
         connected: connected.clone(),
         control: control_rx,
         out,
@@ -160,6 +164,7 @@ struct Loop {
     client: AsyncClient,
     eventloop: EventLoop,
     link: MqttLink,
+    reply: std::sync::Arc<Reply>,
     connected: Arc<AtomicBool>,
     control: watch::Receiver<SourceControl>,
     out: mpsc::Sender<RawPublish>,
@@ -201,15 +206,13 @@ impl Loop {
                                 "new high of unacknowledged QoS 1 messages"
                             );
                         }
-                        AckToken {
-                            epoch: self.link.epoch(),
-                            pkid: p.pkid,
-                        }
+                        self.link.token(p.pkid)
                     });
                     let msg = RawPublish {
                         topic: p.topic,
                         payload: p.payload,
                         ack,
+                        source: self.reply.clone(),
                     };
                     match self.out.try_send(msg) {
                         Ok(()) => {}

@@ -19,14 +19,13 @@ use crate::config::{AssemblyConfig, DevicesConfig};
 use crate::device::budget::GlobalBudget;
 use crate::errors::{ErrorCode, ErrorRecord};
 use crate::ids::DeviceId;
-use crate::link::MqttLink;
+use crate::link::Reply;
 use crate::metrics as m;
 use crate::router::{DeviceExited, Router};
 use crate::sinks::objects::{ObjectSink, Store};
 use crate::sinks::pg::PgSink;
 use crate::sinks::rows::{Pending, Row};
 use crate::supervisor::{Decision, RestartPolicy};
-use crate::topic::TopicParser;
 
 /// What every device actor shares.
 #[derive(Clone)]
@@ -37,10 +36,6 @@ pub struct DeviceDeps {
     pub devices: Arc<DevicesConfig>,
     /// Global byte budget.
     pub budget: Arc<GlobalBudget>,
-    /// Acks and publishes.
-    pub link: MqttLink,
-    /// Builds the ack topic.
-    pub topics: TopicParser,
     /// Rows.
     pub pg: Addr<PgSink>,
     /// Images.
@@ -60,7 +55,8 @@ pub struct DeviceActor {
     core: DeviceCore,
     deps: DeviceDeps,
     generation: u64,
-    ack_topic: String,
+    /// The source this device's messages come from, and its ack topic there.
+    reply: Option<(Arc<Reply>, String)>,
     effects: Vec<Effect>,
     timer: Option<(SpawnHandle, Instant)>,
     last_msg: Instant,
@@ -71,13 +67,12 @@ pub struct DeviceActor {
 impl DeviceActor {
     /// A fresh actor for `id`; `generation` tells the router which incarnation it is.
     pub fn new(id: DeviceId, generation: u64, deps: DeviceDeps) -> Self {
-        let ack_topic = deps.topics.ack_topic(&id);
         let policy = RestartPolicy::new(&deps.devices);
         Self {
             core: DeviceCore::new(id, deps.assembly.clone(), deps.budget.clone()),
             deps,
             generation,
-            ack_topic,
+            reply: None,
             effects: Vec::with_capacity(8),
             timer: None,
             last_msg: Instant::now(),
@@ -91,12 +86,8 @@ impl DeviceActor {
         let mut effects = std::mem::take(&mut self.effects);
         for effect in effects.drain(..) {
             match effect {
-                Effect::Ack(t) => self.deps.link.ack(Some(t)),
-                Effect::Publish { payload, kind } => {
-                    self.deps
-                        .link
-                        .publish(self.ack_topic.clone(), payload, kind)
-                }
+                Effect::Ack(t) => crate::link::ack(Some(t)),
+                Effect::Publish { payload, kind } => self.publish(payload, kind),
                 Effect::Row(row, ack) => {
                     let p = Pending::new(row, ack);
                     if !blocked.is_empty() {
@@ -268,6 +259,7 @@ impl Handler<Inbound> for DeviceActor {
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
         metrics::counter!(m::DEVICE_MAILBOX_POPPED_TOTAL).increment(1);
         self.last_msg = Instant::now();
+        self.note_reply(&msg.reply);
         if let Health::Quarantined { until } = self.health {
             if Instant::now() < until {
                 self.quarantined(msg);
@@ -280,7 +272,7 @@ impl Handler<Inbound> for DeviceActor {
         #[cfg(feature = "fault-injection")]
         if msg.payload.as_ref() == crate::FAULT_PANIC_MARKER {
             // Ack first, as a poison message is deliberately rejected.
-            self.deps.link.ack(msg.ack);
+            crate::link::ack(msg.ack);
             self.guarded(ctx, |_, _| panic!("fault injection: panic marker received"));
             return;
         }
@@ -293,17 +285,33 @@ impl Handler<Inbound> for DeviceActor {
 }
 
 impl DeviceActor {
+    /// Remembers where this device's messages come from (a source may be replaced at run time).
+    fn note_reply(&mut self, reply: &Arc<Reply>) {
+        if self
+            .reply
+            .as_ref()
+            .is_some_and(|(r, _)| Arc::ptr_eq(r, reply))
+        {
+            return;
+        }
+        let topic = reply.topics.ack_topic(self.core.id());
+        self.reply = Some((reply.clone(), topic));
+    }
+
+    fn publish(&self, payload: bytes::Bytes, kind: &'static str) {
+        match &self.reply {
+            Some((r, topic)) => r.link.publish(topic.clone(), payload, kind),
+            None => tracing::warn!(device = %self.core.id(), "no source to reply on"),
+        }
+    }
+
     fn quarantined(&mut self, msg: Inbound) {
         metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Quarantined.label()).increment(1);
         if let crate::topic::TopicKind::Chunk { capture_id, .. } = &msg.kind {
             // Tell the device to keep the image and try again later.
-            self.deps.link.publish(
-                self.ack_topic.clone(),
-                super::nack::storage(capture_id),
-                "nack",
-            );
+            self.publish(super::nack::storage(capture_id), "nack");
         }
-        self.deps.link.ack(msg.ack);
+        crate::link::ack(msg.ack);
     }
 
     /// Ends a quarantine early (admin restart).

@@ -28,6 +28,8 @@ pub struct Inbound {
     pub payload: Bytes,
     /// Set for QoS 1 messages.
     pub ack: Option<AckToken>,
+    /// Where replies (ACK/NACK) to this device go.
+    pub reply: std::sync::Arc<crate::link::Reply>,
 }
 
 /// Asks a device actor to stop after what is already in its mailbox.

@@ -16,7 +16,6 @@ use super::rows::{Pending, Table};
 use super::SinkError;
 use crate::batcher::Batcher;
 use crate::config::SinksConfig;
-use crate::link::MqttLink;
 use crate::metrics as m;
 
 /// Flushes everything buffered and waits until every batch in flight is written.
@@ -31,7 +30,6 @@ impl Message for Pending {
 /// The Postgres sink.
 pub struct PgSink {
     pool: Pool,
-    link: MqttLink,
     cfg: SinksConfig,
     batchers: Vec<Batcher<Pending>>,
     timers: Vec<Option<SpawnHandle>>,
@@ -40,13 +38,12 @@ pub struct PgSink {
 }
 
 impl PgSink {
-    /// A sink over `pool`; acks go through `link`.
-    pub fn new(pool: Pool, link: MqttLink, cfg: SinksConfig) -> Self {
+    /// A sink over `pool`; each row's ack goes back on the connection it came from.
+    pub fn new(pool: Pool, cfg: SinksConfig) -> Self {
         let limits = cfg.limits();
         let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         Self {
             pool,
-            link,
             batchers: Table::ALL.iter().map(|_| Batcher::new(limits)).collect(),
             timers: Table::ALL.iter().map(|_| None).collect(),
             permits,
@@ -67,7 +64,6 @@ impl PgSink {
         let permits = self.permits.clone();
         let job = Job {
             pool: self.pool.clone(),
-            link: self.link.clone(),
             retry_min: Duration::from_millis(self.cfg.retry_min_ms),
             retry_max: Duration::from_millis(self.cfg.retry_max_ms),
             queued: self.queued.clone(),
@@ -155,7 +151,6 @@ impl Handler<Flush> for PgSink {
 
 struct Job {
     pool: Pool,
-    link: MqttLink,
     retry_min: Duration,
     retry_max: Duration,
     queued: Arc<AtomicUsize>,
@@ -232,6 +227,6 @@ impl Job {
             }
         }
         // Durable (or deliberately rejected): now the broker may forget these messages.
-        self.link.ack_all(tokens);
+        crate::link::ack_all(tokens);
     }
 }
