@@ -11,7 +11,7 @@ use fleetflow_actors::device::DeviceDeps;
 use fleetflow_actors::router::{RawPublish, Router, StopAll};
 use fleetflow_actors::sinks::objects::ObjectSink;
 use fleetflow_actors::sinks::pg::{Flush, PgSink};
-use fleetflow_actors::source::{self, SourceControl, SourceHandle};
+use fleetflow_actors::source;
 use fleetflow_actors::topic::TopicParser;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
@@ -41,7 +41,9 @@ pub enum EngineError {
 
 /// A running engine.
 pub struct Engine {
-    source: SourceHandle,
+    sources: tokio::sync::watch::Sender<crate::sources::ManagerControl>,
+    sources_task: tokio::task::JoinHandle<()>,
+    admin_source: source::SourceHandle,
     router: Addr<Router>,
     pg: Addr<PgSink>,
     arbiters: Arc<Vec<ArbiterHandle>>,
@@ -64,8 +66,23 @@ impl Engine {
         let store = objects::build(&cfg.objects)?;
 
         let (tx, rx) = mpsc::channel::<RawPublish>(source::ROUTER_QUEUE_CAPACITY);
-        let source = source::spawn(&cfg.mqtt, tx)?;
-        let link = source.link.clone();
+        // Validate the [mqtt] section now, so that bad settings fail at startup.
+        source::options(&cfg.mqtt)?;
+        let secret_key =
+            crate::secrets::SecretKey::from_env().map_err(|e| EngineError::Admin(e.to_string()))?;
+        // Commands from the admin API go out on a connection of their own.
+        let mut admin_mqtt = cfg.mqtt.clone();
+        admin_mqtt.client_id = format!("{}-admin", cfg.mqtt.client_id);
+        admin_mqtt.clean_start = true;
+        let admin_source = source::spawn_publisher(&admin_mqtt)?;
+        let link = admin_source.link.clone();
+        let manager = crate::sources::SourceManager::new(
+            pool.clone(),
+            cfg.postgres.url.clone(),
+            cfg.mqtt.clone(),
+            tx,
+            secret_key.clone(),
+        );
         let admin_link = link.clone();
         let admin_topics = TopicParser::new(cfg.mqtt.topic_prefix.clone());
 
@@ -114,6 +131,9 @@ impl Engine {
             pool.clone(),
             Duration::from_millis(cfg.http.fleet_stats_interval_ms),
         );
+        // Sources start once the router exists; they feed its queue.
+        let (sources, sources_connected, sources_task) =
+            manager.spawn(Duration::from_secs(cfg.admin.restart_poll_secs.max(1)));
         let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
             .await
             .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
@@ -139,14 +159,13 @@ impl Engine {
             cooldown_secs: cfg.admin.restart_cooldown_secs,
             link: admin_link,
             topics: admin_topics,
-            secret_key: crate::secrets::SecretKey::from_env()
-                .map_err(|e| EngineError::Admin(e.to_string()))?,
+            secret_key,
         };
         let app = http::router(http::HttpState {
             prometheus,
             pool,
             store,
-            mqtt_connected: source.connected.clone(),
+            mqtt_connected: sources_connected,
         })
         .merge(crate::admin::routes(admin));
         let http_task = tokio::spawn(async move {
@@ -165,7 +184,9 @@ impl Engine {
         );
         Ok(Self {
             pg: engine_pg,
-            source,
+            sources,
+            sources_task,
+            admin_source,
             router,
             arbiters,
             http_task,
@@ -193,7 +214,7 @@ impl Engine {
             deadline_ms = self.deadline.as_millis() as u64,
             "shutting down"
         );
-        let _ = self.source.control.send(SourceControl::Drain);
+        let _ = self.sources.send(crate::sources::ManagerControl::Drain);
         let mut clean = true;
         match tokio::time::timeout_at(deadline, self.router.send(StopAll)).await {
             Ok(Ok(n)) => tracing::info!(device_actors = n, "device actors drained"),
@@ -210,8 +231,9 @@ impl Engine {
                 tracing::warn!("postgres sink did not flush before the deadline; unacknowledged messages will be redelivered");
             }
         }
-        let _ = self.source.control.send(SourceControl::Stop);
-        if tokio::time::timeout_at(deadline + Duration::from_secs(3), self.source.task)
+        let _ = self.sources.send(crate::sources::ManagerControl::Stop);
+        let _ = self.admin_source.control.send(source::SourceControl::Stop);
+        if tokio::time::timeout_at(deadline + Duration::from_secs(3), self.sources_task)
             .await
             .is_err()
         {

@@ -11,6 +11,7 @@
 //! - [`secrets`]: AEAD sealing of broker passwords at rest.
 //! - [`replay`]: re-uploads images kept in the dead-letter directory.
 //! - [`fleet_stats`]: fleet-level gauges from the database (devices by last seen).
+//! - [`sources`]: the MQTT sources, from the database (hot-reloaded) or the `[mqtt]` section.
 //! - [`engine`]: wiring of source, router, device actors and sinks, and graceful shutdown.
 //! - [`sim`]: the fleet simulator used by `fleetflow-sim`, the demo and the tests.
 
@@ -25,4 +26,5 @@ pub mod replay;
 pub mod restarts;
 pub mod secrets;
 pub mod sim;
+pub mod sources;
 pub mod telemetry;

@@ -20,6 +20,40 @@ struct AuthBroker {
 }
 
 impl AuthBroker {
+    /// A second broker that takes anonymous clients.
+    fn anonymous() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(dir.path())
+            .status();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto");
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
     fn start(user: &str, pass: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pwfile = dir.path().join("passwd");
@@ -238,4 +272,79 @@ async fn without_a_secret_key_a_password_cannot_be_stored() {
         .as_str()
         .unwrap()
         .contains("FLEETFLOW_SECRET_KEY"));
+}
+
+#[tokio::test]
+async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_without_a_restart() {
+    let second = AuthBroker::anonymous();
+    let env = env(true).await;
+    let pid = env.pid();
+    let id = common::random_device();
+    let old = env.device(&id).await;
+    old.publish("data", r#"{"type":"reading","seq":1}"#).await;
+    let count = || async {
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
+        ))
+        .await
+    };
+    common::eventually(
+        Duration::from_secs(10),
+        "the reading on the first broker",
+        || async { (count().await == 1).then_some(()) },
+    )
+    .await;
+
+    let (code, resp) = put(&env, "cam-9", json!({"host": "127.0.0.1", "port": second.port, "prefix": env.prefix, "client_id": format!("ff-second-{}", common::random_hex(6))})).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["live_reconnect"], true, "{resp}");
+    let started = std::time::Instant::now();
+    common::eventually(
+        Duration::from_secs(5),
+        "the engine connected to the second broker",
+        || async {
+            let r = env
+                .db()
+                .await
+                .query_opt(
+                    "SELECT connected FROM mqtt_connection_status WHERE product_id = 'cam-9'",
+                    &[],
+                )
+                .await
+                .unwrap()?;
+            r.get::<_, bool>(0).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "moved to the second broker in {} ms",
+        started.elapsed().as_millis()
+    );
+
+    let mut services = env.services.clone();
+    services.mqtt_port = second.port;
+    let new = common::TestDevice::connect(&services, &env.prefix, &id).await;
+    new.publish("data", r#"{"type":"reading","seq":2}"#).await;
+    common::eventually(
+        Duration::from_secs(5),
+        "the reading on the second broker",
+        || async { (count().await == 2).then_some(()) },
+    )
+    .await;
+    old.publish("data", r#"{"type":"reading","seq":3}"#).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count().await, 2, "the first broker is no longer consumed");
+    assert_eq!(env.pid(), pid, "same process");
+    let health = reqwest::get(format!("{}/health", env.http)).await.unwrap();
+    assert!(health.status().is_success());
+    let got: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/products/cam-9/mqtt-config", env.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["status"]["connected"], true, "{got}");
 }

@@ -125,6 +125,21 @@ fn qos(q: u8) -> Result<QoS, SourceError> {
 
 /// Starts the source; PUBLISHes go to `out`, which should hold more than the receive maximum.
 pub fn spawn(cfg: &MqttConfig, out: mpsc::Sender<RawPublish>) -> Result<SourceHandle, SourceError> {
+    spawn_inner(cfg, out, true)
+}
+
+/// Starts a connection that only publishes (commands from the admin API): it subscribes to
+/// nothing.
+pub fn spawn_publisher(cfg: &MqttConfig) -> Result<SourceHandle, SourceError> {
+    let (out, _) = mpsc::channel(1);
+    spawn_inner(cfg, out, false)
+}
+
+fn spawn_inner(
+    cfg: &MqttConfig,
+    out: mpsc::Sender<RawPublish>,
+    subscribe: bool,
+) -> Result<SourceHandle, SourceError> {
     let opts = options(cfg)?;
     let sub_qos = qos(cfg.qos)?;
     let cap = opts.request_channel_capacity();
@@ -133,7 +148,11 @@ pub fn spawn(cfg: &MqttConfig, out: mpsc::Sender<RawPublish>) -> Result<SourceHa
     let connected = Arc::new(AtomicBool::new(false));
     let (control, control_rx) = watch::channel(SourceControl::Run);
     let parser = TopicParser::new(cfg.topic_prefix.clone());
-    let topics = parser.subscriptions().to_vec();
+    let topics = if subscribe {
+        parser.subscriptions().to_vec()
+    } else {
+        Vec::new()
+    };
     let reply = std::sync::Arc::new(Reply {
         link: link.clone(),
         topics: parser,
@@ -240,6 +259,9 @@ impl Loop {
                         .topics
                         .iter()
                         .map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.clone(), self.qos));
+                    if self.topics.is_empty() {
+                        continue;
+                    }
                     if let Err(e) = self.client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "could not queue subscriptions");
                     }

@@ -296,10 +296,29 @@ pub async fn put(
         .query_one(SELECT, &[&product_id])
         .await
         .map_err(ApiError::internal)?;
-    // Running sources are configured from file/env in this version; the NOTIFY is recorded for
-    // engines that reload (see docs/admin-api.md).
+    let saved_at: chrono::DateTime<chrono::Utc> = r.get(18);
+    // The trigger's NOTIFY makes the source manager restart this product's source; wait (up to
+    // 5 s) for its connection status to say how that went.
+    let mut live_reconnect = false;
+    if v.enabled {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let st = c
+                .query_opt(
+                    "SELECT connected FROM mqtt_connection_status WHERE product_id = $1 AND updated_at >= $2",
+                    &[&product_id, &saved_at],
+                )
+                .await
+                .map_err(ApiError::internal)?;
+            if st.is_some_and(|row| row.get::<_, bool>(0)) {
+                live_reconnect = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     Ok(Json(
-        json!({"config": masked(&product_id, &r), "live_reconnect": false}),
+        json!({"config": masked(&product_id, &r), "live_reconnect": live_reconnect}),
     ))
 }
 
