@@ -132,7 +132,7 @@ impl Engine {
             Duration::from_millis(cfg.http.fleet_stats_interval_ms),
         );
         // Sources start once the router exists; they feed its queue.
-        let (sources, sources_connected, sources_task) =
+        let (sources, sources_restart, sources_connected, sources_task) =
             manager.spawn(Duration::from_secs(cfg.admin.restart_poll_secs.max(1)));
         let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
             .await
@@ -145,7 +145,8 @@ impl Engine {
             tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
         }
         let restart_worker = crate::restarts::spawn_worker(
-            crate::restarts::Restarter::new(pool.clone(), router.clone()),
+            crate::restarts::Restarter::new(pool.clone(), router.clone())
+                .with_sources(sources_restart.clone()),
             cfg.postgres.url.clone(),
             Duration::from_secs(cfg.admin.restart_poll_secs.max(1)),
         );
@@ -155,7 +156,8 @@ impl Engine {
             router: router.clone(),
             token: token.map(Arc::from),
             prometheus: prometheus.clone(),
-            restarter: crate::restarts::Restarter::new(pool.clone(), router.clone()),
+            restarter: crate::restarts::Restarter::new(pool.clone(), router.clone())
+                .with_sources(sources_restart),
             cooldown_secs: cfg.admin.restart_cooldown_secs,
             link: admin_link,
             topics: admin_topics,

@@ -3,8 +3,9 @@
 //! enforces the per-target cooldown, so it holds across engine processes. The worker wakes on
 //! `LISTEN fleetflow_restart_requests` and also polls; each row is claimed with
 //! `FOR UPDATE SKIP LOCKED`, so it moves through its statuses exactly once even with several
-//! engines. Targets executed here: `device:<id>` (fresh actor, then a health check). Other
-//! targets are recorded as `rejected` with the reason.
+//! engines. Targets executed here: `device:<id>` (fresh actor, then a health check) and
+//! `source:<product_id>` (reconnect, then: connected within 5 s). `sink:*` and `pipeline` are
+//! recorded as `rejected` with the reason.
 
 use std::time::{Duration, Instant};
 
@@ -48,12 +49,61 @@ impl Outcome {
 pub struct Restarter {
     pool: Pool,
     router: Addr<Router>,
+    sources: Option<tokio::sync::mpsc::Sender<crate::sources::RestartSource>>,
 }
 
 impl Restarter {
     /// A restarter over the pool and the device router.
     pub fn new(pool: Pool, router: Addr<Router>) -> Self {
-        Self { pool, router }
+        Self {
+            pool,
+            router,
+            sources: None,
+        }
+    }
+
+    /// Also restarts `source:<product_id>` targets through the source manager.
+    pub fn with_sources(
+        mut self,
+        sources: tokio::sync::mpsc::Sender<crate::sources::RestartSource>,
+    ) -> Self {
+        self.sources = Some(sources);
+        self
+    }
+
+    async fn restart_source(&self, product: &str) -> (Outcome, Value) {
+        let Some(tx) = &self.sources else {
+            return (Outcome::Rejected, json!({"error": "no source manager"}));
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if tx
+            .send(crate::sources::RestartSource {
+                product: product.to_string(),
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return (
+                Outcome::Failed,
+                json!({"error": "source manager unavailable"}),
+            );
+        }
+        match rx.await {
+            Ok(Ok(true)) => (
+                Outcome::Completed,
+                json!({"healthy": true, "connected": true}),
+            ),
+            Ok(Ok(false)) => (
+                Outcome::Failed,
+                json!({"healthy": false, "connected": false}),
+            ),
+            Ok(Err(e)) => (Outcome::Rejected, json!({"error": e})),
+            Err(_) => (
+                Outcome::Failed,
+                json!({"error": "source manager dropped the request"}),
+            ),
+        }
     }
 
     /// Runs the target of a `running` row and records its outcome.
@@ -82,6 +132,9 @@ impl Restarter {
     }
 
     async fn run_target(&self, target: &str) -> (Outcome, Value) {
+        if let Some(product) = target.strip_prefix("source:") {
+            return self.restart_source(product).await;
+        }
         let Some(raw) = target.strip_prefix("device:") else {
             return (
                 Outcome::Rejected,

@@ -42,6 +42,15 @@ pub struct SourceManager {
     pub connected: Arc<AtomicBool>,
 }
 
+/// Asks the manager to reconnect one source; the answer says whether it came back connected.
+#[derive(Debug)]
+pub struct RestartSource {
+    /// `default` or a product id.
+    pub product: String,
+    /// The outcome: `Ok(connected within 5 s)`, or why it could not be restarted.
+    pub reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
+}
+
 /// Commands for the manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManagerControl {
@@ -225,6 +234,28 @@ impl SourceManager {
         }
     }
 
+    /// Reconnects one source (stop, start from its current settings) and waits up to 5 s for it.
+    async fn restart_one(&mut self, product: &str) -> Result<bool, String> {
+        let Some(r) = self.running.remove(product) else {
+            return Err(format!("no running source {product}"));
+        };
+        tracing::info!(source = %product, "reconnecting MQTT source on request");
+        stop(r.handle).await;
+        self.reconcile().await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if let Some(r) = self.running.get(product) {
+                if r.handle.connected.load(Ordering::Acquire) {
+                    self.refresh_status().await;
+                    return Ok(true);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.refresh_status().await;
+        Ok(false)
+    }
+
     /// Records connection changes and the aggregate readiness flag.
     async fn refresh_status(&mut self) {
         let mut all = !self.running.is_empty();
@@ -251,10 +282,12 @@ impl SourceManager {
         poll_every: Duration,
     ) -> (
         watch::Sender<ManagerControl>,
+        mpsc::Sender<RestartSource>,
         Arc<AtomicBool>,
         tokio::task::JoinHandle<()>,
     ) {
         let (control, mut control_rx) = watch::channel(ManagerControl::Run);
+        let (restart_tx, mut restart_rx) = mpsc::channel::<RestartSource>(16);
         let connected = self.connected.clone();
         let task = tokio::spawn(async move {
             let (note_tx, mut note_rx) = mpsc::channel::<()>(16);
@@ -283,6 +316,10 @@ impl SourceManager {
                         if let Err(e) = self.reconcile().await { tracing::warn!(error = %e, "source reconcile failed"); }
                     }
                     _ = status.tick() => self.refresh_status().await,
+                    Some(cmd) = restart_rx.recv() => {
+                        let outcome = self.restart_one(&cmd.product).await;
+                        let _ = cmd.reply.send(outcome);
+                    }
                     changed = control_rx.changed() => {
                         let state = if changed.is_ok() { *control_rx.borrow() } else { ManagerControl::Stop };
                         match state {
@@ -303,7 +340,7 @@ impl SourceManager {
             }
             self.connected.store(false, Ordering::Release);
         });
-        (control, connected, task)
+        (control, restart_tx, connected, task)
     }
 }
 

@@ -347,4 +347,42 @@ async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_wit
         .await
         .unwrap();
     assert_eq!(got["status"]["connected"], true, "{got}");
+
+    // A forced reconnect, in process, recorded as a source restart.
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!(
+            "{}/api/v1/products/cam-9/mqtt-config/reconnect",
+            env.http
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "completed", "{body}");
+    assert_eq!(body["target"], "source:cam-9");
+    let status: Value = c
+        .get(format!(
+            "{}/api/v1/products/cam-9/mqtt-config/status",
+            env.http
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["connected"], true, "{status}");
+    // Still ingesting from the second broker after the reconnect, same process.
+    new.publish("data", r#"{"type":"reading","seq":4}"#).await;
+    common::eventually(
+        Duration::from_secs(5),
+        "the reading after the reconnect",
+        || async { (count().await == 3).then_some(()) },
+    )
+    .await;
+    assert_eq!(env.pid(), pid);
 }

@@ -127,6 +127,14 @@ pub fn routes(state: AdminState) -> Router {
             "/api/v1/products/{product_id}/mqtt-config/test",
             post(mqtt_config::test),
         )
+        .route(
+            "/api/v1/products/{product_id}/mqtt-config/status",
+            get(mqtt_config::status),
+        )
+        .route(
+            "/api/v1/products/{product_id}/mqtt-config/reconnect",
+            post(mqtt_config::reconnect),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

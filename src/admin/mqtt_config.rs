@@ -322,6 +322,69 @@ pub async fn put(
     ))
 }
 
+/// `GET /api/v1/products/{id}/mqtt-config/status`: the live connection status.
+pub async fn status(
+    State(s): State<AdminState>,
+    UrlPath(raw): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let product_id = product(&raw)?;
+    let c = s.pool.get().await.map_err(ApiError::internal)?;
+    let r = c
+        .query_opt(
+            "SELECT connected, last_connected_at, last_disconnected_at, messages_received, subscribed_topics_count, client_id, connection_error, updated_at
+             FROM mqtt_connection_status WHERE product_id = $1",
+            &[&product_id],
+        )
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_configured", format!("product {product_id} has no source status")))?;
+    type Ts = Option<chrono::DateTime<chrono::Utc>>;
+    Ok(Json(json!({
+        "product_id": product_id,
+        "connected": r.get::<_, bool>(0),
+        "last_connected_at": r.get::<_, Ts>(1),
+        "last_disconnected_at": r.get::<_, Ts>(2),
+        "messages_received": r.get::<_, i64>(3),
+        "subscribed_topics_count": r.get::<_, i32>(4),
+        "client_id": r.get::<_, Option<String>>(5),
+        "connection_error": r.get::<_, Option<String>>(6),
+        "updated_at": r.get::<_, chrono::DateTime<chrono::Utc>>(7),
+    })))
+}
+
+/// `POST /api/v1/products/{id}/mqtt-config/reconnect`: reconnects that source in process
+/// (recorded in `service_restart_requests` as `source:<id>`, without a cooldown).
+pub async fn reconnect(
+    State(s): State<AdminState>,
+    UrlPath(raw): UrlPath<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let product_id = product(&raw)?;
+    let c = s.pool.get().await.map_err(ApiError::internal)?;
+    let exists = c
+        .query_opt(
+            "SELECT 1 FROM mqtt_configs WHERE product_id = $1",
+            &[&product_id],
+        )
+        .await
+        .map_err(ApiError::internal)?
+        .is_some();
+    drop(c);
+    if !exists {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            format!("product {product_id} has no MQTT config"),
+        ));
+    }
+    super::restarts::run(
+        &s,
+        &format!("source:{product_id}"),
+        Some("reconnect requested over HTTP".into()),
+        0,
+    )
+    .await
+}
+
 /// Human-readable CONNACK reasons.
 fn reason(code: ConnectReturnCode) -> (u8, &'static str) {
     match code {

@@ -28,20 +28,34 @@ pub async fn create(
     let target = body.target.ok_or_else(|| {
         ApiError::bad_field("target", "target is required, e.g. \"device:AABBCCDDEEFF\"")
     })?;
-    let Some(raw) = target.strip_prefix("device:") else {
+    let key = if let Some(raw) = target.strip_prefix("device:") {
+        let id = DeviceId::parse(raw)
+            .map_err(|e| ApiError::bad_field("target", format!("invalid device id: {e}")))?;
+        format!("device:{id}")
+    } else if target.starts_with("source:") {
+        target.clone()
+    } else {
         return Err(ApiError::bad_field(
             "target",
-            format!("unsupported target {target:?}: this engine restarts device:<id>"),
+            format!("unsupported target {target:?}: this engine restarts device:<id> and source:<product_id>"),
         ));
     };
-    let id = DeviceId::parse(raw)
-        .map_err(|e| ApiError::bad_field("target", format!("invalid device id: {e}")))?;
-    let key = format!("device:{id}");
+    run(&s, &key, body.reason, s.cooldown_secs).await
+}
+
+/// Records a restart of `key` through the SQL function (cooldown), runs it, returns the row.
+pub async fn run(
+    s: &AdminState,
+    key: &str,
+    reason: Option<String>,
+    cooldown_secs: u64,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body_reason = reason;
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let row = c
         .query_one(
             "SELECT request_service_restart($1, $2, 'admin-api', make_interval(secs => $3), true)",
-            &[&key, &body.reason, &(s.cooldown_secs as f64)],
+            &[&key, &body_reason, &(cooldown_secs as f64)],
         )
         .await;
     let request_id: i64 = match row {
@@ -71,14 +85,14 @@ pub async fn create(
     drop(c);
     let (outcome, result) = s
         .restarter
-        .execute(request_id, &key)
+        .execute(request_id, key)
         .await
         .map_err(ApiError::internal)?;
-    tracing::info!(target = %key, request_id, reason = body.reason.as_deref().unwrap_or(""), "restart requested over HTTP");
+    tracing::info!(target = %key, request_id, reason = body_reason.as_deref().unwrap_or(""), "restart requested over HTTP");
     Ok((
         StatusCode::OK,
         Json(
-            json!({"id": request_id, "target": key, "status": outcome.as_str(), "result": result, "reason": body.reason}),
+            json!({"id": request_id, "target": key, "status": outcome.as_str(), "result": result, "reason": body_reason}),
         ),
     ))
 }
