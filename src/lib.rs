@@ -8,6 +8,7 @@
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`http`]: `/metrics`, `/health`, `/ready`.
 //! - [`restarts`]: in-process restarts requested over HTTP or as database rows, with their audit trail.
+//! - [`rotate`]: re-seals stored broker passwords under a new key.
 //! - [`secrets`]: AEAD sealing of broker passwords at rest.
 //! - [`replay`]: re-uploads images kept in the dead-letter directory.
 //! - [`fleet_stats`]: fleet-level gauges from the database (devices by last seen).
@@ -24,6 +25,7 @@ pub mod http;
 pub mod objects;
 pub mod replay;
 pub mod restarts;
+pub mod rotate;
 pub mod secrets;
 pub mod sim;
 pub mod sources;

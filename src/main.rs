@@ -35,6 +35,13 @@ enum Command {
     Config,
     /// Upload images kept in the dead-letter directory and mark their captures stored.
     ReplayDeadLetters,
+    /// Re-seal every stored broker password under a new key (the current one comes from
+    /// FLEETFLOW_SECRET_KEY or FLEETFLOW_SECRET_KEY_FILE).
+    RotateSecretKey {
+        /// File holding the new key (64 hex digits).
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +76,20 @@ fn main() -> anyhow::Result<()> {
             if r.failed > 0 {
                 anyhow::bail!("{} dead letter(s) could not be replayed", r.failed);
             }
+            Ok(())
+        }
+        Command::RotateSecretKey { new_key_file } => {
+            let old = fleetflow::secrets::SecretKey::from_env()?.ok_or_else(|| {
+                anyhow::anyhow!("set FLEETFLOW_SECRET_KEY (or _FILE) to the current key")
+            })?;
+            let text = std::fs::read_to_string(&new_key_file)
+                .with_context(|| format!("reading {}", new_key_file.display()))?;
+            let new = fleetflow::secrets::SecretKey::from_hex(&text)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let n = rt.block_on(fleetflow::rotate::rotate(&cfg, &old, &new))?;
+            println!("re-sealed {n} broker password(s); restart the engines with the new key");
             Ok(())
         }
         Command::Run => run(cfg),

@@ -386,3 +386,79 @@ async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_wit
     .await;
     assert_eq!(env.pid(), pid);
 }
+
+#[tokio::test]
+async fn rotating_the_secret_key_reseals_stored_passwords_so_only_the_new_key_opens_them() {
+    let broker = AuthBroker::start("rot-user", "rot-password-77");
+    let env = env(true).await;
+    let (code, _) = put(&env, "cam-r", json!({"host": "127.0.0.1", "port": broker.port, "username": "rot-user", "password": "rot-password-77"})).await;
+    assert_eq!(code, 200);
+    let before: Vec<u8> = env
+        .db()
+        .await
+        .query_one(
+            "SELECT password_encrypted FROM mqtt_configs WHERE product_id = 'cam-r'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let new_key = "11".repeat(32);
+    let key_file = env.dir.path().join("new.key");
+    std::fs::write(&key_file, &new_key).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+        .args([
+            "--config",
+            env.config_path.to_str().unwrap(),
+            "rotate-secret-key",
+            "--new-key-file",
+            key_file.to_str().unwrap(),
+        ])
+        .env("FLEETFLOW_SECRET_KEY", KEY)
+        .env_remove("FLEETFLOW_POSTGRES__URL")
+        .env_remove("FLEETFLOW_MQTT__URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-sealed 1 broker password"));
+    let after: Vec<u8> = env
+        .db()
+        .await
+        .query_one(
+            "SELECT password_encrypted FROM mqtt_configs WHERE product_id = 'cam-r'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(before, after);
+    let new = fleetflow::secrets::SecretKey::from_hex(&new_key).unwrap();
+    assert_eq!(
+        new.open(&after, "product:cam-r").unwrap(),
+        "rot-password-77"
+    );
+    let old = fleetflow::secrets::SecretKey::from_hex(KEY).unwrap();
+    assert!(
+        old.open(&after, "product:cam-r").is_err(),
+        "the old key no longer opens it"
+    );
+    // The engine still holds the old key: it cannot test with the stored password now.
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/products/cam-r/mqtt-config/test",
+            env.http
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "cannot_decrypt"
+    );
+}
