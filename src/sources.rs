@@ -188,9 +188,7 @@ impl SourceManager {
             if let Some(r) = self.running.remove(&name) {
                 tracing::info!(source = %name, "stopping MQTT source (config changed or removed)");
                 stop(r.handle).await;
-                if name != DEFAULT_SOURCE {
-                    self.write_status(&name, false, None).await;
-                }
+                self.write_status(&name, false, None).await;
             }
         }
         for (name, cfg) in desired {
@@ -265,9 +263,7 @@ impl SourceManager {
             all &= now;
             if now != r.was_connected {
                 r.was_connected = now;
-                if name != DEFAULT_SOURCE {
-                    changes.push((name.clone(), now));
-                }
+                changes.push((name.clone(), now));
             }
         }
         self.connected.store(all, Ordering::Release);

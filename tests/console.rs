@@ -82,6 +82,9 @@ async fn the_console_lists_devices_and_shows_capture_thumbnails_in_a_real_browse
         );
     }
     assert!(list.contains("state-running"));
+    // The MQTT sources, with a reconnect button each.
+    assert!(list.contains("data-source=\"default\""), "{list}");
+    assert!(list.contains("restartTarget('source:default')"));
 
     // The device page: thumbnails generated server-side and loaded by the browser.
     let url = format!("{}/#token={TOKEN}&device={first}", env.http);

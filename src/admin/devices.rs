@@ -237,6 +237,21 @@ pub fn make_thumbnail(jpeg: &[u8]) -> Result<Vec<u8>, image::ImageError> {
     Ok(out)
 }
 
+/// `GET /api/v1/sources`: every MQTT source's connection status (`default` is the `[mqtt]` one).
+pub async fn sources(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let c = s.pool.get().await.map_err(ApiError::internal)?;
+    let rows = c
+        .query("SELECT product_id, connected, last_connected_at, connection_error FROM mqtt_connection_status ORDER BY product_id", &[])
+        .await
+        .map_err(ApiError::internal)?;
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"source": r.get::<_, String>(0), "connected": r.get::<_, bool>(1),
+                        "last_connected_at": r.get::<_, Option<DateTime<Utc>>>(2), "connection_error": r.get::<_, Option<String>>(3)}))
+        .collect();
+    Ok(Json(json!({"sources": list})))
+}
+
 /// `GET /api/v1/stats`: totals for the console, read from this engine's own metrics.
 pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
     let text = s.prometheus.render();

@@ -108,6 +108,7 @@ pub struct AdminState {
 pub fn routes(state: AdminState) -> Router {
     let api = Router::new()
         .route("/api/v1/stats", get(devices::stats))
+        .route("/api/v1/sources", get(devices::sources))
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/{device_id}", get(devices::detail))
         .route(
