@@ -116,6 +116,7 @@ async fn readings_acknowledged_by_the_broker_survive_two_kill_9s_exactly_once_an
 async fn sigterm_during_load_exits_0_within_the_deadline_and_a_restart_loses_and_duplicates_nothing(
 ) {
     let mut env = TestEnv::start(Options {
+        assembly_timeout_ms: 2000,
         extra: "[shutdown]\ndeadline_ms = 10000\n".into(),
         ..Options::default()
     })

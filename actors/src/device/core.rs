@@ -316,10 +316,11 @@ impl DeviceCore {
             });
             return;
         }
-        if let Some(c) = self.captures.get_mut(&meta.capture_id) {
+        if let Some(c) = self.captures.get(&meta.capture_id) {
             if c.layout == layout || matches!(c.phase, Phase::Storing) {
-                // A retransmission: keep the chunks, note the device is alive.
-                c.last_activity = now;
+                // A retransmission: ignored, the assembly keeps its chunks. It does not count as
+                // activity: a device that resends metadata while waiting must still get the
+                // missing-chunks NACK when the inactivity timeout passes.
                 return;
             }
             // Different sizes: restart the assembly.
@@ -803,6 +804,41 @@ mod tests {
         assert!(failed && timeout_error);
         assert_eq!(c.held_bytes(), 0);
         assert!(c.is_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metadata_resent_while_waiting_does_not_postpone_the_missing_chunks_nack() {
+        let mut c = core();
+        let mut out = Vec::new();
+        let wall = Utc::now();
+        c.handle(
+            &TopicKind::Data,
+            &meta("img_3", 3000),
+            None,
+            Instant::now(),
+            wall,
+            &mut out,
+        );
+        for _ in 0..3 {
+            tokio::time::advance(std::time::Duration::from_millis(400)).await;
+            c.handle(
+                &TopicKind::Data,
+                &meta("img_3", 3000),
+                None,
+                Instant::now(),
+                wall,
+                &mut out,
+            );
+        }
+        out.clear();
+        c.tick(Instant::now(), &mut out);
+        let p = publishes(&out);
+        assert_eq!(
+            p.len(),
+            1,
+            "the NACK is due 1 s after the metadata, resends notwithstanding"
+        );
+        assert_eq!(p[0]["missing"], serde_json::json!([[0, 2]]));
     }
 
     #[tokio::test(start_paused = true)]
