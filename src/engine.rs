@@ -102,7 +102,6 @@ impl Engine {
         };
         let arbiters: Arc<Vec<ArbiterHandle>> =
             Arc::new((0..n).map(|_| Arbiter::new().handle()).collect());
-        let parser = TopicParser::new(cfg.mqtt.topic_prefix.clone());
         let budget = Arc::new(GlobalBudget::new(cfg.assembly.global_budget_bytes));
         let assembly = Arc::new(cfg.assembly.clone());
         let devices = Arc::new(cfg.devices.clone());
@@ -122,7 +121,7 @@ impl Engine {
                     rx.recv().await.map(|m| (m, rx))
                 });
                 ctx.add_stream(stream);
-                let mut r = Router::new(parser, router_arbiters);
+                let mut r = Router::new(router_arbiters);
                 r.set_deps(deps);
                 r
             });

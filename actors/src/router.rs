@@ -68,11 +68,6 @@ pub struct RestartDevice(pub DeviceId);
 #[rtype(result = "usize")]
 pub struct StopAll;
 
-/// Router statistics.
-#[derive(Debug, Message)]
-#[rtype(result = "usize")]
-pub struct LiveDevices;
-
 struct Entry {
     addr: Addr<DeviceActor>,
     generation: u64,
@@ -80,7 +75,6 @@ struct Entry {
 
 /// The router.
 pub struct Router {
-    parser: TopicParser,
     arbiters: Arc<Vec<ArbiterHandle>>,
     deps: Option<DeviceDeps>,
     devices: HashMap<DeviceId, Entry>,
@@ -91,9 +85,8 @@ pub struct Router {
 
 impl Router {
     /// A router; call [`Router::set_deps`] before it receives messages.
-    pub fn new(parser: TopicParser, arbiters: Arc<Vec<ArbiterHandle>>) -> Self {
+    pub fn new(arbiters: Arc<Vec<ArbiterHandle>>) -> Self {
         Self {
-            parser,
             arbiters,
             deps: None,
             devices: HashMap::new(),
@@ -140,12 +133,14 @@ impl Router {
             TopicError::BadDeviceId(_) | TopicError::OutsidePrefix => {
                 (ErrorCode::InvalidDeviceId, INVALID_DEVICE.to_string())
             }
-            TopicError::UnknownSuffix(_) => {
-                (ErrorCode::Malformed, device_level(&self.parser, &msg.topic))
-            }
-            TopicError::BadChunkTopic(_) => {
-                (ErrorCode::BadField, device_level(&self.parser, &msg.topic))
-            }
+            TopicError::UnknownSuffix(_) => (
+                ErrorCode::Malformed,
+                device_level(&msg.source.topics, &msg.topic),
+            ),
+            TopicError::BadChunkTopic(_) => (
+                ErrorCode::BadField,
+                device_level(&msg.source.topics, &msg.topic),
+            ),
         };
         metrics::counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "invalid").increment(1);
         metrics::counter!(m::ERRORS_TOTAL, "code" => code.label()).increment(1);
@@ -199,18 +194,6 @@ fn device_level(parser: &TopicParser, topic: &[u8]) -> String {
         .and_then(|raw| DeviceId::parse_bytes(raw).ok())
         .map(|d| d.to_string())
         .unwrap_or_else(|| INVALID_DEVICE.to_string())
-}
-
-/// Hands the router what device actors need; sent once at startup.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetDeps(pub DeviceDeps);
-
-impl Handler<SetDeps> for Router {
-    type Result = ();
-    fn handle(&mut self, msg: SetDeps, _ctx: &mut Self::Context) {
-        self.deps = Some(msg.0);
-    }
 }
 
 impl Actor for Router {
@@ -345,13 +328,6 @@ impl Handler<RestartDevice> for Router {
         metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
         self.spawn(msg.0);
         was_running
-    }
-}
-
-impl Handler<LiveDevices> for Router {
-    type Result = usize;
-    fn handle(&mut self, _: LiveDevices, _ctx: &mut Self::Context) -> usize {
-        self.devices.len()
     }
 }
 

@@ -313,12 +313,6 @@ impl DeviceActor {
         }
         crate::link::ack(msg.ack);
     }
-
-    /// Ends a quarantine early (admin restart).
-    pub fn release(&mut self) {
-        self.policy.reset();
-        self.health = Health::Running;
-    }
 }
 
 impl Handler<Stop> for DeviceActor {
