@@ -60,20 +60,23 @@ pub fn ack(token: Option<AckToken>) {
     }
 }
 
-/// A cloneable handle to the MQTT client for acks and publishes.
+/// A cloneable handle to the MQTT client for acks and publishes. Every QoS 1 message's
+/// [`AckToken`] holds one, so a clone is a single reference-count increment.
 #[derive(Clone)]
-pub struct MqttLink {
+pub struct MqttLink(Arc<LinkInner>);
+
+struct LinkInner {
     client: Option<AsyncClient>,
-    epoch: Arc<AtomicU64>,
+    epoch: AtomicU64,
     publish_qos: QoS,
     /// QoS 1 messages received and not yet acknowledged (or given up on).
-    unacked: Arc<AtomicI64>,
+    unacked: AtomicI64,
 }
 
 impl std::fmt::Debug for MqttLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqttLink")
-            .field("epoch", &self.epoch.load(Ordering::Relaxed))
+            .field("epoch", &self.0.epoch.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -81,44 +84,29 @@ impl std::fmt::Debug for MqttLink {
 impl MqttLink {
     /// A link over a connected client.
     pub fn new(client: AsyncClient, publish_qos: QoS) -> Self {
-        Self {
+        Self(Arc::new(LinkInner {
             client: Some(client),
-            epoch: Arc::new(AtomicU64::new(0)),
+            epoch: AtomicU64::new(0),
             publish_qos,
-            unacked: Arc::new(AtomicI64::new(0)),
-        }
-    }
-
-    /// A link that goes nowhere (unit tests of actors that need one).
-    pub fn detached() -> Self {
-        Self {
-            client: None,
-            epoch: Arc::new(AtomicU64::new(0)),
-            publish_qos: QoS::AtLeastOnce,
-            unacked: Arc::new(AtomicI64::new(0)),
-        }
+            unacked: AtomicI64::new(0),
+        }))
     }
 
     /// The current connection epoch.
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.0.epoch.load(Ordering::Acquire)
     }
 
     /// Called by the source on every CONNACK: packets of the old connection will be redelivered.
     pub fn next_epoch(&self) -> u64 {
-        self.unacked.store(0, Ordering::Release);
+        self.0.unacked.store(0, Ordering::Release);
         metrics::gauge!(m::MQTT_UNACKED).set(0.0);
-        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+        self.0.epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// Called by the source for each QoS 1 message received; returns the count now unacknowledged.
     pub fn received(&self) -> i64 {
-        self.unacked.fetch_add(1, Ordering::AcqRel) + 1
-    }
-
-    /// QoS 1 messages received and not yet acknowledged.
-    pub fn unacked(&self) -> i64 {
-        self.unacked.load(Ordering::Acquire)
+        self.0.unacked.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// A token for a packet received now on this connection.
@@ -133,7 +121,7 @@ impl MqttLink {
     /// Queues one ack; false when the packet belongs to an earlier connection or the connection
     /// is going away.
     fn ack_one(&self, epoch: u64, pkid: u16) -> bool {
-        let Some(client) = &self.client else {
+        let Some(client) = &self.0.client else {
             return false;
         };
         if epoch != self.epoch() {
@@ -143,7 +131,7 @@ impl MqttLink {
         p.pkid = pkid;
         match client.try_ack(&p) {
             Ok(()) => {
-                let left = self.unacked.fetch_sub(1, Ordering::AcqRel) - 1;
+                let left = self.0.unacked.fetch_sub(1, Ordering::AcqRel) - 1;
                 metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
                 true
             }
@@ -158,15 +146,10 @@ impl MqttLink {
 
     /// Publishes to a device, without waiting. `kind` labels the metric.
     pub fn publish(&self, topic: String, payload: Bytes, kind: &'static str) {
-        let Some(client) = &self.client else { return };
-        match client.try_publish(topic, self.publish_qos, false, payload) {
+        let Some(client) = &self.0.client else { return };
+        match client.try_publish(topic, self.0.publish_qos, false, payload) {
             Ok(()) => metrics::counter!(m::MQTT_PUBLISHES_TOTAL, "kind" => kind).increment(1),
             Err(e) => tracing::warn!(error = %e, kind, "could not queue an MQTT publish"),
         }
-    }
-
-    /// The underlying client, for the source's subscriptions and shutdown.
-    pub fn client(&self) -> Option<&AsyncClient> {
-        self.client.as_ref()
     }
 }
