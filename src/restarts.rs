@@ -13,9 +13,7 @@ use actix::Addr;
 use deadpool_postgres::Pool;
 use fleetflow_actors::ids::DeviceId;
 use fleetflow_actors::router::{QueryDevice, RestartDevice, Router};
-use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio_postgres::{AsyncMessage, NoTls};
 
 const CLAIM: &str = "UPDATE service_restart_requests SET status = 'running', started_at = now()
  WHERE id = (SELECT id FROM service_restart_requests WHERE status = 'pending' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
@@ -191,52 +189,22 @@ pub fn spawn_worker(
     poll_every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);
+        let listener = tokio::spawn(crate::db::listen(
+            pg_url,
+            "fleetflow_restart_requests",
+            wake,
+        ));
+        let mut tick = tokio::time::interval(poll_every);
         loop {
-            if let Err(e) = listen(&restarter, &pg_url, poll_every).await {
-                tracing::warn!(error = %e, "restart worker connection lost; reconnecting");
+            tokio::select! {
+                got = woken.recv() => if got.is_none() { break; },
+                _ = tick.tick() => {}
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = restarter.drain().await {
+                tracing::warn!(error = %e, "restart requests not processed");
+            }
         }
+        listener.abort();
     })
-}
-
-async fn listen(restarter: &Restarter, pg_url: &str, poll_every: Duration) -> Result<(), String> {
-    let (client, mut conn) = tokio_postgres::connect(pg_url, NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(_)) => {
-                    let _ = tx.try_send(());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "restart worker LISTEN connection failed");
-                    break;
-                }
-            }
-        }
-    });
-    client
-        .batch_execute("LISTEN fleetflow_restart_requests")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut tick = tokio::time::interval(poll_every);
-    loop {
-        if let Err(e) = restarter.drain().await {
-            tracing::warn!(error = %e, "restart requests not processed");
-        }
-        tokio::select! {
-            got = rx.recv() => if got.is_none() { break; },
-            _ = tick.tick() => {}
-        }
-        if driver.is_finished() {
-            break;
-        }
-    }
-    driver.abort();
-    Err("LISTEN connection closed".into())
 }

@@ -15,9 +15,7 @@ use deadpool_postgres::Pool;
 use fleetflow_actors::config::MqttConfig;
 use fleetflow_actors::router::RawPublish;
 use fleetflow_actors::source::{self, SourceControl, SourceHandle};
-use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::secrets::SecretKey;
 
@@ -287,7 +285,11 @@ impl SourceManager {
         let connected = self.connected.clone();
         let task = tokio::spawn(async move {
             let (note_tx, mut note_rx) = mpsc::channel::<()>(16);
-            let listener = tokio::spawn(listen(self.pg_url.clone(), note_tx));
+            let listener = tokio::spawn(crate::db::listen(
+                self.pg_url.clone(),
+                "fleetflow_mqtt_config",
+                note_tx,
+            ));
             if let Err(e) = self.reconcile().await {
                 tracing::error!(error = %e, "sources not configured from the database; starting the [mqtt] source");
                 if let Ok(h) = source::spawn(&self.default_cfg, self.tx.clone()) {
@@ -345,35 +347,4 @@ async fn stop(h: SourceHandle) {
     let _ = h.control.send(SourceControl::Drain);
     let _ = h.control.send(SourceControl::Stop);
     let _ = tokio::time::timeout(Duration::from_secs(5), h.task).await;
-}
-
-async fn listen(pg_url: String, tx: mpsc::Sender<()>) {
-    loop {
-        match tokio_postgres::connect(&pg_url, NoTls).await {
-            Ok((client, mut conn)) => {
-                let tx2 = tx.clone();
-                let driver = tokio::spawn(async move {
-                    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-                    while let Some(m) = messages.next().await {
-                        match m {
-                            Ok(AsyncMessage::Notification(_)) => {
-                                let _ = tx2.try_send(());
-                            }
-                            Ok(_) => {}
-                            Err(_) => break,
-                        }
-                    }
-                });
-                if client
-                    .batch_execute("LISTEN fleetflow_mqtt_config")
-                    .await
-                    .is_ok()
-                {
-                    let _ = driver.await;
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "config LISTEN connection failed"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
