@@ -47,19 +47,15 @@ async fn the_console_lists_devices_and_shows_capture_thumbnails_in_a_real_browse
     })
     .await;
     let cfg = SimConfig {
-        host: env.services.mqtt_host.clone(),
-        port: env.services.mqtt_port,
-        prefix: env.prefix.clone(),
         devices: 4,
         connections: 1,
-        id_base: 0xCA_0000_0000 + rand::random::<u32>() as u64 * 100,
         duration: Duration::from_secs(2),
         readings_per_sec: 2.0,
         status_per_sec: 1.0,
         captures_per_device: 2,
         image_bytes: 40_000,
         drain: Duration::from_secs(30),
-        ..SimConfig::default()
+        ..env.sim_config()
     };
     let first = fleetflow::sim::device_id(cfg.id_base, 0);
     let report = fleetflow::sim::run(cfg).await.unwrap();

@@ -373,14 +373,9 @@ async fn count_readings(env: &TestEnv, id: &str) -> i64 {
 #[tokio::test]
 async fn two_hundred_devices_times_five_captures_are_all_stored_and_acked_with_no_errors() {
     let env = TestEnv::start(Options::default()).await;
-    let base: u64 = 0xB0_0000_0000 + rand::random::<u32>() as u64 * 1000;
     let cfg = fleetflow::sim::SimConfig {
-        host: env.services.mqtt_host.clone(),
-        port: env.services.mqtt_port,
-        prefix: env.prefix.clone(),
         devices: 200,
         connections: 4,
-        id_base: base,
         duration: Duration::from_secs(5),
         readings_per_sec: 0.0,
         readings_per_device: 0,
@@ -394,7 +389,7 @@ async fn two_hundred_devices_times_five_captures_are_all_stored_and_acked_with_n
         with_sha256: true,
         seed: 3,
         retry_after: Duration::from_secs(30),
-        ..fleetflow::sim::SimConfig::default()
+        ..env.sim_config()
     };
     let report = fleetflow::sim::run(cfg).await.expect("simulator");
     assert_eq!(report.captures_started, 1000);

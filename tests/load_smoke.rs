@@ -18,12 +18,8 @@ async fn a_short_max_rate_run_acknowledges_every_capture_and_stores_every_readin
     })
     .await;
     let cfg = SimConfig {
-        host: env.services.mqtt_host.clone(),
-        port: env.services.mqtt_port,
-        prefix: env.prefix.clone(),
         devices: 100,
         connections: 2,
-        id_base: 0xF0_0000_0000 + rand::random::<u32>() as u64 * 1000,
         duration: Duration::from_secs(3),
         mode: Mode::Max,
         window: 500,
@@ -38,7 +34,7 @@ async fn a_short_max_rate_run_acknowledges_every_capture_and_stores_every_readin
         status_per_sec: 0.0,
         drain: Duration::from_secs(60),
         retry_after: Duration::from_secs(5),
-        ..SimConfig::default()
+        ..env.sim_config()
     };
     let report = fleetflow::sim::run(cfg).await.expect("simulator");
     eprintln!("{}", serde_json::to_string(&report).unwrap());

@@ -11,7 +11,6 @@ use common::{eventually, random_device, rss_bytes, Options, PrivatePg, PrivateS3
 use fleetflow::sim::image::jpeg;
 use fleetflow::sim::{ChunkForm, SimConfig};
 use object_store::{path::Path, ObjectStoreExt};
-use rand::Rng;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -25,12 +24,8 @@ async fn a_20_second_database_outage_loses_nothing_duplicates_nothing_keeps_rss_
     })
     .await;
     let cfg = SimConfig {
-        host: env.services.mqtt_host.clone(),
-        port: env.services.mqtt_port,
-        prefix: env.prefix.clone(),
         devices: 20,
         connections: 2,
-        id_base: 0xD0_0000_0000 + rand::rng().random_range(0..1_000_000u64) * 1000,
         duration: Duration::from_secs(30),
         readings_per_sec: 20.0,
         readings_per_device: 600,
@@ -44,7 +39,7 @@ async fn a_20_second_database_outage_loses_nothing_duplicates_nothing_keeps_rss_
         with_sha256: false,
         seed: 5,
         retry_after: Duration::from_secs(10),
-        ..fleetflow::sim::SimConfig::default()
+        ..env.sim_config()
     };
     let run = tokio::spawn(fleetflow::sim::run(cfg));
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -353,6 +353,18 @@ level = "info,fleetflow_actors=debug"
         metric_value(&self.metrics().await, series)
     }
 
+    /// Simulator settings aimed at this engine (broker, prefix, fresh device ids); override the
+    /// workload with struct update syntax.
+    pub fn sim_config(&self) -> fleetflow::sim::SimConfig {
+        fleetflow::sim::SimConfig {
+            host: self.services.mqtt_host.clone(),
+            port: self.services.mqtt_port,
+            prefix: self.prefix.clone(),
+            id_base: 0xB0_0000_0000 + rand::rng().random_range(0..1_000_000u64) * 1000,
+            ..fleetflow::sim::SimConfig::default()
+        }
+    }
+
     pub async fn device(&self, id: &str) -> TestDevice {
         TestDevice::connect(&self.services, &self.prefix, id).await
     }
