@@ -22,48 +22,30 @@ struct AuthBroker {
 impl AuthBroker {
     /// A second broker that takes anonymous clients.
     fn anonymous() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let _ = Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(dir.path())
-            .status();
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-        )
-        .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto");
-        for _ in 0..50 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self {
-            port,
-            child,
-            _dir: dir,
-        }
+        Self::spawn("allow_anonymous true\n", |_| {})
     }
 
+    /// A broker that requires `user`/`pass` (a `password_file`).
     fn start(user: &str, pass: &str) -> Self {
+        Self::spawn("allow_anonymous false\npassword_file passwd\n", |dir| {
+            let st = Command::new("mosquitto_passwd")
+                .args(["-c", "-b"])
+                .arg(dir.join("passwd"))
+                .args([user, pass])
+                .status()
+                .expect("mosquitto_passwd");
+            assert!(st.success());
+        })
+    }
+
+    /// Starts Mosquitto on a free port with `settings` (relative paths are in its own folder).
+    fn spawn(settings: &str, prepare: impl FnOnce(&std::path::Path)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let pwfile = dir.path().join("passwd");
-        let st = Command::new("mosquitto_passwd")
-            .args(["-c", "-b"])
-            .arg(&pwfile)
-            .args([user, pass])
-            .status()
-            .expect("mosquitto_passwd");
-        assert!(st.success());
+        prepare(dir.path());
+        let settings = settings.replace(
+            "password_file passwd",
+            &format!("password_file {}", dir.path().join("passwd").display()),
+        );
         // Mosquitto drops privileges to `mosquitto` when started as root: let it read the files.
         let _ = Command::new("chmod")
             .args(["-R", "a+rX"])
@@ -71,14 +53,7 @@ impl AuthBroker {
             .status();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
-                pwfile.display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\n{settings}")).unwrap();
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
