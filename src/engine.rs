@@ -76,19 +76,20 @@ impl Engine {
         admin_mqtt.clean_start = true;
         let admin_source = source::spawn_publisher(&admin_mqtt)?;
         let link = admin_source.link.clone();
-        let manager = crate::sources::SourceManager::new(
-            pool.clone(),
-            cfg.postgres.url.clone(),
-            cfg.mqtt.clone(),
-            tx,
-            secret_key.clone(),
-        );
         let admin_link = link.clone();
         let admin_topics = TopicParser::new(cfg.mqtt.topic_prefix.clone());
 
         let sinks_cfg = cfg.sinks.clone();
         let pg_pool = pool.clone();
         let pg = PgSink::create(move |_| PgSink::new(pg_pool, sinks_cfg));
+        let manager = crate::sources::SourceManager::new(
+            pool.clone(),
+            cfg.postgres.url.clone(),
+            cfg.mqtt.clone(),
+            tx,
+            pg.clone(),
+            secret_key.clone(),
+        );
         let obj_store = store.clone();
         let obj_pg = pg.clone();
         let obj_cfg = cfg.objects.clone();

@@ -29,4 +29,5 @@ pub mod rotate;
 pub mod secrets;
 pub mod sim;
 pub mod sources;
+pub mod subscriptions;
 pub mod telemetry;

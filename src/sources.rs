@@ -11,13 +11,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Addr;
 use deadpool_postgres::Pool;
 use fleetflow_actors::config::MqttConfig;
 use fleetflow_actors::router::RawPublish;
+use fleetflow_actors::sinks::pg::PgSink;
 use fleetflow_actors::source::{self, SourceControl, SourceHandle};
+use fleetflow_actors::topic::TopicParser;
 use tokio::sync::{mpsc, watch};
 
 use crate::secrets::SecretKey;
+use crate::subscriptions::{self, StatsRegistry, SubscriptionRow, SubscriptionSet};
 
 /// The name of the file/environment source.
 pub const DEFAULT_SOURCE: &str = "default";
@@ -26,6 +30,20 @@ struct Running {
     handle: SourceHandle,
     settings: String,
     was_connected: bool,
+    /// The subscription rows it runs (empty: the camera profile on its prefix).
+    subs: Vec<SubscriptionRow>,
+    shared_group: Option<String>,
+    /// Set only with subscription rows: the dispatcher's set.
+    set: Option<watch::Sender<Arc<SubscriptionSet>>>,
+    /// Messages counted into `mqtt_connection_status` so far.
+    reported: u64,
+}
+
+/// One wanted source: its connection settings and its subscriptions.
+struct Desired {
+    cfg: MqttConfig,
+    subs: Vec<SubscriptionRow>,
+    shared_group: Option<String>,
 }
 
 /// Owns the running sources.
@@ -34,8 +52,11 @@ pub struct SourceManager {
     pg_url: String,
     default_cfg: MqttConfig,
     tx: mpsc::Sender<RawPublish>,
+    pg: Addr<PgSink>,
     secret_key: Option<SecretKey>,
     running: HashMap<String, Running>,
+    stats: StatsRegistry,
+    http: reqwest::Client,
     /// True while every source is connected (for `/ready`).
     pub connected: Arc<AtomicBool>,
 }
@@ -67,6 +88,7 @@ impl SourceManager {
         pg_url: String,
         default_cfg: MqttConfig,
         tx: mpsc::Sender<RawPublish>,
+        pg: Addr<PgSink>,
         secret_key: Option<SecretKey>,
     ) -> Self {
         Self {
@@ -74,23 +96,47 @@ impl SourceManager {
             pg_url,
             default_cfg,
             tx,
+            pg,
             secret_key,
             running: HashMap::new(),
+            stats: StatsRegistry::default(),
+            http: reqwest::Client::new(),
             connected: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// The sources wanted now: enabled database rows, or the default source.
-    async fn desired(&self) -> Result<HashMap<String, MqttConfig>, String> {
+    async fn desired(&self) -> Result<HashMap<String, Desired>, String> {
         let c = self.pool.get().await.map_err(|e| e.to_string())?;
         let rows = c
             .query(
-                "SELECT product_id, host, port, protocol, username, password_encrypted, client_id, keep_alive_secs, clean_session, prefix, qos
+                "SELECT product_id, host, port, protocol, username, password_encrypted, client_id, keep_alive_secs, clean_session, prefix, qos,
+                        id, use_shared, shared_group
                  FROM mqtt_configs WHERE enabled ORDER BY product_id",
                 &[],
             )
             .await
             .map_err(|e| e.to_string())?;
+        let sub_rows = c
+            .query(
+                "SELECT mqtt_config_id, id, name, topic, enabled, actions FROM mqtt_subscriptions ORDER BY mqtt_config_id, id",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut subs_by_config: HashMap<i64, Vec<SubscriptionRow>> = HashMap::new();
+        for r in sub_rows {
+            subs_by_config
+                .entry(r.get(0))
+                .or_default()
+                .push(SubscriptionRow {
+                    id: r.get(1),
+                    name: r.get(2),
+                    topic: r.get(3),
+                    enabled: r.get(4),
+                    actions: r.get(5),
+                });
+        }
         let mut out = HashMap::new();
         for r in rows {
             let product: String = r.get(0);
@@ -135,12 +181,78 @@ impl SourceManager {
                 password,
                 ..self.default_cfg.clone()
             };
-            out.insert(product, cfg);
+            let config_id: i64 = r.get(11);
+            let shared_group = r.get::<_, bool>(12).then(|| {
+                r.get::<_, Option<String>>(13)
+                    .unwrap_or_else(|| "fleetflow".into())
+            });
+            out.insert(
+                product,
+                Desired {
+                    cfg,
+                    subs: subs_by_config.remove(&config_id).unwrap_or_default(),
+                    shared_group,
+                },
+            );
         }
         if out.is_empty() {
-            out.insert(DEFAULT_SOURCE.to_string(), self.default_cfg.clone());
+            out.insert(
+                DEFAULT_SOURCE.to_string(),
+                Desired {
+                    cfg: self.default_cfg.clone(),
+                    subs: Vec::new(),
+                    shared_group: None,
+                },
+            );
         }
         Ok(out)
+    }
+
+    /// Starts one source (with its dispatcher when it has subscription rows). `forget` are
+    /// filters a previous connection of this product held (see `source::spawn_with_filters`).
+    fn start(
+        &self,
+        name: &str,
+        d: &Desired,
+        mut forget: Vec<String>,
+    ) -> Result<Running, source::SourceError> {
+        let profile: Vec<String> = TopicParser::new(d.cfg.topic_prefix.clone())
+            .subscriptions()
+            .into_iter()
+            .map(|f| share(&d.shared_group, f))
+            .collect();
+        let (handle, set) = if d.subs.is_empty() {
+            (
+                source::spawn_with_filters(&d.cfg, profile, forget, self.tx.clone())?,
+                None,
+            )
+        } else {
+            // A session of an earlier process may still hold the camera profile's filters.
+            forget.extend(profile);
+            let set = Arc::new(SubscriptionSet::compile(
+                name,
+                &d.subs,
+                &self.stats,
+                &self.http,
+            ));
+            let filters = set.filters(d.shared_group.as_deref());
+            let (set_tx, set_rx) = watch::channel(set);
+            let (dtx, _task) =
+                subscriptions::dispatch::spawn(set_rx, self.tx.clone(), self.pg.clone());
+            (
+                source::spawn_with_filters(&d.cfg, filters, forget, dtx)?,
+                Some(set_tx),
+            )
+        };
+        Ok(Running {
+            handle,
+            settings: String::new(),
+            was_connected: false,
+            subs: d.subs.clone(),
+            shared_group: d.shared_group.clone(),
+            set,
+            reported: 0,
+        })
     }
 
     async fn write_error(&self, product: &str, error: &str) {
@@ -176,34 +288,51 @@ impl SourceManager {
             .running
             .iter()
             .filter(|(name, r)| {
-                desired
-                    .get(*name)
-                    .is_none_or(|c| fingerprint(c) != r.settings)
+                desired.get(*name).is_none_or(|d| {
+                    fingerprint(&d.cfg) != r.settings
+                        || d.shared_group != r.shared_group
+                        || d.subs.is_empty() != r.subs.is_empty()
+                })
             })
             .map(|(n, _)| n.clone())
             .collect();
+        let mut held: HashMap<String, Vec<String>> = HashMap::new();
         for name in stale {
             if let Some(r) = self.running.remove(&name) {
                 tracing::info!(source = %name, "stopping MQTT source (config changed or removed)");
+                held.insert(name.clone(), r.handle.filters.borrow().clone());
                 stop(r.handle).await;
-                self.write_status(&name, false, None).await;
+                self.write_status(&name, false, None, None).await;
             }
         }
-        for (name, cfg) in desired {
-            if self.running.contains_key(&name) {
+        for (name, d) in desired {
+            if let Some(r) = self.running.get_mut(&name) {
+                if r.subs != d.subs {
+                    // Only the subscriptions changed: swap the set and the filters in place.
+                    let set = Arc::new(SubscriptionSet::compile(
+                        &name,
+                        &d.subs,
+                        &self.stats,
+                        &self.http,
+                    ));
+                    let filters = set.filters(d.shared_group.as_deref());
+                    if let Some(tx) = &r.set {
+                        let _ = tx.send(set);
+                    }
+                    tracing::info!(source = %name, subscriptions = d.subs.len(), "subscriptions reloaded in place");
+                    let count = filters.len() as i32;
+                    let _ = r.handle.filters.send(filters);
+                    r.subs = d.subs;
+                    self.write_topics_count(&name, count).await;
+                }
                 continue;
             }
-            match source::spawn(&cfg, self.tx.clone()) {
-                Ok(handle) => {
-                    tracing::info!(source = %name, url = %cfg.url, prefix = %cfg.topic_prefix, "MQTT source started");
-                    self.running.insert(
-                        name,
-                        Running {
-                            handle,
-                            settings: fingerprint(&cfg),
-                            was_connected: false,
-                        },
-                    );
+            let forget = held.remove(&name).unwrap_or_default();
+            match self.start(&name, &d, forget) {
+                Ok(mut running) => {
+                    tracing::info!(source = %name, url = %d.cfg.url, prefix = %d.cfg.topic_prefix, subscriptions = d.subs.len(), "MQTT source started");
+                    running.settings = fingerprint(&d.cfg);
+                    self.running.insert(name, running);
                 }
                 Err(e) => {
                     tracing::error!(source = %name, error = %e, "MQTT source not started");
@@ -214,17 +343,35 @@ impl SourceManager {
         Ok(())
     }
 
-    async fn write_status(&self, product: &str, connected: bool, client_id: Option<&str>) {
+    async fn write_topics_count(&self, product: &str, count: i32) {
+        if let Ok(c) = self.pool.get().await {
+            let _ = c
+                .execute(
+                    "UPDATE mqtt_connection_status SET subscribed_topics_count = $2 WHERE product_id = $1",
+                    &[&product, &count],
+                )
+                .await;
+        }
+    }
+
+    async fn write_status(
+        &self,
+        product: &str,
+        connected: bool,
+        client_id: Option<&str>,
+        topics: Option<i32>,
+    ) {
         if let Ok(c) = self.pool.get().await {
             let _ = c
                 .execute(
                     "INSERT INTO mqtt_connection_status (product_id, connected, client_id, subscribed_topics_count, last_connected_at, last_disconnected_at, connection_error)
-                     VALUES ($1, $2, $3, 4, CASE WHEN $2 THEN now() END, CASE WHEN NOT $2 THEN now() END, NULL)
+                     VALUES ($1, $2, $3, COALESCE($4, 0), CASE WHEN $2 THEN now() END, CASE WHEN NOT $2 THEN now() END, NULL)
                      ON CONFLICT (product_id) DO UPDATE SET connected = $2, client_id = COALESCE($3, mqtt_connection_status.client_id),
+                       subscribed_topics_count = COALESCE($4, mqtt_connection_status.subscribed_topics_count),
                        last_connected_at = CASE WHEN $2 THEN now() ELSE mqtt_connection_status.last_connected_at END,
                        last_disconnected_at = CASE WHEN NOT $2 THEN now() ELSE mqtt_connection_status.last_disconnected_at END,
                        connection_error = NULL",
-                    &[&product, &connected, &client_id],
+                    &[&product, &connected, &client_id, &topics],
                 )
                 .await;
         }
@@ -252,21 +399,40 @@ impl SourceManager {
         Ok(false)
     }
 
-    /// Records connection changes and the aggregate readiness flag.
+    /// Records connection changes, message counts and the aggregate readiness flag.
     async fn refresh_status(&mut self) {
         let mut all = !self.running.is_empty();
         let mut changes = Vec::new();
+        let mut counts = Vec::new();
         for (name, r) in self.running.iter_mut() {
             let now = r.handle.connected.load(Ordering::Acquire);
             all &= now;
             if now != r.was_connected {
                 r.was_connected = now;
-                changes.push((name.clone(), now));
+                let topics = r.handle.filters.borrow().len() as i32;
+                changes.push((name.clone(), now, topics));
+            }
+            let received = r.handle.received.load(Ordering::Relaxed);
+            if received != r.reported {
+                counts.push((name.clone(), (received - r.reported) as i64));
+                r.reported = received;
             }
         }
         self.connected.store(all, Ordering::Release);
-        for (name, now) in changes {
-            self.write_status(&name, now, None).await;
+        for (name, now, topics) in changes {
+            self.write_status(&name, now, None, Some(topics)).await;
+        }
+        if !counts.is_empty() {
+            if let Ok(c) = self.pool.get().await {
+                let (names, deltas): (Vec<String>, Vec<i64>) = counts.into_iter().unzip();
+                let _ = c
+                    .execute(
+                        "UPDATE mqtt_connection_status s SET messages_received = s.messages_received + x.n
+                         FROM UNNEST($1::text[], $2::int8[]) AS x(p, n) WHERE s.product_id = x.p",
+                        &[&names, &deltas],
+                    )
+                    .await;
+            }
         }
     }
 
@@ -292,19 +458,18 @@ impl SourceManager {
             ));
             if let Err(e) = self.reconcile().await {
                 tracing::error!(error = %e, "sources not configured from the database; starting the [mqtt] source");
-                if let Ok(h) = source::spawn(&self.default_cfg, self.tx.clone()) {
-                    self.running.insert(
-                        DEFAULT_SOURCE.into(),
-                        Running {
-                            handle: h,
-                            settings: String::new(),
-                            was_connected: false,
-                        },
-                    );
+                let d = Desired {
+                    cfg: self.default_cfg.clone(),
+                    subs: Vec::new(),
+                    shared_group: None,
+                };
+                if let Ok(r) = self.start(DEFAULT_SOURCE, &d, Vec::new()) {
+                    self.running.insert(DEFAULT_SOURCE.into(), r);
                 }
             }
             let mut poll = tokio::time::interval(poll_every);
             let mut status = tokio::time::interval(Duration::from_millis(250));
+            let mut counts = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = note_rx.recv() => {
@@ -314,6 +479,11 @@ impl SourceManager {
                         if let Err(e) = self.reconcile().await { tracing::warn!(error = %e, "source reconcile failed"); }
                     }
                     _ = status.tick() => self.refresh_status().await,
+                    _ = counts.tick() => {
+                        if let Err(e) = self.stats.flush(&self.pool).await {
+                            tracing::warn!(error = %e, "subscription statistics not written; retrying next round");
+                        }
+                    }
                     Some(cmd) = restart_rx.recv() => {
                         let outcome = self.restart_one(&cmd.product).await;
                         let _ = cmd.reply.send(outcome);
@@ -336,9 +506,20 @@ impl SourceManager {
             for (_, r) in self.running.drain() {
                 stop(r.handle).await;
             }
+            if let Err(e) = self.stats.flush(&self.pool).await {
+                tracing::warn!(error = %e, "subscription statistics not written at shutdown");
+            }
             self.connected.store(false, Ordering::Release);
         });
         (control, restart_tx, connected, task)
+    }
+}
+
+/// `$share/<group>/<filter>` when the config uses shared subscriptions.
+fn share(group: &Option<String>, filter: String) -> String {
+    match group {
+        Some(g) => format!("$share/{g}/{filter}"),
+        None => filter,
     }
 }
 

@@ -3,7 +3,7 @@
 //! Acks are tagged with the connection epoch, so a packet id from a closed connection is never
 //! acknowledged on a new one (the broker redelivers those instead).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,14 +14,43 @@ use rumqttc::v5::AsyncClient;
 use crate::metrics as m;
 
 /// Identifies one received QoS 1 PUBLISH on one connection, and that connection.
-#[derive(Debug, Clone)]
+///
+/// A token may be [split](AckToken::split) among the several actions one message feeds; the
+/// packet is then acknowledged when the last share is. Dropping a token (or any share) without
+/// acknowledging it leaves the packet for the broker to redeliver.
+#[derive(Debug)]
 pub struct AckToken {
     /// The connection the packet arrived on (acks must go back on it).
-    pub link: MqttLink,
+    link: MqttLink,
     /// Connection epoch the packet arrived on.
-    pub epoch: u64,
+    epoch: u64,
     /// Packet id.
-    pub pkid: u16,
+    pkid: u16,
+    /// Shares not yet acknowledged, when split.
+    shares: Option<Arc<AtomicUsize>>,
+}
+
+impl AckToken {
+    /// Splits the token into `n` shares (`n >= 1`); the broker ack goes out with the last one.
+    pub fn split(self, n: usize) -> Vec<AckToken> {
+        if n <= 1 {
+            return vec![self];
+        }
+        let shares = Arc::new(AtomicUsize::new(n));
+        (0..n)
+            .map(|_| AckToken {
+                link: self.link.clone(),
+                epoch: self.epoch,
+                pkid: self.pkid,
+                shares: Some(shares.clone()),
+            })
+            .collect()
+    }
+
+    /// The connection the packet arrived on.
+    pub fn link(&self) -> &MqttLink {
+        &self.link
+    }
 }
 
 /// Where replies to a device go: the connection its messages came from, and that source's
@@ -39,6 +68,11 @@ pub struct Reply {
 pub fn ack_all(tokens: impl IntoIterator<Item = AckToken>) {
     let (mut acked, mut stale) = (0u64, 0u64);
     for t in tokens {
+        if let Some(shares) = &t.shares {
+            if shares.fetch_sub(1, Ordering::AcqRel) != 1 {
+                continue;
+            }
+        }
         if t.link.ack_one(t.epoch, t.pkid) {
             acked += 1;
         } else {
@@ -115,6 +149,7 @@ impl MqttLink {
             link: self.clone(),
             epoch: self.epoch(),
             pkid,
+            shares: None,
         }
     }
 
@@ -142,6 +177,31 @@ impl MqttLink {
                 false
             }
         }
+    }
+
+    /// Publishes with a chosen QoS (0 or 1; 2 is sent as 1) and retain flag, without waiting.
+    /// `kind` labels the metric. Fails when the connection's request queue is full or closed.
+    pub fn publish_with(
+        &self,
+        topic: String,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        kind: &'static str,
+    ) -> Result<(), String> {
+        let Some(client) = &self.0.client else {
+            return Err("no MQTT connection".into());
+        };
+        let qos = if qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        client
+            .try_publish(topic, qos, retain, payload)
+            .map_err(|e| e.to_string())?;
+        metrics::counter!(m::MQTT_PUBLISHES_TOTAL, "kind" => kind).increment(1);
+        Ok(())
     }
 
     /// Publishes to a device, without waiting. `kind` labels the metric.

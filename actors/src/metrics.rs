@@ -11,7 +11,10 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (MQTT_DROPPED_TOTAL, "counter", "QoS 0 messages dropped because the router queue was full."),
     (MQTT_CONNECTED, "gauge", "1 while the MQTT source is connected, else 0."),
     (MQTT_RECONNECTS_TOTAL, "counter", "MQTT connection attempts after a failure."),
-    (MQTT_PUBLISHES_TOTAL, "counter", "Messages the engine published to devices, by kind (ack, nack, command)."),
+    (MQTT_PUBLISHES_TOTAL, "counter", "Messages the engine published, by kind (ack, nack, command, republish, publish)."),
+    (SUBSCRIPTION_MESSAGES_TOTAL, "counter", "Messages on a database-configured source, by outcome: matched an enabled subscription, or unmatched (acknowledged and skipped)."),
+    (ACTIONS_EXECUTED_TOTAL, "counter", "Subscription actions carried out, by action type."),
+    (ACTIONS_FAILED_TOTAL, "counter", "Subscription actions that failed (bad payload, full queue, webhook given up after retries), by action type."),
     (ROUTER_ROUTED_TOTAL, "counter", "Messages routed to device actors."),
     (DEVICE_MAILBOX_PUSHED_TOTAL, "counter", "Messages put into device actor mailboxes (depth = pushed - popped)."),
     (DEVICE_MAILBOX_POPPED_TOTAL, "counter", "Messages taken from device actor mailboxes."),
@@ -132,6 +135,12 @@ pub const OBJECT_UPLOAD_SECONDS: &str = "fleetflow_object_upload_seconds";
 pub const OBJECT_FAILURES_TOTAL: &str = "fleetflow_object_failures_total";
 /// Histogram.
 pub const CAPTURE_E2E_SECONDS: &str = "fleetflow_capture_e2e_seconds";
+/// Counter.
+pub const SUBSCRIPTION_MESSAGES_TOTAL: &str = "fleetflow_subscription_messages_total";
+/// Counter.
+pub const ACTIONS_EXECUTED_TOTAL: &str = "fleetflow_actions_executed_total";
+/// Counter.
+pub const ACTIONS_FAILED_TOTAL: &str = "fleetflow_actions_failed_total";
 
 /// Label sets known up front, so that every series is exported (at 0) from the start.
 const LABELS: &[(&str, &str, &[&str])] = &[
@@ -140,7 +149,18 @@ const LABELS: &[(&str, &str, &[&str])] = &[
         "kind",
         &["status", "data", "chunk", "cmd_result", "invalid"],
     ),
-    (MQTT_PUBLISHES_TOTAL, "kind", &["ack", "nack", "command"]),
+    (
+        MQTT_PUBLISHES_TOTAL,
+        "kind",
+        &["ack", "nack", "command", "republish", "publish"],
+    ),
+    (
+        SUBSCRIPTION_MESSAGES_TOTAL,
+        "outcome",
+        &["matched", "unmatched"],
+    ),
+    (ACTIONS_EXECUTED_TOTAL, "type", ACTION_TYPES),
+    (ACTIONS_FAILED_TOTAL, "type", ACTION_TYPES),
     (
         MESSAGES_TOTAL,
         "kind",
@@ -180,12 +200,16 @@ const LABELS: &[(&str, &str, &[&str])] = &[
     (SINK_QUEUE_ROWS, "sink", &["postgres"]),
 ];
 
+/// Subscription action types (`type` label).
+pub const ACTION_TYPES: &[&str] = &["device_profile", "store_json", "republish", "webhook"];
+
 const TABLES: &[&str] = &[
     "device_status",
     "sensor_readings",
     "captures",
     "device_errors",
     "device_commands",
+    "telemetry",
 ];
 
 /// Registers help texts with the installed recorder and exports every counter and gauge at 0.

@@ -3,7 +3,7 @@
 //! the broker: acks and publishes from the rest of the engine go out through the same loop.
 //! It reconnects with exponential backoff and resubscribes on every CONNACK.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,8 +61,13 @@ pub struct SourceHandle {
     pub link: MqttLink,
     /// True while connected.
     pub connected: Arc<AtomicBool>,
+    /// PUBLISH packets received since the source started.
+    pub received: Arc<AtomicU64>,
     /// Control channel.
     pub control: watch::Sender<SourceControl>,
+    /// The topic filters to hold: a change subscribes the new ones and unsubscribes the removed
+    /// ones on the live connection, without reconnecting.
+    pub filters: watch::Sender<Vec<String>>,
     /// The poll task.
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -123,22 +128,31 @@ fn qos(q: u8) -> Result<QoS, SourceError> {
     }
 }
 
-/// Starts the source; PUBLISHes go to `out`, which should hold more than the receive maximum.
+/// Starts the source with the camera profile's subscriptions under its prefix; PUBLISHes go to
+/// `out`, which should hold more than the receive maximum.
 pub fn spawn(cfg: &MqttConfig, out: mpsc::Sender<RawPublish>) -> Result<SourceHandle, SourceError> {
-    spawn_inner(cfg, out, true)
+    let topics = TopicParser::new(cfg.topic_prefix.clone())
+        .subscriptions()
+        .to_vec();
+    spawn_with_filters(cfg, topics, Vec::new(), out)
 }
 
 /// Starts a connection that only publishes (commands from the admin API): it subscribes to
 /// nothing.
 pub fn spawn_publisher(cfg: &MqttConfig) -> Result<SourceHandle, SourceError> {
     let (out, _) = mpsc::channel(1);
-    spawn_inner(cfg, out, false)
+    spawn_with_filters(cfg, Vec::new(), Vec::new(), out)
 }
 
-fn spawn_inner(
+/// Starts the source holding the given topic filters (which may be `$share/<group>/...`).
+/// `forget` lists filters an earlier connection with the same client id may have left in a
+/// persistent session: when the broker resumes that session, they are unsubscribed (unless
+/// still wanted), so that no message arrives twice through an old overlapping filter.
+pub fn spawn_with_filters(
     cfg: &MqttConfig,
+    filters: Vec<String>,
+    forget: Vec<String>,
     out: mpsc::Sender<RawPublish>,
-    subscribe: bool,
 ) -> Result<SourceHandle, SourceError> {
     let opts = options(cfg)?;
     let sub_qos = qos(cfg.qos)?;
@@ -146,13 +160,10 @@ fn spawn_inner(
     let (client, eventloop) = AsyncClient::new(opts, cap);
     let link = MqttLink::new(client.clone(), sub_qos);
     let connected = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
     let (control, control_rx) = watch::channel(SourceControl::Run);
     let parser = TopicParser::new(cfg.topic_prefix.clone());
-    let topics = if subscribe {
-        parser.subscriptions().to_vec()
-    } else {
-        Vec::new()
-    };
+    let (filters_tx, filters_rx) = watch::channel(filters.clone());
     let reply = std::sync::Arc::new(Reply {
         link: link.clone(),
         topics: parser,
@@ -163,9 +174,12 @@ fn spawn_inner(
         link: link.clone(),
         reply,
         connected: connected.clone(),
+        received: received.clone(),
         control: control_rx,
         out,
-        topics,
+        topics: filters,
+        forget,
+        filters: filters_rx,
         qos: sub_qos,
         backoff_min: Duration::from_millis(cfg.reconnect_min_ms),
         backoff_max: Duration::from_millis(cfg.reconnect_max_ms),
@@ -174,7 +188,9 @@ fn spawn_inner(
     Ok(SourceHandle {
         link,
         connected,
+        received,
         control,
+        filters: filters_tx,
         task,
     })
 }
@@ -185,15 +201,42 @@ struct Loop {
     link: MqttLink,
     reply: std::sync::Arc<Reply>,
     connected: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
     control: watch::Receiver<SourceControl>,
     out: mpsc::Sender<RawPublish>,
     topics: Vec<String>,
+    forget: Vec<String>,
+    filters: watch::Receiver<Vec<String>>,
     qos: QoS,
     backoff_min: Duration,
     backoff_max: Duration,
 }
 
 impl Loop {
+    /// Moves the live connection to `wanted`: subscribes what is new, unsubscribes what went.
+    /// While disconnected only the list changes; the next CONNACK subscribes it all.
+    fn resubscribe(&mut self, wanted: Vec<String>) {
+        if self.connected.load(Ordering::Acquire) {
+            let added: Vec<_> = wanted
+                .iter()
+                .filter(|f| !self.topics.contains(f))
+                .map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.clone(), self.qos))
+                .collect();
+            if !added.is_empty() {
+                if let Err(e) = self.client.try_subscribe_many(added) {
+                    tracing::error!(error = %e, "could not queue subscriptions");
+                }
+            }
+            for gone in self.topics.iter().filter(|f| !wanted.contains(f)) {
+                if let Err(e) = self.client.try_unsubscribe(gone.clone()) {
+                    tracing::error!(error = %e, filter = %gone, "could not queue an unsubscribe");
+                }
+            }
+        }
+        tracing::info!(filters = ?wanted, "MQTT subscriptions changed");
+        self.topics = wanted;
+    }
+
     async fn run(mut self) {
         let mut backoff = self.backoff_min;
         let bytes_counter = metrics::counter!(m::MQTT_BYTES_TOTAL);
@@ -209,6 +252,11 @@ impl Loop {
                     if changed.is_err() { break; }
                     continue;
                 }
+                Ok(()) = self.filters.changed() => {
+                    let wanted = self.filters.borrow_and_update().clone();
+                    self.resubscribe(wanted);
+                    continue;
+                }
             };
             match ev {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -216,6 +264,7 @@ impl Loop {
                         continue;
                     }
                     bytes_counter.increment(p.payload.len() as u64);
+                    self.received.fetch_add(1, Ordering::Relaxed);
                     let ack = (p.qos != QoS::AtMostOnce).then(|| {
                         let n = self.link.received();
                         if n > max_unacked {
@@ -255,6 +304,16 @@ impl Loop {
                         session_present = ack.session_present,
                         "MQTT connected"
                     );
+                    if ack.session_present {
+                        for old in std::mem::take(&mut self.forget) {
+                            if !self.topics.contains(&old) {
+                                tracing::info!(filter = %old, "unsubscribing a filter left in the resumed session");
+                                if let Err(e) = self.client.try_unsubscribe(old) {
+                                    tracing::error!(error = %e, "could not queue an unsubscribe");
+                                }
+                            }
+                        }
+                    }
                     let filters = self
                         .topics
                         .iter()

@@ -13,6 +13,7 @@ mod console;
 mod devices;
 mod mqtt_config;
 mod restarts;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -135,6 +136,14 @@ pub fn routes(state: AdminState) -> Router {
         .route(
             "/api/v1/products/{product_id}/mqtt-config/reconnect",
             post(mqtt_config::reconnect),
+        )
+        .route(
+            "/api/v1/products/{product_id}/mqtt-config/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/api/v1/products/{product_id}/mqtt-config/subscriptions/{sub_id}",
+            axum::routing::put(subscriptions::update).delete(subscriptions::delete),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -54,7 +54,8 @@ pub fn validate_filter(f: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn product(raw: &str) -> Result<String, ApiError> {
+/// Checks a product id from the URL.
+pub fn product(raw: &str) -> Result<String, ApiError> {
     if raw.is_empty()
         || raw.len() > 64
         || !raw
@@ -231,21 +232,7 @@ pub async fn get(
         ));
     };
     let config_id: i64 = r.get(0);
-    let subs: Vec<Value> = c
-        .query(
-            "SELECT id, name, topic, enabled, description, actions, messages_received, actions_executed, actions_failed, last_message_at FROM mqtt_subscriptions WHERE mqtt_config_id = $1 ORDER BY id",
-            &[&config_id],
-        )
-        .await
-        .map_err(ApiError::internal)?
-        .iter()
-        .map(|r| {
-            json!({"id": r.get::<_, i64>(0), "name": r.get::<_, String>(1), "topic": r.get::<_, String>(2), "enabled": r.get::<_, bool>(3),
-                   "description": r.get::<_, Option<String>>(4), "actions": r.get::<_, Value>(5), "messages_received": r.get::<_, i64>(6),
-                   "actions_executed": r.get::<_, i64>(7), "actions_failed": r.get::<_, i64>(8),
-                   "last_message_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(9)})
-        })
-        .collect();
+    let subs = super::subscriptions::list_for(&c, config_id).await?;
     let status = c
         .query_opt("SELECT connected, last_connected_at, last_disconnected_at, messages_received, connection_error FROM mqtt_connection_status WHERE product_id = $1", &[&product_id])
         .await
@@ -254,7 +241,7 @@ pub async fn get(
                         "last_disconnected_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(2), "messages_received": r.get::<_, i64>(3),
                         "connection_error": r.get::<_, Option<String>>(4)}));
     Ok(Json(
-        json!({"config": masked(&product_id, &r), "subscriptions": subs, "status": status}),
+        json!({"config": masked(&product_id, &r), "default_profile_active": subs.is_empty(), "subscriptions": subs, "status": status}),
     ))
 }
 

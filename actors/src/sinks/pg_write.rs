@@ -45,6 +45,9 @@ const UPDATE_COMMANDS: &str = "UPDATE device_commands c SET status = CASE WHEN x
  FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::timestamptz[]) AS x(d, id, ok, result, t)
  WHERE c.id = x.id AND c.device_id = x.d";
 
+const INSERT_TELEMETRY: &str = "INSERT INTO telemetry (device_id, product_id, subscription_id, topic, payload, received_at)
+ SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::timestamptz[])";
+
 /// Columns of the `devices` upsert, deduplicated per device (latest wins).
 #[derive(Default)]
 struct DeviceCols<'a> {
@@ -311,6 +314,22 @@ pub async fn write_batch(
             }
             let stmt = tx.prepare_cached(UPDATE_COMMANDS).await?;
             tx.execute(&stmt, &[&ids, &cid, &ok, &res, &at]).await?
+        }
+        Table::Telemetry => {
+            let (mut ids, mut prod, mut sub, mut topic, mut body, mut at) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            for p in batch {
+                let Row::Telemetry(t) = &p.row else { continue };
+                ids.push(t.device_id.as_str());
+                prod.push(&*t.product_id);
+                sub.push(t.subscription_id);
+                topic.push(t.topic.as_str());
+                body.push(&t.payload);
+                at.push(t.received_at);
+            }
+            let stmt = tx.prepare_cached(INSERT_TELEMETRY).await?;
+            tx.execute(&stmt, &[&ids, &prod, &sub, &topic, &body, &at])
+                .await?
         }
     };
     tx.commit().await?;

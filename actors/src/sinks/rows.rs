@@ -114,6 +114,25 @@ pub struct CommandResultRow {
     pub completed_at: DateTime<Utc>,
 }
 
+/// One `telemetry` row, from a `store_json` subscription action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryRow {
+    /// The device, from the topic.
+    pub device_id: DeviceId,
+    /// The source's product.
+    pub product_id: std::sync::Arc<str>,
+    /// The subscription that matched.
+    pub subscription_id: i64,
+    /// The full topic.
+    pub topic: String,
+    /// The payload, parsed.
+    pub payload: Value,
+    /// The payload's size on the wire (for the batcher's byte limit).
+    pub payload_bytes: usize,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+}
+
 /// Any row the sink writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
@@ -127,6 +146,8 @@ pub enum Row {
     Error(ErrorRecord),
     /// `device_commands` update.
     CommandResult(CommandResultRow),
+    /// `telemetry`.
+    Telemetry(TelemetryRow),
 }
 
 /// The sink's tables, for batching and metric labels.
@@ -142,16 +163,19 @@ pub enum Table {
     Errors,
     /// `device_commands`
     Commands,
+    /// `telemetry`
+    Telemetry,
 }
 
 impl Table {
     /// Every table, in flush order.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Status,
         Table::Readings,
         Table::Captures,
         Table::Errors,
         Table::Commands,
+        Table::Telemetry,
     ];
 
     /// Metric label.
@@ -162,6 +186,7 @@ impl Table {
             Table::Captures => "captures",
             Table::Errors => "device_errors",
             Table::Commands => "device_commands",
+            Table::Telemetry => "telemetry",
         }
     }
 
@@ -180,6 +205,7 @@ impl Row {
             Row::Capture(_) => Table::Captures,
             Row::Error(_) => Table::Errors,
             Row::CommandResult(_) => Table::Commands,
+            Row::Telemetry(_) => Table::Telemetry,
         }
     }
 
@@ -192,6 +218,7 @@ impl Row {
             Row::Capture(_) => 256,
             Row::Error(e) => 128 + e.message.len() + 300,
             Row::CommandResult(_) => 256,
+            Row::Telemetry(t) => 128 + t.topic.len() + 2 * t.payload_bytes,
         }
     }
 }
