@@ -94,6 +94,12 @@ impl Engine {
         let obj_pg = pg.clone();
         let obj_cfg = cfg.objects.clone();
         let objects = ObjectSink::create(move |_| ObjectSink::new(obj_store, obj_pg, obj_cfg));
+        let sinks = crate::restarts::Sinks {
+            pg: pg.clone(),
+            objects: objects.clone(),
+            postgres: cfg.postgres.clone(),
+            objects_cfg: cfg.objects.clone(),
+        };
 
         let n = match cfg.devices.arbiters {
             0 => std::thread::available_parallelism()
@@ -146,7 +152,8 @@ impl Engine {
         }
         let restart_worker = crate::restarts::spawn_worker(
             crate::restarts::Restarter::new(pool.clone(), router.clone())
-                .with_sources(sources_restart.clone()),
+                .with_sources(sources_restart.clone())
+                .with_sinks(sinks.clone()),
             cfg.postgres.url.clone(),
             Duration::from_secs(cfg.admin.restart_poll_secs.max(1)),
         );
@@ -157,7 +164,8 @@ impl Engine {
             token: token.map(Arc::from),
             prometheus: prometheus.clone(),
             restarter: crate::restarts::Restarter::new(pool.clone(), router.clone())
-                .with_sources(sources_restart),
+                .with_sources(sources_restart)
+                .with_sinks(sinks),
             cooldown_secs: cfg.admin.restart_cooldown_secs,
             link: admin_link,
             topics: admin_topics,

@@ -3,17 +3,27 @@
 //! enforces the per-target cooldown, so it holds across engine processes. The worker wakes on
 //! `LISTEN fleetflow_restart_requests` and also polls; each row is claimed with
 //! `FOR UPDATE SKIP LOCKED`, so it moves through its statuses exactly once even with several
-//! engines. Targets executed here: `device:<id>` (fresh actor, then a health check) and
-//! `source:<product_id>` (reconnect, then: connected within 5 s). `sink:*` and `pipeline` are
-//! recorded as `rejected` with the reason.
+//! engines. Targets, each followed by a health check recorded in `result`:
+//! - `device:<id>`: a fresh actor (in-flight assemblies resync through NACKs); it must answer;
+//! - `source:<product_id>`: reconnect; it must be connected within 5 s;
+//! - `sink:postgres`: a new connection pool for the sink; a `SELECT 1` round trip through it;
+//! - `sink:objects`: a new object-store client; write, read back and delete a probe object;
+//! - `pipeline`: everything, in graceful-shutdown order (sources stop forwarding, device actors
+//!   drain, the Postgres sink flushes), then new sinks and reconnected sources; all checks.
 
 use std::time::{Duration, Instant};
 
 use actix::Addr;
 use deadpool_postgres::Pool;
 use fleetflow_actors::ids::DeviceId;
-use fleetflow_actors::router::{QueryDevice, RestartDevice, Router};
+use fleetflow_actors::router::{QueryDevice, RestartDevice, Router, StopAll};
+use fleetflow_actors::sinks::objects::{ObjectSink, ProbeStore, ReplaceStore};
+use fleetflow_actors::sinks::pg::{Flush, PgSink, Probe, ReplacePool};
 use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{ObjectsConfig, PostgresConfig};
+use crate::sources::SourceCommand;
 
 const CLAIM: &str = "UPDATE service_restart_requests SET status = 'running', started_at = now()
  WHERE id = (SELECT id FROM service_restart_requests WHERE status = 'pending' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
@@ -42,12 +52,26 @@ impl Outcome {
     }
 }
 
+/// The sinks and the settings to rebuild them from.
+#[derive(Clone)]
+pub struct Sinks {
+    /// The Postgres sink.
+    pub pg: Addr<PgSink>,
+    /// The object sink.
+    pub objects: Addr<ObjectSink>,
+    /// To build a new pool.
+    pub postgres: PostgresConfig,
+    /// To build a new store client.
+    pub objects_cfg: ObjectsConfig,
+}
+
 /// Executes restart targets and records the outcome.
 #[derive(Clone)]
 pub struct Restarter {
     pool: Pool,
     router: Addr<Router>,
-    sources: Option<tokio::sync::mpsc::Sender<crate::sources::RestartSource>>,
+    sources: Option<mpsc::Sender<SourceCommand>>,
+    sinks: Option<Sinks>,
 }
 
 impl Restarter {
@@ -57,31 +81,39 @@ impl Restarter {
             pool,
             router,
             sources: None,
+            sinks: None,
         }
     }
 
     /// Also restarts `source:<product_id>` targets through the source manager.
-    pub fn with_sources(
-        mut self,
-        sources: tokio::sync::mpsc::Sender<crate::sources::RestartSource>,
-    ) -> Self {
+    pub fn with_sources(mut self, sources: mpsc::Sender<SourceCommand>) -> Self {
         self.sources = Some(sources);
         self
     }
 
+    /// Also restarts `sink:postgres`, `sink:objects` and `pipeline`.
+    pub fn with_sinks(mut self, sinks: Sinks) -> Self {
+        self.sinks = Some(sinks);
+        self
+    }
+
     async fn restart_source(&self, product: &str) -> (Outcome, Value) {
+        self.ask_sources(|reply| SourceCommand::Restart {
+            product: product.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    async fn ask_sources(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<Result<bool, String>>) -> SourceCommand,
+    ) -> (Outcome, Value) {
         let Some(tx) = &self.sources else {
             return (Outcome::Rejected, json!({"error": "no source manager"}));
         };
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        if tx
-            .send(crate::sources::RestartSource {
-                product: product.to_string(),
-                reply,
-            })
-            .await
-            .is_err()
-        {
+        let (reply, rx) = oneshot::channel();
+        if tx.send(cmd(reply)).await.is_err() {
             return (
                 Outcome::Failed,
                 json!({"error": "source manager unavailable"}),
@@ -129,14 +161,126 @@ impl Restarter {
         Ok((outcome, result))
     }
 
+    /// `sink:postgres`: a new pool, then a round trip through it.
+    async fn restart_pg(&self, s: &Sinks) -> (Outcome, Value) {
+        let pool = match crate::db::pool(&s.postgres) {
+            Ok(p) => p,
+            Err(e) => {
+                return (
+                    Outcome::Failed,
+                    json!({"healthy": false, "error": e.to_string()}),
+                )
+            }
+        };
+        if s.pg.send(ReplacePool(pool)).await.is_err() {
+            return (
+                Outcome::Failed,
+                json!({"healthy": false, "error": "postgres sink unavailable"}),
+            );
+        }
+        match s.pg.send(Probe).await {
+            Ok(Ok(d)) => (
+                Outcome::Completed,
+                json!({"healthy": true, "round_trip_ms": d.as_secs_f64() * 1000.0}),
+            ),
+            Ok(Err(e)) => (Outcome::Failed, json!({"healthy": false, "error": e})),
+            Err(e) => (
+                Outcome::Failed,
+                json!({"healthy": false, "error": e.to_string()}),
+            ),
+        }
+    }
+
+    /// `sink:objects`: a new store client, then a probe object written, read back and deleted.
+    async fn restart_objects(&self, s: &Sinks) -> (Outcome, Value) {
+        let store = match crate::objects::build(&s.objects_cfg) {
+            Ok(st) => st,
+            Err(e) => {
+                return (
+                    Outcome::Failed,
+                    json!({"healthy": false, "error": e.to_string()}),
+                )
+            }
+        };
+        if s.objects.send(ReplaceStore(store)).await.is_err() {
+            return (
+                Outcome::Failed,
+                json!({"healthy": false, "error": "object sink unavailable"}),
+            );
+        }
+        match s.objects.send(ProbeStore).await {
+            Ok(Ok(d)) => (
+                Outcome::Completed,
+                json!({"healthy": true, "round_trip_ms": d.as_secs_f64() * 1000.0}),
+            ),
+            Ok(Err(e)) => (Outcome::Failed, json!({"healthy": false, "error": e})),
+            Err(e) => (
+                Outcome::Failed,
+                json!({"healthy": false, "error": e.to_string()}),
+            ),
+        }
+    }
+
+    /// `pipeline`: the graceful-shutdown order inside the running process, then everything
+    /// rebuilt and checked. What the broker delivered meanwhile and was not acknowledged is
+    /// redelivered after the sources reconnect.
+    async fn restart_pipeline(&self, s: &Sinks) -> (Outcome, Value) {
+        let Some(tx) = &self.sources else {
+            return (Outcome::Rejected, json!({"error": "no source manager"}));
+        };
+        let (reply, rx) = oneshot::channel();
+        let _ = tx.send(SourceCommand::DrainAll { reply }).await;
+        let _ = rx.await;
+        let drained = tokio::time::timeout(Duration::from_secs(30), self.router.send(StopAll))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let flushed = tokio::time::timeout(Duration::from_secs(30), s.pg.send(Flush))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let (pg, pg_result) = self.restart_pg(s).await;
+        let (objects, objects_result) = self.restart_objects(s).await;
+        let (sources, sources_result) = self
+            .ask_sources(|reply| SourceCommand::RestartAll { reply })
+            .await;
+        let healthy = drained.is_some()
+            && flushed
+            && [pg, objects, sources]
+                .iter()
+                .all(|o| *o == Outcome::Completed);
+        (
+            if healthy {
+                Outcome::Completed
+            } else {
+                Outcome::Failed
+            },
+            json!({
+                "healthy": healthy,
+                "device_actors_drained": drained,
+                "postgres_flushed": flushed,
+                "sink_postgres": pg_result,
+                "sink_objects": objects_result,
+                "sources": sources_result,
+            }),
+        )
+    }
+
     async fn run_target(&self, target: &str) -> (Outcome, Value) {
         if let Some(product) = target.strip_prefix("source:") {
             return self.restart_source(product).await;
         }
+        if let Some(sinks) = &self.sinks {
+            match target {
+                "sink:postgres" => return self.restart_pg(sinks).await,
+                "sink:objects" => return self.restart_objects(sinks).await,
+                "pipeline" => return self.restart_pipeline(sinks).await,
+                _ => {}
+            }
+        }
         let Some(raw) = target.strip_prefix("device:") else {
             return (
                 Outcome::Rejected,
-                json!({"error": format!("target {target} is not executable by this engine version; it restarts device:<id>")}),
+                json!({"error": format!("unknown restart target {target}; expected device:<id>, source:<product_id>, sink:postgres, sink:objects or pipeline")}),
             );
         };
         let Ok(id) = DeviceId::parse(raw) else {

@@ -61,13 +61,27 @@ pub struct SourceManager {
     pub connected: Arc<AtomicBool>,
 }
 
-/// Asks the manager to reconnect one source; the answer says whether it came back connected.
+/// Requests to the manager, each answered on its `reply`.
 #[derive(Debug)]
-pub struct RestartSource {
-    /// `default` or a product id.
-    pub product: String,
-    /// The outcome: `Ok(connected within 5 s)`, or why it could not be restarted.
-    pub reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
+pub enum SourceCommand {
+    /// Reconnect one source (`default` or a product id); answers whether it came back
+    /// connected within 5 s, or why it could not be restarted.
+    Restart {
+        /// `default` or a product id.
+        product: String,
+        /// The outcome.
+        reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
+    },
+    /// Stop forwarding on every source (connections stay up so acks still go out).
+    DrainAll {
+        /// Answered once every source was told.
+        reply: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Reconnect every source; answers whether all came back connected within 5 s.
+    RestartAll {
+        /// The outcome.
+        reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
+    },
 }
 
 /// Commands for the manager.
@@ -442,12 +456,12 @@ impl SourceManager {
         poll_every: Duration,
     ) -> (
         watch::Sender<ManagerControl>,
-        mpsc::Sender<RestartSource>,
+        mpsc::Sender<SourceCommand>,
         Arc<AtomicBool>,
         tokio::task::JoinHandle<()>,
     ) {
         let (control, mut control_rx) = watch::channel(ManagerControl::Run);
-        let (restart_tx, mut restart_rx) = mpsc::channel::<RestartSource>(16);
+        let (restart_tx, mut restart_rx) = mpsc::channel::<SourceCommand>(16);
         let connected = self.connected.clone();
         let task = tokio::spawn(async move {
             let (note_tx, mut note_rx) = mpsc::channel::<()>(16);
@@ -484,10 +498,29 @@ impl SourceManager {
                             tracing::warn!(error = %e, "subscription statistics not written; retrying next round");
                         }
                     }
-                    Some(cmd) = restart_rx.recv() => {
-                        let outcome = self.restart_one(&cmd.product).await;
-                        let _ = cmd.reply.send(outcome);
-                    }
+                    Some(cmd) = restart_rx.recv() => match cmd {
+                        SourceCommand::Restart { product, reply } => {
+                            let _ = reply.send(self.restart_one(&product).await);
+                        }
+                        SourceCommand::DrainAll { reply } => {
+                            for r in self.running.values() {
+                                let _ = r.handle.control.send(SourceControl::Drain);
+                            }
+                            let _ = reply.send(());
+                        }
+                        SourceCommand::RestartAll { reply } => {
+                            let names: Vec<String> = self.running.keys().cloned().collect();
+                            let mut all = Ok(true);
+                            for name in names {
+                                match self.restart_one(&name).await {
+                                    Ok(true) => {}
+                                    Ok(false) => all = Ok(false),
+                                    Err(e) => { all = Err(e); break; }
+                                }
+                            }
+                            let _ = reply.send(all);
+                        }
+                    },
                     changed = control_rx.changed() => {
                         let state = if changed.is_ok() { *control_rx.borrow() } else { ManagerControl::Stop };
                         match state {

@@ -270,27 +270,6 @@ async fn a_restart_requested_as_a_database_row_is_picked_up_at_once_and_the_sql_
         .unwrap()
         .message()
         .contains("invalid restart target"));
-    // An unsupported target is recorded as rejected, with the reason.
-    let id: i64 = db
-        .query_one("SELECT request_service_restart('pipeline', 'all')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let status = eventually(Duration::from_secs(5), "the pipeline row", || async {
-        let s: String = env
-            .db()
-            .await
-            .query_one(
-                "SELECT status FROM service_restart_requests WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (s != "pending" && s != "running").then_some(s)
-    })
-    .await;
-    assert_eq!(status, "rejected");
     // The other device is unaffected.
     o.publish("data", r#"{"type":"reading","seq":7}"#).await;
     eventually(
@@ -415,4 +394,116 @@ async fn a_command_is_stored_published_to_the_device_and_its_reply_completes_the
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
+}
+
+/// Requests a restart over HTTP and returns the finished request.
+async fn restart_http(env: &TestEnv, target: &str) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/restarts", env.http))
+        .bearer_auth(TOKEN)
+        .json(&json!({"target": target, "reason": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{target}");
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn sink_and_pipeline_restarts_rebuild_in_process_with_health_checks_and_lose_nothing() {
+    let env = TestEnv::start(Options {
+        extra: format!("[admin]\ntoken = \"{TOKEN}\"\nrestart_cooldown_secs = 300\n"),
+        store: common::Store::S3,
+        ..Options::default()
+    })
+    .await;
+    let pid = env.pid();
+    let id = random_device();
+    let dev = env.device(&id).await;
+    // Readings flow during all three restarts.
+    let publisher = {
+        let dev = env.device(&id).await;
+        tokio::spawn(async move {
+            for seq in 1..=600 {
+                dev.publish("data", format!(r#"{{"type":"reading","seq":{seq}}}"#))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let pg = restart_http(&env, "sink:postgres").await;
+    assert_eq!(pg["status"], "completed", "{pg}");
+    assert_eq!(pg["result"]["healthy"], true, "{pg}");
+    assert!(pg["result"]["round_trip_ms"].as_f64().unwrap() >= 0.0);
+
+    // sink:objects as a database row.
+    let db = env.db().await;
+    let row: i64 = db
+        .query_one(
+            "SELECT request_service_restart('sink:objects', 'test')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let result = eventually(Duration::from_secs(10), "the sink:objects row", || async {
+        let r = env
+            .db()
+            .await
+            .query_one(
+                "SELECT status, result FROM service_restart_requests WHERE id = $1",
+                &[&row],
+            )
+            .await
+            .unwrap();
+        let status: String = r.get(0);
+        (status != "pending" && status != "running").then(|| (status, r.get::<_, Value>(1)))
+    })
+    .await;
+    assert_eq!(result.0, "completed", "{:?}", result.1);
+    assert_eq!(result.1["healthy"], true);
+
+    let p = restart_http(&env, "pipeline").await;
+    assert_eq!(p["status"], "completed", "{p}");
+    for part in ["sink_postgres", "sink_objects", "sources"] {
+        assert_eq!(p["result"][part]["healthy"], true, "{part}: {p}");
+    }
+    assert_eq!(p["result"]["postgres_flushed"], true, "{p}");
+    publisher.await.unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "600 readings exactly once",
+        || async {
+            let n = env
+                .scalar_i64(&format!(
+                    "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
+                ))
+                .await;
+            (n == 600).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(DISTINCT seq) FROM sensor_readings WHERE device_id = '{id}'"
+        ))
+        .await,
+        600
+    );
+    // After the pipeline restart a capture goes through the rebuilt object sink.
+    let image = vec![7u8; 3000];
+    let mut dev = dev;
+    dev.meta("c-after", &image, 1000, true).await;
+    for i in 0..3 {
+        dev.chunk_bin("c-after", &image, 1000, i).await;
+    }
+    let ack = dev.next_ack(Duration::from_secs(20)).await;
+    assert_eq!(ack["type"], "ACK_OK", "{ack}");
+    let audit = env
+        .scalar_i64("SELECT count(*) FROM service_restart_requests WHERE status = 'completed'")
+        .await;
+    assert_eq!(audit, 3, "each restart is in the audit trail");
+    assert_eq!(env.pid(), pid, "all in process");
 }

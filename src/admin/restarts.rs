@@ -32,12 +32,17 @@ pub async fn create(
         let id = DeviceId::parse(raw)
             .map_err(|e| ApiError::bad_field("target", format!("invalid device id: {e}")))?;
         format!("device:{id}")
-    } else if target.starts_with("source:") {
+    } else if target.starts_with("source:")
+        || matches!(
+            target.as_str(),
+            "sink:postgres" | "sink:objects" | "pipeline"
+        )
+    {
         target.clone()
     } else {
         return Err(ApiError::bad_field(
             "target",
-            format!("unsupported target {target:?}: this engine restarts device:<id> and source:<product_id>"),
+            format!("unsupported target {target:?}: expected device:<id>, source:<product_id>, sink:postgres, sink:objects or pipeline"),
         ));
     };
     run(&s, &key, body.reason, s.cooldown_secs).await

@@ -155,3 +155,56 @@ async fn upload(
     metrics::counter!(m::OBJECT_FAILURES_TOTAL).increment(1);
     Err(last)
 }
+
+/// Replaces the sink's object-store client (`sink:objects` restart). Uploads in flight finish
+/// on the client they hold.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReplaceStore(pub Arc<dyn ObjectStore>);
+
+impl Handler<ReplaceStore> for ObjectSink {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplaceStore, _ctx: &mut Self::Context) {
+        self.store = msg.0;
+        tracing::info!("object sink: store client replaced");
+    }
+}
+
+/// A round trip through the sink's store: write, read back and delete a small object under
+/// `_fleetflow/health/`. Answers the time it took.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Duration, String>")]
+pub struct ProbeStore;
+
+impl Handler<ProbeStore> for ObjectSink {
+    type Result = ResponseFuture<Result<Duration, String>>;
+
+    fn handle(&mut self, _: ProbeStore, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let started = StdInstant::now();
+            let path = Path::from(format!(
+                "_fleetflow/health/{}",
+                Utc::now().timestamp_nanos_opt().unwrap_or_default()
+            ));
+            let body = bytes::Bytes::from_static(b"fleetflow health probe");
+            store
+                .put(&path, PutPayload::from_bytes(body.clone()))
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            let got = store
+                .get(&path)
+                .await
+                .map_err(|e| format!("read: {e}"))?
+                .bytes()
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            let _ = store.delete(&path).await;
+            if got != body {
+                return Err("read back different bytes".into());
+            }
+            Ok(started.elapsed())
+        })
+    }
+}

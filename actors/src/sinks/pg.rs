@@ -230,3 +230,39 @@ impl Job {
         crate::link::ack_all(tokens);
     }
 }
+
+/// Replaces the sink's connection pool (`sink:postgres` restart). Batches in flight finish on
+/// the connections they hold; the next ones use the new pool.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReplacePool(pub Pool);
+
+impl Handler<ReplacePool> for PgSink {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplacePool, _ctx: &mut Self::Context) {
+        self.pool = msg.0;
+        tracing::info!("postgres sink: connection pool replaced");
+    }
+}
+
+/// A round trip through the sink's pool (`SELECT 1`); answers the time it took.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Duration, String>")]
+pub struct Probe;
+
+impl Handler<Probe> for PgSink {
+    type Result = ResponseFuture<Result<Duration, String>>;
+
+    fn handle(&mut self, _: Probe, _ctx: &mut Self::Context) -> Self::Result {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let started = StdInstant::now();
+            let c = pool.get().await.map_err(|e| e.to_string())?;
+            c.query_one("SELECT 1", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(started.elapsed())
+        })
+    }
+}
