@@ -306,6 +306,21 @@ async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_wit
         || async { (count().await == 2).then_some(()) },
     )
     .await;
+    // A command goes to the device through the broker its messages now arrive on.
+    let mut new = new;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/devices/{id}/commands", env.http))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "capture_now"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let sent: Value = r.json().await.unwrap();
+    assert_eq!(sent["via"], "device_source", "{sent}");
+    let cmd = new.next_ack(Duration::from_secs(5)).await;
+    assert_eq!(cmd["type"], "command", "{cmd}");
+    assert_eq!(cmd["command_id"], sent["command_id"]);
     old.publish("data", r#"{"type":"reading","seq":3}"#).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count().await, 2, "the first broker is no longer consumed");

@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::device::{DeviceActor, DeviceDeps, DeviceSnapshot, Inbound, Snapshot, Stop};
+use crate::device::{DeviceActor, DeviceDeps, DeviceSnapshot, Inbound, ReplyRoute, Snapshot, Stop};
 use crate::errors::{excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord, INVALID_DEVICE};
 use crate::ids::DeviceId;
 use crate::link::{AckToken, Reply};
@@ -50,6 +50,12 @@ pub struct DeviceExited {
 #[derive(Debug, Message)]
 #[rtype(result = "Option<DeviceSnapshot>")]
 pub struct QueryDevice(pub DeviceId);
+
+/// Asks for the connection a device's latest message came from, so that a command goes back
+/// through the same broker and topic layout (`None` when the device has no live actor).
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Arc<Reply>>")]
+pub struct RouteOf(pub DeviceId);
 
 /// Asks for the actor state of several devices (those without a live actor are left out).
 #[derive(Debug, Message)]
@@ -282,6 +288,20 @@ impl Handler<QueryDevice> for Router {
         Box::pin(async move {
             match addr {
                 Some(a) => a.send(Snapshot).await.ok(),
+                None => None,
+            }
+        })
+    }
+}
+
+impl Handler<RouteOf> for Router {
+    type Result = ResponseFuture<Option<Arc<Reply>>>;
+
+    fn handle(&mut self, msg: RouteOf, _ctx: &mut Self::Context) -> Self::Result {
+        let addr = self.devices.get(&msg.0).map(|e| e.addr.clone());
+        Box::pin(async move {
+            match addr {
+                Some(a) => a.send(ReplyRoute).await.ok().flatten(),
                 None => None,
             }
         })

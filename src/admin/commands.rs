@@ -1,5 +1,6 @@
 //! `POST /api/v1/devices/{id}/commands`: stores a command in `device_commands` (status
-//! `queued`), publishes it on the device's command topic (§6) and marks it `sent`. The
+//! `queued`), publishes it on the device's command topic (§6) through the connection the
+//! device's messages arrive on, and marks it `sent`. The
 //! device's reply on `.../cmd/result` moves it to `succeeded` or `failed` (written by the
 //! Postgres sink).
 
@@ -72,16 +73,35 @@ pub async fn create(
     .await
     .map_err(ApiError::internal)?;
     let payload = json!({"type": "command", "command_id": command_id, "name": name, "args": args});
-    let topic = s.topics.cmd_topic(&id);
-    s.link
-        .publish(topic.clone(), Bytes::from(payload.to_string()), "command");
+    // Through the connection (and topic layout) the device's latest message came from; the
+    // `[mqtt]` broker's publishing connection when the device has no live actor.
+    let route = s
+        .router
+        .send(fleetflow_actors::router::RouteOf(id.clone()))
+        .await
+        .ok()
+        .flatten();
+    let (topic, via) = match &route {
+        Some(r) => {
+            let topic = r.topics.cmd_topic(&id);
+            r.link
+                .publish(topic.clone(), Bytes::from(payload.to_string()), "command");
+            (topic, "device_source")
+        }
+        None => {
+            let topic = s.topics.cmd_topic(&id);
+            s.link
+                .publish(topic.clone(), Bytes::from(payload.to_string()), "command");
+            (topic, "default_broker")
+        }
+    };
     c.execute("UPDATE device_commands SET status = 'sent', sent_at = now() WHERE id = $1 AND status = 'queued'", &[&command_id])
         .await
         .map_err(ApiError::internal)?;
     Ok((
         StatusCode::CREATED,
         Json(
-            json!({"command_id": command_id, "device_id": id.as_str(), "topic": topic, "status": "sent"}),
+            json!({"command_id": command_id, "device_id": id.as_str(), "topic": topic, "via": via, "status": "sent"}),
         ),
     ))
 }

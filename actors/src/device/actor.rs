@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::core::{DeviceCore, Effect, StoreOutcome};
-use super::{DeviceSnapshot, Inbound, Snapshot, Stop};
+use super::{DeviceSnapshot, Inbound, ReplyRoute, Snapshot, Stop};
 use crate::config::{AssemblyConfig, DevicesConfig};
 use crate::device::budget::GlobalBudget;
 use crate::errors::{ErrorCode, ErrorRecord};
@@ -320,6 +320,14 @@ impl Handler<Stop> for DeviceActor {
 
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+impl Handler<ReplyRoute> for DeviceActor {
+    type Result = Option<Arc<Reply>>;
+
+    fn handle(&mut self, _: ReplyRoute, _ctx: &mut Self::Context) -> Self::Result {
+        self.reply.as_ref().map(|(r, _)| r.clone())
     }
 }
 

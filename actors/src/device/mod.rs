@@ -37,6 +37,12 @@ pub struct Inbound {
 #[rtype(result = "()")]
 pub struct Stop;
 
+/// Asks a device actor for the connection its latest message came from (where commands to it
+/// should go); `None` before its first message.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<std::sync::Arc<crate::link::Reply>>")]
+pub struct ReplyRoute;
+
 /// Actor state, for the admin API and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSnapshot {
