@@ -238,8 +238,11 @@ impl Config {
                 message: message.into(),
             })
         };
-        if fleetflow_actors::source::parse_url(&self.mqtt.url).is_err() {
-            return bad("mqtt.url", "must look like mqtt://host:port");
+        if fleetflow_actors::transport::parse_url(&self.mqtt.url).is_err() {
+            return bad(
+                "mqtt.url",
+                "must look like mqtt://host:port, mqtts://host:port, ws://host:port/path or wss://host:port/path",
+            );
         }
         if self.mqtt.qos > 1 {
             return bad("mqtt.qos", "must be 0 or 1");

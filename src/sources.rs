@@ -33,6 +33,7 @@ struct Running {
     /// The subscription rows it runs (empty: the camera profile on its prefix).
     subs: Vec<SubscriptionRow>,
     shared_group: Option<String>,
+    pattern: Option<String>,
     /// Set only with subscription rows: the dispatcher's set.
     set: Option<watch::Sender<Arc<SubscriptionSet>>>,
     /// Messages counted into `mqtt_connection_status` so far.
@@ -44,6 +45,9 @@ struct Desired {
     cfg: MqttConfig,
     subs: Vec<SubscriptionRow>,
     shared_group: Option<String>,
+    /// With no subscription rows: the one filter of the camera profile, instead of the four
+    /// `{prefix}/+/...` ones.
+    pattern: Option<String>,
 }
 
 /// Owns the running sources.
@@ -125,7 +129,7 @@ impl SourceManager {
         let rows = c
             .query(
                 "SELECT product_id, host, port, protocol, username, password_encrypted, client_id, keep_alive_secs, clean_session, prefix, qos,
-                        id, use_shared, shared_group
+                        id, use_shared, shared_group, use_tls, verify_cert, ca_cert_pem, ws_path, pattern
                  FROM mqtt_configs WHERE enabled ORDER BY product_id",
                 &[],
             )
@@ -154,15 +158,13 @@ impl SourceManager {
         let mut out = HashMap::new();
         for r in rows {
             let product: String = r.get(0);
-            let protocol: String = r.get(3);
-            if protocol != "mqtt" {
-                self.write_error(
-                    &product,
-                    &format!("protocol {protocol} is not supported by this version"),
-                )
-                .await;
-                continue;
-            }
+            let url = broker_url(
+                &r.get::<_, String>(3),
+                r.get(14),
+                &r.get::<_, String>(1),
+                r.get(2),
+                &r.get::<_, String>(17),
+            );
             let password = match r.get::<_, Option<Vec<u8>>>(5) {
                 None => None,
                 Some(sealed) => {
@@ -185,7 +187,10 @@ impl SourceManager {
             };
             let qos: i16 = r.get(10);
             let cfg = MqttConfig {
-                url: format!("mqtt://{}:{}", r.get::<_, String>(1), r.get::<_, i32>(2)),
+                url,
+                verify_cert: r.get(15),
+                ca_pem: r.get(16),
+                ca_file: None,
                 client_id: r.get(6),
                 topic_prefix: r.get(9),
                 qos: qos.clamp(0, 1) as u8,
@@ -206,6 +211,7 @@ impl SourceManager {
                     cfg,
                     subs: subs_by_config.remove(&config_id).unwrap_or_default(),
                     shared_group,
+                    pattern: r.get(18),
                 },
             );
         }
@@ -216,6 +222,7 @@ impl SourceManager {
                     cfg: self.default_cfg.clone(),
                     subs: Vec::new(),
                     shared_group: None,
+                    pattern: None,
                 },
             );
         }
@@ -236,8 +243,12 @@ impl SourceManager {
             .map(|f| share(&d.shared_group, f))
             .collect();
         let (handle, set) = if d.subs.is_empty() {
+            let filters = match &d.pattern {
+                Some(p) => vec![share(&d.shared_group, p.clone())],
+                None => profile,
+            };
             (
-                source::spawn_with_filters(&d.cfg, profile, forget, self.tx.clone())?,
+                source::spawn_with_filters(&d.cfg, filters, forget, self.tx.clone())?,
                 None,
             )
         } else {
@@ -264,6 +275,7 @@ impl SourceManager {
             was_connected: false,
             subs: d.subs.clone(),
             shared_group: d.shared_group.clone(),
+            pattern: d.pattern.clone(),
             set,
             reported: 0,
         })
@@ -287,8 +299,10 @@ impl SourceManager {
         // In memory only (it holds the password to notice a change of it); never logged.
         let fingerprint = |c: &MqttConfig| {
             format!(
-                "{}|{}|{}|{}|{}|{}|{:?}|{:?}",
+                "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}",
                 c.url,
+                c.verify_cert,
+                c.ca_pem,
                 c.client_id,
                 c.topic_prefix,
                 c.qos,
@@ -305,6 +319,7 @@ impl SourceManager {
                 desired.get(*name).is_none_or(|d| {
                     fingerprint(&d.cfg) != r.settings
                         || d.shared_group != r.shared_group
+                        || d.pattern != r.pattern
                         || d.subs.is_empty() != r.subs.is_empty()
                 })
             })
@@ -476,6 +491,7 @@ impl SourceManager {
                     cfg: self.default_cfg.clone(),
                     subs: Vec::new(),
                     shared_group: None,
+                    pattern: None,
                 };
                 if let Ok(r) = self.start(DEFAULT_SOURCE, &d, Vec::new()) {
                     self.running.insert(DEFAULT_SOURCE.into(), r);
@@ -545,6 +561,25 @@ impl SourceManager {
             self.connected.store(false, Ordering::Release);
         });
         (control, restart_tx, connected, task)
+    }
+}
+
+/// The broker URL of a `mqtt_configs` row: `protocol` (upgraded to TLS by `use_tls`), host,
+/// port and, for websockets, the path.
+pub fn broker_url(protocol: &str, use_tls: bool, host: &str, port: i32, ws_path: &str) -> String {
+    let scheme = match (protocol, use_tls) {
+        ("mqtt", true) => "mqtts",
+        ("ws", true) => "wss",
+        (p, _) => p,
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    match scheme {
+        "ws" | "wss" => format!("{scheme}://{host}:{port}{ws_path}"),
+        _ => format!("{scheme}://{host}:{port}"),
     }
 }
 

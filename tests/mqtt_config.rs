@@ -4,83 +4,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, Options, TestEnv};
+use common::broker::Broker as AuthBroker;
+use common::{Options, TestEnv};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "config-test-token-0123456789abcdef";
 const KEY: &str = "6b1f0c2e9d4a7b3c8e5f1a2d6c9b0e4f7a3d8c2b5e1f9a6d4c7b0e3f8a2d5c1b";
-
-struct AuthBroker {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl AuthBroker {
-    /// A second broker that takes anonymous clients.
-    fn anonymous() -> Self {
-        Self::spawn("allow_anonymous true\n", |_| {})
-    }
-
-    /// A broker that requires `user`/`pass` (a `password_file`).
-    fn start(user: &str, pass: &str) -> Self {
-        Self::spawn("allow_anonymous false\npassword_file passwd\n", |dir| {
-            let st = Command::new("mosquitto_passwd")
-                .args(["-c", "-b"])
-                .arg(dir.join("passwd"))
-                .args([user, pass])
-                .status()
-                .expect("mosquitto_passwd");
-            assert!(st.success());
-        })
-    }
-
-    /// Starts Mosquitto on a free port with `settings` (relative paths are in its own folder).
-    fn spawn(settings: &str, prepare: impl FnOnce(&std::path::Path)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        prepare(dir.path());
-        let settings = settings.replace(
-            "password_file passwd",
-            &format!("password_file {}", dir.path().join("passwd").display()),
-        );
-        // Mosquitto drops privileges to `mosquitto` when started as root: let it read the files.
-        let _ = Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(dir.path())
-            .status();
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\n{settings}")).unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto");
-        for _ in 0..50 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self {
-            port,
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for AuthBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn env(with_key: bool) -> TestEnv {
     let mut env = vec![];

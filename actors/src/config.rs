@@ -10,9 +10,23 @@ use crate::batcher::BatchLimits;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Broker URL: `mqtt://host:port` (TCP). Default `mqtt://127.0.0.1:1883`.
+    /// Broker URL: `mqtt://host:port` (TCP), `mqtts://host:port` (TLS),
+    /// `ws://host:port/path` or `wss://host:port/path` (websockets; path default `/mqtt`).
+    /// Default `mqtt://127.0.0.1:1883`.
     #[serde(default = "default_mqtt_url")]
     pub url: String,
+    /// PEM file with the CA certificate(s) that sign the broker's certificate (`mqtts`, `wss`).
+    /// Default: the system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// CA certificate(s) as PEM text (set by the database config; `ca_file` is the file form).
+    #[serde(default, skip_serializing)]
+    pub ca_pem: Option<String>,
+    /// Verify the broker's TLS certificate and host name. Default true. Turning it off accepts
+    /// any certificate (anyone on the path can read and change the traffic) and is logged as a
+    /// warning at every connection start.
+    #[serde(default = "default_true")]
+    pub verify_cert: bool,
     /// Client id; must be unique per engine process. Default `fleetflow`.
     #[serde(default = "default_client_id")]
     pub client_id: String,
@@ -56,6 +70,9 @@ pub struct MqttConfig {
     pub reconnect_max_ms: u64,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_mqtt_url() -> String {
     "mqtt://127.0.0.1:1883".into()
 }
@@ -91,6 +108,9 @@ impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             url: default_mqtt_url(),
+            ca_file: None,
+            ca_pem: None,
+            verify_cert: true,
             client_id: default_client_id(),
             topic_prefix: default_prefix(),
             qos: default_qos(),

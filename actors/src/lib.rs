@@ -34,6 +34,7 @@ pub mod sinks;
 pub mod source;
 pub mod supervisor;
 pub mod topic;
+pub mod transport;
 
 /// The payload that makes a device actor panic, when built with the `fault-injection` feature.
 #[cfg(feature = "fault-injection")]

@@ -3,7 +3,7 @@
 
 /// (name, kind, help) for every metric the engine exports; `describe_all` registers the help.
 pub const SPEC: &[(&str, &str, &str)] = &[
-    (MQTT_MESSAGES_TOTAL, "counter", "MQTT PUBLISH packets received, by topic kind (status, data, chunk, cmd_result, invalid)."),
+    (MQTT_MESSAGES_TOTAL, "counter", "MQTT PUBLISH packets received, by topic kind (status, data, chunk, cmd_result, invalid; own: the engine's own ACK/command seen through a broad filter)."),
     (MQTT_BYTES_TOTAL, "counter", "Payload bytes received over MQTT."),
     (MQTT_ACKS_TOTAL, "counter", "QoS 1 messages acknowledged to the broker after they were durable or deliberately rejected."),
     (MQTT_ACKS_STALE_TOTAL, "counter", "Acknowledgements skipped because the connection they belonged to had closed (the broker redelivers)."),
@@ -147,7 +147,7 @@ const LABELS: &[(&str, &str, &[&str])] = &[
     (
         MQTT_MESSAGES_TOTAL,
         "kind",
-        &["status", "data", "chunk", "cmd_result", "invalid"],
+        &["status", "data", "chunk", "cmd_result", "invalid", "own"],
     ),
     (
         MQTT_PUBLISHES_TOTAL,

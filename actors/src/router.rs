@@ -135,6 +135,13 @@ impl Router {
     }
 
     fn reject(&mut self, msg: RawPublish, err: TopicError, ctx: &mut Context<Self>) {
+        if matches!(&err, TopicError::UnknownSuffix(s) if s == "ack" || s == "cmd") {
+            // The engine's own ACK/NACK or command, seen through a broad filter such as
+            // `{prefix}/#`: not a device message and not an error.
+            metrics::counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "own").increment(1);
+            crate::link::ack(msg.ack);
+            return;
+        }
         let (code, device) = match &err {
             TopicError::BadDeviceId(_) | TopicError::OutsidePrefix => {
                 (ErrorCode::InvalidDeviceId, INVALID_DEVICE.to_string())

@@ -17,6 +17,7 @@ use crate::link::{MqttLink, Reply};
 use crate::metrics as m;
 use crate::router::RawPublish;
 use crate::topic::TopicParser;
+use crate::transport;
 
 /// At most this many QoS 1 messages can be unacknowledged on one connection: packet ids are
 /// 16-bit and unique while in flight. Queues sized above it never fill with QoS 1 traffic.
@@ -53,6 +54,9 @@ pub enum SourceError {
     /// Password file unreadable.
     #[error("mqtt.password_file {0}: {1}")]
     PasswordFile(String, std::io::Error),
+    /// The URL or TLS settings of a TLS or websocket transport.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
 }
 
 /// A running source.
@@ -72,27 +76,26 @@ pub struct SourceHandle {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Parses `mqtt://host:port` (or `tcp://`).
+/// Parses a plain-TCP `mqtt://host:port` (or `tcp://`) URL into host and port.
 pub fn parse_url(url: &str) -> Result<(String, u16), SourceError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| SourceError::BadUrl(url.into()))?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().map_err(|_| SourceError::BadUrl(url.into()))?),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        return Err(SourceError::BadUrl(url.into()));
+    match transport::parse_url(url) {
+        Ok(u) if u.scheme == transport::Scheme::Mqtt => Ok((u.host, u.port)),
+        _ => Err(SourceError::BadUrl(url.into())),
     }
-    Ok((host.to_string(), port))
 }
 
 /// Builds the client options from config.
 pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, SourceError> {
-    let (host, port) = parse_url(&cfg.url)?;
-    let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
+    let url = transport::parse_url(&cfg.url)?;
+    let mut o = MqttOptions::new(cfg.client_id.clone(), url.dial_address(), url.port);
+    if url.scheme != transport::Scheme::Mqtt {
+        let ca = match (&cfg.ca_pem, &cfg.ca_file) {
+            (Some(pem), _) => Some(pem.as_bytes().to_vec()),
+            (None, Some(f)) => Some(transport::read_ca_file(f)?),
+            _ => None,
+        };
+        o.set_transport(transport::transport(&url, ca.as_deref(), cfg.verify_cert)?);
+    }
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)));
     o.set_clean_start(cfg.clean_start);
     o.set_manual_acks(true);

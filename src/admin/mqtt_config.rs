@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::Json;
+use fleetflow_actors::config::MqttConfig;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -35,6 +36,8 @@ pub struct ConfigBody {
     shared_group: Option<String>,
     qos: Option<i64>,
     enabled: Option<bool>,
+    ca_cert_pem: Option<String>,
+    ws_path: Option<String>,
 }
 
 /// Checks an MQTT topic filter: `+` and `#` only as whole levels, `#` only last.
@@ -88,6 +91,8 @@ struct Valid {
     shared_group: Option<String>,
     qos: i16,
     enabled: bool,
+    ca_cert_pem: Option<String>,
+    ws_path: String,
 }
 
 fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiError> {
@@ -160,7 +165,24 @@ fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiError> {
             "shared_group is required when use_shared is true",
         ));
     }
+    let ca_cert_pem = b.ca_cert_pem.filter(|p| !p.trim().is_empty());
+    if let Some(pem) = &ca_cert_pem {
+        fleetflow_actors::transport::tls_config(Some(pem.as_bytes()), true)
+            .map_err(|e| ApiError::bad_field("ca_cert_pem", e.to_string()))?;
+    }
+    let ws_path = b.ws_path.unwrap_or_else(|| "/mqtt".into());
+    if !ws_path.starts_with('/')
+        || ws_path.len() > 256
+        || ws_path.contains(|c: char| c.is_whitespace() || c == '?' || c == '#')
+    {
+        return Err(ApiError::bad_field(
+            "ws_path",
+            "ws_path must start with '/' and hold no spaces, '?' or '#'",
+        ));
+    }
     Ok(Valid {
+        ca_cert_pem,
+        ws_path,
         host,
         port: port as i32,
         use_tls: b
@@ -185,7 +207,8 @@ fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiError> {
 }
 
 const SELECT: &str = "SELECT id, host, port, protocol, use_tls, verify_cert, username, password_encrypted IS NOT NULL,
-  client_id, keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, created_at, updated_at
+  client_id, keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, created_at, updated_at,
+  ca_cert_pem, ws_path
   FROM mqtt_configs WHERE product_id = $1";
 
 fn masked(product_id: &str, r: &tokio_postgres::Row) -> Value {
@@ -210,6 +233,9 @@ fn masked(product_id: &str, r: &tokio_postgres::Row) -> Value {
         "enabled": r.get::<_, bool>(16),
         "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(17),
         "updated_at": r.get::<_, chrono::DateTime<chrono::Utc>>(18),
+        "ca_cert_pem": r.get::<_, Option<String>>(19),
+        "ws_path": r.get::<_, String>(20),
+        "url": crate::sources::broker_url(&r.get::<_, String>(3), r.get(4), &r.get::<_, String>(1), r.get(2), &r.get::<_, String>(20)),
     })
 }
 
@@ -266,16 +292,18 @@ pub async fn put(
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     c.execute(
         "INSERT INTO mqtt_configs (product_id, host, port, protocol, use_tls, verify_cert, username, password_encrypted, client_id,
-           keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+           keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, ca_cert_pem, ws_path)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
          ON CONFLICT (product_id) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol,
            use_tls = EXCLUDED.use_tls, verify_cert = EXCLUDED.verify_cert, username = EXCLUDED.username,
            password_encrypted = COALESCE(EXCLUDED.password_encrypted, mqtt_configs.password_encrypted),
            client_id = EXCLUDED.client_id, keep_alive_secs = EXCLUDED.keep_alive_secs, clean_session = EXCLUDED.clean_session,
            prefix = EXCLUDED.prefix, pattern = EXCLUDED.pattern, use_shared = EXCLUDED.use_shared,
-           shared_group = EXCLUDED.shared_group, qos = EXCLUDED.qos, enabled = EXCLUDED.enabled",
+           shared_group = EXCLUDED.shared_group, qos = EXCLUDED.qos, enabled = EXCLUDED.enabled,
+           ca_cert_pem = EXCLUDED.ca_cert_pem, ws_path = EXCLUDED.ws_path",
         &[&product_id, &v.host, &v.port, &v.protocol, &v.use_tls, &v.verify_cert, &v.username, &sealed, &v.client_id,
-          &v.keep_alive_secs, &v.clean_session, &v.prefix, &v.pattern, &v.use_shared, &v.shared_group, &v.qos, &v.enabled],
+          &v.keep_alive_secs, &v.clean_session, &v.prefix, &v.pattern, &v.use_shared, &v.shared_group, &v.qos, &v.enabled,
+          &v.ca_cert_pem, &v.ws_path],
     )
     .await
     .map_err(ApiError::internal)?;
@@ -398,12 +426,12 @@ pub async fn test(
     let product_id = product(&raw)?;
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let saved = c
-        .query_opt("SELECT host, port, protocol, username, password_encrypted FROM mqtt_configs WHERE product_id = $1", &[&product_id])
+        .query_opt("SELECT host, port, protocol, username, password_encrypted, use_tls, verify_cert, ca_cert_pem, ws_path FROM mqtt_configs WHERE product_id = $1", &[&product_id])
         .await
         .map_err(ApiError::internal)?;
     drop(c);
     let body = body.map(|Json(b)| b);
-    let (host, port, protocol, username, password) = match (body, saved) {
+    let target = match (body, saved) {
         (Some(b), saved) if b.host.is_some() => {
             let keep = b.password.is_none() || b.password.as_deref() == Some("***");
             let v = validate(&product_id, b)?;
@@ -411,11 +439,35 @@ pub async fn test(
                 (true, Some(r)) => open_saved(&s, &product_id, r.get::<_, Option<Vec<u8>>>(4))?,
                 _ => v.password,
             };
-            (v.host, v.port, v.protocol, v.username, password)
+            Target {
+                url: crate::sources::broker_url(
+                    &v.protocol,
+                    v.use_tls,
+                    &v.host,
+                    v.port,
+                    &v.ws_path,
+                ),
+                username: v.username,
+                password,
+                verify_cert: v.verify_cert,
+                ca_pem: v.ca_cert_pem,
+            }
         }
         (_, Some(r)) => {
             let password = open_saved(&s, &product_id, r.get::<_, Option<Vec<u8>>>(4))?;
-            (r.get(0), r.get(1), r.get(2), r.get(3), password)
+            Target {
+                url: crate::sources::broker_url(
+                    &r.get::<_, String>(2),
+                    r.get(5),
+                    &r.get::<_, String>(0),
+                    r.get(1),
+                    &r.get::<_, String>(8),
+                ),
+                username: r.get(3),
+                password,
+                verify_cert: r.get(6),
+                ca_pem: r.get(7),
+            }
         }
         (_, None) => {
             return Err(ApiError::new(
@@ -425,22 +477,21 @@ pub async fn test(
             ))
         }
     };
-    if protocol != "mqtt" {
-        return Err(ApiError::bad_field(
-            "protocol",
-            format!("this version tests plain mqtt connections only, not {protocol}"),
-        ));
-    }
-    let mut o = MqttOptions::new(
-        format!("fleetflow-test-{}", rand::random::<u32>()),
-        host.clone(),
-        port as u16,
-    );
-    o.set_keep_alive(Duration::from_secs(10));
+    let cfg = MqttConfig {
+        url: target.url.clone(),
+        client_id: format!("fleetflow-test-{}", rand::random::<u32>()),
+        username: target.username,
+        password: target.password,
+        verify_cert: target.verify_cert,
+        ca_pem: target.ca_pem,
+        clean_start: true,
+        keep_alive_secs: 10,
+        ..MqttConfig::default()
+    };
+    let mut o = fleetflow_actors::source::options(&cfg)
+        .map_err(|e| ApiError::bad_field("host", e.to_string()))?;
     o.set_connection_timeout(10);
-    if let Some(u) = username {
-        o.set_credentials(u, password.unwrap_or_default());
-    }
+    let host = target.url;
     let (client, mut el) = AsyncClient::new(o, 10);
     let started = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
@@ -459,16 +510,25 @@ pub async fn test(
     let body = match outcome {
         Ok(Ok(code)) => {
             let (n, text) = reason(code);
-            json!({"connected": code == ConnectReturnCode::Success, "reason_code": n, "reason": text, "latency_ms": latency_ms, "broker": format!("{host}:{port}")})
+            json!({"connected": code == ConnectReturnCode::Success, "reason_code": n, "reason": text, "latency_ms": latency_ms, "broker": host})
         }
         Ok(Err(e)) => {
-            json!({"connected": false, "reason_code": null, "reason": format!("connection failed: {e}"), "latency_ms": latency_ms, "broker": format!("{host}:{port}")})
+            json!({"connected": false, "reason_code": null, "reason": format!("connection failed: {e}"), "latency_ms": latency_ms, "broker": host})
         }
         Err(_) => {
-            json!({"connected": false, "reason_code": null, "reason": "timed out after 10 s", "latency_ms": latency_ms, "broker": format!("{host}:{port}")})
+            json!({"connected": false, "reason_code": null, "reason": "timed out after 10 s", "latency_ms": latency_ms, "broker": host})
         }
     };
     Ok(Json(body))
+}
+
+/// Where a connection test goes.
+struct Target {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    verify_cert: bool,
+    ca_pem: Option<String>,
 }
 
 fn open_saved(

@@ -3,6 +3,8 @@
 //! and topic prefix, plus `TestDevice`, a raw MQTT client that speaks the wire protocol.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
