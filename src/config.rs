@@ -46,6 +46,9 @@ pub struct Config {
     /// Admin API and console.
     #[serde(default)]
     pub admin: crate::admin::AdminConfig,
+    /// The hosted broker (dynamic security) and its device credentials.
+    #[serde(default)]
+    pub hosted: crate::hosted::HostedConfig,
 }
 
 /// `[postgres]`

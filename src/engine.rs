@@ -50,6 +50,7 @@ pub struct Engine {
     http_task: tokio::task::JoinHandle<()>,
     stats_task: tokio::task::JoinHandle<()>,
     restart_worker: tokio::task::JoinHandle<()>,
+    hosted_task: Option<tokio::task::JoinHandle<()>>,
     deadline: Duration,
     /// The bound HTTP address.
     pub http_addr: std::net::SocketAddr,
@@ -138,6 +139,7 @@ impl Engine {
             Duration::from_millis(cfg.http.fleet_stats_interval_ms),
         );
         // Sources start once the router exists; they feed its queue.
+        let links = manager.links.clone();
         let (sources, sources_restart, sources_connected, sources_task) =
             manager.spawn(Duration::from_secs(cfg.admin.restart_poll_secs.max(1)));
         let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
@@ -150,6 +152,7 @@ impl Engine {
         if token.is_none() {
             tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
         }
+        let (hosted, hosted_task) = start_hosted(&cfg, pool.clone(), secret_key.clone())?;
         let restart_worker = crate::restarts::spawn_worker(
             crate::restarts::Restarter::new(pool.clone(), router.clone())
                 .with_sources(sources_restart.clone())
@@ -170,6 +173,8 @@ impl Engine {
             link: admin_link,
             topics: admin_topics,
             secret_key,
+            links,
+            hosted: hosted.clone(),
         };
         let app = http::router(http::HttpState {
             prometheus,
@@ -202,10 +207,60 @@ impl Engine {
             http_task,
             stats_task,
             restart_worker,
+            hosted_task,
             deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
             http_addr,
         })
     }
+}
+
+/// Connects to the hosted broker as its admin and starts the reconcile loop, when
+/// `[hosted] broker_url` is set.
+#[allow(clippy::type_complexity)]
+fn start_hosted(
+    cfg: &Config,
+    pool: deadpool_postgres::Pool,
+    key: Option<crate::secrets::SecretKey>,
+) -> Result<
+    (
+        Option<crate::hosted::Hosted>,
+        Option<tokio::task::JoinHandle<()>>,
+    ),
+    EngineError,
+> {
+    let h = &cfg.hosted;
+    let Some(url) = &h.broker_url else {
+        return Ok((None, None));
+    };
+    let password = h
+        .resolve_password()
+        .map_err(EngineError::Admin)?
+        .ok_or_else(|| {
+            EngineError::Admin(
+                "hosted.broker_url is set but hosted.admin_password(_file) is not".into(),
+            )
+        })?;
+    let client_id = format!(
+        "{}-dynsec-{:08x}",
+        cfg.mqtt.client_id,
+        rand::random::<u32>()
+    );
+    let dynsec =
+        crate::hosted::dynsec::Dynsec::connect(url, &h.admin_username, &password, &client_id)
+            .map_err(|e| EngineError::Admin(e.to_string()))?;
+    if key.is_none() {
+        tracing::warn!("FLEETFLOW_SECRET_KEY is not set: hosted-broker credentials cannot be created, and missing broker clients cannot be re-created");
+    }
+    let task = crate::hosted::reconcile::Reconciler::new(pool, dynsec.clone(), h.clone(), key)
+        .spawn(cfg.postgres.url.clone());
+    tracing::info!(broker = %url, prefix = %h.client_prefix, "hosted broker: managing clients");
+    Ok((
+        Some(crate::hosted::Hosted {
+            dynsec,
+            cfg: h.clone(),
+        }),
+        Some(task),
+    ))
 }
 
 impl Engine {
@@ -253,6 +308,9 @@ impl Engine {
         self.http_task.abort();
         self.stats_task.abort();
         self.restart_worker.abort();
+        if let Some(t) = self.hosted_task {
+            t.abort();
+        }
         for a in self.arbiters.iter() {
             a.stop();
         }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod engine;
 pub mod fleet_stats;
+pub mod hosted;
 pub mod http;
 pub mod objects;
 pub mod replay;

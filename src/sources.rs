@@ -50,6 +50,10 @@ struct Desired {
     pattern: Option<String>,
 }
 
+/// Each running source's connection, by product (`default` for the `[mqtt]` source), for the
+/// publish API.
+pub type Links = Arc<std::sync::RwLock<HashMap<String, fleetflow_actors::link::MqttLink>>>;
+
 /// Owns the running sources.
 pub struct SourceManager {
     pool: Pool,
@@ -63,6 +67,8 @@ pub struct SourceManager {
     http: reqwest::Client,
     /// True while every source is connected (for `/ready`).
     pub connected: Arc<AtomicBool>,
+    /// The running sources' connections.
+    pub links: Links,
 }
 
 /// Requests to the manager, each answered on its `reply`.
@@ -117,6 +123,7 @@ impl SourceManager {
             pg,
             secret_key,
             running: HashMap::new(),
+            links: Links::default(),
             stats: StatsRegistry::default(),
             http: reqwest::Client::new(),
             connected: Arc::new(AtomicBool::new(false)),
@@ -369,7 +376,18 @@ impl SourceManager {
                 }
             }
         }
+        self.publish_links();
         Ok(())
+    }
+
+    /// Refreshes [`SourceManager::links`] from the running sources.
+    fn publish_links(&self) {
+        let map = self
+            .running
+            .iter()
+            .map(|(n, r)| (n.clone(), r.handle.link.clone()))
+            .collect();
+        *self.links.write().expect("links lock") = map;
     }
 
     async fn write_topics_count(&self, product: &str, count: i32) {
@@ -496,6 +514,7 @@ impl SourceManager {
                 if let Ok(r) = self.start(DEFAULT_SOURCE, &d, Vec::new()) {
                     self.running.insert(DEFAULT_SOURCE.into(), r);
                 }
+                self.publish_links();
             }
             let mut poll = tokio::time::interval(poll_every);
             let mut status = tokio::time::interval(Duration::from_millis(250));

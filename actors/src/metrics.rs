@@ -13,6 +13,7 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (MQTT_RECONNECTS_TOTAL, "counter", "MQTT connection attempts after a failure."),
     (MQTT_PUBLISHES_TOTAL, "counter", "Messages the engine published, by kind (ack, nack, command, republish, publish)."),
     (SUBSCRIPTION_MESSAGES_TOTAL, "counter", "Messages on a database-configured source, by outcome: matched an enabled subscription, or unmatched (acknowledged and skipped)."),
+    (HOSTED_REPAIRS_TOTAL, "counter", "Hosted-broker clients the reconcile loop re-created (created) or removed (deleted) to match mqtt_credentials."),
     (ACTIONS_EXECUTED_TOTAL, "counter", "Subscription actions carried out, by action type."),
     (ACTIONS_FAILED_TOTAL, "counter", "Subscription actions that failed (bad payload, full queue, webhook given up after retries), by action type."),
     (ROUTER_ROUTED_TOTAL, "counter", "Messages routed to device actors."),
@@ -135,6 +136,8 @@ pub const OBJECT_UPLOAD_SECONDS: &str = "fleetflow_object_upload_seconds";
 pub const OBJECT_FAILURES_TOTAL: &str = "fleetflow_object_failures_total";
 /// Histogram.
 pub const CAPTURE_E2E_SECONDS: &str = "fleetflow_capture_e2e_seconds";
+/// Counter.
+pub const HOSTED_REPAIRS_TOTAL: &str = "fleetflow_hosted_repairs_total";
 /// Counter.
 pub const SUBSCRIPTION_MESSAGES_TOTAL: &str = "fleetflow_subscription_messages_total";
 /// Counter.

@@ -12,6 +12,8 @@ mod commands;
 mod console;
 mod devices;
 mod mqtt_config;
+mod organizations;
+mod publish;
 mod restarts;
 mod subscriptions;
 
@@ -103,6 +105,10 @@ pub struct AdminState {
     pub topics: fleetflow_actors::topic::TopicParser,
     /// Seals broker passwords (`FLEETFLOW_SECRET_KEY`).
     pub secret_key: Option<crate::secrets::SecretKey>,
+    /// The running sources' connections (publish API).
+    pub links: crate::sources::Links,
+    /// The hosted broker, when configured.
+    pub hosted: Option<crate::hosted::Hosted>,
 }
 
 /// The admin routes and the console.
@@ -145,10 +151,43 @@ pub fn routes(state: AdminState) -> Router {
             "/api/v1/products/{product_id}/mqtt-config/subscriptions/{sub_id}",
             axum::routing::put(subscriptions::update).delete(subscriptions::delete),
         )
+        .route(
+            "/api/v1/products/{product_id}/publish",
+            post(publish::product_publish),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ))
+        .with_state(state.clone());
+    let orgs = Router::new()
+        .route(
+            "/api/v1/organizations/{org_id}/mqtt-credentials",
+            get(organizations::list).post(organizations::create),
+        )
+        .route(
+            "/api/v1/organizations/{org_id}/mqtt-credentials/{credential_id}",
+            axum::routing::delete(organizations::revoke),
+        )
+        .route(
+            "/api/v1/organizations/{org_id}/mqtt-credentials/{credential_id}/rotate",
+            post(organizations::rotate),
+        )
+        .route(
+            "/api/v1/organizations/{org_id}/tokens",
+            post(organizations::create_token),
+        )
+        .route(
+            "/api/v1/organizations/{org_id}/publish",
+            post(organizations::publish),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            organizations::require_org_access,
+        ))
         .with_state(state);
-    Router::new().merge(api).route("/", get(console::page))
+    Router::new()
+        .merge(api)
+        .merge(orgs)
+        .route("/", get(console::page))
 }

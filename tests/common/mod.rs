@@ -30,6 +30,10 @@ pub struct Services {
     pub s3_access_key: String,
     pub s3_secret_key: String,
     pub s3_region: String,
+    /// The hosted broker (dynamic security), its admin user and the file with its password.
+    pub hosted_url: String,
+    pub hosted_admin_user: String,
+    pub hosted_admin_password_file: String,
 }
 
 fn env_or(k: &str, d: &str) -> String {
@@ -53,6 +57,15 @@ impl Services {
             s3_access_key: env_or("FLEETFLOW_TEST_S3_ACCESS_KEY", "test"),
             s3_secret_key: env_or("FLEETFLOW_TEST_S3_SECRET_KEY", "test"),
             s3_region: env_or("FLEETFLOW_TEST_S3_REGION", "us-east-1"),
+            hosted_url: env_or("FLEETFLOW_TEST_HOSTED_URL", "mqtt://127.0.0.1:11884"),
+            hosted_admin_user: env_or("FLEETFLOW_TEST_HOSTED_ADMIN_USER", "admin"),
+            hosted_admin_password_file: env_or(
+                "FLEETFLOW_TEST_HOSTED_ADMIN_PASSWORD_FILE",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/.services/hosted/admin.password"
+                ),
+            ),
         }
     }
 
@@ -452,11 +465,21 @@ pub struct TestDevice {
 
 impl TestDevice {
     pub async fn connect(s: &Services, prefix: &str, id: &str) -> Self {
-        let mut o = MqttOptions::new(
-            format!("dev-{}", random_hex(10)),
-            s.mqtt_host.clone(),
-            s.mqtt_port,
-        );
+        Self::connect_as(&s.mqtt_host, s.mqtt_port, prefix, id, None).await
+    }
+
+    /// Connects to any broker, optionally with a username and password.
+    pub async fn connect_as(
+        host: &str,
+        port: u16,
+        prefix: &str,
+        id: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Self {
+        let mut o = MqttOptions::new(format!("dev-{}", random_hex(10)), host, port);
+        if let Some((u, p)) = credentials {
+            o.set_credentials(u, p);
+        }
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(Some(1 << 20));
         let (client, mut el) = AsyncClient::new(o, 10_000);

@@ -1,0 +1,143 @@
+//! Device credentials for the hosted broker: random usernames and passwords from a CSPRNG,
+//! argon2id hashes in `mqtt_credentials`, and the broker-side client and role that enforce
+//! each credential's topics.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand::distr::{Alphanumeric, SampleString};
+use serde_json::json;
+
+use super::dynsec::{Dynsec, DynsecError};
+
+/// Length of generated passwords (alphanumeric: about 190 bits).
+pub const PASSWORD_LEN: usize = 32;
+
+/// A new username: the managed prefix and 16 random hex digits.
+pub fn new_username(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand::random::<u64>())
+}
+
+/// A new password from the thread's CSPRNG.
+pub fn new_password() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LEN)
+}
+
+/// The argon2id PHC string of `password`, with a random salt.
+pub fn hash(password: &str) -> Result<String, String> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `password` matches an argon2id PHC string.
+pub fn verify(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// The AEAD context of a credential's sealed password.
+pub fn seal_context(username: &str) -> String {
+    format!("mqtt-credential:{username}")
+}
+
+/// The ACL types a credential gets on each of its topic filters.
+const ACL_TYPES: [&str; 4] = [
+    "publishClientSend",
+    "publishClientReceive",
+    "subscribePattern",
+    "unsubscribePattern",
+];
+
+/// Creates (or repairs) the broker client `username` with `password` and a role of the same
+/// name that allows publish and subscribe on `topics` only.
+pub async fn provision(
+    d: &Dynsec,
+    username: &str,
+    password: &str,
+    topics: &[String],
+) -> Result<(), DynsecError> {
+    d.call_idempotent(json!({"command": "createRole", "rolename": username}))
+        .await?;
+    for topic in topics {
+        for acl in ACL_TYPES {
+            d.call_idempotent(json!({"command": "addRoleACL", "rolename": username,
+                                      "acltype": acl, "topic": topic, "allow": true}))
+                .await?;
+        }
+    }
+    match d
+        .call(
+            json!({"command": "createClient", "username": username, "password": password,
+                      "textdescription": "managed by fleetflow"}),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(DynsecError::Refused { error, .. }) if error.contains("already") => {
+            d.call(
+                json!({"command": "setClientPassword", "username": username, "password": password}),
+            )
+            .await?;
+        }
+        Err(e) => return Err(e),
+    }
+    d.call_idempotent(
+        json!({"command": "addClientRole", "username": username, "rolename": username}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the broker client (which disconnects it) and its role.
+pub async fn deprovision(d: &Dynsec, username: &str) -> Result<(), DynsecError> {
+    d.call_idempotent(json!({"command": "deleteClient", "username": username}))
+        .await?;
+    d.call_idempotent(json!({"command": "deleteRole", "rolename": username}))
+        .await?;
+    Ok(())
+}
+
+/// Gives the admin user (the engine's own connection to the hosted broker) the right to
+/// publish anywhere, for ACK/NACKs, commands and the publish API.
+pub async fn ensure_engine_role(d: &Dynsec, prefix: &str, admin: &str) -> Result<(), DynsecError> {
+    let role = format!("{prefix}engine");
+    d.call_idempotent(json!({"command": "createRole", "rolename": role}))
+        .await?;
+    d.call_idempotent(json!({"command": "addRoleACL", "rolename": role,
+                              "acltype": "publishClientSend", "topic": "#", "allow": true}))
+        .await?;
+    d.call_idempotent(json!({"command": "addClientRole", "username": admin, "rolename": role}))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_long_random_and_hashed_with_argon2id() {
+        let a = new_password();
+        assert_eq!(a.len(), PASSWORD_LEN);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, new_password());
+        let h = hash(&a).unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(!h.contains(&a));
+        assert!(verify(&a, &h));
+        assert!(!verify("wrong", &h));
+    }
+
+    #[test]
+    fn usernames_carry_the_managed_prefix() {
+        let u = new_username("ff_");
+        assert!(u.starts_with("ff_") && u.len() == 19, "{u}");
+    }
+}

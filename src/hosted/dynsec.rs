@@ -1,0 +1,233 @@
+//! A client of Mosquitto's dynamic security plugin: commands are published as JSON on
+//! `$CONTROL/dynamic-security/v1` over an admin connection, and each answer is matched to its
+//! command by `correlationData` on `.../v1/response`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleetflow_actors::config::MqttConfig;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event};
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, watch};
+
+const CONTROL: &str = "$CONTROL/dynamic-security/v1";
+const RESPONSE: &str = "$CONTROL/dynamic-security/v1/response";
+
+/// A command that could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum DynsecError {
+    /// Not connected (or not subscribed to the responses) in time.
+    #[error("the hosted broker is not reachable as its admin user: {0}")]
+    Unavailable(String),
+    /// No answer in time.
+    #[error("the hosted broker did not answer {0} within 10 s")]
+    Timeout(String),
+    /// The plugin refused the command.
+    #[error("{command}: {error}")]
+    Refused {
+        /// The command.
+        command: String,
+        /// The plugin's reason.
+        error: String,
+    },
+    /// Bad settings.
+    #[error("{0}")]
+    Config(String),
+}
+
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
+
+/// The admin connection.
+#[derive(Clone)]
+pub struct Dynsec {
+    client: AsyncClient,
+    waiters: Waiters,
+    ready: watch::Receiver<bool>,
+    next: Arc<AtomicU64>,
+}
+
+impl Dynsec {
+    /// Connects as the admin user (reconnecting on failures) and subscribes to the responses.
+    pub fn connect(
+        url: &str,
+        username: &str,
+        password: &str,
+        client_id: &str,
+    ) -> Result<Self, DynsecError> {
+        let cfg = MqttConfig {
+            url: url.to_string(),
+            client_id: client_id.to_string(),
+            username: Some(username.to_string()),
+            password: Some(password.to_string()),
+            clean_start: true,
+            session_expiry_secs: 0,
+            ..MqttConfig::default()
+        };
+        let mut opts = fleetflow_actors::source::options(&cfg)
+            .map_err(|e| DynsecError::Config(format!("hosted.broker_url: {e}")))?;
+        opts.set_manual_acks(false);
+        let (client, mut el) = AsyncClient::new(opts, 1024);
+        let waiters: Waiters = Arc::default();
+        let (ready_tx, ready) = watch::channel(false);
+        let task_waiters = waiters.clone();
+        let sub = client.clone();
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = sub.try_subscribe(RESPONSE, QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(true);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if p.topic.as_ref() == RESPONSE.as_bytes() {
+                            answer(&task_waiters, &p.payload);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if *ready_tx.borrow() {
+                            tracing::warn!(error = %e, "hosted broker admin connection lost");
+                        }
+                        let _ = ready_tx.send(false);
+                        if ready_tx.is_closed() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            client,
+            waiters,
+            ready,
+            next: Arc::new(AtomicU64::new(1)),
+        })
+    }
+
+    /// Waits (up to `timeout`) for the connection to be ready.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), DynsecError> {
+        let mut ready = self.ready.clone();
+        tokio::time::timeout(timeout, ready.wait_for(|r| *r))
+            .await
+            .map_err(|_| DynsecError::Unavailable("not connected".into()))?
+            .map_err(|_| DynsecError::Unavailable("connection task ended".into()))?;
+        Ok(())
+    }
+
+    /// Runs one command; returns its `data` (or `null`).
+    pub async fn call(&self, mut command: Value) -> Result<Value, DynsecError> {
+        self.wait_ready(Duration::from_secs(10)).await?;
+        let name = command["command"].as_str().unwrap_or("?").to_string();
+        let id = format!("ff-{}", self.next.fetch_add(1, Ordering::Relaxed));
+        command["correlationData"] = json!(id);
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("dynsec waiters lock")
+            .insert(id.clone(), tx);
+        let body = Bytes::from(json!({"commands": [command]}).to_string());
+        if let Err(e) = self
+            .client
+            .publish(CONTROL, QoS::AtLeastOnce, false, body)
+            .await
+        {
+            self.waiters
+                .lock()
+                .expect("dynsec waiters lock")
+                .remove(&id);
+            return Err(DynsecError::Unavailable(e.to_string()));
+        }
+        let response = match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(r)) => r,
+            _ => {
+                self.waiters
+                    .lock()
+                    .expect("dynsec waiters lock")
+                    .remove(&id);
+                return Err(DynsecError::Timeout(name));
+            }
+        };
+        if let Some(error) = response.get("error").and_then(Value::as_str) {
+            return Err(DynsecError::Refused {
+                command: name,
+                error: error.to_string(),
+            });
+        }
+        Ok(response.get("data").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Like [`Dynsec::call`], but an "already exists" / "not found" refusal counts as done
+    /// (the command's goal already holds).
+    pub async fn call_idempotent(&self, command: Value) -> Result<Value, DynsecError> {
+        match self.call(command).await {
+            Err(DynsecError::Refused { error, .. })
+                if error.contains("already") || error.contains("not found") =>
+            {
+                Ok(Value::Null)
+            }
+            other => other,
+        }
+    }
+
+    /// The usernames of every broker client.
+    pub async fn list_clients(&self) -> Result<Vec<String>, DynsecError> {
+        let data = self
+            .call(json!({"command": "listClients", "verbose": false, "count": -1}))
+            .await?;
+        Ok(data["clients"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().or_else(|| c["username"].as_str()))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Publishes through the admin connection (for organisation-scoped publishing).
+    pub async fn publish(
+        &self,
+        topic: String,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+    ) -> Result<(), DynsecError> {
+        self.wait_ready(Duration::from_secs(5)).await?;
+        let qos = if qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        self.client
+            .publish(topic, qos, retain, payload)
+            .await
+            .map_err(|e| DynsecError::Unavailable(e.to_string()))
+    }
+}
+
+fn answer(waiters: &Waiters, payload: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+        tracing::warn!("unreadable dynamic security response");
+        return;
+    };
+    let Some(responses) = v["responses"].as_array() else {
+        return;
+    };
+    let mut map = waiters.lock().expect("dynsec waiters lock");
+    for r in responses {
+        if let Some(id) = r["correlationData"].as_str() {
+            if let Some(tx) = map.remove(id) {
+                let _ = tx.send(r.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Keeps the hosted broker in step with `mqtt_credentials`: every active row has a broker
+//! client with its role, and no managed client (one with this engine's prefix) exists without
+//! an active row. Runs at startup, on `NOTIFY fleetflow_mqtt_credentials` and every
+//! `reconcile_secs`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use fleetflow_actors::metrics as m;
+
+use super::credentials::{deprovision, ensure_engine_role, provision, seal_context};
+use super::dynsec::Dynsec;
+use super::HostedConfig;
+use crate::secrets::SecretKey;
+
+/// What one pass changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Broker clients created for rows that had none.
+    pub created: usize,
+    /// Broker clients deleted that had no active row.
+    pub deleted: usize,
+}
+
+/// The reconcile loop's state.
+#[derive(Clone)]
+pub struct Reconciler {
+    pool: Pool,
+    dynsec: Dynsec,
+    cfg: HostedConfig,
+    key: Option<SecretKey>,
+}
+
+impl Reconciler {
+    /// A reconciler.
+    pub fn new(pool: Pool, dynsec: Dynsec, cfg: HostedConfig, key: Option<SecretKey>) -> Self {
+        Self {
+            pool,
+            dynsec,
+            cfg,
+            key,
+        }
+    }
+
+    /// One pass.
+    pub async fn run_once(&self) -> Result<Report, String> {
+        ensure_engine_role(
+            &self.dynsec,
+            &self.cfg.client_prefix,
+            &self.cfg.admin_username,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let rows = {
+            let c = self.pool.get().await.map_err(|e| e.to_string())?;
+            c.query(
+                "SELECT username, password_sealed, allowed_topics, revoked_at IS NOT NULL FROM mqtt_credentials",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+        };
+        let broker: HashSet<String> = self
+            .dynsec
+            .list_clients()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|u| u.starts_with(&self.cfg.client_prefix))
+            .collect();
+        let mut active = HashSet::new();
+        let mut report = Report::default();
+        for r in &rows {
+            let username: String = r.get(0);
+            if r.get::<_, bool>(3) {
+                continue;
+            }
+            active.insert(username.clone());
+            if broker.contains(&username) {
+                continue;
+            }
+            let Some(key) = &self.key else {
+                tracing::error!(username = %username, "cannot re-create a hosted-broker client: FLEETFLOW_SECRET_KEY is not set");
+                continue;
+            };
+            let password = match key.open(&r.get::<_, Vec<u8>>(1), &seal_context(&username)) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(username = %username, error = %e, "cannot re-create a hosted-broker client");
+                    continue;
+                }
+            };
+            let topics: Vec<String> = r.get(2);
+            provision(&self.dynsec, &username, &password, &topics)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::warn!(username = %username, "hosted broker: re-created a missing client");
+            report.created += 1;
+        }
+        for username in broker.difference(&active) {
+            deprovision(&self.dynsec, username)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::warn!(username = %username, "hosted broker: deleted a client with no active credential");
+            report.deleted += 1;
+        }
+        if report.created > 0 {
+            metrics::counter!(m::HOSTED_REPAIRS_TOTAL, "kind" => "created")
+                .increment(report.created as u64);
+        }
+        if report.deleted > 0 {
+            metrics::counter!(m::HOSTED_REPAIRS_TOTAL, "kind" => "deleted")
+                .increment(report.deleted as u64);
+        }
+        if let Ok(c) = self.pool.get().await {
+            let _ = c
+                .execute(
+                    "UPDATE mqtt_credentials SET broker_synced_at = now() WHERE revoked_at IS NULL",
+                    &[],
+                )
+                .await;
+        }
+        Ok(report)
+    }
+
+    /// Runs passes at startup, on every change notification and every `reconcile_secs`.
+    pub fn spawn(self, pg_url: String) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);
+            let listener = tokio::spawn(crate::db::listen(
+                pg_url,
+                "fleetflow_mqtt_credentials",
+                wake,
+            ));
+            let mut tick =
+                tokio::time::interval(Duration::from_secs(self.cfg.reconcile_secs.max(1)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    got = woken.recv() => if got.is_none() { break; },
+                    _ = tick.tick() => {}
+                }
+                match self.run_once().await {
+                    Ok(r) if r != Report::default() => {
+                        tracing::info!(
+                            created = r.created,
+                            deleted = r.deleted,
+                            "hosted broker reconciled"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "hosted broker reconcile failed; retrying next round")
+                    }
+                }
+            }
+            listener.abort();
+        })
+    }
+}
