@@ -162,6 +162,7 @@ const LABELS: &[(&str, &str, &[&str])] = &[
         "outcome",
         &["matched", "unmatched"],
     ),
+    (HOSTED_REPAIRS_TOTAL, "kind", &["created", "deleted"]),
     (ACTIONS_EXECUTED_TOTAL, "type", ACTION_TYPES),
     (ACTIONS_FAILED_TOTAL, "type", ACTION_TYPES),
     (

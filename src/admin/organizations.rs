@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::auth::token_matches;
 use super::{AdminState, ApiError};
-use crate::hosted::credentials::{self, deprovision, provision, seal_context};
+use crate::hosted::credentials::{self, deprovision, provision, seal_context, set_password};
 use crate::hosted::snippets::{self, SnippetInput};
 use crate::hosted::Hosted;
 use crate::subscriptions::model::validate_publish_topic;
@@ -352,7 +352,7 @@ pub async fn rotate(
         .await
         .map_err(ApiError::internal)?
         .get(0);
-    provision(&h.dynsec, &username, &password, &topics)
+    set_password(&h.dynsec, &username, &password, &topics)
         .await
         .map_err(broker_error)?;
     let row = c

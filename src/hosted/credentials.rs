@@ -75,24 +75,55 @@ pub async fn provision(
     match d
         .call(
             json!({"command": "createClient", "username": username, "password": password,
-                      "textdescription": "managed by fleetflow"}),
+                      "textdescription": "managed by fleetflow",
+                      "roles": [{"rolename": username}]}),
         )
         .await
     {
-        Ok(_) => {}
+        Ok(_) => Ok(()),
         Err(DynsecError::Refused { error, .. }) if error.contains("already") => {
             d.call(
                 json!({"command": "setClientPassword", "username": username, "password": password}),
             )
             .await?;
+            if !has_role(d, username, username).await? {
+                d.call(
+                    json!({"command": "addClientRole", "username": username, "rolename": username}),
+                )
+                .await?;
+            }
+            Ok(())
         }
-        Err(e) => return Err(e),
+        Err(e) => Err(e),
     }
-    d.call_idempotent(
-        json!({"command": "addClientRole", "username": username, "rolename": username}),
-    )
-    .await?;
-    Ok(())
+}
+
+/// Whether broker client `username` has role `role`.
+async fn has_role(d: &Dynsec, username: &str, role: &str) -> Result<bool, DynsecError> {
+    let data = d
+        .call(json!({"command": "getClient", "username": username}))
+        .await?;
+    Ok(data["client"]["roles"]
+        .as_array()
+        .is_some_and(|roles| roles.iter().any(|r| r["rolename"] == role)))
+}
+
+/// A new password for an existing broker client; creates the client when it is missing.
+pub async fn set_password(
+    d: &Dynsec,
+    username: &str,
+    password: &str,
+    topics: &[String],
+) -> Result<(), DynsecError> {
+    match d
+        .call(json!({"command": "setClientPassword", "username": username, "password": password}))
+        .await
+    {
+        Err(DynsecError::Refused { error, .. }) if error.contains("not found") => {
+            provision(d, username, password, topics).await
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 /// Deletes the broker client (which disconnects it) and its role.
@@ -105,17 +136,31 @@ pub async fn deprovision(d: &Dynsec, username: &str) -> Result<(), DynsecError> 
 }
 
 /// Gives the admin user (the engine's own connection to the hosted broker) the right to
-/// publish anywhere, for ACK/NACKs, commands and the publish API.
-pub async fn ensure_engine_role(d: &Dynsec, prefix: &str, admin: &str) -> Result<(), DynsecError> {
-    let role = format!("{prefix}engine");
+/// publish anywhere, for ACK/NACKs, commands and the publish API. Adding a role to a client
+/// makes Mosquitto disconnect it, the admin connection included, so the role is added only when
+/// missing, and the outcome is checked after reconnecting.
+pub async fn ensure_engine_role(d: &Dynsec, role: &str, admin: &str) -> Result<(), DynsecError> {
+    if has_role(d, admin, role).await? {
+        return Ok(());
+    }
     d.call_idempotent(json!({"command": "createRole", "rolename": role}))
         .await?;
     d.call_idempotent(json!({"command": "addRoleACL", "rolename": role,
                               "acltype": "publishClientSend", "topic": "#", "allow": true}))
         .await?;
-    d.call_idempotent(json!({"command": "addClientRole", "username": admin, "rolename": role}))
+    // The answer is lost with the connection.
+    d.send(json!({"command": "addClientRole", "username": admin, "rolename": role}))
         .await?;
-    Ok(())
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    if has_role(d, admin, role).await? {
+        tracing::info!(role = %role, "hosted broker: the admin user may now publish (engine role added)");
+        Ok(())
+    } else {
+        Err(DynsecError::Refused {
+            command: "addClientRole".into(),
+            error: format!("{admin} did not get role {role}"),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,9 @@ pub struct Dynsec {
     waiters: Waiters,
     ready: watch::Receiver<bool>,
     next: Arc<AtomicU64>,
+    /// Every admin client subscribed to the response topic receives every answer, so the
+    /// correlation data starts with this connection's own client id.
+    tag: Arc<str>,
 }
 
 impl Dynsec {
@@ -109,6 +112,7 @@ impl Dynsec {
             waiters,
             ready,
             next: Arc::new(AtomicU64::new(1)),
+            tag: Arc::from(client_id),
         })
     }
 
@@ -122,11 +126,25 @@ impl Dynsec {
         Ok(())
     }
 
-    /// Runs one command; returns its `data` (or `null`).
-    pub async fn call(&self, mut command: Value) -> Result<Value, DynsecError> {
+    /// Runs one command; returns its `data` (or `null`). When the connection drops before the
+    /// answer (Mosquitto disconnects admin clients whose roles change), the command is sent
+    /// again after reconnecting, up to three times in all; the commands fleetflow sends are
+    /// safe to repeat.
+    pub async fn call(&self, command: Value) -> Result<Value, DynsecError> {
+        let mut last = DynsecError::Unavailable("not tried".into());
+        for _ in 0..3 {
+            match self.call_once(command.clone()).await {
+                Err(e @ (DynsecError::Timeout(_) | DynsecError::Unavailable(_))) => last = e,
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    async fn call_once(&self, mut command: Value) -> Result<Value, DynsecError> {
         self.wait_ready(Duration::from_secs(10)).await?;
         let name = command["command"].as_str().unwrap_or("?").to_string();
-        let id = format!("ff-{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let id = format!("{}-{}", self.tag, self.next.fetch_add(1, Ordering::Relaxed));
         command["correlationData"] = json!(id);
         let (tx, rx) = oneshot::channel();
         self.waiters
@@ -145,14 +163,22 @@ impl Dynsec {
                 .remove(&id);
             return Err(DynsecError::Unavailable(e.to_string()));
         }
-        let response = match tokio::time::timeout(Duration::from_secs(10), rx).await {
-            Ok(Ok(r)) => r,
-            _ => {
+        let mut ready = self.ready.clone();
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(10), rx) => match r {
+                Ok(Ok(r)) => Ok(r),
+                _ => Err(DynsecError::Timeout(name.clone())),
+            },
+            _ = ready.wait_for(|r| !*r) => Err(DynsecError::Unavailable("connection lost".into())),
+        };
+        let response = match outcome {
+            Ok(r) => r,
+            Err(e) => {
                 self.waiters
                     .lock()
                     .expect("dynsec waiters lock")
                     .remove(&id);
-                return Err(DynsecError::Timeout(name));
+                return Err(e);
             }
         };
         if let Some(error) = response.get("error").and_then(Value::as_str) {
@@ -162,6 +188,17 @@ impl Dynsec {
             });
         }
         Ok(response.get("data").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Sends one command without waiting for its answer (for commands that disconnect the
+    /// admin connection itself).
+    pub async fn send(&self, command: Value) -> Result<(), DynsecError> {
+        self.wait_ready(Duration::from_secs(10)).await?;
+        let body = Bytes::from(json!({"commands": [command]}).to_string());
+        self.client
+            .publish(CONTROL, QoS::AtLeastOnce, false, body)
+            .await
+            .map_err(|e| DynsecError::Unavailable(e.to_string()))
     }
 
     /// Like [`Dynsec::call`], but an "already exists" / "not found" refusal counts as done

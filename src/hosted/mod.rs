@@ -37,6 +37,10 @@ pub struct HostedConfig {
     /// Default `ff_`.
     #[serde(default = "default_client_prefix")]
     pub client_prefix: String,
+    /// The role that lets the admin user publish anywhere (ACK/NACKs, commands, the publish
+    /// API). Default `fleetflow-engine`.
+    #[serde(default = "default_engine_role")]
+    pub engine_role: String,
     /// Seconds between two reconcile passes (besides startup and changes). Default 30.
     #[serde(default = "default_reconcile_secs")]
     pub reconcile_secs: u64,
@@ -51,6 +55,9 @@ fn default_admin() -> String {
 }
 fn default_client_prefix() -> String {
     "ff_".into()
+}
+fn default_engine_role() -> String {
+    "fleetflow-engine".into()
 }
 fn default_reconcile_secs() -> u64 {
     30
@@ -68,6 +75,7 @@ impl Default for HostedConfig {
             admin_password: None,
             admin_password_file: None,
             client_prefix: default_client_prefix(),
+            engine_role: default_engine_role(),
             reconcile_secs: default_reconcile_secs(),
             default_topics: default_topics(),
         }
