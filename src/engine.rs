@@ -245,9 +245,16 @@ fn start_hosted(
         cfg.mqtt.client_id,
         rand::random::<u32>()
     );
-    let dynsec =
-        crate::hosted::dynsec::Dynsec::connect(url, &h.admin_username, &password, &client_id)
-            .map_err(|e| EngineError::Admin(e.to_string()))?;
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::channel(4096);
+    let dynsec = crate::hosted::dynsec::Dynsec::connect(
+        url,
+        &h.admin_username,
+        &password,
+        &client_id,
+        Some(seen_tx),
+    )
+    .map_err(|e| EngineError::Admin(e.to_string()))?;
+    crate::hosted::usage::spawn(pool.clone(), seen_rx, h.client_prefix.clone());
     if key.is_none() {
         tracing::warn!("FLEETFLOW_SECRET_KEY is not set: hosted-broker credentials cannot be created, and missing broker clients cannot be re-created");
     }

@@ -179,6 +179,20 @@ async fn a_credential_works_under_its_organisation_and_nowhere_else() {
     let (c, mut el) = connect(&env, user, pass)
         .await
         .expect("the new credential connects");
+    // The engine counts the credential's connections from the broker's notices.
+    eventually(Duration::from_secs(5), "the connection counted", || async {
+        let r = env
+            .db()
+            .await
+            .query_one(
+                "SELECT connections_total, last_used_at IS NOT NULL FROM mqtt_credentials WHERE username = $1",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        (r.get::<_, i64>(0) >= 1 && r.get::<_, bool>(1)).then_some(())
+    })
+    .await;
     let own = format!("org_{a}/devices/d1/status");
     assert_eq!(
         subscribe(&c, &mut el, &format!("org_{a}/devices/#")).await,

@@ -17,6 +17,8 @@ use tokio::sync::{oneshot, watch};
 
 const CONTROL: &str = "$CONTROL/dynamic-security/v1";
 const RESPONSE: &str = "$CONTROL/dynamic-security/v1/response";
+/// Mosquitto's notices when `log_dest topic` is set: client connections are read from here.
+const LOG_NOTICE: &str = "$SYS/broker/log/N";
 
 /// A command that could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -56,11 +58,14 @@ pub struct Dynsec {
 
 impl Dynsec {
     /// Connects as the admin user (reconnecting on failures) and subscribes to the responses.
+    /// `connections` receives the username of every client that connects, when the broker
+    /// publishes its notices (`log_dest topic`).
     pub fn connect(
         url: &str,
         username: &str,
         password: &str,
         client_id: &str,
+        connections: Option<tokio::sync::mpsc::Sender<String>>,
     ) -> Result<Self, DynsecError> {
         let cfg = MqttConfig {
             url: url.to_string(),
@@ -83,14 +88,23 @@ impl Dynsec {
             loop {
                 match el.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if connections.is_some() {
+                            let _ = sub.try_subscribe(LOG_NOTICE, QoS::AtMostOnce);
+                        }
                         let _ = sub.try_subscribe(RESPONSE, QoS::AtLeastOnce);
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        // The responses' SUBACK comes last.
                         let _ = ready_tx.send(true);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if p.topic.as_ref() == RESPONSE.as_bytes() {
                             answer(&task_waiters, &p.payload);
+                        } else if let (Some(tx), Some(user)) =
+                            (&connections, connected_username(&p.payload))
+                        {
+                            // Statistics only: dropped rather than waited for when behind.
+                            let _ = tx.try_send(user);
                         }
                     }
                     Ok(_) => {}
@@ -251,6 +265,17 @@ impl Dynsec {
     }
 }
 
+/// The username in a Mosquitto notice `New client connected from A as C (p5, c1, k30, u'U').`
+pub fn connected_username(line: &[u8]) -> Option<String> {
+    let line = std::str::from_utf8(line).ok()?;
+    if !line.contains("New client connected from") {
+        return None;
+    }
+    let start = line.rfind(", u'")? + 4;
+    let end = line[start..].find("')")? + start;
+    Some(line[start..end].to_string())
+}
+
 fn answer(waiters: &Waiters, payload: &[u8]) {
     let Ok(v) = serde_json::from_slice::<Value>(payload) else {
         tracing::warn!("unreadable dynamic security response");
@@ -266,5 +291,27 @@ fn answer(waiters: &Waiters, payload: &[u8]) {
                 let _ = tx.send(r.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connection_notices_name_the_username() {
+        assert_eq!(
+            super::connected_username(
+                b"1795449447: New client connected from 127.0.0.1:40096 as dev-1 (p5, c1, k30, u'ff_0a1b')."
+            )
+            .as_deref(),
+            Some("ff_0a1b")
+        );
+        assert_eq!(
+            super::connected_username(b"New client connected from 127.0.0.1:1 as x (p2, c1, k60)."),
+            None
+        );
+        assert_eq!(
+            super::connected_username(b"Client x closed its connection."),
+            None
+        );
     }
 }

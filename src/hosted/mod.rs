@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod dynsec;
 pub mod reconcile;
 pub mod snippets;
+pub mod usage;
 
 use serde::{Deserialize, Serialize};
 
