@@ -163,6 +163,7 @@ impl SourceManager {
                 });
         }
         let mut out = HashMap::new();
+        let configured = !rows.is_empty();
         for r in rows {
             let product: String = r.get(0);
             let url = broker_url(
@@ -222,7 +223,7 @@ impl SourceManager {
                 },
             );
         }
-        if out.is_empty() {
+        if !configured {
             out.insert(
                 DEFAULT_SOURCE.to_string(),
                 Desired {
@@ -549,9 +550,13 @@ impl SourceManager {
                             for name in names {
                                 match self.restart_one(&name).await {
                                     Ok(true) => {}
-                                    Ok(false) => all = Ok(false),
-                                    Err(e) => { all = Err(e); break; }
+                                    Ok(false) => all = all.and(Ok(false)),
+                                    Err(e) => all = Err(e),
                                 }
+                            }
+                            // Whatever failed, no source stays drained.
+                            for r in self.running.values() {
+                                let _ = r.handle.control.send(SourceControl::Run);
                             }
                             let _ = reply.send(all);
                         }

@@ -384,3 +384,58 @@ async fn rotating_the_secret_key_reseals_stored_passwords_so_only_the_new_key_op
         "cannot_decrypt"
     );
 }
+
+#[tokio::test]
+async fn a_device_id_in_use_under_one_prefix_is_refused_under_another() {
+    let env = env(true).await;
+    let other_prefix = format!("{}-other", env.prefix);
+    for (product, prefix) in [
+        ("tenant-a", env.prefix.clone()),
+        ("tenant-b", other_prefix.clone()),
+    ] {
+        let (code, resp) = put(
+            &env,
+            product,
+            json!({"host": env.services.mqtt_host, "port": env.services.mqtt_port, "prefix": prefix,
+                   "client_id": format!("ff-{product}-{}", common::random_hex(4))}),
+        )
+        .await;
+        assert_eq!(code, 200, "{resp}");
+    }
+    let id = common::random_device();
+    let owner = env.device(&id).await;
+    owner.publish("data", r#"{"type":"reading","seq":1}"#).await;
+    let readings = || async {
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
+        ))
+        .await
+    };
+    common::eventually(Duration::from_secs(10), "the owner's reading", || async {
+        (readings().await == 1).then_some(())
+    })
+    .await;
+    // The same device id under the other tenant's prefix: refused (2101), nothing stored.
+    let intruder = common::TestDevice::connect(&env.services, &other_prefix, &id).await;
+    intruder
+        .publish("data", r#"{"type":"reading","seq":2}"#)
+        .await;
+    common::eventually(Duration::from_secs(10), "the 2101 row", || async {
+        let n = env
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2101"
+            ))
+            .await;
+        (n == 1).then_some(())
+    })
+    .await;
+    assert_eq!(readings().await, 1);
+    // The owner is unaffected.
+    owner.publish("data", r#"{"type":"reading","seq":3}"#).await;
+    common::eventually(
+        Duration::from_secs(10),
+        "the owner's second reading",
+        || async { (readings().await == 2).then_some(()) },
+    )
+    .await;
+}

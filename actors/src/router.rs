@@ -77,6 +77,10 @@ pub struct StopAll;
 struct Entry {
     addr: Addr<DeviceActor>,
     generation: u64,
+    /// The topic prefix the device's messages arrive under. While its actor lives, messages
+    /// for the same device id under another prefix (another product or organisation) are
+    /// refused, so a tenant cannot feed or redirect another tenant's device.
+    prefix: Arc<str>,
 }
 
 /// The router.
@@ -112,7 +116,7 @@ impl Router {
         &self.arbiters[(h % self.arbiters.len() as u64) as usize]
     }
 
-    fn spawn(&mut self, id: DeviceId) -> Addr<DeviceActor> {
+    fn spawn(&mut self, id: DeviceId, prefix: &str) -> Addr<DeviceActor> {
         let deps = self
             .deps
             .clone()
@@ -129,6 +133,7 @@ impl Router {
             Entry {
                 addr: addr.clone(),
                 generation,
+                prefix: Arc::from(prefix),
             },
         );
         addr
@@ -148,6 +153,10 @@ impl Router {
             }
             TopicError::UnknownSuffix(_) => (
                 ErrorCode::Malformed,
+                device_level(&msg.source.topics, &msg.topic),
+            ),
+            TopicError::Claimed(_) => (
+                ErrorCode::InvalidDeviceId,
                 device_level(&msg.source.topics, &msg.topic),
             ),
             TopicError::BadChunkTopic(_) => (
@@ -249,14 +258,30 @@ impl Router {
             ack: msg.ack,
             reply: msg.source,
         };
-        let addr = match self.devices.get(&parsed.device_id) {
-            Some(e) if e.addr.connected() => e.addr.clone(),
+        let prefix = inbound.reply.topics.prefix();
+        let addr = match self.devices.get_mut(&parsed.device_id) {
+            Some(e) if !e.prefix.is_empty() && *e.prefix != *prefix => {
+                let claimed = TopicError::Claimed(e.prefix.to_string());
+                let msg = RawPublish {
+                    topic: msg.topic,
+                    payload: inbound.payload,
+                    ack: inbound.ack,
+                    source: inbound.reply,
+                };
+                return self.reject(msg, claimed, ctx);
+            }
+            Some(e) if e.addr.connected() => {
+                if e.prefix.is_empty() {
+                    e.prefix = Arc::from(prefix);
+                }
+                e.addr.clone()
+            }
             Some(_) => {
                 // The actor died without being asked to (its arbiter failed): restart it.
                 metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
-                self.spawn(parsed.device_id)
+                self.spawn(parsed.device_id, prefix)
             }
-            None => self.spawn(parsed.device_id),
+            None => self.spawn(parsed.device_id, prefix),
         };
         metrics::counter!(m::DEVICE_MAILBOX_PUSHED_TOTAL).increment(1);
         match addr.try_send(inbound) {
@@ -344,16 +369,17 @@ impl Handler<RestartDevice> for Router {
     type Result = bool;
 
     fn handle(&mut self, msg: RestartDevice, _ctx: &mut Self::Context) -> bool {
-        let was_running = match self.devices.remove(&msg.0) {
+        let (was_running, prefix) = match self.devices.remove(&msg.0) {
             Some(e) => {
                 // Control message: the old actor drains its mailbox, then stops.
                 e.addr.do_send(Stop);
-                true
+                (true, e.prefix)
             }
-            None => false,
+            // Bound by its first message.
+            None => (false, Arc::from("")),
         };
         metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
-        self.spawn(msg.0);
+        self.spawn(msg.0, &prefix);
         was_running
     }
 }

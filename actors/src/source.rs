@@ -235,6 +235,13 @@ impl Loop {
                     tracing::error!(error = %e, filter = %gone, "could not queue an unsubscribe");
                 }
             }
+        } else {
+            // The broker may resume a session holding these: unsubscribe them on reconnect.
+            for gone in self.topics.iter().filter(|f| !wanted.contains(f)) {
+                if !self.forget.contains(gone) {
+                    self.forget.push(gone.clone());
+                }
+            }
         }
         tracing::info!(filters = ?wanted, "MQTT subscriptions changed");
         self.topics = wanted;
@@ -326,6 +333,21 @@ impl Loop {
                     }
                     if let Err(e) = self.client.try_subscribe_many(filters) {
                         tracing::error!(error = %e, "could not queue subscriptions");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack
+                        .return_codes
+                        .iter()
+                        .filter(|c| {
+                            !matches!(
+                                c,
+                                rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                            )
+                        })
+                        .count();
+                    if refused > 0 {
+                        tracing::error!(refused, codes = ?ack.return_codes, "the broker refused subscriptions (check its ACLs for this user)");
                     }
                 }
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {

@@ -48,6 +48,9 @@ pub enum TopicError {
     /// A binary chunk topic with a bad capture id or index (error 2103).
     #[error("bad chunk topic: {0}")]
     BadChunkTopic(&'static str),
+    /// The device id is in use under another prefix (error 2101).
+    #[error("the device id is in use under the prefix {0:?}")]
+    Claimed(String),
 }
 
 /// A routed topic: the device and what kind of message it carries.

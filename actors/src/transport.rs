@@ -115,6 +115,10 @@ pub fn parse_url(url: &str) -> Result<BrokerUrl, TransportError> {
         Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
         None => (authority, scheme.default_port()),
     };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if host.is_empty() || host.contains('@') || port == 0 {
         return Err(bad());
     }
@@ -282,6 +286,7 @@ mod tests {
         let wss = parse_url("wss://hub.example:443/ws/mqtt").unwrap();
         assert_eq!(wss.dial_address(), "wss://hub.example:443/ws/mqtt");
         assert!(wss.scheme.tls());
+        assert_eq!(parse_url("mqtt://[::1]:1883").unwrap().host, "::1");
     }
 
     #[test]

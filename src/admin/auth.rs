@@ -76,8 +76,9 @@ impl IntoResponse for ApiError {
 
 /// Whether `presented` equals the token, in time independent of where they differ.
 pub fn token_matches(token: &str, presented: &str) -> bool {
-    // Lengths are compared in constant time too (ct_eq on unequal lengths is false).
-    token.as_bytes().ct_eq(presented.as_bytes()).into()
+    // Lengths are compared in constant time too (ct_eq on unequal lengths is false). An empty
+    // token never matches.
+    !token.is_empty() && bool::from(token.as_bytes().ct_eq(presented.as_bytes()))
 }
 
 /// Middleware: every API request needs `Authorization: Bearer <token>`.
@@ -115,5 +116,6 @@ mod tests {
         assert!(!super::token_matches("s3cret-token", "s3cret-tokeN"));
         assert!(!super::token_matches("s3cret-token", "s3cret"));
         assert!(!super::token_matches("s3cret-token", ""));
+        assert!(!super::token_matches("", ""));
     }
 }

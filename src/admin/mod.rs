@@ -72,13 +72,18 @@ impl Default for AdminConfig {
 impl AdminConfig {
     /// The configured token, from the value or the file.
     pub fn resolve_token(&self) -> Result<Option<String>, String> {
-        match (&self.token, &self.token_file) {
-            (Some(t), _) if !t.is_empty() => Ok(Some(t.clone())),
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) if !t.trim().is_empty() => t.trim().to_string(),
             (_, Some(f)) => std::fs::read_to_string(f)
-                .map(|s| Some(s.trim().to_string()))
-                .map_err(|e| format!("admin.token_file {f}: {e}")),
-            _ => Ok(None),
+                .map(|s| s.trim().to_string())
+                .map_err(|e| format!("admin.token_file {f}: {e}"))?,
+            _ => return Ok(None),
+        };
+        // An empty token would match a request without one.
+        if token.len() < 16 {
+            return Err("the admin token must be at least 16 characters".into());
         }
+        Ok(Some(token))
     }
 }
 

@@ -344,27 +344,22 @@ pub async fn rotate(
     let password = credentials::new_password();
     let hash = credentials::hash(&password).map_err(ApiError::internal)?;
     let sealed = seal(&s, &username, &password)?;
-    let topics: Vec<String> = c
-        .query_one(
-            "SELECT allowed_topics FROM mqtt_credentials WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .map_err(ApiError::internal)?
-        .get(0);
-    set_password(&h.dynsec, &username, &password, &topics)
-        .await
-        .map_err(broker_error)?;
+    // The row first, and only while the credential is active: a concurrent revoke wins, and
+    // should the broker be unreachable now, the reconcile loop has the new password.
     let row = c
-        .query_one(
+        .query_opt(
             &format!(
-                "UPDATE mqtt_credentials SET password_hash = $2, password_sealed = $3, rotated_at = now(), broker_synced_at = now()
-                 WHERE id = $1 RETURNING {CRED_COLUMNS}"
+                "UPDATE mqtt_credentials SET password_hash = $2, password_sealed = $3, rotated_at = now()
+                 WHERE id = $1 AND revoked_at IS NULL RETURNING {CRED_COLUMNS}"
             ),
             &[&id, &hash, &sealed],
         )
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("organisation {org} has no active credential {id}")))?;
+    set_password(&h.dynsec, &username, &password)
+        .await
+        .map_err(broker_error)?;
     tracing::info!(organization = org, username = %username, "hosted-broker credential rotated");
     let mut out = credential_json(&row);
     out["password"] = json!(password);

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::mqtt_config::{product, validate_filter};
 use super::{AdminState, ApiError};
-use crate::subscriptions::model::parse_actions;
+use crate::subscriptions::model::{mask_secrets, parse_actions, restore_masked};
 
 const COLUMNS: &str = "id, name, topic, enabled, description, actions, messages_received, actions_executed, actions_failed, last_message_at, created_at, updated_at";
 
@@ -23,7 +23,7 @@ pub fn to_json(r: &tokio_postgres::Row) -> Value {
         "topic": r.get::<_, String>(2),
         "enabled": r.get::<_, bool>(3),
         "description": r.get::<_, Option<String>>(4),
-        "actions": r.get::<_, Value>(5),
+        "actions": mask_secrets(&r.get::<_, Value>(5)),
         "messages_received": r.get::<_, i64>(6),
         "actions_executed": r.get::<_, i64>(7),
         "actions_failed": r.get::<_, i64>(8),
@@ -201,7 +201,14 @@ pub async fn update(
     check_name(&name)?;
     let topic = b.topic.unwrap_or_else(|| current.get(1));
     check_topic(&topic)?;
-    let actions: Value = b.actions.unwrap_or_else(|| current.get(2));
+    let stored: Value = current.get(2);
+    let actions: Value = match b.actions {
+        Some(mut a) => {
+            restore_masked(&mut a, &stored);
+            a
+        }
+        None => stored,
+    };
     check_actions(&actions, &topic)?;
     let r = c
         .query_one(

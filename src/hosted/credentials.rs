@@ -108,20 +108,14 @@ async fn has_role(d: &Dynsec, username: &str, role: &str) -> Result<bool, Dynsec
         .is_some_and(|roles| roles.iter().any(|r| r["rolename"] == role)))
 }
 
-/// A new password for an existing broker client; creates the client when it is missing.
-pub async fn set_password(
-    d: &Dynsec,
-    username: &str,
-    password: &str,
-    topics: &[String],
-) -> Result<(), DynsecError> {
+/// A new password for an existing broker client. When the client is missing, nothing is done
+/// here: the reconcile loop re-creates it from the (already updated) row.
+pub async fn set_password(d: &Dynsec, username: &str, password: &str) -> Result<(), DynsecError> {
     match d
         .call(json!({"command": "setClientPassword", "username": username, "password": password}))
         .await
     {
-        Err(DynsecError::Refused { error, .. }) if error.contains("not found") => {
-            provision(d, username, password, topics).await
-        }
+        Err(DynsecError::Refused { error, .. }) if error.contains("not found") => Ok(()),
         other => other.map(|_| ()),
     }
 }

@@ -47,7 +47,7 @@ impl Reconciler {
     pub async fn run_once(&self) -> Result<Report, String> {
         ensure_engine_role(
             &self.dynsec,
-            &self.cfg.client_prefix,
+            &self.cfg.engine_role,
             &self.cfg.admin_username,
         )
         .await
@@ -55,7 +55,7 @@ impl Reconciler {
         let rows = {
             let c = self.pool.get().await.map_err(|e| e.to_string())?;
             c.query(
-                "SELECT username, password_sealed, allowed_topics, revoked_at IS NOT NULL FROM mqtt_credentials",
+                "SELECT username, NULL::bytea, NULL::text[], revoked_at IS NOT NULL FROM mqtt_credentials",
                 &[],
             )
             .await
@@ -69,41 +69,44 @@ impl Reconciler {
             .into_iter()
             .filter(|u| u.starts_with(&self.cfg.client_prefix))
             .collect();
-        let mut active = HashSet::new();
+        let active: HashSet<String> = rows
+            .iter()
+            .filter(|r| !r.get::<_, bool>(3))
+            .map(|r| r.get(0))
+            .collect();
         let mut report = Report::default();
+        // Deletions first: a revoked credential loses its broker client even when another
+        // row cannot be repaired.
+        for username in broker.difference(&active) {
+            match deprovision(&self.dynsec, username).await {
+                Ok(()) => {
+                    tracing::warn!(username = %username, "hosted broker: deleted a client with no active credential");
+                    report.deleted += 1;
+                }
+                Err(e) => {
+                    tracing::error!(username = %username, error = %e, "hosted broker: could not delete a client")
+                }
+            }
+        }
         for r in &rows {
             let username: String = r.get(0);
-            if r.get::<_, bool>(3) {
-                continue;
-            }
-            active.insert(username.clone());
-            if broker.contains(&username) {
+            if r.get::<_, bool>(3) || broker.contains(&username) {
                 continue;
             }
             let Some(key) = &self.key else {
                 tracing::error!(username = %username, "cannot re-create a hosted-broker client: FLEETFLOW_SECRET_KEY is not set");
                 continue;
             };
-            let password = match key.open(&r.get::<_, Vec<u8>>(1), &seal_context(&username)) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(username = %username, error = %e, "cannot re-create a hosted-broker client");
-                    continue;
+            match self.repair(key, &username).await {
+                Ok(true) => {
+                    tracing::warn!(username = %username, "hosted broker: re-created a missing client");
+                    report.created += 1;
                 }
-            };
-            let topics: Vec<String> = r.get(2);
-            provision(&self.dynsec, &username, &password, &topics)
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::warn!(username = %username, "hosted broker: re-created a missing client");
-            report.created += 1;
-        }
-        for username in broker.difference(&active) {
-            deprovision(&self.dynsec, username)
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::warn!(username = %username, "hosted broker: deleted a client with no active credential");
-            report.deleted += 1;
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(username = %username, error = %e, "hosted broker: could not re-create a client")
+                }
+            }
         }
         if report.created > 0 {
             metrics::counter!(m::HOSTED_REPAIRS_TOTAL, "kind" => "created")
@@ -122,6 +125,29 @@ impl Reconciler {
                 .await;
         }
         Ok(report)
+    }
+
+    /// Re-creates one client from the row as it is now (a revoke or rotation since the pass
+    /// began wins). Returns whether it did.
+    async fn repair(&self, key: &SecretKey, username: &str) -> Result<bool, String> {
+        let row = {
+            let c = self.pool.get().await.map_err(|e| e.to_string())?;
+            c.query_opt(
+                "SELECT password_sealed, allowed_topics FROM mqtt_credentials WHERE username = $1 AND revoked_at IS NULL",
+                &[&username],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+        };
+        let Some(row) = row else { return Ok(false) };
+        let password = key
+            .open(&row.get::<_, Vec<u8>>(0), &seal_context(username))
+            .map_err(|e| e.to_string())?;
+        let topics: Vec<String> = row.get(1);
+        provision(&self.dynsec, username, &password, &topics)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(true)
     }
 
     /// Runs passes at startup, on every change notification and every `reconcile_secs`.

@@ -247,29 +247,32 @@ impl Dispatcher {
                             Some(d) => t.replace("{device_id}", d),
                             None => t.clone(),
                         };
-                        let looped = set.subs.iter().any(|s| matches(&target, &s.filter));
-                        let outcome = if looped {
-                            Err(
-                                "the target topic matches an enabled subscription (it would loop)"
-                                    .to_string(),
-                            )
-                        } else {
-                            msg.source.link.publish_with(
-                                target,
-                                msg.payload.clone(),
-                                *qos,
-                                *retain,
-                                "republish",
-                            )
-                        };
-                        match outcome {
-                            Ok(()) => executed(&sub.stats, "republish"),
+                        if set.subs.iter().any(|s| matches(&target, &s.filter)) {
+                            // A configuration error, not a transient one: counted and skipped.
+                            failed(&sub.stats, "republish");
+                            tracing::warn!(subscription = %sub.name, topic = %target, "republish refused: the target matches an enabled subscription (it would loop)");
+                            link::ack(share);
+                            continue;
+                        }
+                        match msg.source.link.publish_with(
+                            target,
+                            msg.payload.clone(),
+                            *qos,
+                            *retain,
+                            "republish",
+                        ) {
+                            Ok(()) => {
+                                executed(&sub.stats, "republish");
+                                link::ack(share);
+                            }
                             Err(e) => {
+                                // Not acknowledged: the broker redelivers the message after
+                                // a reconnect, and the republish is tried again.
                                 failed(&sub.stats, "republish");
                                 tracing::warn!(subscription = %sub.name, error = %e, "republish failed");
+                                drop(share);
                             }
                         }
-                        link::ack(share);
                     }
                     Compiled::Webhook(w) => {
                         let body = envelope(&set.product, sub, topic, &msg.payload);

@@ -12,6 +12,10 @@ pub const GXP_CAMERA: &str = "gxp-camera";
 /// Tables a `store_json` action may write.
 pub const STORE_JSON_TABLES: &[&str] = &["telemetry"];
 
+/// Most messages a webhook action holds (each holds its broker ack until delivered, so this
+/// stays well under the connection's receive maximum).
+pub const MAX_WEBHOOK_QUEUE: usize = 1000;
+
 /// Longest topic a `republish` action (or the publish API) may name, in bytes.
 pub const MAX_PUBLISH_TOPIC_BYTES: usize = 1024;
 
@@ -50,7 +54,7 @@ pub struct WebhookSpec {
     /// Attempts after the first (default 3), with doubling backoff from 200 ms.
     pub retries: u32,
     /// Messages waiting for delivery before new ones are refused and counted as failed
-    /// (default 1000).
+    /// (default 100, at most [`MAX_WEBHOOK_QUEUE`]).
     pub queue: usize,
     /// Extra request headers (for example an `Authorization` for the receiver).
     pub headers: BTreeMap<String, String>,
@@ -152,6 +156,12 @@ fn parse_action(i: usize, v: &Value, filter: &str) -> Result<Action, FieldError>
                 ));
             }
             let level = int_field(obj, "device_id_level", 0, 31, &at)?.map(|n| n as usize);
+            if level.is_none() && !filter.split('/').any(|l| l == "+" || l == "#") {
+                return Err(bad(
+                    at("device_id_level"),
+                    "the topic filter has no wildcard level to take the device id from; give device_id_level",
+                ));
+            }
             if let Some(l) = level {
                 let levels = filter.split('/').collect::<Vec<_>>();
                 if levels.last() != Some(&"#") && l >= levels.len() {
@@ -225,9 +235,10 @@ fn parse_action(i: usize, v: &Value, filter: &str) -> Result<Action, FieldError>
             }
             Ok(Action::Webhook(WebhookSpec {
                 url: url.to_string(),
-                timeout_ms: int_field(obj, "timeout_ms", 100, 60_000, &at)?.unwrap_or(5_000),
-                retries: int_field(obj, "retries", 0, 10, &at)?.unwrap_or(3) as u32,
-                queue: int_field(obj, "queue", 1, 100_000, &at)?.unwrap_or(1_000) as usize,
+                timeout_ms: int_field(obj, "timeout_ms", 100, 30_000, &at)?.unwrap_or(5_000),
+                retries: int_field(obj, "retries", 0, 5, &at)?.unwrap_or(3) as u32,
+                queue: int_field(obj, "queue", 1, MAX_WEBHOOK_QUEUE as u64, &at)?.unwrap_or(100)
+                    as usize,
                 headers,
             }))
         }
@@ -325,7 +336,7 @@ mod tests {
         let Action::Webhook(w) = &a[3] else {
             panic!("webhook expected")
         };
-        assert_eq!((w.timeout_ms, w.retries, w.queue), (5000, 3, 1000));
+        assert_eq!((w.timeout_ms, w.retries, w.queue), (5000, 3, 100));
     }
 
     #[test]
@@ -357,6 +368,15 @@ mod tests {
         );
         assert_eq!(err(json!({"type": "store_json"})).field, "actions");
         assert_eq!(err(json!([])).field, "actions");
+        assert_eq!(
+            parse_actions(
+                &json!([{"type": "store_json", "table": "telemetry"}]),
+                "plant/telemetry"
+            )
+            .unwrap_err()
+            .field,
+            "actions[0].device_id_level"
+        );
         assert_eq!(err(json!([{"profile": "x"}])).field, "actions[0].type");
     }
 
@@ -380,5 +400,66 @@ mod tests {
         assert!(validate_publish_topic("a/#").is_err());
         assert!(validate_publish_topic("$SYS/x").is_err());
         assert!(validate_publish_topic(&"x".repeat(1025)).is_err());
+    }
+}
+
+/// What the API shows for a webhook header value.
+pub const MASK: &str = "***";
+
+/// The actions with every webhook header value replaced by [`MASK`] (they often carry
+/// credentials for the receiver).
+pub fn mask_secrets(actions: &Value) -> Value {
+    let mut out = actions.clone();
+    if let Some(items) = out.as_array_mut() {
+        for a in items {
+            if let Some(Value::Object(h)) = a.get_mut("headers") {
+                for v in h.values_mut() {
+                    *v = Value::String(MASK.into());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// In an edited `actions` array, puts back the stored value of every header given as
+/// [`MASK`] (same action position and header name), so that a masked array read from the API
+/// can be sent back unchanged.
+pub fn restore_masked(new: &mut Value, stored: &Value) {
+    let Some(items) = new.as_array_mut() else {
+        return;
+    };
+    for (i, a) in items.iter_mut().enumerate() {
+        let Some(Value::Object(h)) = a.get_mut("headers") else {
+            continue;
+        };
+        for (k, v) in h.iter_mut() {
+            if v.as_str() == Some(MASK) {
+                if let Some(old) = stored
+                    .get(i)
+                    .and_then(|o| o.get("headers"))
+                    .and_then(|o| o.get(k))
+                {
+                    *v = old.clone();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn webhook_headers_are_masked_and_restored() {
+        let stored = json!([{"type": "webhook", "url": "http://x", "headers": {"Authorization": "Bearer s3cret"}}]);
+        let shown = mask_secrets(&stored);
+        assert_eq!(shown[0]["headers"]["Authorization"], MASK);
+        assert!(!shown.to_string().contains("s3cret"));
+        let mut back = shown.clone();
+        restore_masked(&mut back, &stored);
+        assert_eq!(back, stored);
     }
 }
