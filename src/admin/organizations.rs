@@ -226,27 +226,34 @@ pub async fn create(
     let password = credentials::new_password();
     let hash = credentials::hash(&password).map_err(ApiError::internal)?;
     let sealed = seal(&s, &username, &password)?;
-    provision(&h.dynsec, &username, &password, &topics)
-        .await
-        .map_err(broker_error)?;
+    // The row first: the reconcile loop deletes managed broker clients that have none.
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let row = c
         .query_one(
             &format!(
-                "INSERT INTO mqtt_credentials (organization_id, username, password_hash, password_sealed, allowed_topics, description, broker_synced_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, now()) RETURNING {CRED_COLUMNS}"
+                "INSERT INTO mqtt_credentials (organization_id, username, password_hash, password_sealed, allowed_topics, description)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {CRED_COLUMNS}"
             ),
             &[&org, &username, &hash, &sealed, &topics, &b.description],
         )
+        .await
+        .map_err(ApiError::internal)?;
+    if let Err(e) = provision(&h.dynsec, &username, &password, &topics).await {
+        // Not usable: withdraw it (the reconcile loop removes whatever reached the broker).
+        let _ = c
+            .execute(
+                "UPDATE mqtt_credentials SET revoked_at = now() WHERE username = $1",
+                &[&username],
+            )
+            .await;
+        return Err(broker_error(e));
+    }
+    let _ = c
+        .execute(
+            "UPDATE mqtt_credentials SET broker_synced_at = now() WHERE username = $1",
+            &[&username],
+        )
         .await;
-    let row = match row {
-        Ok(r) => r,
-        Err(e) => {
-            // Not recorded: take the broker client back out.
-            let _ = deprovision(&h.dynsec, &username).await;
-            return Err(ApiError::internal(e));
-        }
-    };
     tracing::info!(organization = org, username = %username, "hosted-broker credential created");
     let mut out = credential_json(&row);
     out["password"] = json!(password);

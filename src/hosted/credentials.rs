@@ -55,14 +55,31 @@ const ACL_TYPES: [&str; 4] = [
     "unsubscribePattern",
 ];
 
-/// Creates (or repairs) the broker client `username` with `password` and a role of the same
-/// name that allows publish and subscribe on `topics` only.
-pub async fn provision(
+/// Creates the broker client `username` only if it does not exist (the reconcile loop's
+/// repair: a client that exists meanwhile, created or re-keyed by the API, is left alone).
+/// Returns whether it created it.
+pub async fn create_missing(
     d: &Dynsec,
     username: &str,
     password: &str,
     topics: &[String],
-) -> Result<(), DynsecError> {
+) -> Result<bool, DynsecError> {
+    ensure_role(d, username, topics).await?;
+    match d
+        .call(
+            json!({"command": "createClient", "username": username, "password": password,
+                      "textdescription": "managed by fleetflow",
+                      "roles": [{"rolename": username}]}),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(DynsecError::Refused { error, .. }) if error.contains("already") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+async fn ensure_role(d: &Dynsec, username: &str, topics: &[String]) -> Result<(), DynsecError> {
     d.call_idempotent(json!({"command": "createRole", "rolename": username}))
         .await?;
     for topic in topics {
@@ -72,6 +89,18 @@ pub async fn provision(
                 .await?;
         }
     }
+    Ok(())
+}
+
+/// Creates (or repairs) the broker client `username` with `password` and a role of the same
+/// name that allows publish and subscribe on `topics` only.
+pub async fn provision(
+    d: &Dynsec,
+    username: &str,
+    password: &str,
+    topics: &[String],
+) -> Result<(), DynsecError> {
+    ensure_role(d, username, topics).await?;
     match d
         .call(
             json!({"command": "createClient", "username": username, "password": password,

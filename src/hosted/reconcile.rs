@@ -9,7 +9,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use fleetflow_actors::metrics as m;
 
-use super::credentials::{deprovision, ensure_engine_role, provision, seal_context};
+use super::credentials::{create_missing, deprovision, ensure_engine_role, seal_context};
 use super::dynsec::Dynsec;
 use super::HostedConfig;
 use crate::secrets::SecretKey;
@@ -52,15 +52,8 @@ impl Reconciler {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let rows = {
-            let c = self.pool.get().await.map_err(|e| e.to_string())?;
-            c.query(
-                "SELECT username, NULL::bytea, NULL::text[], revoked_at IS NOT NULL FROM mqtt_credentials",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-        };
+        // The broker first, then the rows: the API writes a row before it creates the broker
+        // client, so every client listed here that belongs to a credential has its row below.
         let broker: HashSet<String> = self
             .dynsec
             .list_clients()
@@ -69,9 +62,18 @@ impl Reconciler {
             .into_iter()
             .filter(|u| u.starts_with(&self.cfg.client_prefix))
             .collect();
+        let rows = {
+            let c = self.pool.get().await.map_err(|e| e.to_string())?;
+            c.query(
+                "SELECT username, revoked_at IS NOT NULL FROM mqtt_credentials",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+        };
         let active: HashSet<String> = rows
             .iter()
-            .filter(|r| !r.get::<_, bool>(3))
+            .filter(|r| !r.get::<_, bool>(1))
             .map(|r| r.get(0))
             .collect();
         let mut report = Report::default();
@@ -90,7 +92,7 @@ impl Reconciler {
         }
         for r in &rows {
             let username: String = r.get(0);
-            if r.get::<_, bool>(3) || broker.contains(&username) {
+            if r.get::<_, bool>(1) || broker.contains(&username) {
                 continue;
             }
             let Some(key) = &self.key else {
@@ -133,7 +135,9 @@ impl Reconciler {
         let row = {
             let c = self.pool.get().await.map_err(|e| e.to_string())?;
             c.query_opt(
-                "SELECT password_sealed, allowed_topics FROM mqtt_credentials WHERE username = $1 AND revoked_at IS NULL",
+                // A credential the API is creating right now (no broker sync yet) is left to it.
+                "SELECT password_sealed, allowed_topics FROM mqtt_credentials WHERE username = $1 AND revoked_at IS NULL
+                   AND (broker_synced_at IS NOT NULL OR created_at < now() - interval '30 seconds')",
                 &[&username],
             )
             .await
@@ -144,10 +148,9 @@ impl Reconciler {
             .open(&row.get::<_, Vec<u8>>(0), &seal_context(username))
             .map_err(|e| e.to_string())?;
         let topics: Vec<String> = row.get(1);
-        provision(&self.dynsec, username, &password, &topics)
+        create_missing(&self.dynsec, username, &password, &topics)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(true)
+            .map_err(|e| e.to_string())
     }
 
     /// Runs passes at startup, on every change notification and every `reconcile_secs`.
