@@ -149,6 +149,10 @@ impl Engine {
             .local_addr()
             .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
         let token = cfg.admin.resolve_token().map_err(EngineError::Admin)?;
+        let restart_token = cfg
+            .admin
+            .resolve_restart_token()
+            .map_err(EngineError::Admin)?;
         if token.is_none() {
             tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
         }
@@ -170,6 +174,8 @@ impl Engine {
                 .with_sources(sources_restart)
                 .with_sinks(sinks),
             cooldown_secs: cfg.admin.restart_cooldown_secs,
+            restart_max: cfg.admin.restart_max_per_window,
+            restart_token: restart_token.map(Arc::from),
             link: admin_link,
             topics: admin_topics,
             secret_key,

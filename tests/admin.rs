@@ -507,3 +507,68 @@ async fn sink_and_pipeline_restarts_rebuild_in_process_with_health_checks_and_lo
     assert_eq!(audit, 3, "each restart is in the audit trail");
     assert_eq!(env.pid(), pid, "all in process");
 }
+
+#[tokio::test]
+async fn a_restart_only_token_requests_restarts_and_nothing_else_within_n_per_window() {
+    const RESTART: &str = "restart-only-token-0123456789";
+    let env = TestEnv::start(Options {
+        extra: format!(
+            "[admin]\ntoken = \"{TOKEN}\"\nrestart_token = \"{RESTART}\"\nrestart_cooldown_secs = 300\nrestart_max_per_window = 2\n"
+        ),
+        ..Options::default()
+    })
+    .await;
+    let id = random_device();
+    let dev = env.device(&id).await;
+    dev.publish("data", r#"{"type":"reading","seq":1}"#).await;
+    let c = reqwest::Client::new();
+    let restart = |token: &'static str| {
+        c.post(format!("{}/api/v1/restarts", env.http))
+            .header("X-Restart-Token", token)
+            .json(&json!({"target": format!("device:{id}"), "reason": "automation"}))
+            .send()
+    };
+    for _ in 0..2 {
+        let r = restart(RESTART).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["status"], "completed", "{body}");
+    }
+    let third = restart(RESTART).await.unwrap();
+    assert_eq!(third.status(), 429, "at most 2 per window");
+    assert!(third.headers().contains_key("retry-after"));
+    assert_eq!(
+        restart("wrong-token-0123456789").await.unwrap().status(),
+        401
+    );
+    // The restart token opens nothing else.
+    let r = c
+        .get(format!("{}/api/v1/devices", env.http))
+        .header("X-Restart-Token", RESTART)
+        .bearer_auth(RESTART)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The SQL function takes the same limit.
+    let db = env.db().await;
+    for _ in 0..2 {
+        db.query_one(
+            "SELECT request_service_restart('sink:objects', 'x', NULL, interval '5 minutes', false, 2)",
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    let e = db
+        .query_one(
+            "SELECT request_service_restart('sink:objects', 'x', NULL, interval '5 minutes', false, 2)",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_db_error().unwrap().message().contains("cooldown"),
+        "{e}"
+    );
+}

@@ -108,6 +108,48 @@ pub async fn require_token(State(s): State<AdminState>, req: Request, next: Next
     next.run(req).await
 }
 
+/// Middleware for `POST /api/v1/restarts`: the admin bearer token, or the restart-only token in
+/// `X-Restart-Token` (both compared in constant time).
+pub async fn require_restart_access(
+    State(s): State<AdminState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let restart = req
+        .headers()
+        .get("x-restart-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let admin_ok = s.token.as_deref().is_some_and(|t| token_matches(t, bearer));
+    let restart_ok = s
+        .restart_token
+        .as_deref()
+        .is_some_and(|t| token_matches(t, restart));
+    if s.token.is_none() && s.restart_token.is_none() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "admin_disabled",
+            "no admin or restart token is configured",
+        )
+        .into_response();
+    }
+    if !(admin_ok || restart_ok) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token or X-Restart-Token",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

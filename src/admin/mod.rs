@@ -41,9 +41,20 @@ pub struct AdminConfig {
     /// File holding the token.
     #[serde(default)]
     pub token_file: Option<String>,
-    /// Minimum time between two restarts of the same target, in seconds. Default 300.
+    /// The restart rate limit's window per target, in seconds. Default 300.
     #[serde(default = "default_cooldown")]
     pub restart_cooldown_secs: u64,
+    /// Restarts allowed per target within the window. Default 1.
+    #[serde(default = "default_restart_max")]
+    pub restart_max_per_window: u32,
+    /// A token that may only request restarts (`X-Restart-Token` header on
+    /// `POST /api/v1/restarts`), for automation that should not hold the admin token. Prefer
+    /// `FLEETFLOW_ADMIN__RESTART_TOKEN` or `restart_token_file`. Never logged.
+    #[serde(default, skip_serializing)]
+    pub restart_token: Option<String>,
+    /// File holding the restart token.
+    #[serde(default)]
+    pub restart_token_file: Option<String>,
     /// How often the restart worker polls `service_restart_requests` besides LISTEN/NOTIFY, in
     /// seconds. Default 30.
     #[serde(default = "default_restart_poll")]
@@ -52,6 +63,10 @@ pub struct AdminConfig {
 
 fn default_restart_poll() -> u64 {
     30
+}
+
+fn default_restart_max() -> u32 {
+    1
 }
 
 fn default_cooldown() -> u64 {
@@ -64,6 +79,9 @@ impl Default for AdminConfig {
             token: None,
             token_file: None,
             restart_cooldown_secs: default_cooldown(),
+            restart_max_per_window: default_restart_max(),
+            restart_token: None,
+            restart_token_file: None,
             restart_poll_secs: default_restart_poll(),
         }
     }
@@ -72,19 +90,37 @@ impl Default for AdminConfig {
 impl AdminConfig {
     /// The configured token, from the value or the file.
     pub fn resolve_token(&self) -> Result<Option<String>, String> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) if !t.trim().is_empty() => t.trim().to_string(),
-            (_, Some(f)) => std::fs::read_to_string(f)
-                .map(|s| s.trim().to_string())
-                .map_err(|e| format!("admin.token_file {f}: {e}"))?,
-            _ => return Ok(None),
-        };
-        // An empty token would match a request without one.
-        if token.len() < 16 {
-            return Err("the admin token must be at least 16 characters".into());
-        }
-        Ok(Some(token))
+        resolve(&self.token, &self.token_file, "admin.token")
     }
+
+    /// The restart-only token, from the setting or its file.
+    pub fn resolve_restart_token(&self) -> Result<Option<String>, String> {
+        resolve(
+            &self.restart_token,
+            &self.restart_token_file,
+            "admin.restart_token",
+        )
+    }
+}
+
+/// A token from its setting or file; at least 16 characters (an empty one would match a request
+/// without one).
+fn resolve(
+    value: &Option<String>,
+    file: &Option<String>,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let token = match (value, file) {
+        (Some(t), _) if !t.trim().is_empty() => t.trim().to_string(),
+        (_, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("{name}_file {f}: {e}"))?,
+        _ => return Ok(None),
+    };
+    if token.len() < 16 {
+        return Err(format!("{name} must be at least 16 characters"));
+    }
+    Ok(Some(token))
 }
 
 /// What the admin handlers share.
@@ -104,6 +140,10 @@ pub struct AdminState {
     pub restarter: crate::restarts::Restarter,
     /// Cooldown per restart target, in seconds.
     pub cooldown_secs: u64,
+    /// Restarts allowed per target within the cooldown window.
+    pub restart_max: u32,
+    /// The restart-only token, if configured.
+    pub restart_token: Option<Arc<str>>,
     /// Publishes commands.
     pub link: fleetflow_actors::link::MqttLink,
     /// Builds command topics.
@@ -131,7 +171,6 @@ pub fn routes(state: AdminState) -> Router {
             "/api/v1/devices/{device_id}/commands",
             post(commands::create),
         )
-        .route("/api/v1/restarts", post(restarts::create))
         .route(
             "/api/v1/products/{product_id}/mqtt-config",
             get(mqtt_config::get).put(mqtt_config::put),
@@ -190,9 +229,17 @@ pub fn routes(state: AdminState) -> Router {
             state.clone(),
             organizations::require_org_access,
         ))
+        .with_state(state.clone());
+    let restart = Router::new()
+        .route("/api/v1/restarts", post(restarts::create))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_restart_access,
+        ))
         .with_state(state);
     Router::new()
         .merge(api)
         .merge(orgs)
+        .merge(restart)
         .route("/", get(console::page))
 }

@@ -59,8 +59,8 @@ pub async fn run(
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let row = c
         .query_one(
-            "SELECT request_service_restart($1, $2, 'admin-api', make_interval(secs => $3), true)",
-            &[&key, &body_reason, &(cooldown_secs as f64)],
+            "SELECT request_service_restart($1, $2, 'admin-api', make_interval(secs => $3), true, $4)",
+            &[&key, &body_reason, &(cooldown_secs as f64), &(s.restart_max.max(1) as i32)],
         )
         .await;
     let request_id: i64 = match row {
