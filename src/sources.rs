@@ -391,6 +391,17 @@ impl SourceManager {
         *self.links.write().expect("links lock") = map;
     }
 
+    async fn write_broker_info(&self, product: &str, info: serde_json::Value) {
+        if let Ok(c) = self.pool.get().await {
+            let _ = c
+                .execute(
+                    "UPDATE mqtt_connection_status SET broker_info = $2 WHERE product_id = $1",
+                    &[&product, &info],
+                )
+                .await;
+        }
+    }
+
     async fn write_topics_count(&self, product: &str, count: i32) {
         if let Ok(c) = self.pool.get().await {
             let _ = c
@@ -458,7 +469,8 @@ impl SourceManager {
             if now != r.was_connected {
                 r.was_connected = now;
                 let topics = r.handle.filters.borrow().len() as i32;
-                changes.push((name.clone(), now, topics));
+                let info = r.handle.broker_info.borrow().clone();
+                changes.push((name.clone(), now, topics, info));
             }
             let received = r.handle.received.load(Ordering::Relaxed);
             if received != r.reported {
@@ -467,8 +479,11 @@ impl SourceManager {
             }
         }
         self.connected.store(all, Ordering::Release);
-        for (name, now, topics) in changes {
+        for (name, now, topics, info) in changes {
             self.write_status(&name, now, None, Some(topics)).await;
+            if let (true, Some(info)) = (now, info) {
+                self.write_broker_info(&name, info).await;
+            }
         }
         if !counts.is_empty() {
             if let Ok(c) = self.pool.get().await {

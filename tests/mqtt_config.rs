@@ -298,6 +298,10 @@ async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_wit
         .await
         .unwrap();
     assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(
+        status["broker_info"]["protocol"], "MQTT 5",
+        "the CONNACK is recorded: {status}"
+    );
     // Still ingesting from the second broker after the reconnect, same process.
     new.publish("data", r#"{"type":"reading","seq":4}"#).await;
     common::eventually(

@@ -67,6 +67,8 @@ pub struct SourceHandle {
     pub connected: Arc<AtomicBool>,
     /// PUBLISH packets received since the source started.
     pub received: Arc<AtomicU64>,
+    /// What the broker said in its latest CONNACK (session, limits, features), as JSON.
+    pub broker_info: watch::Receiver<Option<serde_json::Value>>,
     /// Control channel.
     pub control: watch::Sender<SourceControl>,
     /// The topic filters to hold: a change subscribes the new ones and unsubscribes the removed
@@ -164,6 +166,7 @@ pub fn spawn_with_filters(
     let link = MqttLink::new(client.clone(), sub_qos);
     let connected = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
+    let (broker_info_tx, broker_info) = watch::channel(None);
     let (control, control_rx) = watch::channel(SourceControl::Run);
     let parser = TopicParser::new(cfg.topic_prefix.clone());
     let (filters_tx, filters_rx) = watch::channel(filters.clone());
@@ -178,6 +181,7 @@ pub fn spawn_with_filters(
         reply,
         connected: connected.clone(),
         received: received.clone(),
+        broker_info: broker_info_tx,
         control: control_rx,
         out,
         topics: filters,
@@ -192,6 +196,7 @@ pub fn spawn_with_filters(
         link,
         connected,
         received,
+        broker_info,
         control,
         filters: filters_tx,
         task,
@@ -205,6 +210,7 @@ struct Loop {
     reply: std::sync::Arc<Reply>,
     connected: Arc<AtomicBool>,
     received: Arc<AtomicU64>,
+    broker_info: watch::Sender<Option<serde_json::Value>>,
     control: watch::Receiver<SourceControl>,
     out: mpsc::Sender<RawPublish>,
     topics: Vec<String>,
@@ -314,6 +320,7 @@ impl Loop {
                         session_present = ack.session_present,
                         "MQTT connected"
                     );
+                    let _ = self.broker_info.send(Some(connack_info(&ack)));
                     if ack.session_present {
                         for old in std::mem::take(&mut self.forget) {
                             if !self.topics.contains(&old) {
@@ -385,6 +392,27 @@ impl Loop {
         metrics::gauge!(m::MQTT_CONNECTED).set(0.0);
         tracing::info!("MQTT source stopped");
     }
+}
+
+/// The CONNACK as JSON for `mqtt_connection_status.broker_info`.
+fn connack_info(ack: &rumqttc::v5::mqttbytes::v5::ConnAck) -> serde_json::Value {
+    let mut v = serde_json::json!({"session_present": ack.session_present, "protocol": "MQTT 5"});
+    if let Some(p) = &ack.properties {
+        v["receive_maximum"] = serde_json::json!(p.receive_max);
+        v["maximum_qos"] = serde_json::json!(p.max_qos);
+        v["retain_available"] = serde_json::json!(p.retain_available.map(|r| r == 1));
+        v["maximum_packet_size"] = serde_json::json!(p.max_packet_size);
+        v["topic_alias_maximum"] = serde_json::json!(p.topic_alias_max);
+        v["server_keep_alive"] = serde_json::json!(p.server_keep_alive);
+        v["session_expiry_interval"] = serde_json::json!(p.session_expiry_interval);
+        v["assigned_client_identifier"] = serde_json::json!(p.assigned_client_identifier);
+        v["wildcard_subscription_available"] =
+            serde_json::json!(p.wildcard_subscription_available.map(|r| r == 1));
+        v["shared_subscription_available"] =
+            serde_json::json!(p.shared_subscription_available.map(|r| r == 1));
+        v["server_reference"] = serde_json::json!(p.server_reference);
+    }
+    v
 }
 
 #[cfg(test)]

@@ -346,7 +346,7 @@ pub async fn status(
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let r = c
         .query_opt(
-            "SELECT connected, last_connected_at, last_disconnected_at, messages_received, subscribed_topics_count, client_id, connection_error, updated_at
+            "SELECT connected, last_connected_at, last_disconnected_at, messages_received, subscribed_topics_count, client_id, connection_error, updated_at, broker_info
              FROM mqtt_connection_status WHERE product_id = $1",
             &[&product_id],
         )
@@ -364,6 +364,7 @@ pub async fn status(
         "client_id": r.get::<_, Option<String>>(5),
         "connection_error": r.get::<_, Option<String>>(6),
         "updated_at": r.get::<_, chrono::DateTime<chrono::Utc>>(7),
+        "broker_info": r.get::<_, Option<Value>>(8),
     })))
 }
 
