@@ -410,6 +410,48 @@ async fn the_reconcile_loop_repairs_clients_deleted_or_added_behind_its_back() {
         },
     )
     .await;
+    // ACLs edited by hand: one taken away, one added for another organisation's topics.
+    let own = format!("org_{o}/devices/#");
+    let other = format!("org_{}/devices/#", o + 1);
+    dynsec_ctl(&env, &["removeRoleACL", user, "subscribePattern", &own]);
+    dynsec_ctl(
+        &env,
+        &["addRoleACL", user, "publishClientSend", &other, "allow"],
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the role put back in shape",
+        || async {
+            let m = env.metrics().await;
+            (common::metric_value(&m, "fleetflow_hosted_repairs_total{kind=\"fixed\"}") >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let (c, mut el) = connect(&env, user, pass).await.expect("connects");
+    assert_eq!(
+        subscribe(&c, &mut el, &own).await,
+        SubscribeReasonCode::Success(QoS::AtLeastOnce),
+        "the removed ACL is back"
+    );
+    c.publish(
+        format!("org_{}/devices/x/status", o + 1),
+        QoS::AtLeastOnce,
+        false,
+        "no",
+    )
+    .await
+    .unwrap();
+    let reason = next_event(&mut el, Duration::from_secs(5), |ev| match ev {
+        Event::Incoming(Packet::PubAck(a)) => Some(a.reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        reason,
+        Some(PubAckReason::NotAuthorized),
+        "the added ACL is gone"
+    );
     // The counters follow the broker changes.
     eventually(Duration::from_secs(5), "both repairs counted", || async {
         let m = env.metrics().await;

@@ -13,7 +13,7 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (MQTT_RECONNECTS_TOTAL, "counter", "MQTT connection attempts after a failure."),
     (MQTT_PUBLISHES_TOTAL, "counter", "Messages the engine published, by kind (ack, nack, command, republish, publish)."),
     (SUBSCRIPTION_MESSAGES_TOTAL, "counter", "Messages on a database-configured source, by outcome: matched an enabled subscription, or unmatched (acknowledged and skipped)."),
-    (HOSTED_REPAIRS_TOTAL, "counter", "Hosted-broker clients the reconcile loop re-created (created) or removed (deleted) to match mqtt_credentials."),
+    (HOSTED_REPAIRS_TOTAL, "counter", "Hosted-broker clients the reconcile loop re-created (created), removed (deleted) or put back in shape (fixed: role, ACLs, enabled) to match mqtt_credentials."),
     (ACTIONS_EXECUTED_TOTAL, "counter", "Subscription actions carried out, by action type."),
     (ACTIONS_FAILED_TOTAL, "counter", "Subscription actions that failed (bad payload, full queue, webhook given up after retries), by action type."),
     (ROUTER_ROUTED_TOTAL, "counter", "Messages routed to device actors."),
@@ -162,7 +162,11 @@ const LABELS: &[(&str, &str, &[&str])] = &[
         "outcome",
         &["matched", "unmatched"],
     ),
-    (HOSTED_REPAIRS_TOTAL, "kind", &["created", "deleted"]),
+    (
+        HOSTED_REPAIRS_TOTAL,
+        "kind",
+        &["created", "deleted", "fixed"],
+    ),
     (ACTIONS_EXECUTED_TOTAL, "type", ACTION_TYPES),
     (ACTIONS_FAILED_TOTAL, "type", ACTION_TYPES),
     (

@@ -48,7 +48,7 @@ pub fn seal_context(username: &str) -> String {
 }
 
 /// The ACL types a credential gets on each of its topic filters.
-const ACL_TYPES: [&str; 4] = [
+pub const ACL_TYPES: [&str; 4] = [
     "publishClientSend",
     "publishClientReceive",
     "subscribePattern",

@@ -244,6 +244,22 @@ impl Dynsec {
             .unwrap_or_default())
     }
 
+    /// Every broker client with its roles and `disabled` flag (`listClients`, verbose).
+    pub async fn list_clients_verbose(&self) -> Result<Vec<Value>, DynsecError> {
+        let data = self
+            .call(json!({"command": "listClients", "verbose": true, "count": -1}))
+            .await?;
+        Ok(data["clients"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Every role with its ACLs (`listRoles`, verbose).
+    pub async fn list_roles_verbose(&self) -> Result<Vec<Value>, DynsecError> {
+        let data = self
+            .call(json!({"command": "listRoles", "verbose": true, "count": -1}))
+            .await?;
+        Ok(data["roles"].as_array().cloned().unwrap_or_default())
+    }
+
     /// Publishes through the admin connection (for organisation-scoped publishing).
     pub async fn publish(
         &self,

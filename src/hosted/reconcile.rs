@@ -3,13 +3,17 @@
 //! an active row. Runs at startup, on `NOTIFY fleetflow_mqtt_credentials` and every
 //! `reconcile_secs`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use fleetflow_actors::metrics as m;
 
-use super::credentials::{create_missing, deprovision, ensure_engine_role, seal_context};
+use serde_json::{json, Value};
+
+use super::credentials::{
+    create_missing, deprovision, ensure_engine_role, seal_context, ACL_TYPES,
+};
 use super::dynsec::Dynsec;
 use super::HostedConfig;
 use crate::secrets::SecretKey;
@@ -21,6 +25,8 @@ pub struct Report {
     pub created: usize,
     /// Broker clients deleted that had no active row.
     pub deleted: usize,
+    /// Existing clients whose role, ACLs or enabled state were put back.
+    pub fixed: usize,
 }
 
 /// The reconcile loop's state.
@@ -54,18 +60,33 @@ impl Reconciler {
         .map_err(|e| e.to_string())?;
         // The broker first, then the rows: the API writes a row before it creates the broker
         // client, so every client listed here that belongs to a credential has its row below.
-        let broker: HashSet<String> = self
+        let clients: HashMap<String, Value> = self
             .dynsec
-            .list_clients()
+            .list_clients_verbose()
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|u| u.starts_with(&self.cfg.client_prefix))
+            .filter_map(|c| {
+                let u = c["username"].as_str()?.to_string();
+                u.starts_with(&self.cfg.client_prefix).then_some((u, c))
+            })
             .collect();
+        let roles: HashMap<String, Value> = self
+            .dynsec
+            .list_roles_verbose()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter_map(|r| {
+                let n = r["rolename"].as_str()?.to_string();
+                n.starts_with(&self.cfg.client_prefix).then_some((n, r))
+            })
+            .collect();
+        let broker: HashSet<String> = clients.keys().cloned().collect();
         let rows = {
             let c = self.pool.get().await.map_err(|e| e.to_string())?;
             c.query(
-                "SELECT username, revoked_at IS NOT NULL FROM mqtt_credentials",
+                "SELECT username, revoked_at IS NOT NULL, allowed_topics FROM mqtt_credentials",
                 &[],
             )
             .await
@@ -90,9 +111,28 @@ impl Reconciler {
                 }
             }
         }
+        let mut synced: Vec<String> = Vec::new();
         for r in &rows {
             let username: String = r.get(0);
-            if r.get::<_, bool>(1) || broker.contains(&username) {
+            if r.get::<_, bool>(1) {
+                continue;
+            }
+            if let Some(client) = clients.get(&username) {
+                let topics: Vec<String> = r.get(2);
+                match self
+                    .fix_drift(&username, client, roles.get(&username), &topics)
+                    .await
+                {
+                    Ok(0) => synced.push(username),
+                    Ok(n) => {
+                        tracing::warn!(username = %username, changes = n, "hosted broker: repaired a client's role or ACLs");
+                        report.fixed += 1;
+                        synced.push(username);
+                    }
+                    Err(e) => {
+                        tracing::error!(username = %username, error = %e, "hosted broker: could not repair a client")
+                    }
+                }
                 continue;
             }
             let Some(key) = &self.key else {
@@ -103,6 +143,7 @@ impl Reconciler {
                 Ok(true) => {
                     tracing::warn!(username = %username, "hosted broker: re-created a missing client");
                     report.created += 1;
+                    synced.push(username);
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -118,15 +159,99 @@ impl Reconciler {
             metrics::counter!(m::HOSTED_REPAIRS_TOTAL, "kind" => "deleted")
                 .increment(report.deleted as u64);
         }
+        if report.fixed > 0 {
+            metrics::counter!(m::HOSTED_REPAIRS_TOTAL, "kind" => "fixed")
+                .increment(report.fixed as u64);
+        }
         if let Ok(c) = self.pool.get().await {
             let _ = c
                 .execute(
-                    "UPDATE mqtt_credentials SET broker_synced_at = now() WHERE revoked_at IS NULL",
-                    &[],
+                    "UPDATE mqtt_credentials SET broker_synced_at = now() WHERE username = ANY($1) AND revoked_at IS NULL",
+                    &[&synced],
                 )
                 .await;
         }
         Ok(report)
+    }
+
+    /// Puts back what a credential's client must have: enabled, its role, and exactly the
+    /// allow ACLs of its topics. Returns how many changes it made.
+    async fn fix_drift(
+        &self,
+        username: &str,
+        client: &Value,
+        role: Option<&Value>,
+        topics: &[String],
+    ) -> Result<usize, String> {
+        let d = &self.dynsec;
+        let err = |e: super::dynsec::DynsecError| e.to_string();
+        let mut changes = 0;
+        if client["disabled"].as_bool() == Some(true) {
+            d.call(json!({"command": "enableClient", "username": username}))
+                .await
+                .map_err(err)?;
+            changes += 1;
+        }
+        let want: HashSet<(String, String)> = topics
+            .iter()
+            .flat_map(|t| ACL_TYPES.iter().map(move |a| (a.to_string(), t.clone())))
+            .collect();
+        let have: HashSet<(String, String)> = role
+            .and_then(|r| r["acls"].as_array())
+            .map(|acls| {
+                acls.iter()
+                    .filter(|a| a["allow"].as_bool() == Some(true))
+                    .filter_map(|a| {
+                        Some((
+                            a["acltype"].as_str()?.to_string(),
+                            a["topic"].as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if role.is_none() {
+            d.call_idempotent(json!({"command": "createRole", "rolename": username}))
+                .await
+                .map_err(err)?;
+            changes += 1;
+        }
+        for (acltype, topic) in want.difference(&have) {
+            d.call_idempotent(json!({"command": "addRoleACL", "rolename": username,
+                                      "acltype": acltype, "topic": topic, "allow": true}))
+                .await
+                .map_err(err)?;
+            changes += 1;
+        }
+        // Anything else in the role (added by hand) goes, deny entries included.
+        if let Some(acls) = role.and_then(|r| r["acls"].as_array()) {
+            for a in acls {
+                let (Some(acltype), Some(topic)) = (a["acltype"].as_str(), a["topic"].as_str())
+                else {
+                    continue;
+                };
+                let allowed = a["allow"].as_bool() == Some(true);
+                if !(allowed && want.contains(&(acltype.to_string(), topic.to_string()))) {
+                    d.call_idempotent(json!({"command": "removeRoleACL", "rolename": username,
+                                              "acltype": acltype, "topic": topic}))
+                        .await
+                        .map_err(err)?;
+                    changes += 1;
+                }
+            }
+        }
+        let has_role = client["roles"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["rolename"] == username));
+        if !has_role {
+            d.call_idempotent(
+                json!({"command": "addClientRole", "username": username, "rolename": username}),
+            )
+            .await
+            .map_err(err)?;
+            changes += 1;
+        }
+        Ok(changes)
     }
 
     /// Re-creates one client from the row as it is now (a revoke or rotation since the pass
