@@ -83,7 +83,7 @@ impl Engine {
         let sinks_cfg = cfg.sinks.clone();
         let pg_pool = pool.clone();
         let pg = PgSink::create(move |_| PgSink::new(pg_pool, sinks_cfg));
-        let manager = crate::sources::SourceManager::new(
+        let mut manager = crate::sources::SourceManager::new(
             pool.clone(),
             cfg.postgres.url.clone(),
             cfg.mqtt.clone(),
@@ -139,6 +139,7 @@ impl Engine {
             Duration::from_millis(cfg.http.fleet_stats_interval_ms),
         );
         // Sources start once the router exists; they feed its queue.
+        manager.set_router(router.clone());
         let links = manager.links.clone();
         let (sources, sources_restart, sources_connected, sources_task) =
             manager.spawn(Duration::from_secs(cfg.admin.restart_poll_secs.max(1)));

@@ -69,6 +69,8 @@ pub struct SourceManager {
     pub connected: Arc<AtomicBool>,
     /// The running sources' connections.
     pub links: Links,
+    /// Told when a source stops for good, so that its devices can move to another source.
+    router: Option<Addr<fleetflow_actors::router::Router>>,
 }
 
 /// Requests to the manager, each answered on its `reply`.
@@ -124,10 +126,16 @@ impl SourceManager {
             secret_key,
             running: HashMap::new(),
             links: Links::default(),
+            router: None,
             stats: StatsRegistry::default(),
             http: reqwest::Client::new(),
             connected: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Sets the router (before [`SourceManager::spawn`]).
+    pub fn set_router(&mut self, router: Addr<fleetflow_actors::router::Router>) {
+        self.router = Some(router);
     }
 
     /// The sources wanted now: enabled database rows, or the default source.
@@ -256,7 +264,7 @@ impl SourceManager {
                 None => profile,
             };
             (
-                source::spawn_with_filters(&d.cfg, filters, forget, self.tx.clone())?,
+                source::spawn_with_filters(name, &d.cfg, filters, forget, self.tx.clone())?,
                 None,
             )
         } else {
@@ -273,7 +281,7 @@ impl SourceManager {
             let (dtx, _task) =
                 subscriptions::dispatch::spawn(set_rx, self.tx.clone(), self.pg.clone());
             (
-                source::spawn_with_filters(&d.cfg, filters, forget, dtx)?,
+                source::spawn_with_filters(name, &d.cfg, filters, forget, dtx)?,
                 Some(set_tx),
             )
         };
@@ -339,6 +347,11 @@ impl SourceManager {
                 tracing::info!(source = %name, "stopping MQTT source (config changed or removed)");
                 held.insert(name.clone(), r.handle.filters.borrow().clone());
                 stop(r.handle).await;
+                if !desired.contains_key(&name) {
+                    if let Some(router) = &self.router {
+                        router.do_send(fleetflow_actors::router::ReleaseSource(name.clone()));
+                    }
+                }
                 self.write_status(&name, false, None, None).await;
             }
         }

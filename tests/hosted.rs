@@ -418,6 +418,8 @@ async fn the_reconcile_loop_repairs_clients_deleted_or_added_behind_its_back() {
         &env,
         &["addRoleACL", user, "publishClientSend", &other, "allow"],
     );
+    // And a role that may publish anywhere.
+    dynsec_ctl(&env, &["addClientRole", user, "fleetflow-engine"]);
     eventually(
         Duration::from_secs(10),
         "the role put back in shape",
@@ -450,7 +452,7 @@ async fn the_reconcile_loop_repairs_clients_deleted_or_added_behind_its_back() {
     assert_eq!(
         reason,
         Some(PubAckReason::NotAuthorized),
-        "the added ACL is gone"
+        "the added ACL and the added role are gone"
     );
     // The counters follow the broker changes.
     eventually(Duration::from_secs(5), "both repairs counted", || async {

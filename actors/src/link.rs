@@ -57,6 +57,8 @@ impl AckToken {
 /// topic layout (for `{prefix}/{device_id}/ack` and `/cmd`).
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The source's name (`default` or a product id): the owner of the devices it feeds.
+    pub source: std::sync::Arc<str>,
     /// The connection.
     pub link: MqttLink,
     /// The source's topics.

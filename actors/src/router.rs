@@ -69,6 +69,30 @@ pub struct QueryDevices(pub Vec<DeviceId>);
 #[rtype(result = "bool")]
 pub struct RestartDevice(pub DeviceId);
 
+/// A source stopped for good (removed, or replaced by another product's config): the devices
+/// it fed are no longer bound to it, so their next message binds them to whichever source
+/// carries them now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReleaseSource(pub String);
+
+impl Handler<ReleaseSource> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseSource, _ctx: &mut Self::Context) {
+        let mut n = 0usize;
+        for e in self.devices.values_mut() {
+            if *e.owner == *msg.0 {
+                e.owner = Arc::from("");
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(source = %msg.0, devices = n, "devices released from a stopped source");
+        }
+    }
+}
+
 /// Stops every device actor (shutdown); resolves when their mailboxes were drained.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
@@ -77,10 +101,11 @@ pub struct StopAll;
 struct Entry {
     addr: Addr<DeviceActor>,
     generation: u64,
-    /// The topic prefix the device's messages arrive under. While its actor lives, messages
-    /// for the same device id under another prefix (another product or organisation) are
-    /// refused, so a tenant cannot feed or redirect another tenant's device.
-    prefix: Arc<str>,
+    /// The source (product) the device's messages arrive from. While its actor lives, messages
+    /// for the same device id from another source (another product or organisation) are
+    /// refused, so a tenant cannot feed or redirect another tenant's device. Empty: not bound
+    /// yet (bound by the next message).
+    owner: Arc<str>,
 }
 
 /// The router.
@@ -116,7 +141,7 @@ impl Router {
         &self.arbiters[(h % self.arbiters.len() as u64) as usize]
     }
 
-    fn spawn(&mut self, id: DeviceId, prefix: &str) -> Addr<DeviceActor> {
+    fn spawn(&mut self, id: DeviceId, owner: Arc<str>) -> Addr<DeviceActor> {
         let deps = self
             .deps
             .clone()
@@ -133,7 +158,7 @@ impl Router {
             Entry {
                 addr: addr.clone(),
                 generation,
-                prefix: Arc::from(prefix),
+                owner: owner.clone(),
             },
         );
         addr
@@ -258,10 +283,10 @@ impl Router {
             ack: msg.ack,
             reply: msg.source,
         };
-        let prefix = inbound.reply.topics.prefix();
+        let owner = &inbound.reply.source;
         let addr = match self.devices.get_mut(&parsed.device_id) {
-            Some(e) if !e.prefix.is_empty() && *e.prefix != *prefix => {
-                let claimed = TopicError::Claimed(e.prefix.to_string());
+            Some(e) if !e.owner.is_empty() && *e.owner != **owner => {
+                let claimed = TopicError::Claimed(e.owner.to_string());
                 let msg = RawPublish {
                     topic: msg.topic,
                     payload: inbound.payload,
@@ -271,17 +296,17 @@ impl Router {
                 return self.reject(msg, claimed, ctx);
             }
             Some(e) if e.addr.connected() => {
-                if e.prefix.is_empty() {
-                    e.prefix = Arc::from(prefix);
+                if e.owner.is_empty() {
+                    e.owner = owner.clone();
                 }
                 e.addr.clone()
             }
             Some(_) => {
                 // The actor died without being asked to (its arbiter failed): restart it.
                 metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
-                self.spawn(parsed.device_id, prefix)
+                self.spawn(parsed.device_id, owner.clone())
             }
-            None => self.spawn(parsed.device_id, prefix),
+            None => self.spawn(parsed.device_id, owner.clone()),
         };
         metrics::counter!(m::DEVICE_MAILBOX_PUSHED_TOTAL).increment(1);
         match addr.try_send(inbound) {
@@ -369,17 +394,17 @@ impl Handler<RestartDevice> for Router {
     type Result = bool;
 
     fn handle(&mut self, msg: RestartDevice, _ctx: &mut Self::Context) -> bool {
-        let (was_running, prefix) = match self.devices.remove(&msg.0) {
+        let was_running = match self.devices.remove(&msg.0) {
             Some(e) => {
                 // Control message: the old actor drains its mailbox, then stops.
                 e.addr.do_send(Stop);
-                (true, e.prefix)
+                true
             }
-            // Bound by its first message.
-            None => (false, Arc::from("")),
+            None => false,
         };
         metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
-        self.spawn(msg.0, &prefix);
+        // A restart also clears the binding to a source: the next message binds it again.
+        self.spawn(msg.0, Arc::from(""));
         was_running
     }
 }

@@ -139,14 +139,14 @@ pub fn spawn(cfg: &MqttConfig, out: mpsc::Sender<RawPublish>) -> Result<SourceHa
     let topics = TopicParser::new(cfg.topic_prefix.clone())
         .subscriptions()
         .to_vec();
-    spawn_with_filters(cfg, topics, Vec::new(), out)
+    spawn_with_filters("default", cfg, topics, Vec::new(), out)
 }
 
 /// Starts a connection that only publishes (commands from the admin API): it subscribes to
 /// nothing.
 pub fn spawn_publisher(cfg: &MqttConfig) -> Result<SourceHandle, SourceError> {
     let (out, _) = mpsc::channel(1);
-    spawn_with_filters(cfg, Vec::new(), Vec::new(), out)
+    spawn_with_filters("admin", cfg, Vec::new(), Vec::new(), out)
 }
 
 /// Starts the source holding the given topic filters (which may be `$share/<group>/...`).
@@ -154,6 +154,7 @@ pub fn spawn_publisher(cfg: &MqttConfig) -> Result<SourceHandle, SourceError> {
 /// persistent session: when the broker resumes that session, they are unsubscribed (unless
 /// still wanted), so that no message arrives twice through an old overlapping filter.
 pub fn spawn_with_filters(
+    name: &str,
     cfg: &MqttConfig,
     filters: Vec<String>,
     forget: Vec<String>,
@@ -171,6 +172,7 @@ pub fn spawn_with_filters(
     let parser = TopicParser::new(cfg.topic_prefix.clone());
     let (filters_tx, filters_rx) = watch::channel(filters.clone());
     let reply = std::sync::Arc::new(Reply {
+        source: std::sync::Arc::from(name),
         link: link.clone(),
         topics: parser,
     });
@@ -311,6 +313,7 @@ impl Loop {
                     }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    let _ = self.broker_info.send(Some(connack_info(&ack)));
                     let epoch = self.link.next_epoch();
                     backoff = self.backoff_min;
                     self.connected.store(true, Ordering::Release);
@@ -320,7 +323,6 @@ impl Loop {
                         session_present = ack.session_present,
                         "MQTT connected"
                     );
-                    let _ = self.broker_info.send(Some(connack_info(&ack)));
                     if ack.session_present {
                         for old in std::mem::take(&mut self.forget) {
                             if !self.topics.contains(&old) {

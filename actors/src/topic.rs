@@ -48,8 +48,8 @@ pub enum TopicError {
     /// A binary chunk topic with a bad capture id or index (error 2103).
     #[error("bad chunk topic: {0}")]
     BadChunkTopic(&'static str),
-    /// The device id is in use under another prefix (error 2101).
-    #[error("the device id is in use under the prefix {0:?}")]
+    /// The device id is in use by another source (product) (error 2101).
+    #[error("the device id is in use by the source {0:?}")]
     Claimed(String),
 }
 

@@ -248,12 +248,23 @@ pub async fn create(
             .await;
         return Err(broker_error(e));
     }
-    let _ = c
-        .execute(
-            "UPDATE mqtt_credentials SET broker_synced_at = now() WHERE username = $1",
+    // Revoked meanwhile? Then the client just created goes again.
+    let still_active = c
+        .query_opt(
+            "UPDATE mqtt_credentials SET broker_synced_at = now() WHERE username = $1 AND revoked_at IS NULL RETURNING id",
             &[&username],
         )
-        .await;
+        .await
+        .map_err(ApiError::internal)?
+        .is_some();
+    if !still_active {
+        let _ = deprovision(&h.dynsec, &username).await;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "revoked",
+            "the credential was revoked while it was being created",
+        ));
+    }
     tracing::info!(organization = org, username = %username, "hosted-broker credential created");
     let mut out = credential_json(&row);
     out["password"] = json!(password);
@@ -346,27 +357,31 @@ pub async fn rotate(
     let org = org_id(&params)?;
     let id = credential_id(&params)?;
     let h = hosted(&s)?;
-    let c = s.pool.get().await.map_err(ApiError::internal)?;
+    let mut c = s.pool.get().await.map_err(ApiError::internal)?;
     let username = active_username(&c, org, id).await?;
     let password = credentials::new_password();
     let hash = credentials::hash(&password).map_err(ApiError::internal)?;
     let sealed = seal(&s, &username, &password)?;
-    // The row first, and only while the credential is active: a concurrent revoke wins, and
-    // should the broker be unreachable now, the reconcile loop has the new password.
-    let row = c
+    // One transaction holding the row across the broker call: concurrent rotations and
+    // revocations of this credential wait, and a failed broker call leaves the row unchanged.
+    let tx = c.transaction().await.map_err(ApiError::internal)?;
+    let row = tx
         .query_opt(
             &format!(
-                "UPDATE mqtt_credentials SET password_hash = $2, password_sealed = $3, rotated_at = now()
+                "UPDATE mqtt_credentials SET password_hash = $2, password_sealed = $3, rotated_at = now(), broker_synced_at = now()
                  WHERE id = $1 AND revoked_at IS NULL RETURNING {CRED_COLUMNS}"
             ),
             &[&id, &hash, &sealed],
         )
         .await
         .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("organisation {org} has no active credential {id}")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!("organisation {org} has no active credential {id}"))
+        })?;
     set_password(&h.dynsec, &username, &password)
         .await
         .map_err(broker_error)?;
+    tx.commit().await.map_err(ApiError::internal)?;
     tracing::info!(organization = org, username = %username, "hosted-broker credential rotated");
     let mut out = credential_json(&row);
     out["password"] = json!(password);

@@ -60,7 +60,7 @@ pub async fn run(
     let row = c
         .query_one(
             "SELECT request_service_restart($1, $2, 'admin-api', make_interval(secs => $3), true, $4)",
-            &[&key, &body_reason, &(cooldown_secs as f64), &(s.restart_max.max(1) as i32)],
+            &[&key, &body_reason, &(cooldown_secs as f64), &i32::try_from(s.restart_max.max(1)).unwrap_or(i32::MAX)],
         )
         .await;
     let request_id: i64 = match row {

@@ -216,14 +216,8 @@ impl Reconciler {
                 .map_err(err)?;
             changes += 1;
         }
-        for (acltype, topic) in want.difference(&have) {
-            d.call_idempotent(json!({"command": "addRoleACL", "rolename": username,
-                                      "acltype": acltype, "topic": topic, "allow": true}))
-                .await
-                .map_err(err)?;
-            changes += 1;
-        }
-        // Anything else in the role (added by hand) goes, deny entries included.
+        // Removals first (a hand-made deny entry on a wanted topic would otherwise make the
+        // addition look done): anything in the role but the wanted allow entries goes.
         if let Some(acls) = role.and_then(|r| r["acls"].as_array()) {
             for a in acls {
                 let (Some(acltype), Some(topic)) = (a["acltype"].as_str(), a["topic"].as_str())
@@ -240,9 +234,38 @@ impl Reconciler {
                 }
             }
         }
-        let has_role = client["roles"]
-            .as_array()
-            .is_some_and(|rs| rs.iter().any(|r| r["rolename"] == username));
+        for (acltype, topic) in want.difference(&have) {
+            d.call_idempotent(json!({"command": "addRoleACL", "rolename": username,
+                                      "acltype": acltype, "topic": topic, "allow": true}))
+                .await
+                .map_err(err)?;
+            changes += 1;
+        }
+        // Exactly its own role, and no groups (either could widen what it may do).
+        let mut has_role = false;
+        for r in client["roles"].as_array().into_iter().flatten() {
+            let Some(name) = r["rolename"].as_str() else {
+                continue;
+            };
+            if name == username {
+                has_role = true;
+            } else {
+                d.call_idempotent(
+                    json!({"command": "removeClientRole", "username": username, "rolename": name}),
+                )
+                .await
+                .map_err(err)?;
+                changes += 1;
+            }
+        }
+        for g in client["groups"].as_array().into_iter().flatten() {
+            if let Some(name) = g["groupname"].as_str() {
+                d.call_idempotent(json!({"command": "removeGroupClient", "groupname": name, "username": username}))
+                    .await
+                    .map_err(err)?;
+                changes += 1;
+            }
+        }
         if !has_role {
             d.call_idempotent(
                 json!({"command": "addClientRole", "username": username, "rolename": username}),
