@@ -111,6 +111,25 @@ impl Reconciler {
                 }
             }
         }
+        // Managed roles whose credential is gone (a deleteRole that failed, a creation that
+        // failed half-way) are swept too.
+        for role in roles.keys() {
+            if active.contains(role) || broker.contains(role) || *role == self.cfg.engine_role {
+                continue;
+            }
+            match self
+                .dynsec
+                .call_idempotent(json!({"command": "deleteRole", "rolename": role}))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(role = %role, "hosted broker: removed a role with no credential")
+                }
+                Err(e) => {
+                    tracing::error!(role = %role, error = %e, "hosted broker: could not remove a role")
+                }
+            }
+        }
         let mut synced: Vec<String> = Vec::new();
         for r in &rows {
             let username: String = r.get(0);
