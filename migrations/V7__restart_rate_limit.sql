@@ -1,5 +1,6 @@
 -- The restart rate limit becomes "at most p_max requests per target per window" (default 1 per
--- 5 minutes, as before).
+-- 5 minutes, as before). Every request counts except 'rejected' ones (never run): a pipeline or
+-- source restart that ends 'failed' has still drained and rebuilt things.
 DROP FUNCTION request_service_restart(text, text, text, interval, boolean);
 
 CREATE FUNCTION request_service_restart(
@@ -27,7 +28,7 @@ BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('fleetflow-restart:' || p_target));
     SELECT count(*), min(requested_at) INTO recent, oldest FROM (
         SELECT requested_at FROM service_restart_requests
-         WHERE target = p_target AND status IN ('pending', 'running', 'completed')
+         WHERE target = p_target AND status <> 'rejected'
            AND requested_at > now() - p_cooldown
          ORDER BY requested_at DESC LIMIT p_max) r;
     IF recent >= p_max THEN
