@@ -163,62 +163,36 @@ impl Restarter {
 
     /// `sink:postgres`: a new pool, then a round trip through it.
     async fn restart_pg(&self, s: &Sinks) -> (Outcome, Value) {
-        let pool = match crate::db::pool(&s.postgres) {
-            Ok(p) => p,
-            Err(e) => {
-                return (
-                    Outcome::Failed,
-                    json!({"healthy": false, "error": e.to_string()}),
-                )
+        let replaced = match crate::db::pool(&s.postgres) {
+            Ok(pool) => {
+                s.pg.send(ReplacePool(pool))
+                    .await
+                    .map_err(|_| "postgres sink unavailable".to_string())
             }
+            Err(e) => Err(e.to_string()),
         };
-        if s.pg.send(ReplacePool(pool)).await.is_err() {
-            return (
-                Outcome::Failed,
-                json!({"healthy": false, "error": "postgres sink unavailable"}),
-            );
-        }
-        match s.pg.send(Probe).await {
-            Ok(Ok(d)) => (
-                Outcome::Completed,
-                json!({"healthy": true, "round_trip_ms": d.as_secs_f64() * 1000.0}),
-            ),
-            Ok(Err(e)) => (Outcome::Failed, json!({"healthy": false, "error": e})),
-            Err(e) => (
-                Outcome::Failed,
-                json!({"healthy": false, "error": e.to_string()}),
-            ),
-        }
+        let probe = match replaced {
+            Ok(()) => s.pg.send(Probe).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        health(probe)
     }
 
     /// `sink:objects`: a new store client, then a probe object written, read back and deleted.
     async fn restart_objects(&self, s: &Sinks) -> (Outcome, Value) {
-        let store = match crate::objects::build(&s.objects_cfg) {
-            Ok(st) => st,
-            Err(e) => {
-                return (
-                    Outcome::Failed,
-                    json!({"healthy": false, "error": e.to_string()}),
-                )
-            }
+        let replaced = match crate::objects::build(&s.objects_cfg) {
+            Ok(store) => s
+                .objects
+                .send(ReplaceStore(store))
+                .await
+                .map_err(|_| "object sink unavailable".to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        if s.objects.send(ReplaceStore(store)).await.is_err() {
-            return (
-                Outcome::Failed,
-                json!({"healthy": false, "error": "object sink unavailable"}),
-            );
-        }
-        match s.objects.send(ProbeStore).await {
-            Ok(Ok(d)) => (
-                Outcome::Completed,
-                json!({"healthy": true, "round_trip_ms": d.as_secs_f64() * 1000.0}),
-            ),
-            Ok(Err(e)) => (Outcome::Failed, json!({"healthy": false, "error": e})),
-            Err(e) => (
-                Outcome::Failed,
-                json!({"healthy": false, "error": e.to_string()}),
-            ),
-        }
+        let probe = match replaced {
+            Ok(()) => s.objects.send(ProbeStore).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        health(probe)
     }
 
     /// `pipeline`: the graceful-shutdown order inside the running process, then everything
@@ -323,6 +297,17 @@ impl Restarter {
             self.execute(id, &target).await.map_err(|e| e.to_string())?;
             n += 1;
         }
+    }
+}
+
+/// The outcome of a sink rebuild from its probe: the sink's answer inside the send's.
+fn health(probe: Result<Result<Duration, String>, String>) -> (Outcome, Value) {
+    match probe {
+        Ok(Ok(d)) => (
+            Outcome::Completed,
+            json!({"healthy": true, "round_trip_ms": d.as_secs_f64() * 1000.0}),
+        ),
+        Ok(Err(e)) | Err(e) => (Outcome::Failed, json!({"healthy": false, "error": e})),
     }
 }
 
