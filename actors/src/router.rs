@@ -165,7 +165,7 @@ impl Router {
     }
 
     fn reject(&mut self, msg: RawPublish, err: TopicError, ctx: &mut Context<Self>) {
-        if matches!(&err, TopicError::UnknownSuffix(s) if s == "ack" || s == "cmd") {
+        if msg.source.topics.is_outbound(&msg.topic) {
             // The engine's own ACK/NACK or command, seen through a broad filter such as
             // `{prefix}/#`: not a device message and not an error.
             metrics::counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "own").increment(1);

@@ -124,6 +124,20 @@ impl TopicParser {
         Ok(ParsedTopic { device_id, kind })
     }
 
+    /// Whether `topic` is one the engine publishes itself, `{prefix}/{device_id}/ack` or
+    /// `{prefix}/{device_id}/cmd`: a broad filter such as `{prefix}/#` receives those too, and
+    /// they are neither device messages nor errors.
+    pub fn is_outbound(&self, topic: &[u8]) -> bool {
+        let p = self.prefix.as_bytes();
+        let Some(rest) = topic.strip_prefix(p).and_then(|r| r.strip_prefix(b"/")) else {
+            return false;
+        };
+        match rest.iter().position(|&b| b == b'/') {
+            Some(i) => i > 0 && matches!(&rest[i + 1..], b"ack" | b"cmd"),
+            None => false,
+        }
+    }
+
     /// `{prefix}/{device_id}/ack`
     pub fn ack_topic(&self, device: &DeviceId) -> String {
         format!("{}/{}/ack", self.prefix, device)
@@ -239,5 +253,17 @@ mod tests {
             p().parse(b"ESP32CAM/AABBCCDDEEFF/bogus"),
             Err(TopicError::UnknownSuffix(_))
         ));
+    }
+
+    #[test]
+    fn the_engines_own_ack_and_command_topics_are_recognised() {
+        let p = TopicParser::new("ESP32CAM");
+        assert!(p.is_outbound(b"ESP32CAM/cam-1/ack"));
+        assert!(p.is_outbound(b"ESP32CAM/cam-1/cmd"));
+        assert!(TopicParser::new("org_1/devices").is_outbound(b"org_1/devices/cam-1/cmd"));
+        assert!(!p.is_outbound(b"ESP32CAM/cam-1/cmd/result"));
+        assert!(!p.is_outbound(b"ESP32CAM/cam-1/data"));
+        assert!(!p.is_outbound(b"ESP32CAM//ack"));
+        assert!(!p.is_outbound(b"OTHER/cam-1/ack"));
     }
 }

@@ -169,8 +169,12 @@ pub fn spawn(
         admitted: 0,
     };
     let task = tokio::spawn(async move {
+        // The set is taken again only when it changed, not under the lock for every message.
+        let mut set = d.set.borrow_and_update().clone();
         while let Some(msg) = rx.recv().await {
-            let set = d.set.borrow().clone();
+            if d.set.has_changed().unwrap_or(false) {
+                set = d.set.borrow_and_update().clone();
+            }
             d.dispatch(&set, msg).await;
         }
     });
@@ -198,7 +202,7 @@ fn failed(stats: &SubStats, kind: &'static str) {
 impl Dispatcher {
     async fn dispatch(&mut self, set: &SubscriptionSet, msg: RawPublish) {
         let topic = std::str::from_utf8(&msg.topic).unwrap_or("");
-        let own = is_own_topic(msg.source.topics.prefix(), topic);
+        let own = msg.source.topics.is_outbound(&msg.topic);
         let n: usize = set.matching(topic, own).map(|s| s.actions.len()).sum();
         if n == 0 {
             metrics::counter!(m::SUBSCRIPTION_MESSAGES_TOTAL, "outcome" => "unmatched")
@@ -382,18 +386,6 @@ impl Dispatcher {
     }
 }
 
-/// Whether `topic` is `{prefix}/{device_id}/ack` or `{prefix}/{device_id}/cmd`, which the
-/// engine publishes to devices.
-fn is_own_topic(prefix: &str, topic: &str) -> bool {
-    let Some(rest) = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
-        return false;
-    };
-    match rest.split_once('/') {
-        Some((id, suffix)) => !id.is_empty() && (suffix == "ack" || suffix == "cmd"),
-        None => false,
-    }
-}
-
 /// The topic level `level`, if the topic has it and it is not empty.
 fn device_at(topic: &str, level: usize) -> Option<&str> {
     topic.split('/').nth(level).filter(|s| !s.is_empty())
@@ -468,15 +460,6 @@ mod tests {
         assert_eq!(set.matching("ESP32CAM/cam-1/ack", true).count(), 0);
         assert_eq!(set.matching("plant/p-1/telemetry", false).count(), 0);
         assert_eq!(set.matching("x/y", false).count(), 0);
-    }
-
-    #[test]
-    fn the_engines_own_ack_and_command_topics_are_recognised() {
-        assert!(is_own_topic("ESP32CAM", "ESP32CAM/cam-1/ack"));
-        assert!(is_own_topic("org_1/devices", "org_1/devices/cam-1/cmd"));
-        assert!(!is_own_topic("ESP32CAM", "ESP32CAM/cam-1/cmd/result"));
-        assert!(!is_own_topic("ESP32CAM", "ESP32CAM/cam-1/data"));
-        assert!(!is_own_topic("ESP32CAM", "OTHER/cam-1/ack"));
     }
 
     #[test]
