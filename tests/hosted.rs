@@ -123,6 +123,24 @@ async fn next_event<T>(
     }
 }
 
+/// The reason of the next PUBACK, if one comes within `within`.
+async fn puback(el: &mut EventLoop, within: Duration) -> Option<PubAckReason> {
+    next_event(el, within, |ev| match ev {
+        Event::Incoming(Packet::PubAck(a)) => Some(a.reason),
+        _ => None,
+    })
+    .await
+}
+
+/// The topic of the next message received, if one comes within `within`.
+async fn next_topic(el: &mut EventLoop, within: Duration) -> Option<String> {
+    next_event(el, within, |ev| match ev {
+        Event::Incoming(Packet::Publish(p)) => Some(String::from_utf8_lossy(&p.topic).to_string()),
+        _ => None,
+    })
+    .await
+}
+
 async fn subscribe(c: &AsyncClient, el: &mut EventLoop, filter: &str) -> SubscribeReasonCode {
     c.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     next_event(el, Duration::from_secs(5), |ev| match ev {
@@ -209,11 +227,7 @@ async fn a_credential_works_under_its_organisation_and_nowhere_else() {
     c.publish(own.clone(), QoS::AtLeastOnce, false, "mine")
         .await
         .unwrap();
-    let got = next_event(&mut el, Duration::from_secs(5), |ev| match ev {
-        Event::Incoming(Packet::Publish(p)) => Some(String::from_utf8_lossy(&p.topic).to_string()),
-        _ => None,
-    })
-    .await;
+    let got = next_topic(&mut el, Duration::from_secs(5)).await;
     assert_eq!(
         got.as_deref(),
         Some(own.as_str()),
@@ -237,11 +251,7 @@ async fn a_credential_works_under_its_organisation_and_nowhere_else() {
         )
         .await
         .unwrap();
-    let acked = next_event(&mut cb_el, Duration::from_secs(5), |ev| match ev {
-        Event::Incoming(Packet::PubAck(a)) => Some(a.reason),
-        _ => None,
-    })
-    .await;
+    let acked = puback(&mut cb_el, Duration::from_secs(5)).await;
     assert!(
         matches!(
             acked,
@@ -249,11 +259,7 @@ async fn a_credential_works_under_its_organisation_and_nowhere_else() {
         ),
         "B may publish under org_{b}: {acked:?}"
     );
-    let leaked = next_event(&mut el, Duration::from_secs(2), |ev| match ev {
-        Event::Incoming(Packet::Publish(p)) => Some(String::from_utf8_lossy(&p.topic).to_string()),
-        _ => None,
-    })
-    .await;
+    let leaked = next_topic(&mut el, Duration::from_secs(2)).await;
     assert_eq!(leaked, None, "A received B's traffic");
 
     // A publishing under B: refused with "not authorized".
@@ -265,11 +271,7 @@ async fn a_credential_works_under_its_organisation_and_nowhere_else() {
     )
     .await
     .unwrap();
-    let reason = next_event(&mut el, Duration::from_secs(5), |ev| match ev {
-        Event::Incoming(Packet::PubAck(a)) => Some(a.reason),
-        _ => None,
-    })
-    .await;
+    let reason = puback(&mut el, Duration::from_secs(5)).await;
     assert_eq!(reason, Some(PubAckReason::NotAuthorized));
     let leaked = next_event(&mut cb_el, Duration::from_secs(1), |ev| match ev {
         Event::Incoming(Packet::Publish(p)) => Some(p.payload.clone()),
@@ -451,11 +453,7 @@ async fn the_reconcile_loop_repairs_clients_deleted_or_added_behind_its_back() {
     )
     .await
     .unwrap();
-    let reason = next_event(&mut el, Duration::from_secs(5), |ev| match ev {
-        Event::Incoming(Packet::PubAck(a)) => Some(a.reason),
-        _ => None,
-    })
-    .await;
+    let reason = puback(&mut el, Duration::from_secs(5)).await;
     assert_eq!(
         reason,
         Some(PubAckReason::NotAuthorized),
