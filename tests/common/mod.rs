@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod gxp;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
