@@ -1,8 +1,13 @@
 //! A GXP ESP32-CAM firmware stand-in for the black-box tests (`../shared/GXP-FIRMWARE.md`):
 //! `GxpDevice` publishes the firmware's JSON exactly (status, metadata, base64 chunks on
-//! `/data`) and keeps what the engine answers on `/ack` apart from what it sends on `/cmd`;
-//! `run_fleet_device` plays a whole device that resends what it is NACKed and, after a silence,
-//! its whole pending image again, as the field firmware does on its next wake.
+//! `/data`) and keeps what the engine answers on `/ack` apart from what it sends on `/cmd`.
+//!
+//! - `fleet`: a whole device that resends what it is NACKed and, after a silence, its whole
+//!   pending image again, as the field firmware does on its next wake.
+//! - `db`: the rows a GXP capture leaves (captures, snapshot, errors, commands).
+
+pub mod db;
+pub mod fleet;
 
 use std::time::Duration;
 
@@ -280,132 +285,6 @@ pub fn is_clock_time(t: &str) -> bool {
     let h_ok = matches!(h.parse::<u32>(), Ok(1..=12)) && !h.starts_with('0');
     let m_ok = m.len() == 2 && matches!(m.parse::<u32>(), Ok(0..=59));
     h_ok && m_ok
-}
-
-/// One image a fleet device has to deliver.
-#[derive(Clone, Debug)]
-pub struct Capture {
-    /// The `image_name`.
-    pub name: String,
-    /// The JPEG bytes.
-    pub image: Bytes,
-    /// `capture_timeStamp`.
-    pub ts: String,
-}
-
-/// How a fleet device behaves.
-#[derive(Clone, Copy, Debug)]
-pub struct Behaviour {
-    /// Chunk size in bytes.
-    pub chunk_size: usize,
-    /// Pause between chunk publishes (spreads captures over time so a crash hits mid-assembly).
-    pub pace: Duration,
-    /// Silence after which the device sends the whole pending image again (metadata + chunks).
-    pub retry_after: Duration,
-    /// When the device gives up on all of its images.
-    pub deadline: Duration,
-}
-
-/// What one fleet device saw.
-#[derive(Clone, Debug, Default)]
-pub struct DeviceReport {
-    /// The device id.
-    pub id: String,
-    /// Image names that got `ACK_OK`, in order.
-    pub acked: Vec<String>,
-    /// Image names never acked before the deadline.
-    pub unacked: Vec<String>,
-    /// NACKs received.
-    pub nacks: usize,
-    /// Whole-image resends after a silence.
-    pub full_resends: usize,
-    /// `ACK_OK`s whose shape was wrong (the message itself).
-    pub malformed_acks: Vec<Value>,
-}
-
-/// Plays one GXP device: an Alive hello, then each capture in turn (metadata and chunks),
-/// resending exactly the NACKed chunks and, after `retry_after` of silence, the whole image.
-pub async fn run_fleet_device(
-    mut dev: GxpDevice,
-    captures: Vec<Capture>,
-    b: Behaviour,
-) -> DeviceReport {
-    let end = Instant::now() + b.deadline;
-    let mut r = DeviceReport {
-        id: dev.id.clone(),
-        ..DeviceReport::default()
-    };
-    dev.alive(captures.len() as u32).await;
-    for c in &captures {
-        if deliver(&mut dev, c, b, end, &mut r).await {
-            r.acked.push(c.name.clone());
-        } else {
-            r.unacked.push(c.name.clone());
-        }
-    }
-    r
-}
-
-/// Sends one capture until it is acked or `end` passes; true when acked.
-async fn deliver(
-    dev: &mut GxpDevice,
-    c: &Capture,
-    b: Behaviour,
-    end: Instant,
-    r: &mut DeviceReport,
-) -> bool {
-    dev.meta(&c.name, &c.image, b.chunk_size, &c.ts).await;
-    send_paced(dev, c, b, 0..c.image.len().div_ceil(b.chunk_size)).await;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            return false;
-        }
-        let wait = b.retry_after.min(end - now);
-        match tokio::time::timeout(wait, dev.acks.recv()).await {
-            Ok(Some((_, v))) if v["image_name"] != c.name.as_str() => {}
-            Ok(Some((_, v))) if v.get("ACK_OK").is_some() => {
-                if ack_ok_problem(&v, &dev.id, &c.name).is_some() {
-                    r.malformed_acks.push(v);
-                }
-                return true;
-            }
-            Ok(Some((_, v))) => {
-                let missing: Vec<usize> = v["missing_chunks"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|i| i.as_u64())
-                            .map(|i| i as usize)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                r.nacks += 1;
-                send_paced(dev, c, b, missing.into_iter()).await;
-            }
-            Ok(None) => return false,
-            Err(_) => {
-                r.full_resends += 1;
-                dev.meta(&c.name, &c.image, b.chunk_size, &c.ts).await;
-                send_paced(dev, c, b, 0..c.image.len().div_ceil(b.chunk_size)).await;
-            }
-        }
-    }
-}
-
-async fn send_paced(
-    dev: &GxpDevice,
-    c: &Capture,
-    b: Behaviour,
-    indexes: impl Iterator<Item = usize>,
-) {
-    let total = c.image.len().div_ceil(b.chunk_size);
-    for i in indexes.filter(|i| *i < total) {
-        dev.chunk(&c.name, &c.image, b.chunk_size, i).await;
-        if !b.pace.is_zero() {
-            tokio::time::sleep(b.pace).await;
-        }
-    }
 }
 
 /// Reads a stored object from the engine's local objects directory.
