@@ -9,6 +9,7 @@ use actix::prelude::*;
 use fleetflow_actors::device::budget::GlobalBudget;
 use fleetflow_actors::device::DeviceDeps;
 use fleetflow_actors::router::{RawPublish, Router, StopAll};
+use fleetflow_actors::schedule::ScheduleBook;
 use fleetflow_actors::sinks::objects::ObjectSink;
 use fleetflow_actors::sinks::pg::{Flush, PgSink};
 use fleetflow_actors::source;
@@ -51,6 +52,8 @@ pub struct Engine {
     stats_task: tokio::task::JoinHandle<()>,
     restart_worker: tokio::task::JoinHandle<()>,
     hosted_task: Option<tokio::task::JoinHandle<()>>,
+    /// The wake-schedule reloader and the device-command queue.
+    control_tasks: [tokio::task::JoinHandle<()>; 2],
     deadline: Duration,
     /// The bound HTTP address.
     pub http_addr: std::net::SocketAddr,
@@ -111,6 +114,12 @@ impl Engine {
         let arbiters: Arc<Vec<ArbiterHandle>> =
             Arc::new((0..n).map(|_| Arbiter::new().handle()).collect());
         let budget = Arc::new(GlobalBudget::new(cfg.assembly.global_budget_bytes));
+        let book = Arc::new(ScheduleBook::new());
+        let schedules_task =
+            crate::schedules::spawn(pool.clone(), cfg.postgres.url.clone(), book.clone())
+                .await
+                .map_err(|e| EngineError::Admin(format!("loading wake schedules: {e}")))?;
+        let device_book = book.clone();
         let assembly = Arc::new(cfg.assembly.clone());
         let devices = Arc::new(cfg.devices.clone());
         let router_arbiters = arbiters.clone();
@@ -124,6 +133,7 @@ impl Engine {
                     pg: pg.clone(),
                     objects,
                     router: ctx.address(),
+                    book: device_book,
                 };
                 let stream = futures::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|m| (m, rx))
@@ -165,6 +175,10 @@ impl Engine {
             cfg.postgres.url.clone(),
             Duration::from_secs(cfg.admin.restart_poll_secs.max(1)),
         );
+        let commands =
+            crate::command_queue::CommandSender::new(router.clone(), admin_link, admin_topics);
+        let commands_task =
+            crate::command_queue::spawn(pool.clone(), cfg.postgres.url.clone(), commands.clone());
         let admin = crate::admin::AdminState {
             pool: pool.clone(),
             store: store.clone(),
@@ -177,8 +191,8 @@ impl Engine {
             cooldown_secs: cfg.admin.restart_cooldown_secs,
             restart_max: cfg.admin.restart_max_per_window,
             restart_token: restart_token.map(Arc::from),
-            link: admin_link,
-            topics: admin_topics,
+            commands: commands.clone(),
+            book,
             secret_key,
             links,
             hosted: hosted.clone(),
@@ -214,6 +228,7 @@ impl Engine {
             http_task,
             stats_task,
             restart_worker,
+            control_tasks: [schedules_task, commands_task],
             hosted_task,
             deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
             http_addr,
@@ -322,6 +337,9 @@ impl Engine {
         self.http_task.abort();
         self.stats_task.abort();
         self.restart_worker.abort();
+        for t in &self.control_tasks {
+            t.abort();
+        }
         if let Some(t) = self.hosted_task {
             t.abort();
         }

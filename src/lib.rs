@@ -14,9 +14,14 @@
 //! - [`fleet_stats`]: fleet-level gauges from the database (devices by last seen).
 //! - [`sources`]: the MQTT sources, from the database (hot-reloaded) or the `[mqtt]` section.
 //! - [`engine`]: wiring of source, router, device actors and sinks, and graceful shutdown.
+//! - [`schedules`]: wake schedules in `device_schedules`, mirrored into the in-memory book the
+//!   device actors answer the GXP wake hello from.
+//! - [`command_queue`]: publishes queued `device_commands` rows (from the API or any tool) in
+//!   each device's format.
 //! - [`sim`]: the fleet simulator used by `fleetflow-sim`, the demo and the tests.
 
 pub mod admin;
+pub mod command_queue;
 pub mod config;
 pub mod db;
 pub mod engine;
@@ -27,6 +32,7 @@ pub mod objects;
 pub mod replay;
 pub mod restarts;
 pub mod rotate;
+pub mod schedules;
 pub mod secrets;
 pub mod sim;
 pub mod sources;

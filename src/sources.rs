@@ -144,7 +144,7 @@ impl SourceManager {
         let rows = c
             .query(
                 "SELECT product_id, host, port, protocol, username, password_encrypted, client_id, keep_alive_secs, clean_session, prefix, qos,
-                        id, use_shared, shared_group, use_tls, verify_cert, ca_cert_pem, ws_path, pattern
+                        id, use_shared, shared_group, use_tls, verify_cert, ca_cert_pem, ws_path, pattern, gxp
                  FROM mqtt_configs WHERE enabled ORDER BY product_id",
                 &[],
             )
@@ -214,6 +214,7 @@ impl SourceManager {
                 clean_start: r.get(8),
                 username: r.get(4),
                 password,
+                gxp: gxp_settings(&product, r.get(19), &self.default_cfg.gxp),
                 ..self.default_cfg.clone()
             };
             let config_id: i64 = r.get(11);
@@ -648,4 +649,20 @@ async fn stop(h: SourceHandle) {
     let _ = h.control.send(SourceControl::Drain);
     let _ = h.control.send(SourceControl::Stop);
     let _ = tokio::time::timeout(Duration::from_secs(5), h.task).await;
+}
+
+/// A product's GXP profile settings: its `mqtt_configs.gxp` JSON over the file defaults; a
+/// bad value is logged and the defaults are used.
+fn gxp_settings(
+    product: &str,
+    raw: Option<serde_json::Value>,
+    default: &fleetflow_actors::gxp::GxpSettings,
+) -> fleetflow_actors::gxp::GxpSettings {
+    match raw {
+        None => default.clone(),
+        Some(v) => serde_json::from_value(v).unwrap_or_else(|e| {
+            tracing::error!(product, error = %e, "mqtt_configs.gxp is invalid; using the defaults");
+            default.clone()
+        }),
+    }
 }

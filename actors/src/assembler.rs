@@ -1,6 +1,11 @@
 //! Chunk assembly for one capture (§4.4), as pure logic: one buffer allocated at the announced
 //! size, a bitmap of received chunks, duplicate and length checks, and the missing ranges a NACK
 //! lists. Timeouts and effects live in the device state machine.
+//!
+//! Two modes: the strict one of fleetflow's protocol (every chunk's length follows from the
+//! announced sizes), and the GXP firmware's, whose declared `image_size` is only checked once
+//! every chunk is in (error 2202): there the last chunk may be any length up to the chunk size,
+//! and bytes past the declared size are counted, not stored.
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -23,7 +28,8 @@ impl Layout {
             return None;
         }
         if index + 1 == self.total_chunks {
-            Some((self.image_bytes - self.chunk_size * (self.total_chunks - 1)) as usize)
+            let before = u64::from(self.chunk_size) * u64::from(self.total_chunks - 1);
+            Some(u64::from(self.image_bytes).saturating_sub(before) as usize)
         } else {
             Some(self.chunk_size as usize)
         }
@@ -39,16 +45,16 @@ pub enum ChunkOutcome {
     Complete,
     /// Same index, same bytes: ignored.
     Duplicate,
-    /// Index out of range (2203).
+    /// Index out of range (2207).
     OutOfRange,
-    /// Wrong length for its index (2203).
+    /// Wrong length for its index (2207).
     WrongLength {
         /// Expected bytes.
         expected: usize,
         /// Received bytes.
         got: usize,
     },
-    /// Same index, different bytes; the first copy is kept (2203).
+    /// Same index, different bytes; the first copy is kept (2207).
     Conflict,
 }
 
@@ -59,6 +65,10 @@ pub struct Assembly {
     buf: Vec<u8>,
     received: Vec<u64>,
     received_count: u32,
+    /// GXP mode: the declared size is checked at the end, not per chunk.
+    lenient: bool,
+    /// GXP mode: the last chunk's length, once received.
+    tail_len: Option<usize>,
 }
 
 impl Assembly {
@@ -70,6 +80,28 @@ impl Assembly {
             buf: vec![0; layout.image_bytes as usize],
             received: vec![0; words],
             received_count: 0,
+            lenient: false,
+            tail_len: None,
+        }
+    }
+
+    /// The GXP firmware's mode: one buffer at the declared size, every chunk but the last of
+    /// `chunk_size` bytes, the last of 1 to `chunk_size` bytes; [`Self::assembled_len`] says
+    /// whether the declared size held.
+    pub fn new_lenient(layout: Layout) -> Self {
+        Self {
+            lenient: true,
+            ..Self::new(layout)
+        }
+    }
+
+    /// The image length the chunks make: `(total - 1) × chunk_size + last`. Differs from the
+    /// declared size only in the lenient mode (error 2202).
+    pub fn assembled_len(&self) -> usize {
+        let l = self.layout;
+        match self.tail_len {
+            Some(tail) => (l.total_chunks as usize - 1) * l.chunk_size as usize + tail,
+            None => l.image_bytes as usize,
         }
     }
 
@@ -89,26 +121,26 @@ impl Assembly {
 
     /// Adds one chunk, copying its bytes into place.
     pub fn add(&mut self, index: u32, data: &[u8]) -> ChunkOutcome {
-        let Some(expected) = self.layout.chunk_len(index) else {
-            return ChunkOutcome::OutOfRange;
-        };
-        if data.len() != expected {
-            return ChunkOutcome::WrongLength {
-                expected,
-                got: data.len(),
-            };
+        if let Some(bad) = self.check_len(index, data.len()) {
+            return bad;
         }
-        let start = index as usize * self.layout.chunk_size as usize;
-        let seen = self.has(index);
-        let slot = &mut self.buf[start..start + expected];
-        if seen {
-            return if slot == data {
+        let start = (index as usize * self.layout.chunk_size as usize).min(self.buf.len());
+        // Lenient mode: bytes past the declared size are not stored (the size check fails).
+        let end = (start + data.len()).min(self.buf.len());
+        let stored = &data[..end - start];
+        let is_last = index + 1 == self.layout.total_chunks;
+        if self.has(index) {
+            let same_len = !(self.lenient && is_last) || self.tail_len == Some(data.len());
+            return if same_len && self.buf[start..end] == *stored {
                 ChunkOutcome::Duplicate
             } else {
                 ChunkOutcome::Conflict
             };
         }
-        slot.copy_from_slice(data);
+        self.buf[start..end].copy_from_slice(stored);
+        if self.lenient && is_last {
+            self.tail_len = Some(data.len());
+        }
         self.received[(index / 64) as usize] |= 1 << (index % 64);
         self.received_count += 1;
         if self.is_complete() {
@@ -116,6 +148,29 @@ impl Assembly {
         } else {
             ChunkOutcome::Accepted
         }
+    }
+
+    /// `Some(outcome)` when `len` bytes are wrong for chunk `index`.
+    fn check_len(&self, index: u32, len: usize) -> Option<ChunkOutcome> {
+        let expected = match self.layout.chunk_len(index) {
+            None => return Some(ChunkOutcome::OutOfRange),
+            Some(_) if self.lenient && index + 1 == self.layout.total_chunks => {
+                let max = self.layout.chunk_size as usize;
+                return (len == 0 || len > max).then_some(ChunkOutcome::WrongLength {
+                    expected: max,
+                    got: len,
+                });
+            }
+            Some(_) if self.lenient => self.layout.chunk_size as usize,
+            Some(e) => e,
+        };
+        (len != expected).then_some(ChunkOutcome::WrongLength { expected, got: len })
+    }
+
+    /// Whether the image starts with the JPEG SOI marker (`FF D8`) and ends with EOI (`FF D9`).
+    pub fn is_jpeg(&self) -> bool {
+        let b = &self.buf;
+        b.len() >= 4 && b[..2] == [0xFF, 0xD8] && b[b.len() - 2..] == [0xFF, 0xD9]
     }
 
     /// Whether every chunk is present.
@@ -152,6 +207,7 @@ impl Assembly {
     pub fn reset(&mut self) {
         self.received.iter_mut().for_each(|w| *w = 0);
         self.received_count = 0;
+        self.tail_len = None;
     }
 
     /// Checks the SHA-256 of the complete image against `expected_hex`.
@@ -239,6 +295,51 @@ mod tests {
         assert!(a.verify_sha256(&hex));
         assert!(a.verify_sha256(&hex.to_uppercase()));
         assert!(!a.verify_sha256(&"0".repeat(64)));
+    }
+
+    #[test]
+    fn lenient_mode_checks_the_declared_size_only_at_the_end() {
+        // The worker's size-mismatch test: 6 bytes in 3 chunks of 2, declared 100.
+        let l = Layout {
+            image_bytes: 100,
+            chunk_size: 2,
+            total_chunks: 3,
+        };
+        let mut a = Assembly::new_lenient(l);
+        assert_eq!(a.add(2, &[0xFF, 0xD9]), ChunkOutcome::Accepted);
+        assert_eq!(a.add(0, &[0xFF, 0xD8]), ChunkOutcome::Accepted);
+        assert_eq!(
+            a.add(1, &[1]),
+            ChunkOutcome::WrongLength {
+                expected: 2,
+                got: 1
+            }
+        );
+        assert_eq!(a.add(1, &[0xAA, 0xBB]), ChunkOutcome::Complete);
+        assert_eq!(a.assembled_len(), 6);
+        // Declared smaller than the chunks: the excess is counted, not written.
+        let small = Layout {
+            image_bytes: 3,
+            chunk_size: 2,
+            total_chunks: 2,
+        };
+        let mut b = Assembly::new_lenient(small);
+        assert_eq!(b.add(1, &[3, 4]), ChunkOutcome::Accepted);
+        assert_eq!(b.add(1, &[3, 4]), ChunkOutcome::Duplicate);
+        assert_eq!(b.add(1, &[3]), ChunkOutcome::Conflict);
+        assert_eq!(b.add(0, &[1, 2]), ChunkOutcome::Complete);
+        assert_eq!(b.assembled_len(), 4);
+        // Exact: the image is the buffer.
+        let exact = Layout {
+            image_bytes: 4,
+            chunk_size: 2,
+            total_chunks: 2,
+        };
+        let mut c = Assembly::new_lenient(exact);
+        c.add(0, &[0xFF, 0xD8]);
+        assert_eq!(c.add(1, &[0xFF, 0xD9]), ChunkOutcome::Complete);
+        assert_eq!(c.assembled_len(), 4);
+        assert_eq!(&c.into_image()[..], &[0xFF, 0xD8, 0xFF, 0xD9]);
     }
 
     proptest! {

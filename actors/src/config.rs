@@ -68,6 +68,10 @@ pub struct MqttConfig {
     /// Longest reconnect delay, in milliseconds. Default 10000.
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// `[mqtt.gxp]`: the GXP firmware profile's settings for devices on this source (which
+    /// firmware generation's answer shapes to use). A product's `mqtt_configs.gxp` overrides it.
+    #[serde(default)]
+    pub gxp: crate::gxp::GxpSettings,
 }
 
 fn default_true() -> bool {
@@ -124,6 +128,7 @@ impl Default for MqttConfig {
             password_file: None,
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
+            gxp: crate::gxp::GxpSettings::default(),
         }
     }
 }

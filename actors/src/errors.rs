@@ -8,51 +8,111 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::time::Instant;
 
-/// `device_errors.error_code` values (§7).
+/// `device_errors.error_code` values (§7): one table for both device formats, with the original
+/// GXP worker's codes keeping their meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
 pub enum ErrorCode {
-    /// 2101: invalid device id in the topic.
-    InvalidDeviceId = 2101,
-    /// 2102: malformed JSON or unknown message type.
-    Malformed = 2102,
-    /// 2103: a field is missing or out of range.
-    BadField = 2103,
+    /// 1000 + e: the device reported capture error `e` in its metadata (GXP firmware).
+    DeviceReported(u16),
+    /// 2100: metadata could not be processed.
+    MetadataFailed,
+    /// 2101: malformed JSON.
+    Malformed,
+    /// 2102: a chunk without payload.
+    NoPayload,
+    /// 2103: a chunk payload that does not decode (base64).
+    BadBase64,
+    /// 2104: invalid device id in the topic.
+    InvalidDeviceId,
+    /// 2105: unknown message type, or a field missing or out of range.
+    BadField,
+    /// 2200: finalising the capture failed.
+    FinaliseFailed,
     /// 2201: assembly timeout after the NACK rounds.
-    AssemblyTimeout = 2201,
-    /// 2202: too many captures in flight, or the byte budget is exceeded.
-    OverBudget = 2202,
-    /// 2203: bad chunk (index, length, conflicting duplicate).
-    BadChunk = 2203,
+    AssemblyTimeout,
+    /// 2202: the declared image size differs from the assembled size.
+    SizeMismatch,
+    /// 2203: not a JPEG (no `FF D8` at the start or no `FF D9` at the end).
+    NotJpeg,
     /// 2204: storage upload failed after retries.
-    StorageFailed = 2204,
-    /// 2205: chunk for an unknown capture, with no metadata.
-    UnknownCapture = 2205,
+    StorageFailed,
+    /// 2205: the capture row could not be written.
+    CaptureRowFailed,
     /// 2206: checksum mismatch.
-    ChecksumMismatch = 2206,
+    ChecksumMismatch,
+    /// 2207: bad chunk (index, length, conflicting duplicate).
+    BadChunk,
+    /// 2208: chunk for an unknown capture, with no metadata.
+    UnknownCapture,
+    /// 2209: too many captures in flight, or the byte budget is exceeded.
+    OverBudget,
     /// 2301: device quarantined by its supervisor.
-    Quarantined = 2301,
+    Quarantined,
 }
 
 impl ErrorCode {
     /// The numeric code.
     pub fn code(self) -> i32 {
-        self as u16 as i32
+        match self {
+            Self::DeviceReported(e) => 1000 + i32::from(e),
+            Self::MetadataFailed => 2100,
+            Self::Malformed => 2101,
+            Self::NoPayload => 2102,
+            Self::BadBase64 => 2103,
+            Self::InvalidDeviceId => 2104,
+            Self::BadField => 2105,
+            Self::FinaliseFailed => 2200,
+            Self::AssemblyTimeout => 2201,
+            Self::SizeMismatch => 2202,
+            Self::NotJpeg => 2203,
+            Self::StorageFailed => 2204,
+            Self::CaptureRowFailed => 2205,
+            Self::ChecksumMismatch => 2206,
+            Self::BadChunk => 2207,
+            Self::UnknownCapture => 2208,
+            Self::OverBudget => 2209,
+            Self::Quarantined => 2301,
+        }
     }
 
-    /// A fixed label for metrics.
+    /// A label for metrics, from a fixed set: device-reported errors 1 to 4 keep their code,
+    /// any other device-reported error is `1000`.
     pub fn label(self) -> &'static str {
         match self {
-            Self::InvalidDeviceId => "2101",
-            Self::Malformed => "2102",
-            Self::BadField => "2103",
+            Self::DeviceReported(1) => "1001",
+            Self::DeviceReported(2) => "1002",
+            Self::DeviceReported(3) => "1003",
+            Self::DeviceReported(4) => "1004",
+            Self::DeviceReported(_) => "1000",
+            Self::MetadataFailed => "2100",
+            Self::Malformed => "2101",
+            Self::NoPayload => "2102",
+            Self::BadBase64 => "2103",
+            Self::InvalidDeviceId => "2104",
+            Self::BadField => "2105",
+            Self::FinaliseFailed => "2200",
             Self::AssemblyTimeout => "2201",
-            Self::OverBudget => "2202",
-            Self::BadChunk => "2203",
+            Self::SizeMismatch => "2202",
+            Self::NotJpeg => "2203",
             Self::StorageFailed => "2204",
-            Self::UnknownCapture => "2205",
+            Self::CaptureRowFailed => "2205",
             Self::ChecksumMismatch => "2206",
+            Self::BadChunk => "2207",
+            Self::UnknownCapture => "2208",
+            Self::OverBudget => "2209",
             Self::Quarantined => "2301",
+        }
+    }
+
+    /// What a device-reported capture error means (GXP firmware: 1 camera init, 2 capture,
+    /// 3 sensor read, 4 memory).
+    pub fn device_error_cause(e: u16) -> String {
+        match e {
+            1 => "camera initialisation failed".into(),
+            2 => "image capture failed".into(),
+            3 => "sensor read failed".into(),
+            4 => "memory allocation failed".into(),
+            other => format!("unknown device error (code {other})"),
         }
     }
 }
@@ -169,6 +229,23 @@ impl<K: std::hash::Hash + Eq + Clone> ErrorRateLimiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_follow_the_shared_table() {
+        assert_eq!(ErrorCode::Malformed.code(), 2101);
+        assert_eq!(ErrorCode::InvalidDeviceId.code(), 2104);
+        assert_eq!(ErrorCode::BadField.code(), 2105);
+        assert_eq!(ErrorCode::SizeMismatch.code(), 2202);
+        assert_eq!(ErrorCode::NotJpeg.code(), 2203);
+        assert_eq!(ErrorCode::BadChunk.code(), 2207);
+        assert_eq!(ErrorCode::UnknownCapture.code(), 2208);
+        assert_eq!(ErrorCode::OverBudget.code(), 2209);
+        assert_eq!(ErrorCode::DeviceReported(99).code(), 1099);
+        assert_eq!(ErrorCode::DeviceReported(99).label(), "1000");
+        assert_eq!(ErrorCode::DeviceReported(3).label(), "1003");
+        assert!(ErrorCode::device_error_cause(1).contains("camera"));
+        assert!(ErrorCode::device_error_cause(99).contains("unknown"));
+    }
 
     #[test]
     fn excerpts_are_bounded_and_binary_payloads_become_hex() {

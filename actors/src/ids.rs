@@ -8,11 +8,12 @@ pub const MAX_DEVICE_ID_BYTES: usize = 64;
 /// Longest capture id the protocol accepts, in bytes (§4.1).
 pub const MAX_CAPTURE_ID_BYTES: usize = 64;
 
-/// A device id, normalised to uppercase. Cheap to clone: the text is shared.
+/// A device id: 1 to 64 characters of `A-Z a-z 0-9 _ -`, with MAC addresses (12 hex digits)
+/// normalised to uppercase; other ids keep their case. Cheap to clone: the text is shared.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(Arc<str>);
 
-/// Why a device id from a topic was refused (error 2101).
+/// Why a device id from a topic was refused (error 2104).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeviceIdError {
     /// The topic level is empty.
@@ -21,7 +22,7 @@ pub enum DeviceIdError {
     /// Longer than [`MAX_DEVICE_ID_BYTES`].
     #[error("device id is {0} bytes, over the 64-byte limit")]
     TooLong(usize),
-    /// Contains `:`, `/`, `+`, `#` or NUL.
+    /// Contains a character outside `A-Z a-z 0-9 _ -` (such as `:`, `/`, `+`, `#` or NUL).
     #[error("device id contains a forbidden character {0:?}")]
     ForbiddenChar(char),
     /// Not valid UTF-8.
@@ -40,11 +41,12 @@ impl DeviceId {
         }
         if let Some(c) = raw
             .chars()
-            .find(|c| matches!(c, ':' | '/' | '+' | '#' | '\0'))
+            .find(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         {
             return Err(DeviceIdError::ForbiddenChar(c));
         }
-        if raw.bytes().any(|b| b.is_ascii_lowercase()) {
+        let is_mac = raw.len() == 12 && raw.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_mac && raw.bytes().any(|b| b.is_ascii_lowercase()) {
             Ok(Self(Arc::from(raw.to_ascii_uppercase())))
         } else {
             Ok(Self(Arc::from(raw)))
@@ -101,8 +103,15 @@ mod tests {
     }
 
     #[test]
+    fn test_rig_names_are_accepted_and_keep_their_case() {
+        for ok in ["CMDTEST01", "ERROR101", "cam-1", "rig_07", "a"] {
+            assert_eq!(DeviceId::parse(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
     fn device_ids_with_forbidden_characters_or_too_long_are_rejected() {
-        for bad in ["AA:BB", "AA/BB", "AA+", "#", "A\0B"] {
+        for bad in ["AA:BB", "AA/BB", "AA+", "#", "A\0B", "AA.BB", "AA BB", "é"] {
             assert!(
                 matches!(DeviceId::parse(bad), Err(DeviceIdError::ForbiddenChar(_))),
                 "{bad}"

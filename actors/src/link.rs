@@ -63,6 +63,8 @@ pub struct Reply {
     pub link: MqttLink,
     /// The source's topics.
     pub topics: crate::topic::TopicParser,
+    /// The product's GXP profile settings (answer shapes of the firmware generation).
+    pub gxp: std::sync::Arc<crate::gxp::GxpSettings>,
 }
 
 /// Acknowledges tokens, each on its own connection. Tokens from a closed connection are

@@ -30,7 +30,9 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (MESSAGES_TOTAL, "counter", "Decoded device messages by kind (status, reading, capture_meta, chunk, cmd_result)."),
     (ASSEMBLIES_STARTED_TOTAL, "counter", "Captures whose assembly started."),
     (CAPTURES_STORED_TOTAL, "counter", "Captures stored and acknowledged with ACK_OK."),
-    (CAPTURES_FAILED_TOTAL, "counter", "Captures that ended failed, by reason (timeout, storage)."),
+    (CAPTURES_FAILED_TOTAL, "counter", "Captures that ended failed, by reason (timeout, storage, invalid: size mismatch or not a JPEG, device_error: reported by the device)."),
+    (WAKE_ANSWERS_TOTAL, "counter", "GXP wake hellos (\"Alive\") answered on /cmd, by answer (capture_image, next_wake)."),
+    (COMMANDS_SENT_TOTAL, "counter", "Queued device_commands rows published to devices, by format (gxp, v1)."),
     (NACKS_TOTAL, "counter", "NACKs sent to devices, by reason (missing_chunks, need_metadata, checksum, storage)."),
     (CHUNKS_TOTAL, "counter", "Chunks received, by outcome (accepted, duplicate, rejected, buffered)."),
     (ASSEMBLY_BYTES, "gauge", "Bytes held by in-flight assemblies and early chunks, all devices."),
@@ -102,6 +104,10 @@ pub const ASSEMBLIES_STARTED_TOTAL: &str = "fleetflow_assemblies_started_total";
 pub const CAPTURES_STORED_TOTAL: &str = "fleetflow_captures_stored_total";
 /// Counter; label `reason`.
 pub const CAPTURES_FAILED_TOTAL: &str = "fleetflow_captures_failed_total";
+/// Counter; label `answer`.
+pub const WAKE_ANSWERS_TOTAL: &str = "fleetflow_wake_answers_total";
+/// Counter; label `format`.
+pub const COMMANDS_SENT_TOTAL: &str = "fleetflow_commands_sent_total";
 /// Counter; label `reason`.
 pub const NACKS_TOTAL: &str = "fleetflow_nacks_total";
 /// Counter; label `outcome`.
@@ -174,7 +180,17 @@ const LABELS: &[(&str, &str, &[&str])] = &[
         "kind",
         &["status", "reading", "capture_meta", "chunk", "cmd_result"],
     ),
-    (CAPTURES_FAILED_TOTAL, "reason", &["timeout", "storage"]),
+    (
+        CAPTURES_FAILED_TOTAL,
+        "reason",
+        &["timeout", "storage", "invalid", "device_error"],
+    ),
+    (
+        WAKE_ANSWERS_TOTAL,
+        "answer",
+        &["capture_image", "next_wake"],
+    ),
+    (COMMANDS_SENT_TOTAL, "format", &["gxp", "v1"]),
     (
         NACKS_TOTAL,
         "reason",
@@ -189,14 +205,16 @@ const LABELS: &[(&str, &str, &[&str])] = &[
         ERRORS_TOTAL,
         "code",
         &[
-            "2101", "2102", "2103", "2201", "2202", "2203", "2204", "2205", "2206", "2301",
+            "1000", "1001", "1002", "1003", "1004", "2100", "2101", "2102", "2103", "2104", "2105",
+            "2200", "2201", "2202", "2203", "2204", "2205", "2206", "2207", "2208", "2209", "2301",
         ],
     ),
     (
         ERROR_ROWS_SUPPRESSED_TOTAL,
         "code",
         &[
-            "2101", "2102", "2103", "2201", "2202", "2203", "2204", "2205", "2206", "2301",
+            "1000", "1001", "1002", "1003", "1004", "2100", "2101", "2102", "2103", "2104", "2105",
+            "2200", "2201", "2202", "2203", "2204", "2205", "2206", "2207", "2208", "2209", "2301",
         ],
     ),
     (SINK_BATCHES_TOTAL, "table", TABLES),
@@ -218,6 +236,7 @@ const TABLES: &[&str] = &[
     "device_errors",
     "device_commands",
     "telemetry",
+    "device_schedules",
 ];
 
 /// Registers help texts with the installed recorder and exports every counter and gauge at 0.

@@ -1,5 +1,7 @@
 //! The wire protocol's payloads (§2–§6) as typed messages, and the pure decoder from bytes to
-//! [`DeviceMsg`]. Nothing here does I/O; the device actor calls [`decode`] on its own thread.
+//! [`DeviceMsg`]. A `/data` payload is told apart per message: with `chunk_id` it is a GXP chunk,
+//! with `type` fleetflow's own protocol, with `image_name` or `image_id` GXP metadata
+//! ([`crate::gxp`]). Nothing here does I/O; the device actor calls [`decode`] on its own thread.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -8,6 +10,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::errors::ErrorCode;
+use crate::gxp::{self, GasUnit, GxpChunk, GxpMeta};
 use crate::ids::is_valid_capture_id;
 use crate::topic::TopicKind;
 
@@ -17,6 +20,26 @@ pub const MAX_JSON_BYTES: usize = 16 * 1024;
 pub const MAX_JSON_CHUNK_BYTES: usize = 64 * 1024;
 /// Smallest and largest chunk size a capture may announce (§4.1).
 pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u32> = 256..=16384;
+
+/// The wire format a device spoke: fleetflow's protocol or the GXP firmware's. Each capture is
+/// answered in the format it came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WireFormat {
+    /// `PROTOCOL.md`.
+    V1,
+    /// `GXP-FIRMWARE.md`.
+    Gxp,
+}
+
+impl WireFormat {
+    /// `v1` or `gxp`, as stored in `devices.wire_format` and `captures.wire_format`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::Gxp => "gxp",
+        }
+    }
+}
 
 /// A decoded device message.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,42 +54,26 @@ pub enum DeviceMsg {
     Chunk(Chunk),
     /// §6
     CmdResult(CmdResult),
+    /// GXP firmware metadata (`GXP-FIRMWARE.md`).
+    GxpMeta(GxpMeta),
+    /// GXP firmware base64 chunk.
+    GxpChunk(GxpChunk),
 }
 
-/// Device states a status message may report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceStatus {
-    /// Awake and connected.
-    Online,
-    /// Deep sleep between captures.
-    Sleeping,
-    /// Taking or sending a capture.
-    Capturing,
-    /// In an error state.
-    Error,
-    /// Going offline (often a last will).
-    Offline,
-}
+/// Longest status text kept.
+pub const MAX_STATUS_CHARS: usize = 64;
 
-impl DeviceStatus {
-    /// The text stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Online => "online",
-            Self::Sleeping => "sleeping",
-            Self::Capturing => "capturing",
-            Self::Error => "error",
-            Self::Offline => "offline",
-        }
-    }
+fn unknown_status() -> String {
+    "unknown".into()
 }
 
 /// §2 status heartbeat.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Status {
-    /// Required state.
-    pub status: DeviceStatus,
+    /// The state as sent: `online`, `sleeping`, … for fleetflow's protocol, free text such as
+    /// `Alive` for the GXP firmware (`unknown` when missing, as the original worker did).
+    #[serde(default = "unknown_status")]
+    pub status: String,
     /// Battery voltage.
     #[serde(default)]
     pub battery_v: Option<f64>,
@@ -76,8 +83,8 @@ pub struct Status {
     /// Seconds since boot.
     #[serde(default)]
     pub uptime_s: Option<i64>,
-    /// Captures waiting on the device.
-    #[serde(default)]
+    /// Captures waiting on the device (`pendingImg` on the GXP firmware).
+    #[serde(default, alias = "pendingImg")]
     pub pending_count: Option<i32>,
     /// Firmware version.
     #[serde(default)]
@@ -88,6 +95,14 @@ pub struct Status {
     /// Unknown fields, stored in `extra`.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl Status {
+    /// Whether this is the GXP wake-up hello (`Alive`, compared case-insensitively), which the
+    /// engine must answer on `/cmd`.
+    pub fn is_wake(&self) -> bool {
+        self.status.eq_ignore_ascii_case("alive")
+    }
 }
 
 /// Optional measurements shared by readings and capture metadata.
@@ -232,7 +247,8 @@ pub struct CmdResult {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct DecodeError {
-    /// 2102 (malformed, unknown type) or 2103 (field missing or out of range).
+    /// 2101 (malformed JSON), 2102 (chunk without payload), 2103 (bad base64) or 2105 (unknown
+    /// type, field missing or out of range).
     pub code: ErrorCode,
     /// Human-readable reason.
     pub message: String,
@@ -261,7 +277,8 @@ impl DecodeError {
     }
 }
 
-fn json_error(e: serde_json::Error) -> DecodeError {
+/// Classifies a JSON error: bad syntax is 2101, a bad field 2105.
+pub(crate) fn json_error(e: serde_json::Error) -> DecodeError {
     use serde_json::error::Category;
     match e.classify() {
         Category::Data => DecodeError::field(e.to_string()),
@@ -269,25 +286,35 @@ fn json_error(e: serde_json::Error) -> DecodeError {
     }
 }
 
-/// Limits applied while decoding.
+/// Limits and settings applied while decoding.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
     /// Largest image a capture may announce.
     pub max_image_bytes: u64,
+    /// The unit of GXP metadata's `gas_resistance` (a per-product setting).
+    pub gas_unit: GasUnit,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
             max_image_bytes: 4 * 1024 * 1024,
+            gas_unit: GasUnit::Auto,
         }
     }
 }
 
+/// The fields that tell the formats apart. `null` counts as absent.
 #[derive(Deserialize)]
-struct TypeProbe<'a> {
-    #[serde(borrow, rename = "type")]
+struct FormatProbe<'a> {
+    #[serde(borrow, rename = "type", default)]
     kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    chunk_id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    image_name: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    image_id: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -312,7 +339,13 @@ pub fn decode(
         })),
         TopicKind::Status => {
             check_len(payload, MAX_JSON_BYTES)?;
-            let s: Status = serde_json::from_slice(payload).map_err(json_error)?;
+            let mut s: Status = serde_json::from_slice(payload).map_err(json_error)?;
+            if s.status.chars().count() > MAX_STATUS_CHARS {
+                return Err(DecodeError::field(format!(
+                    "status is longer than {MAX_STATUS_CHARS} characters"
+                )));
+            }
+            s.extra.remove("device_id");
             Ok(DeviceMsg::Status(s))
         }
         TopicKind::CmdResult => {
@@ -336,10 +369,19 @@ fn check_len(payload: &[u8], max: usize) -> Result<(), DecodeError> {
 
 fn decode_data(payload: &Bytes, limits: DecodeLimits) -> Result<DeviceMsg, DecodeError> {
     check_len(payload, MAX_JSON_CHUNK_BYTES)?;
-    let probe: TypeProbe<'_> = serde_json::from_slice(payload).map_err(json_error)?;
-    let kind = probe
-        .kind
-        .ok_or_else(|| DecodeError::malformed("missing \"type\""))?;
+    let probe: FormatProbe<'_> = serde_json::from_slice(payload).map_err(json_error)?;
+    if probe.chunk_id.is_some() {
+        return gxp::decode_chunk(payload).map(DeviceMsg::GxpChunk);
+    }
+    let Some(kind) = probe.kind else {
+        check_len(payload, MAX_JSON_BYTES)?;
+        if probe.image_name.is_some() || probe.image_id.is_some() {
+            return gxp::decode_meta(payload, limits.gas_unit).map(DeviceMsg::GxpMeta);
+        }
+        return Err(DecodeError::field(
+            "neither \"type\" (fleetflow protocol) nor \"chunk_id\"/\"image_name\" (GXP firmware)",
+        ));
+    };
     if kind != "chunk" {
         check_len(payload, MAX_JSON_BYTES)?;
     }
@@ -365,9 +407,10 @@ fn decode_data(payload: &Bytes, limits: DecodeLimits) -> Result<DeviceMsg, Decod
             }
             let data = base64::engine::general_purpose::STANDARD
                 .decode(c.data.as_bytes())
-                .map_err(|e| {
-                    DecodeError::field(format!("invalid base64 in data: {e}"))
-                        .with_capture(&c.capture_id)
+                .map_err(|e| DecodeError {
+                    code: ErrorCode::BadBase64,
+                    message: format!("invalid base64 in data: {e}"),
+                    capture_id: Some(c.capture_id.to_string()),
                 })?;
             Ok(DeviceMsg::Chunk(Chunk {
                 capture_id: c.capture_id.into_owned(),
@@ -375,7 +418,7 @@ fn decode_data(payload: &Bytes, limits: DecodeLimits) -> Result<DeviceMsg, Decod
                 data: Bytes::from(data),
             }))
         }
-        other => Err(DecodeError::malformed(format!(
+        other => Err(DecodeError::field(format!(
             "unknown message type {:?}",
             truncate(other, 32)
         ))),
@@ -499,18 +542,30 @@ mod tests {
     }
 
     #[test]
-    fn malformed_json_and_unknown_types_are_2102() {
+    fn malformed_json_is_2101_and_unknown_types_are_2105() {
         assert_eq!(data("{not json").unwrap_err().code, ErrorCode::Malformed);
         assert_eq!(
             data(r#"{"type":"bogus"}"#).unwrap_err().code,
-            ErrorCode::Malformed
+            ErrorCode::BadField
         );
-        assert_eq!(data(r#"{"seq":1}"#).unwrap_err().code, ErrorCode::Malformed);
+        assert_eq!(data(r#"{"seq":1}"#).unwrap_err().code, ErrorCode::BadField);
         assert_eq!(data("[1,2]").unwrap_err().code, ErrorCode::BadField);
     }
 
     #[test]
-    fn missing_or_out_of_range_fields_are_2103() {
+    fn each_data_message_is_told_apart_by_its_fields() {
+        let chunk = data(r#"{"device_id":"X","image_name":"a.jpg","chunk_id":0,"payload":"/9g="}"#);
+        assert!(matches!(chunk, Ok(DeviceMsg::GxpChunk(_))));
+        let meta = data(r#"{"device_id":"X","image_name":"a.jpg","image_size":4}"#);
+        assert!(matches!(meta, Ok(DeviceMsg::GxpMeta(_))));
+        let meta_by_id = data(r#"{"image_id":5,"chunk_id":null}"#);
+        assert!(matches!(meta_by_id, Ok(DeviceMsg::GxpMeta(m)) if m.image_name == "image_5.jpg"));
+        let v1 = data(r#"{"type":"reading","seq":1}"#);
+        assert!(matches!(v1, Ok(DeviceMsg::Reading(_))));
+    }
+
+    #[test]
+    fn missing_or_out_of_range_fields_are_2105() {
         assert_eq!(
             data(r#"{"type":"reading"}"#).unwrap_err().code,
             ErrorCode::BadField
@@ -544,7 +599,7 @@ mod tests {
     }
 
     #[test]
-    fn json_chunks_are_base64_decoded_and_bad_base64_is_2103() {
+    fn json_chunks_are_base64_decoded_and_bad_base64_is_2103_for_both_formats() {
         let DeviceMsg::Chunk(c) =
             data(r#"{"type":"chunk","capture_id":"img_1","index":3,"data":"AAEC"}"#).unwrap()
         else {
@@ -552,7 +607,9 @@ mod tests {
         };
         assert_eq!((c.index, &c.data[..]), (3, &[0u8, 1, 2][..]));
         let e = data(r#"{"type":"chunk","capture_id":"img_1","index":3,"data":"!!"}"#).unwrap_err();
-        assert_eq!(e.code, ErrorCode::BadField);
+        assert_eq!(e.code, ErrorCode::BadBase64);
+        let e = data(r#"{"image_name":"i.jpg","chunk_id":3,"payload":"!!"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadBase64);
     }
 
     #[test]
@@ -576,20 +633,20 @@ mod tests {
 
     proptest::proptest! {
         /// Hostile input never panics: arbitrary bytes, and JSON-looking mutations of valid
-        /// messages, always decode to a message or a 2102/2103 error.
+        /// messages, always decode to a message or a 2101/2102/2103/2105 error.
         #[test]
         fn the_decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
             let b = Bytes::from(bytes);
             for kind in [TopicKind::Status, TopicKind::Data, TopicKind::CmdResult] {
                 if let Err(e) = decode(&kind, &b, DecodeLimits::default()) {
-                    proptest::prop_assert!(matches!(e.code, ErrorCode::Malformed | ErrorCode::BadField));
+                    proptest::prop_assert!(matches!(e.code, ErrorCode::Malformed | ErrorCode::BadField | ErrorCode::NoPayload | ErrorCode::BadBase64));
                 }
             }
         }
 
         #[test]
         fn the_decoder_never_panics_on_mutated_valid_messages(
-            which in 0usize..4,
+            which in 0usize..6,
             cut in 0usize..300,
             flip in 0usize..300,
             byte in proptest::prelude::any::<u8>(),
@@ -599,6 +656,8 @@ mod tests {
                 r#"{"type":"capture_meta","capture_id":"img_000183","image_bytes":51234,"total_chunks":51,"chunk_size":1024}"#,
                 r#"{"type":"chunk","capture_id":"img_000183","index":0,"data":"AAECAwQ="}"#,
                 r#"{"status":"online","battery_v":3.92,"rssi":-61}"#,
+                r#"{"device_id":"AABBCCDDEEFF","image_name":"i.jpg","chunk_id":0,"max_chunk_size":2,"payload":"/9g="}"#,
+                r#"{"device_id":"AABBCCDDEEFF","capture_timeStamp":"2025-10-04T18:30:00Z","image_name":"i.jpg","image_size":4,"max_chunks_size":2,"total_chunk_count":2,"error":0,"sensor_data":{"temperature":1.5}}"#,
             ];
             let mut v = samples[which].as_bytes().to_vec();
             if !v.is_empty() {
@@ -613,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn status_requires_a_known_state() {
+    fn status_text_is_kept_as_sent_and_alive_is_the_wake_hello() {
         let ok =
             Bytes::from_static(br#"{"status":"online","battery_v":3.92,"rssi":-61,"fw":"1.4.2"}"#);
         let DeviceMsg::Status(s) =
@@ -621,8 +680,20 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(s.status, DeviceStatus::Online);
-        let bad = Bytes::from_static(br#"{"status":"dancing"}"#);
+        assert_eq!(s.status, "online");
+        assert!(!s.is_wake());
+        let gxp = Bytes::from_static(
+            br#"{"device_id":"AABBCCDDEEFF","status":"Alive","pendingImg":3,"pending_list":["a.jpg"]}"#,
+        );
+        let DeviceMsg::Status(s) =
+            decode(&TopicKind::Status, &gxp, DecodeLimits::default()).unwrap()
+        else {
+            panic!()
+        };
+        assert!(s.is_wake());
+        assert_eq!(s.pending_count, Some(3));
+        assert!(s.extra.contains_key("pending_list"));
+        let bad = Bytes::from(format!(r#"{{"status":"{}"}}"#, "x".repeat(65)));
         assert_eq!(
             decode(&TopicKind::Status, &bad, DecodeLimits::default())
                 .unwrap_err()

@@ -175,6 +175,7 @@ pub fn spawn_with_filters(
         source: std::sync::Arc::from(name),
         link: link.clone(),
         topics: parser,
+        gxp: std::sync::Arc::new(cfg.gxp.clone()),
     });
     let lp = Loop {
         client,

@@ -15,6 +15,7 @@ mod mqtt_config;
 mod organizations;
 mod publish;
 mod restarts;
+mod schedules;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -144,10 +145,10 @@ pub struct AdminState {
     pub restart_max: u32,
     /// The restart-only token, if configured.
     pub restart_token: Option<Arc<str>>,
-    /// Publishes commands.
-    pub link: fleetflow_actors::link::MqttLink,
-    /// Builds command topics.
-    pub topics: fleetflow_actors::topic::TopicParser,
+    /// Publishes commands in each device's format.
+    pub commands: crate::command_queue::CommandSender,
+    /// Wake schedules (shared with the device actors).
+    pub book: Arc<fleetflow_actors::schedule::ScheduleBook>,
     /// Seals broker passwords (`FLEETFLOW_SECRET_KEY`).
     pub secret_key: Option<crate::secrets::SecretKey>,
     /// The running sources' connections (publish API).
@@ -166,6 +167,10 @@ pub fn routes(state: AdminState) -> Router {
         .route(
             "/api/v1/devices/{device_id}/captures/{capture_id}/thumbnail",
             get(devices::thumbnail),
+        )
+        .route(
+            "/api/v1/devices/{device_id}/schedule",
+            get(schedules::get).put(schedules::put),
         )
         .route(
             "/api/v1/devices/{device_id}/commands",

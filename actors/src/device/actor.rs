@@ -42,6 +42,8 @@ pub struct DeviceDeps {
     pub objects: Addr<ObjectSink>,
     /// Told when this actor passivates.
     pub router: Addr<Router>,
+    /// Wake schedules and next wakes (the GXP handshake answers from memory).
+    pub book: Arc<crate::schedule::ScheduleBook>,
 }
 
 enum Health {
@@ -55,8 +57,8 @@ pub struct DeviceActor {
     core: DeviceCore,
     deps: DeviceDeps,
     generation: u64,
-    /// The source this device's messages come from, and its ack topic there.
-    reply: Option<(Arc<Reply>, String)>,
+    /// The source this device's messages come from, and its ack and command topics there.
+    reply: Option<(Arc<Reply>, String, String)>,
     effects: Vec<Effect>,
     timer: Option<(SpawnHandle, Instant)>,
     last_msg: Instant,
@@ -69,7 +71,12 @@ impl DeviceActor {
     pub fn new(id: DeviceId, generation: u64, deps: DeviceDeps) -> Self {
         let policy = RestartPolicy::new(&deps.devices);
         Self {
-            core: DeviceCore::new(id, deps.assembly.clone(), deps.budget.clone()),
+            core: DeviceCore::new(
+                id,
+                deps.assembly.clone(),
+                deps.budget.clone(),
+                deps.book.clone(),
+            ),
             deps,
             generation,
             reply: None,
@@ -88,6 +95,7 @@ impl DeviceActor {
             match effect {
                 Effect::Ack(t) => crate::link::ack(Some(t)),
                 Effect::Publish { payload, kind } => self.publish(payload, kind),
+                Effect::Command { payload, kind } => self.publish_command(payload, kind),
                 Effect::Row(row, ack) => {
                     let p = Pending::new(row, ack);
                     if !blocked.is_empty() {
@@ -165,7 +173,11 @@ impl DeviceActor {
             id.clone(),
             self.deps.assembly.clone(),
             self.deps.budget.clone(),
+            self.deps.book.clone(),
         );
+        if let Some((r, _, _)) = &self.reply {
+            self.core.set_gxp_settings(r.gxp.clone());
+        }
         if let Some((h, _)) = self.timer.take() {
             ctx.cancel_future(h);
         }
@@ -290,18 +302,27 @@ impl DeviceActor {
         if self
             .reply
             .as_ref()
-            .is_some_and(|(r, _)| Arc::ptr_eq(r, reply))
+            .is_some_and(|(r, _, _)| Arc::ptr_eq(r, reply))
         {
             return;
         }
-        let topic = reply.topics.ack_topic(self.core.id());
-        self.reply = Some((reply.clone(), topic));
+        let ack = reply.topics.ack_topic(self.core.id());
+        let cmd = reply.topics.cmd_topic(self.core.id());
+        self.core.set_gxp_settings(reply.gxp.clone());
+        self.reply = Some((reply.clone(), ack, cmd));
     }
 
     fn publish(&self, payload: bytes::Bytes, kind: &'static str) {
         match &self.reply {
-            Some((r, topic)) => r.link.publish(topic.clone(), payload, kind),
+            Some((r, topic, _)) => r.link.publish(topic.clone(), payload, kind),
             None => tracing::warn!(device = %self.core.id(), "no source to reply on"),
+        }
+    }
+
+    fn publish_command(&self, payload: bytes::Bytes, kind: &'static str) {
+        match &self.reply {
+            Some((r, _, topic)) => r.link.publish(topic.clone(), payload, kind),
+            None => tracing::warn!(device = %self.core.id(), "no source to send commands on"),
         }
     }
 
@@ -327,7 +348,7 @@ impl Handler<ReplyRoute> for DeviceActor {
     type Result = Option<Arc<Reply>>;
 
     fn handle(&mut self, _: ReplyRoute, _ctx: &mut Self::Context) -> Self::Result {
-        self.reply.as_ref().map(|(r, _)| r.clone())
+        self.reply.as_ref().map(|(r, _, _)| r.clone())
     }
 }
 

@@ -1,6 +1,11 @@
 //! The device state machine (§2–§5) as pure logic: it takes one inbound message or timer tick and
 //! emits [`Effect`]s (rows, publishes, store requests, broker acks). The actor in `actor.rs`
-//! carries the effects out, so this file is tested without any I/O.
+//! carries the effects out, so this file is tested without any I/O. Captures in both device
+//! formats share the assembly, timers, budget and validation here; what is particular to the
+//! GXP firmware (metadata merging, device-reported errors, the wake handshake, its answer
+//! shapes) is in `gxp_flow`.
+
+mod gxp_flow;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,10 +20,13 @@ use crate::config::AssemblyConfig;
 use crate::device::budget::GlobalBudget;
 use crate::device::nack;
 use crate::errors::{excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord};
+use crate::gxp::{GxpSettings, NackTopic, PartialLayout};
 use crate::ids::DeviceId;
 use crate::link::AckToken;
 use crate::metrics as m;
+pub use crate::protocol::WireFormat;
 use crate::protocol::{self, CaptureMeta, Chunk, DecodeLimits, DeviceMsg};
+use crate::schedule::ScheduleBook;
 use crate::sinks::rows::{CaptureRow, CommandResultRow, IngestStatus, ReadingRow, Row, StatusRow};
 use crate::topic::TopicKind;
 
@@ -39,6 +47,13 @@ pub enum Effect {
         /// `ack` or `nack`, for the metric.
         kind: &'static str,
     },
+    /// Publish on the device's command topic (the wake handshake, GXP commands).
+    Command {
+        /// JSON payload.
+        payload: Bytes,
+        /// `command` or `nack`, for the metric.
+        kind: &'static str,
+    },
     /// Write an image to object storage, then its captures row, then report back.
     Store(StoreRequest),
 }
@@ -46,6 +61,10 @@ pub enum Effect {
 /// A complete image to store.
 #[derive(Debug, Clone)]
 pub struct StoreRequest {
+    /// The format the capture came in (object key and row).
+    pub format: WireFormat,
+    /// GXP metadata kept as it came (location, image_id, …), for `captures.meta`.
+    pub meta: Option<serde_json::Value>,
     /// The device.
     pub device_id: DeviceId,
     /// The device's capture id.
@@ -65,10 +84,15 @@ pub struct StoreRequest {
 }
 
 impl StoreRequest {
-    /// `captures/{device_id}/{YYYY}/{MM}/{DD}/{capture_id}.jpg` (§4.4).
+    /// `captures/{device_id}/{YYYY}/{MM}/{DD}/{capture_id}.jpg` (§4.4); for GXP captures the
+    /// image name, which already ends in `.jpg`.
     pub fn object_key(&self) -> String {
+        let ext = match self.format {
+            WireFormat::V1 => ".jpg",
+            WireFormat::Gxp => "",
+        };
         format!(
-            "captures/{}/{}/{}.jpg",
+            "captures/{}/{}/{}{ext}",
             self.device_id,
             self.captured_at.format("%Y/%m/%d"),
             self.capture_id
@@ -89,6 +113,8 @@ impl StoreRequest {
             storage_path: (status == IngestStatus::Stored).then(|| self.object_key()),
             nack_rounds: self.nack_rounds as i32,
             stored_at,
+            format: self.format,
+            meta: self.meta.clone(),
         }
     }
 }
@@ -124,6 +150,9 @@ enum Phase {
 
 #[derive(Debug)]
 struct Capture {
+    format: WireFormat,
+    /// GXP: the merged metadata and whether its sensor row was written.
+    gxp: Option<Box<gxp_flow::GxpState>>,
     layout: Layout,
     captured_at: DateTime<Utc>,
     sha256: Option<String>,
@@ -138,6 +167,9 @@ struct Early {
     chunks: Vec<(u32, Bytes)>,
     bytes: usize,
     first_at: Instant,
+    format: WireFormat,
+    /// GXP: sizes the chunks carried.
+    layout: PartialLayout,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +177,7 @@ struct Recent {
     capture_id: String,
     image_bytes: u32,
     stored_at: DateTime<Utc>,
+    format: WireFormat,
 }
 
 /// One device's state: in-flight assemblies, early chunks, recently stored captures.
@@ -155,10 +188,19 @@ pub struct DeviceCore {
     budget: Arc<GlobalBudget>,
     captures: HashMap<String, Capture>,
     early: HashMap<String, Early>,
+    /// GXP metadata whose sizes are not all known yet (copies with nulls); bounded by
+    /// `max_captures_in_flight` with `captures`.
+    gxp_pending: HashMap<String, gxp_flow::GxpState>,
     recent: VecDeque<Recent>,
     held: usize,
     errors: ErrorRateLimiter<ErrorCode>,
     last_touch: Option<Instant>,
+    /// The format of this device's latest capture or wake hello.
+    format: Option<WireFormat>,
+    /// The GXP profile's settings of the product this device's messages come from.
+    gxp: Arc<GxpSettings>,
+    /// Schedules and next wakes.
+    book: Arc<ScheduleBook>,
 }
 
 /// How often readings refresh `devices.last_seen_at` (status messages always do).
@@ -173,7 +215,12 @@ impl Drop for DeviceCore {
 
 impl DeviceCore {
     /// Fresh state for a device (also after a restart).
-    pub fn new(id: DeviceId, cfg: Arc<AssemblyConfig>, budget: Arc<GlobalBudget>) -> Self {
+    pub fn new(
+        id: DeviceId,
+        cfg: Arc<AssemblyConfig>,
+        budget: Arc<GlobalBudget>,
+        book: Arc<ScheduleBook>,
+    ) -> Self {
         let per_minute = cfg.error_rows_per_minute;
         Self {
             id,
@@ -181,11 +228,25 @@ impl DeviceCore {
             budget,
             captures: HashMap::new(),
             early: HashMap::new(),
+            gxp_pending: HashMap::new(),
             recent: VecDeque::new(),
             held: 0,
             errors: ErrorRateLimiter::new(per_minute),
             last_touch: None,
+            format: None,
+            gxp: Arc::new(GxpSettings::default()),
+            book,
         }
+    }
+
+    /// Uses the GXP settings of the product the device's messages come from.
+    pub fn set_gxp_settings(&mut self, settings: Arc<GxpSettings>) {
+        self.gxp = settings;
+    }
+
+    /// The format of the device's latest capture or wake hello, if any.
+    pub fn format(&self) -> Option<WireFormat> {
+        self.format
     }
 
     /// The device.
@@ -205,7 +266,7 @@ impl DeviceCore {
 
     /// Whether nothing is in flight, so the actor may be passivated.
     pub fn is_idle(&self) -> bool {
-        self.captures.is_empty() && self.early.is_empty()
+        self.captures.is_empty() && self.early.is_empty() && self.gxp_pending.is_empty()
     }
 
     /// Handles one inbound message.
@@ -227,6 +288,7 @@ impl DeviceCore {
         let cx = &cx;
         let limits = DecodeLimits {
             max_image_bytes: self.cfg.max_image_bytes,
+            gas_unit: self.gxp.gas_unit,
         };
         let msg = match protocol::decode(kind, payload, limits) {
             Ok(msg) => msg,
@@ -241,9 +303,13 @@ impl DeviceCore {
         match msg {
             DeviceMsg::Status(s) => {
                 metrics::counter!(m::MESSAGES_TOTAL, "kind" => "status").increment(1);
+                if s.is_wake() {
+                    self.on_wake(wall, out);
+                }
                 let row = StatusRow {
                     device_id: self.id.clone(),
-                    status: s.status.as_str(),
+                    wire_format: s.is_wake().then_some(WireFormat::Gxp.as_str()),
+                    status: s.status,
                     pending_count: s.pending_count,
                     battery_v: s.battery_v,
                     rssi: s.rssi,
@@ -286,6 +352,7 @@ impl DeviceCore {
             }
             DeviceMsg::CaptureMeta(meta) => {
                 metrics::counter!(m::MESSAGES_TOTAL, "kind" => "capture_meta").increment(1);
+                self.format = Some(WireFormat::V1);
                 self.on_meta(meta, cx, out);
                 if let Some(a) = ack {
                     out.push(Effect::Ack(a));
@@ -293,7 +360,24 @@ impl DeviceCore {
             }
             DeviceMsg::Chunk(chunk) => {
                 metrics::counter!(m::MESSAGES_TOTAL, "kind" => "chunk").increment(1);
-                self.on_chunk(chunk, cx, out);
+                self.format = Some(WireFormat::V1);
+                self.on_chunk(chunk, WireFormat::V1, cx, out);
+                if let Some(a) = ack {
+                    out.push(Effect::Ack(a));
+                }
+            }
+            DeviceMsg::GxpMeta(meta) => {
+                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "capture_meta").increment(1);
+                self.format = Some(WireFormat::Gxp);
+                self.on_gxp_meta(meta, cx, out);
+                if let Some(a) = ack {
+                    out.push(Effect::Ack(a));
+                }
+            }
+            DeviceMsg::GxpChunk(chunk) => {
+                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "chunk").increment(1);
+                self.format = Some(WireFormat::Gxp);
+                self.on_gxp_chunk(chunk, cx, out);
                 if let Some(a) = ack {
                     out.push(Effect::Ack(a));
                 }
@@ -308,12 +392,7 @@ impl DeviceCore {
             chunk_size: meta.chunk_size,
             total_chunks: meta.total_chunks,
         };
-        if let Some(r) = self.recent.iter().find(|r| r.capture_id == meta.capture_id) {
-            let payload = nack::ack_ok(&r.capture_id, r.image_bytes, r.stored_at);
-            out.push(Effect::Publish {
-                payload,
-                kind: "ack",
-            });
+        if self.answer_if_stored(&meta.capture_id, cx.wall, out) {
             return;
         }
         if let Some(c) = self.captures.get(&meta.capture_id) {
@@ -331,26 +410,9 @@ impl DeviceCore {
                 .unwrap_or(0);
             self.release(old);
         }
-        if self.captures.len() >= self.cfg.max_captures_in_flight {
-            let msg = format!(
-                "{} captures already in flight (max {})",
-                self.captures.len(),
-                self.cfg.max_captures_in_flight
-            );
-            self.error(ErrorCode::OverBudget, msg, Some(&meta.capture_id), cx, out);
+        let Some(need) = self.reserve(&meta.capture_id, layout, cx, out) else {
             return;
-        }
-        let need = layout.image_bytes as usize + (layout.total_chunks as usize).div_ceil(64) * 8;
-        if self.held + need > self.cfg.device_budget_bytes || !self.budget.try_reserve(need) {
-            let msg = format!(
-                "capture of {} bytes exceeds the byte budget",
-                layout.image_bytes
-            );
-            self.error(ErrorCode::OverBudget, msg, Some(&meta.capture_id), cx, out);
-            return;
-        }
-        self.held += need;
-        metrics::counter!(m::ASSEMBLIES_STARTED_TOTAL).increment(1);
+        };
         let captured_at = meta.captured_at.unwrap_or(wall);
         if let Some(sensors) = meta.sensors {
             let row = ReadingRow {
@@ -365,6 +427,8 @@ impl DeviceCore {
             out.push(Effect::Row(Row::Reading(row), None));
         }
         let capture = Capture {
+            format: WireFormat::V1,
+            gxp: None,
             layout,
             captured_at,
             sha256: meta.sha256.map(|s| s.to_ascii_lowercase()),
@@ -374,27 +438,103 @@ impl DeviceCore {
             held: need,
         };
         self.captures.insert(meta.capture_id.clone(), capture);
-        if let Some(early) = self.early.remove(&meta.capture_id) {
+        self.apply_early(&meta.capture_id, WireFormat::V1, cx, out);
+    }
+
+    /// Answers metadata for a capture already stored with `ACK_OK` again (§4.1), in the
+    /// capture's format. Returns whether it was one.
+    fn answer_if_stored(
+        &mut self,
+        capture_id: &str,
+        wall: DateTime<Utc>,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let Some(r) = self
+            .recent
+            .iter()
+            .find(|r| r.capture_id == capture_id)
+            .cloned()
+        else {
+            return false;
+        };
+        let payload = match r.format {
+            WireFormat::V1 => nack::ack_ok(&r.capture_id, r.image_bytes, r.stored_at),
+            WireFormat::Gxp => self.gxp_ack_ok(&r.capture_id, wall, out),
+        };
+        out.push(Effect::Publish {
+            payload,
+            kind: "ack",
+        });
+        true
+    }
+
+    /// Reserves the bytes of a new assembly within the capture count and both byte budgets,
+    /// or records 2209 and returns `None`.
+    fn reserve(
+        &mut self,
+        capture_id: &str,
+        layout: Layout,
+        cx: &MsgCtx<'_>,
+        out: &mut Vec<Effect>,
+    ) -> Option<usize> {
+        if self.captures.len() >= self.cfg.max_captures_in_flight {
+            let msg = format!(
+                "{} captures already in flight (max {})",
+                self.captures.len(),
+                self.cfg.max_captures_in_flight
+            );
+            self.error(ErrorCode::OverBudget, msg, Some(capture_id), cx, out);
+            return None;
+        }
+        let need = layout.image_bytes as usize + (layout.total_chunks as usize).div_ceil(64) * 8;
+        if self.held + need > self.cfg.device_budget_bytes || !self.budget.try_reserve(need) {
+            let msg = format!(
+                "capture of {} bytes exceeds the byte budget",
+                layout.image_bytes
+            );
+            self.error(ErrorCode::OverBudget, msg, Some(capture_id), cx, out);
+            return None;
+        }
+        self.held += need;
+        metrics::counter!(m::ASSEMBLIES_STARTED_TOTAL).increment(1);
+        Some(need)
+    }
+
+    /// Feeds the chunks that arrived before the capture's metadata into its new assembly.
+    fn apply_early(
+        &mut self,
+        capture_id: &str,
+        format: WireFormat,
+        cx: &MsgCtx<'_>,
+        out: &mut Vec<Effect>,
+    ) {
+        if let Some(early) = self.early.remove(capture_id) {
             self.release(early.bytes);
             for (index, data) in early.chunks {
                 let chunk = Chunk {
-                    capture_id: meta.capture_id.clone(),
+                    capture_id: capture_id.to_owned(),
                     index,
                     data,
                 };
-                self.on_chunk(chunk, cx, out);
+                self.on_chunk(chunk, format, cx, out);
             }
         }
     }
 
-    fn on_chunk(&mut self, chunk: Chunk, cx: &MsgCtx<'_>, out: &mut Vec<Effect>) {
+    fn on_chunk(
+        &mut self,
+        chunk: Chunk,
+        format: WireFormat,
+        cx: &MsgCtx<'_>,
+        out: &mut Vec<Effect>,
+    ) {
         let now = cx.now;
         let Some(c) = self.captures.get_mut(&chunk.capture_id) else {
             if self.recent.iter().any(|r| r.capture_id == chunk.capture_id) {
                 metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "duplicate").increment(1);
                 return;
             }
-            self.buffer_early(chunk, cx, out);
+            self.buffer_early(chunk, format, PartialLayout::default(), cx, out);
             return;
         };
         c.last_activity = now;
@@ -437,7 +577,14 @@ impl DeviceCore {
         }
     }
 
-    fn buffer_early(&mut self, chunk: Chunk, cx: &MsgCtx<'_>, out: &mut Vec<Effect>) {
+    fn buffer_early(
+        &mut self,
+        chunk: Chunk,
+        format: WireFormat,
+        layout: PartialLayout,
+        cx: &MsgCtx<'_>,
+        out: &mut Vec<Effect>,
+    ) {
         let now = cx.now;
         let n = chunk.data.len();
         let fits = n <= MAX_EARLY_CHUNK_BYTES
@@ -452,11 +599,13 @@ impl DeviceCore {
                 chunk.index
             );
             self.error(ErrorCode::UnknownCapture, msg, Some(&id), cx, out);
-            out.push(Effect::Publish {
-                payload: nack::need_metadata(&id),
-                kind: "nack",
-            });
-            metrics::counter!(m::NACKS_TOTAL, "reason" => "need_metadata").increment(1);
+            if format == WireFormat::V1 {
+                out.push(Effect::Publish {
+                    payload: nack::need_metadata(&id),
+                    kind: "nack",
+                });
+                metrics::counter!(m::NACKS_TOTAL, "reason" => "need_metadata").increment(1);
+            }
             return;
         }
         metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "buffered").increment(1);
@@ -465,7 +614,10 @@ impl DeviceCore {
             chunks: Vec::new(),
             bytes: 0,
             first_at: now,
+            format,
+            layout: PartialLayout::default(),
         });
+        e.layout.merge(&layout);
         e.bytes += n;
         e.chunks.push((chunk.index, chunk.data));
     }
@@ -499,10 +651,17 @@ impl DeviceCore {
                 return;
             }
         }
+        if let Some((code, message, details)) = invalid_image(asm, c.layout) {
+            metrics::counter!(m::CAPTURES_FAILED_TOTAL, "reason" => "invalid").increment(1);
+            self.fail_capture(capture_id, code, message, details, now, out);
+            return;
+        }
         let Phase::Assembling(asm) = std::mem::replace(&mut c.phase, Phase::Storing) else {
             return;
         };
         out.push(Effect::Store(StoreRequest {
+            format: c.format,
+            meta: c.gxp.as_ref().and_then(|g| g.meta_json()),
             device_id: self.id.clone(),
             capture_id: capture_id.to_owned(),
             captured_at: c.captured_at,
@@ -512,6 +671,47 @@ impl DeviceCore {
             nack_rounds: c.nack_rounds,
             completed_at: now,
         }));
+    }
+
+    /// Ends a capture as `failed`: frees its bytes, records the error and writes the row.
+    fn fail_capture(
+        &mut self,
+        capture_id: &str,
+        code: ErrorCode,
+        message: String,
+        details: serde_json::Value,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(c) = self.captures.remove(capture_id) else {
+            return;
+        };
+        self.release(c.held);
+        let mut details = details;
+        if let Some(o) = details.as_object_mut() {
+            o.entry("capture_id").or_insert_with(|| json!(capture_id));
+        }
+        if let Some(r) = self.record(code, message, details, now) {
+            out.push(Effect::Row(Row::Error(r), None));
+        }
+        out.push(Effect::Row(
+            Row::Capture(CaptureRow {
+                device_id: self.id.clone(),
+                capture_id: capture_id.to_owned(),
+                captured_at: c.captured_at,
+                image_bytes: i64::from(c.layout.image_bytes),
+                total_chunks: c.layout.total_chunks as i32,
+                chunk_size: c.layout.chunk_size as i32,
+                sha256: c.sha256,
+                status: IngestStatus::Failed,
+                storage_path: None,
+                nack_rounds: c.nack_rounds as i32,
+                stored_at: None,
+                format: c.format,
+                meta: c.gxp.as_ref().and_then(|g| g.meta_json()),
+            }),
+            None,
+        ));
     }
 
     /// Reports the end of a store request.
@@ -529,8 +729,12 @@ impl DeviceCore {
         match outcome {
             StoreOutcome::Stored { stored_at } => {
                 metrics::counter!(m::CAPTURES_STORED_TOTAL).increment(1);
+                let payload = match c.format {
+                    WireFormat::V1 => nack::ack_ok(capture_id, c.layout.image_bytes, stored_at),
+                    WireFormat::Gxp => self.gxp_ack_ok(capture_id, Utc::now(), out),
+                };
                 out.push(Effect::Publish {
-                    payload: nack::ack_ok(capture_id, c.layout.image_bytes, stored_at),
+                    payload,
                     kind: "ack",
                 });
                 if self.recent.len() >= self.cfg.recent_captures.max(1) {
@@ -540,6 +744,7 @@ impl DeviceCore {
                     capture_id: capture_id.to_owned(),
                     image_bytes: c.layout.image_bytes,
                     stored_at,
+                    format: c.format,
                 });
             }
             StoreOutcome::Failed { reason } => {
@@ -552,17 +757,53 @@ impl DeviceCore {
                 ) {
                     out.push(Effect::Row(Row::Error(r), None));
                 }
-                out.push(Effect::Publish {
-                    payload: nack::storage(capture_id),
-                    kind: "nack",
-                });
-                metrics::counter!(m::NACKS_TOTAL, "reason" => "storage").increment(1);
+                // The GXP firmware has no storage NACK: it keeps the image pending and offers
+                // it again at its next wake.
+                if c.format == WireFormat::V1 {
+                    out.push(Effect::Publish {
+                        payload: nack::storage(capture_id),
+                        kind: "nack",
+                    });
+                    metrics::counter!(m::NACKS_TOTAL, "reason" => "storage").increment(1);
+                }
             }
         }
     }
 
     /// Runs the inactivity timeouts. Returns the next instant at which a tick is needed.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Effect>) -> Option<Instant> {
+        let failed = self.nack_idle_captures(now, out);
+        for id in failed {
+            metrics::counter!(m::CAPTURES_FAILED_TOTAL, "reason" => "timeout").increment(1);
+            let Some(c) = self.captures.get(&id) else {
+                continue;
+            };
+            let (rounds, format) = (c.nack_rounds, c.format);
+            let missing = match &c.phase {
+                Phase::Assembling(a) => a.layout().total_chunks - a.received_count(),
+                Phase::Storing => 0,
+            };
+            if format == WireFormat::Gxp && self.gxp.resend_whole_image_after_retries {
+                let cmd = crate::gxp::GxpCommand::SendImage(id.clone());
+                out.push(Effect::Command {
+                    payload: cmd.payload(self.id.as_str()),
+                    kind: "command",
+                });
+            }
+            let message = format!(
+                "assembly timed out after {rounds} NACK rounds with {missing} chunks missing"
+            );
+            let details = json!({"capture_id": id, "missing_chunks": missing});
+            self.fail_capture(&id, ErrorCode::AssemblyTimeout, message, details, now, out);
+        }
+        self.expire_early(now, out);
+        self.errors.prune(now);
+        self.next_deadline()
+    }
+
+    /// Sends a missing-chunks NACK, in each capture's format, for every capture idle past the
+    /// timeout; returns those whose rounds are used up.
+    fn nack_idle_captures(&mut self, now: Instant, out: &mut Vec<Effect>) -> Vec<String> {
         let timeout = self.cfg.timeout();
         let max_rounds = self.cfg.max_nack_rounds;
         let mut failed = Vec::new();
@@ -573,56 +814,42 @@ impl DeviceCore {
             if now.duration_since(c.last_activity) < timeout {
                 continue;
             }
-            if c.nack_rounds < max_rounds {
-                c.nack_rounds += 1;
-                c.last_activity = now;
-                out.push(Effect::Publish {
-                    payload: nack::missing(id, &asm.missing_ranges(), c.nack_rounds),
-                    kind: "nack",
-                });
-                metrics::counter!(m::NACKS_TOTAL, "reason" => "missing_chunks").increment(1);
-            } else {
+            if c.nack_rounds >= max_rounds {
                 failed.push(id.clone());
-            }
-        }
-        for id in failed {
-            let Some(c) = self.captures.remove(&id) else {
                 continue;
-            };
-            self.release(c.held);
-            metrics::counter!(m::CAPTURES_FAILED_TOTAL, "reason" => "timeout").increment(1);
-            let missing = match &c.phase {
-                Phase::Assembling(a) => a.layout().total_chunks - a.received_count(),
-                Phase::Storing => 0,
-            };
-            if let Some(r) = self.record(
-                ErrorCode::AssemblyTimeout,
-                format!(
-                    "assembly timed out after {} NACK rounds with {missing} chunks missing",
-                    c.nack_rounds
-                ),
-                json!({"capture_id": id, "missing_chunks": missing}),
-                now,
-            ) {
-                out.push(Effect::Row(Row::Error(r), None));
             }
-            out.push(Effect::Row(
-                Row::Capture(CaptureRow {
-                    device_id: self.id.clone(),
-                    capture_id: id,
-                    captured_at: c.captured_at,
-                    image_bytes: i64::from(c.layout.image_bytes),
-                    total_chunks: c.layout.total_chunks as i32,
-                    chunk_size: c.layout.chunk_size as i32,
-                    sha256: c.sha256,
-                    status: IngestStatus::Failed,
-                    storage_path: None,
-                    nack_rounds: c.nack_rounds as i32,
-                    stored_at: None,
-                }),
-                None,
-            ));
+            c.nack_rounds += 1;
+            c.last_activity = now;
+            let ranges = asm.missing_ranges();
+            let effect = match c.format {
+                WireFormat::V1 => Effect::Publish {
+                    payload: nack::missing(id, &ranges, c.nack_rounds),
+                    kind: "nack",
+                },
+                WireFormat::Gxp => {
+                    let g = &self.gxp;
+                    let payload = crate::gxp::nack(self.id.as_str(), id, &ranges, g.nack_max_bytes);
+                    match g.nack_topic {
+                        NackTopic::Ack => Effect::Publish {
+                            payload,
+                            kind: "nack",
+                        },
+                        NackTopic::Cmd => Effect::Command {
+                            payload,
+                            kind: "nack",
+                        },
+                    }
+                }
+            };
+            out.push(effect);
+            metrics::counter!(m::NACKS_TOTAL, "reason" => "missing_chunks").increment(1);
         }
+        failed
+    }
+
+    /// Drops chunks whose metadata never came (2208), asking v1 devices for the metadata.
+    fn expire_early(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let timeout = self.cfg.timeout();
         let stale: Vec<String> = self
             .early
             .iter()
@@ -634,6 +861,7 @@ impl DeviceCore {
                 continue;
             };
             self.release(e.bytes);
+            self.gxp_pending.remove(&id);
             if let Some(r) = self.record(
                 ErrorCode::UnknownCapture,
                 format!(
@@ -645,14 +873,18 @@ impl DeviceCore {
             ) {
                 out.push(Effect::Row(Row::Error(r), None));
             }
-            out.push(Effect::Publish {
-                payload: nack::need_metadata(&id),
-                kind: "nack",
-            });
-            metrics::counter!(m::NACKS_TOTAL, "reason" => "need_metadata").increment(1);
+            if e.format == WireFormat::V1 {
+                out.push(Effect::Publish {
+                    payload: nack::need_metadata(&id),
+                    kind: "nack",
+                });
+                metrics::counter!(m::NACKS_TOTAL, "reason" => "need_metadata").increment(1);
+            }
         }
-        self.errors.prune(now);
-        self.next_deadline()
+        // GXP metadata that never got its sizes, with no chunk waiting either.
+        let early = &self.early;
+        self.gxp_pending
+            .retain(|id, p| early.contains_key(id) || now.duration_since(p.since) < timeout);
     }
 
     /// The earliest instant a tick has work to do.
@@ -664,7 +896,8 @@ impl DeviceCore {
             .filter(|c| matches!(c.phase, Phase::Assembling(_)))
             .map(|c| c.last_activity + timeout);
         let e = self.early.values().map(|e| e.first_at + timeout);
-        a.chain(e).min()
+        let p = self.gxp_pending.values().map(|p| p.since + timeout);
+        a.chain(e).chain(p).min()
     }
 
     fn release(&mut self, n: usize) {
@@ -723,6 +956,28 @@ impl DeviceCore {
     }
 }
 
+/// Validation before storing, in either format: the declared size (2202), then the JPEG
+/// markers `FF D8` … `FF D9` (2203).
+fn invalid_image(asm: &Assembly, layout: Layout) -> Option<(ErrorCode, String, serde_json::Value)> {
+    let actual = asm.assembled_len();
+    let declared = layout.image_bytes as usize;
+    if actual != declared {
+        return Some((
+            ErrorCode::SizeMismatch,
+            format!("size mismatch: declared {declared}, actual {actual}"),
+            json!({"declared": declared, "actual": actual}),
+        ));
+    }
+    if !asm.is_jpeg() {
+        return Some((
+            ErrorCode::NotJpeg,
+            "invalid JPEG: missing SOI (FF D8) or EOI (FF D9) marker".into(),
+            json!({}),
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -737,7 +992,256 @@ mod tests {
             DeviceId::parse("AABBCCDDEEFF").unwrap(),
             Arc::new(cfg),
             Arc::new(GlobalBudget::new(1 << 30)),
+            Arc::new(ScheduleBook::new()),
         )
+    }
+
+    fn gxp_meta(name: &str, size: usize, chunk: usize, total: usize) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"device_id":"AABBCCDDEEFF","capture_timeStamp":"2025-10-04T18:30:00Z","image_name":"{name}","image_size":{size},"max_chunks_size":{chunk},"total_chunk_count":{total},"location":"lab","error":0,"temperature":22.5,"humidity":50.0,"pressure":1013.25,"gas_resistance":54321.0}}"#
+        ))
+    }
+
+    fn gxp_chunk(name: &str, i: usize, data: &[u8]) -> Bytes {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+        Bytes::from(format!(
+            r#"{{"device_id":"AABBCCDDEEFF","image_name":"{name}","chunk_id":{i},"max_chunk_size":2,"payload":"{b64}"}}"#
+        ))
+    }
+
+    fn send(c: &mut DeviceCore, kind: &TopicKind, p: Bytes, out: &mut Vec<Effect>) {
+        c.handle(kind, &p, None, Instant::now(), Utc::now(), out);
+    }
+
+    fn rows(out: &[Effect]) -> Vec<&Row> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::Row(r, _) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gxp_capture_is_nacked_with_a_plain_index_list_only_after_the_timeout() {
+        let mut c = core();
+        let mut out = Vec::new();
+        let img: Vec<u8> = [0xFF, 0xD8]
+            .into_iter()
+            .chain(0..16)
+            .chain([0xFF, 0xD9])
+            .collect();
+        send(
+            &mut c,
+            &TopicKind::Data,
+            gxp_meta("i.jpg", 20, 2, 10),
+            &mut out,
+        );
+        for i in (0..10).filter(|i| *i != 3 && *i != 9) {
+            send(
+                &mut c,
+                &TopicKind::Data,
+                gxp_chunk("i.jpg", i, &img[i * 2..i * 2 + 2]),
+                &mut out,
+            );
+        }
+        assert!(
+            publishes(&out).is_empty(),
+            "no NACK right after the metadata"
+        );
+        let snapshot = rows(&out).into_iter().find_map(|r| match r {
+            Row::Reading(r) => Some(r.clone()),
+            _ => None,
+        });
+        let snapshot = snapshot.expect("the sensor snapshot");
+        assert_eq!(snapshot.capture_id.as_deref(), Some("i.jpg"));
+        assert_eq!(snapshot.values.gas_kohm, Some(54.321));
+        out.clear();
+        tokio::time::advance(std::time::Duration::from_millis(1000)).await;
+        c.tick(Instant::now(), &mut out);
+        assert_eq!(
+            publishes(&out),
+            vec![
+                serde_json::json!({"device_id":"AABBCCDDEEFF","image_name":"i.jpg","missing_chunks":[3,9]})
+            ]
+        );
+        out.clear();
+        send(
+            &mut c,
+            &TopicKind::Data,
+            gxp_chunk("i.jpg", 3, &img[6..8]),
+            &mut out,
+        );
+        send(
+            &mut c,
+            &TopicKind::Data,
+            gxp_chunk("i.jpg", 9, &img[18..20]),
+            &mut out,
+        );
+        let store = out.iter().find_map(|e| match e {
+            Effect::Store(r) => Some(r.clone()),
+            _ => None,
+        });
+        let store = store.expect("stored once complete");
+        assert_eq!(&store.image[..], &img[..]);
+        assert_eq!(store.object_key(), "captures/AABBCCDDEEFF/2025/10/04/i.jpg");
+        out.clear();
+        c.on_stored(
+            "i.jpg",
+            StoreOutcome::Stored {
+                stored_at: Utc::now(),
+            },
+            Instant::now(),
+            &mut out,
+        );
+        let ack = &publishes(&out)[0];
+        assert_eq!(ack["image_name"], "i.jpg");
+        assert!(ack["ACK_OK"]["next_wake_time"]
+            .as_str()
+            .unwrap()
+            .ends_with('M'));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gxp_size_mismatch_and_bad_jpeg_fail_the_capture_without_ack() {
+        for (name, bytes, declared, code) in [
+            (
+                "size.jpg",
+                vec![0xFF, 0xD8, 0xAA, 0xBB, 0xFF, 0xD9],
+                100,
+                ErrorCode::SizeMismatch,
+            ),
+            (
+                "soi.jpg",
+                vec![0xAA, 0xBB, 0xCC, 0xDD, 0xFF, 0xD9],
+                6,
+                ErrorCode::NotJpeg,
+            ),
+        ] {
+            let mut c = core();
+            let mut out = Vec::new();
+            send(
+                &mut c,
+                &TopicKind::Data,
+                gxp_meta(name, declared, 2, 3),
+                &mut out,
+            );
+            for i in 0..3 {
+                send(
+                    &mut c,
+                    &TopicKind::Data,
+                    gxp_chunk(name, i, &bytes[i * 2..i * 2 + 2]),
+                    &mut out,
+                );
+            }
+            assert!(!out.iter().any(|e| matches!(e, Effect::Store(_))), "{name}");
+            assert!(publishes(&out).is_empty(), "{name}: no ACK_OK");
+            let rs = rows(&out);
+            assert!(
+                rs.iter()
+                    .any(|r| matches!(r, Row::Error(e) if e.code == code)),
+                "{name}"
+            );
+            assert!(rs
+                .iter()
+                .any(|r| matches!(r, Row::Capture(c) if c.status == IngestStatus::Failed)));
+            assert!(c.is_idle() && c.held_bytes() == 0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_device_reported_error_is_1000_plus_e_and_fails_the_capture_at_once() {
+        let mut c = core();
+        let mut out = Vec::new();
+        let meta = br#"{"device_id":"ERROR105","image_name":"unknown_error.jpg","image_size":0,"max_chunks_size":1024,"total_chunk_count":0,"error":99}"#;
+        send(&mut c, &TopicKind::Data, Bytes::from_static(meta), &mut out);
+        let rs = rows(&out);
+        let err = rs.iter().find_map(|r| match r {
+            Row::Error(e) => Some(e.clone()),
+            _ => None,
+        });
+        let err = err.expect("an error row");
+        assert_eq!(err.code.code(), 1099);
+        assert!(err.message.contains("unknown"), "{}", err.message);
+        assert!(rs.iter().any(|r| matches!(r, Row::Capture(c) if c.status == IngestStatus::Failed && c.capture_id == "unknown_error.jpg")));
+        assert!(c.is_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn alive_gets_capture_image_then_next_wake_from_memory() {
+        let mut c = core();
+        let mut out = Vec::new();
+        let alive =
+            Bytes::from_static(br#"{"device_id":"AABBCCDDEEFF","status":"Alive","pendingImg":1}"#);
+        send(&mut c, &TopicKind::Status, alive.clone(), &mut out);
+        let cmd = |out: &[Effect]| -> Vec<serde_json::Value> {
+            out.iter()
+                .filter_map(|e| match e {
+                    Effect::Command { payload, .. } => serde_json::from_slice(payload).ok(),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            cmd(&out),
+            vec![serde_json::json!({"device_id":"AABBCCDDEEFF","capture_image":true})]
+        );
+        assert!(
+            rows(&out).iter().any(|r| matches!(r, Row::Wake(_))),
+            "next wake recorded"
+        );
+        assert!(rows(&out).iter().any(
+            |r| matches!(r, Row::Status(s) if s.status == "Alive" && s.pending_count == Some(1))
+        ));
+        out.clear();
+        send(&mut c, &TopicKind::Status, alive, &mut out);
+        let second = cmd(&out);
+        assert_eq!(second.len(), 1);
+        assert!(
+            second[0]["next_wake"].as_str().unwrap().ends_with('Z'),
+            "{second:?}"
+        );
+        assert_eq!(c.format(), Some(WireFormat::Gxp));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gxp_metadata_resent_with_nulls_and_chunks_before_it_still_assemble() {
+        let mut c = core();
+        let mut out = Vec::new();
+        let img = [0xFF, 0xD8, 0xFF, 0xD9];
+        // The first chunk before any metadata, carrying the sizes.
+        let early = Bytes::from_static(
+            br#"{"image_name":"q.jpg","chunk_id":1,"max_chunk_size":2,"image_size":4,"total_chunks_count":2,"payload":"/9k="}"#,
+        );
+        send(&mut c, &TopicKind::Data, early, &mut out);
+        send(
+            &mut c,
+            &TopicKind::Data,
+            gxp_meta("q.jpg", 4, 2, 2),
+            &mut out,
+        );
+        let nulls = br#"{"image_name":"q.jpg","image_size":null,"max_chunks_size":null,"total_chunk_count":null,"capture_timeStamp":null,"temperature":null}"#;
+        send(
+            &mut c,
+            &TopicKind::Data,
+            Bytes::from_static(nulls),
+            &mut out,
+        );
+        send(
+            &mut c,
+            &TopicKind::Data,
+            gxp_chunk("q.jpg", 0, &img[..2]),
+            &mut out,
+        );
+        let store = out.iter().find_map(|e| match e {
+            Effect::Store(r) => Some(r.clone()),
+            _ => None,
+        });
+        let store = store.expect("assembled");
+        assert_eq!(&store.image[..], &img[..]);
+        assert_eq!(store.layout.image_bytes, 4);
+        assert_eq!(store.captured_at.to_rfc3339(), "2025-10-04T18:30:00+00:00");
     }
 
     fn meta(id: &str, bytes: usize) -> Bytes {
@@ -846,7 +1350,9 @@ mod tests {
         let mut c = core();
         let mut out = Vec::new();
         let wall = Utc::now();
-        let img: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8).collect();
+        let mut img: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8).collect();
+        img[..2].copy_from_slice(&[0xFF, 0xD8]);
+        img[1498..].copy_from_slice(&[0xFF, 0xD9]);
         let k1 = TopicKind::Chunk {
             capture_id: "img_2".into(),
             index: 1,

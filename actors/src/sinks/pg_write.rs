@@ -14,11 +14,12 @@ use super::SinkError;
 const INSERT_STATUS: &str = "INSERT INTO device_status (device_id, status, pending_count, battery_v, rssi, uptime_s, extra, created_at)
  SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::float8[], $5::int4[], $6::int8[], $7::jsonb[], $8::timestamptz[])";
 
-const UPSERT_DEVICES: &str = "INSERT INTO devices (device_id, first_seen_at, last_seen_at, status, battery_v, rssi, uptime_s, fw)
- SELECT d, t, t, s, b, r, u, f FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::float8[], $5::int4[], $6::int8[], $7::text[]) AS x(d, t, s, b, r, u, f)
+const UPSERT_DEVICES: &str = "INSERT INTO devices (device_id, first_seen_at, last_seen_at, status, battery_v, rssi, uptime_s, fw, wire_format)
+ SELECT d, t, t, s, b, r, u, f, w FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::float8[], $5::int4[], $6::int8[], $7::text[], $8::text[]) AS x(d, t, s, b, r, u, f, w)
  ON CONFLICT (device_id) DO UPDATE SET
    last_seen_at = GREATEST(devices.last_seen_at, EXCLUDED.last_seen_at),
    status = COALESCE(EXCLUDED.status, devices.status),
+   wire_format = COALESCE(EXCLUDED.wire_format, devices.wire_format),
    battery_v = COALESCE(EXCLUDED.battery_v, devices.battery_v),
    rssi = COALESCE(EXCLUDED.rssi, devices.rssi),
    uptime_s = COALESCE(EXCLUDED.uptime_s, devices.uptime_s),
@@ -28,13 +29,23 @@ const INSERT_READINGS: &str = "INSERT INTO sensor_readings (device_id, seq, capt
  SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::jsonb[], $9::timestamptz[])
  ON CONFLICT DO NOTHING";
 
-const UPSERT_CAPTURES: &str = "INSERT INTO captures (device_id, device_capture_id, captured_at, image_bytes, total_chunks, chunk_size, sha256, ingest_status, storage_path, nack_rounds, stored_at)
- SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::int4[], $6::int4[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::timestamptz[])
+const UPSERT_CAPTURES: &str = "INSERT INTO captures (device_id, device_capture_id, captured_at, image_bytes, total_chunks, chunk_size, sha256, ingest_status, storage_path, nack_rounds, stored_at, wire_format, meta)
+ SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::int4[], $6::int4[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::timestamptz[], $12::text[], $13::jsonb[])
  ON CONFLICT (device_id, device_capture_id) DO UPDATE SET
    captured_at = EXCLUDED.captured_at, image_bytes = EXCLUDED.image_bytes, total_chunks = EXCLUDED.total_chunks,
    chunk_size = EXCLUDED.chunk_size, sha256 = EXCLUDED.sha256, ingest_status = EXCLUDED.ingest_status,
-   storage_path = EXCLUDED.storage_path, nack_rounds = EXCLUDED.nack_rounds, stored_at = EXCLUDED.stored_at
+   storage_path = EXCLUDED.storage_path, nack_rounds = EXCLUDED.nack_rounds, stored_at = EXCLUDED.stored_at,
+   wire_format = EXCLUDED.wire_format, meta = COALESCE(EXCLUDED.meta, captures.meta)
  WHERE captures.ingest_status <> 'stored'";
+
+/// A device's format, from its captures (for commands sent by the API or as rows).
+const DEVICES_FORMAT: &str = "UPDATE devices d SET wire_format = x.f
+ FROM UNNEST($1::text[], $2::text[]) AS x(id, f)
+ WHERE d.device_id = x.id AND d.wire_format IS DISTINCT FROM x.f";
+
+const UPSERT_WAKES: &str = "INSERT INTO device_schedules (device_id, next_wake_at)
+ SELECT * FROM UNNEST($1::text[], $2::timestamptz[])
+ ON CONFLICT (device_id) DO UPDATE SET next_wake_at = EXCLUDED.next_wake_at";
 
 const INSERT_ERRORS: &str =
     "INSERT INTO device_errors (device_id, error_code, message, details, occurred_at)
@@ -59,6 +70,7 @@ struct DeviceCols<'a> {
     rssi: Vec<Option<i32>>,
     uptime: Vec<Option<i64>>,
     fw: Vec<Option<&'a str>>,
+    format: Vec<Option<&'a str>>,
 }
 
 impl<'a> DeviceCols<'a> {
@@ -72,6 +84,7 @@ impl<'a> DeviceCols<'a> {
         rssi: Option<i32>,
         uptime: Option<i64>,
         fw: Option<&'a str>,
+        format: Option<&'a str>,
     ) {
         match self.idx.get(id) {
             Some(&i) => {
@@ -82,6 +95,7 @@ impl<'a> DeviceCols<'a> {
                     self.rssi[i] = rssi.or(self.rssi[i]);
                     self.uptime[i] = uptime.or(self.uptime[i]);
                     self.fw[i] = fw.or(self.fw[i]);
+                    self.format[i] = format.or(self.format[i]);
                 }
             }
             None => {
@@ -93,6 +107,7 @@ impl<'a> DeviceCols<'a> {
                 self.rssi.push(rssi);
                 self.uptime.push(uptime);
                 self.fw.push(fw);
+                self.format.push(format);
             }
         }
     }
@@ -112,6 +127,7 @@ impl<'a> DeviceCols<'a> {
                 &self.rssi,
                 &self.uptime,
                 &self.fw,
+                &self.format,
             ],
         )
         .await?;
@@ -178,6 +194,7 @@ impl<'a> ReadingColumns<'a> {
                     None,
                     None,
                     None,
+                    None,
                 );
             }
         }
@@ -221,7 +238,7 @@ pub async fn write_batch(
             for p in batch {
                 let Row::Status(s) = &p.row else { continue };
                 ids.push(s.device_id.as_str());
-                st.push(s.status);
+                st.push(s.status.as_str());
                 pc.push(s.pending_count);
                 bv.push(s.battery_v);
                 rs.push(s.rssi);
@@ -231,11 +248,12 @@ pub async fn write_batch(
                 dev.touch(
                     s.device_id.as_str(),
                     s.created_at,
-                    Some(s.status),
+                    Some(s.status.as_str()),
                     s.battery_v,
                     s.rssi,
                     s.uptime_s,
                     s.fw.as_deref(),
+                    s.wire_format,
                 );
             }
             let stmt = tx.prepare_cached(INSERT_STATUS).await?;
@@ -278,12 +296,30 @@ pub async fn write_batch(
             let sp: Vec<Option<&str>> = rows.iter().map(|c| c.storage_path.as_deref()).collect();
             let nr: Vec<i32> = rows.iter().map(|c| c.nack_rounds).collect();
             let sat: Vec<Option<DateTime<Utc>>> = rows.iter().map(|c| c.stored_at).collect();
+            let wf: Vec<&str> = rows.iter().map(|c| c.format.as_str()).collect();
+            let meta: Vec<Option<&Value>> = rows.iter().map(|c| c.meta.as_ref()).collect();
             let stmt = tx.prepare_cached(UPSERT_CAPTURES).await?;
-            tx.execute(
-                &stmt,
-                &[&ids, &cid, &cat, &ib, &tc, &cs, &sha, &st, &sp, &nr, &sat],
-            )
-            .await?
+            let n = tx
+                .execute(
+                    &stmt,
+                    &[
+                        &ids, &cid, &cat, &ib, &tc, &cs, &sha, &st, &sp, &nr, &sat, &wf, &meta,
+                    ],
+                )
+                .await?;
+            let stmt = tx.prepare_cached(DEVICES_FORMAT).await?;
+            tx.execute(&stmt, &[&ids, &wf]).await?;
+            n
+        }
+        Table::Schedules => {
+            let mut latest: HashMap<&str, DateTime<Utc>> = HashMap::new();
+            for p in batch {
+                let Row::Wake(w) = &p.row else { continue };
+                latest.insert(w.device_id.as_str(), w.next_wake_at);
+            }
+            let (ids, at): (Vec<&str>, Vec<DateTime<Utc>>) = latest.into_iter().unzip();
+            let stmt = tx.prepare_cached(UPSERT_WAKES).await?;
+            tx.execute(&stmt, &[&ids, &at]).await?
         }
         Table::Errors => {
             let (mut ids, mut code, mut msg, mut det, mut at) =

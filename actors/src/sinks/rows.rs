@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use crate::errors::ErrorRecord;
 use crate::ids::DeviceId;
 use crate::link::AckToken;
-use crate::protocol::Measurements;
+use crate::protocol::{Measurements, WireFormat};
 
 /// One `device_status` row; it also updates the device's `devices` entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,7 +16,10 @@ pub struct StatusRow {
     /// The device.
     pub device_id: DeviceId,
     /// §2 state.
-    pub status: &'static str,
+    pub status: String,
+    /// `gxp` when the message showed the device's format (the wake hello), for
+    /// `devices.wire_format`.
+    pub wire_format: Option<&'static str>,
     /// Captures waiting on the device.
     pub pending_count: Option<i32>,
     /// Volts.
@@ -97,6 +100,19 @@ pub struct CaptureRow {
     pub nack_rounds: i32,
     /// When stored.
     pub stored_at: Option<DateTime<Utc>>,
+    /// The format the capture came in.
+    pub format: WireFormat,
+    /// GXP metadata kept as it came (location, image_id, error).
+    pub meta: Option<Value>,
+}
+
+/// A device's next wake time, recorded by the wake handshake (`device_schedules`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WakeRow {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The next wake.
+    pub next_wake_at: DateTime<Utc>,
 }
 
 /// A device's reply to a command (§6).
@@ -148,6 +164,8 @@ pub enum Row {
     CommandResult(CommandResultRow),
     /// `telemetry`.
     Telemetry(TelemetryRow),
+    /// `device_schedules.next_wake_at`.
+    Wake(WakeRow),
 }
 
 /// The sink's tables, for batching and metric labels.
@@ -165,17 +183,20 @@ pub enum Table {
     Commands,
     /// `telemetry`
     Telemetry,
+    /// `device_schedules`
+    Schedules,
 }
 
 impl Table {
     /// Every table, in flush order.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Status,
         Table::Readings,
         Table::Captures,
         Table::Errors,
         Table::Commands,
         Table::Telemetry,
+        Table::Schedules,
     ];
 
     /// Metric label.
@@ -187,6 +208,7 @@ impl Table {
             Table::Errors => "device_errors",
             Table::Commands => "device_commands",
             Table::Telemetry => "telemetry",
+            Table::Schedules => "device_schedules",
         }
     }
 
@@ -206,6 +228,7 @@ impl Row {
             Row::Error(_) => Table::Errors,
             Row::CommandResult(_) => Table::Commands,
             Row::Telemetry(_) => Table::Telemetry,
+            Row::Wake(_) => Table::Schedules,
         }
     }
 
@@ -219,6 +242,7 @@ impl Row {
             Row::Error(e) => 128 + e.message.len() + 300,
             Row::CommandResult(_) => 256,
             Row::Telemetry(t) => 128 + t.topic.len() + 2 * t.payload_bytes,
+            Row::Wake(_) => 64,
         }
     }
 }

@@ -1,0 +1,248 @@
+//! Device commands as rows: every `device_commands` row with status `queued`, whether the
+//! commands API wrote it or another tool did (the old GXP dashboard inserted
+//! `(device_id, command_type, command_payload, status)`), is published on the device's `/cmd`
+//! topic in the device's own format and marked `sent`, within a second: a NOTIFY wakes the
+//! dispatcher at once and a 1 s poll covers a missed notification. Rows are claimed with
+//! `FOR UPDATE SKIP LOCKED`, so several engines never send one command twice.
+
+use std::time::Duration;
+
+use actix::Addr;
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use fleetflow_actors::gxp::GxpCommand;
+use fleetflow_actors::ids::DeviceId;
+use fleetflow_actors::link::MqttLink;
+use fleetflow_actors::metrics as m;
+use fleetflow_actors::router::{RouteOf, Router as DeviceRouter};
+use fleetflow_actors::topic::TopicParser;
+use serde_json::{json, Value};
+
+/// The NOTIFY channel of queued commands (migration V8).
+pub const CHANNEL: &str = "fleetflow_device_commands";
+/// The fallback poll.
+const POLL: Duration = Duration::from_secs(1);
+/// Rows claimed per pass.
+const BATCH: i64 = 100;
+
+/// Why a command could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The database.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// The pool.
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+/// One queued command.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// `device_commands.id`.
+    pub id: String,
+    /// The device.
+    pub device_id: String,
+    /// `name` (or the old `command_type`).
+    pub name: String,
+    /// `args` (or the old `command_payload`).
+    pub args: Value,
+    /// `devices.wire_format`, when known.
+    pub wire_format: Option<String>,
+}
+
+/// Where and how a command went.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The command topic.
+    pub topic: String,
+    /// `device_source` (the connection the device's messages come from) or `default_broker`.
+    pub via: &'static str,
+    /// `gxp` or `v1`.
+    pub format: &'static str,
+}
+
+/// Publishes commands through the connection a device's messages come from.
+#[derive(Clone)]
+pub struct CommandSender {
+    router: Addr<DeviceRouter>,
+    link: MqttLink,
+    topics: TopicParser,
+}
+
+impl CommandSender {
+    /// `link`/`topics`: the `[mqtt]` broker's publisher, for devices with no live actor.
+    pub fn new(router: Addr<DeviceRouter>, link: MqttLink, topics: TopicParser) -> Self {
+        Self {
+            router,
+            link,
+            topics,
+        }
+    }
+
+    /// Builds the command in the device's format and publishes it. `Err` names what is wrong
+    /// with the command itself (it will never be sendable).
+    pub async fn send(&self, c: &Queued) -> Result<Sent, String> {
+        let id = DeviceId::parse(&c.device_id).map_err(|e| format!("invalid device id: {e}"))?;
+        let (format, payload) = payload(c)?;
+        let route = self.router.send(RouteOf(id.clone())).await.ok().flatten();
+        let (link, topic, via) = match &route {
+            Some(r) => (&r.link, r.topics.cmd_topic(&id), "device_source"),
+            None => (&self.link, self.topics.cmd_topic(&id), "default_broker"),
+        };
+        link.publish(topic.clone(), payload, "command");
+        metrics::counter!(m::COMMANDS_SENT_TOTAL, "format" => format).increment(1);
+        Ok(Sent { topic, via, format })
+    }
+}
+
+/// The payload in the device's format: the GXP firmware's shape for a GXP device (or, for a
+/// device never heard from, for the firmware's own command names), else `PROTOCOL.md` §6.
+pub fn payload(c: &Queued) -> Result<(&'static str, Bytes), String> {
+    let gxp = GxpCommand::from_name(&c.name, &c.args);
+    let is_gxp = match c.wire_format.as_deref() {
+        Some("gxp") => true,
+        Some(_) => false,
+        None => gxp.is_some(),
+    };
+    if is_gxp {
+        let cmd = gxp.ok_or_else(|| {
+            format!(
+                "{:?} is not a GXP firmware command with its argument (capture_image, send_image {{image_name}}, next_wake {{wake_time}}, send_all_pending)",
+                c.name
+            )
+        })?;
+        return Ok(("gxp", cmd.payload(&c.device_id)));
+    }
+    let v = json!({"type": "command", "command_id": c.id, "name": c.name, "args": c.args});
+    Ok(("v1", Bytes::from(v.to_string())))
+}
+
+/// Runs the queue until aborted: a pass on every NOTIFY and every second.
+pub fn spawn(pool: Pool, pg_url: String, sender: CommandSender) -> tokio::task::JoinHandle<()> {
+    let (wake_tx, mut wake) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let listener = tokio::spawn(crate::db::listen(pg_url, CHANNEL, wake_tx));
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                w = wake.recv() => if w.is_none() { break },
+            }
+            loop {
+                match dispatch_once(&pool, &sender).await {
+                    Ok(n) if n as i64 == BATCH => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "command queue pass failed");
+                        break;
+                    }
+                }
+            }
+        }
+        listener.abort();
+    })
+}
+
+/// Claims up to [`BATCH`] queued rows, sends each and marks it `sent` (or `failed` when it can
+/// never be sent), in one transaction. Returns how many rows it claimed.
+pub async fn dispatch_once(pool: &Pool, sender: &CommandSender) -> Result<usize, CommandError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "SELECT c.id, c.device_id, c.name, c.args, d.wire_format
+               FROM device_commands c LEFT JOIN devices d ON d.device_id = c.device_id
+              WHERE c.status = 'queued'
+              ORDER BY c.created_at
+              LIMIT $1
+                FOR UPDATE OF c SKIP LOCKED",
+            &[&BATCH],
+        )
+        .await?;
+    for r in &rows {
+        let q = Queued {
+            id: r.get(0),
+            device_id: r.get(1),
+            name: r.get(2),
+            args: r.get(3),
+            wire_format: r.get(4),
+        };
+        match sender.send(&q).await {
+            Ok(sent) => {
+                tx.execute(
+                    "UPDATE device_commands SET status = 'sent', sent_at = now(), wire_format = $2 WHERE id = $1",
+                    &[&q.id, &sent.format],
+                )
+                .await?;
+            }
+            Err(why) => {
+                tracing::warn!(command = %q.id, device = %q.device_id, %why, "command refused");
+                tx.execute(
+                    "UPDATE device_commands SET status = 'failed', completed_at = now(), error = $2 WHERE id = $1",
+                    &[&q.id, &why],
+                )
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(name: &str, args: Value, fmt: Option<&str>) -> Queued {
+        Queued {
+            id: "c-1".into(),
+            device_id: "AABBCCDDEEFF".into(),
+            name: name.into(),
+            args,
+            wire_format: fmt.map(str::to_owned),
+        }
+    }
+
+    fn json_of(b: &Bytes) -> Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn gxp_devices_get_the_firmware_shapes() {
+        let (f, p) = payload(&q(
+            "send_image",
+            json!({"image_name": "image_001.jpg"}),
+            Some("gxp"),
+        ))
+        .unwrap();
+        assert_eq!(f, "gxp");
+        assert_eq!(
+            json_of(&p),
+            json!({"device_id": "AABBCCDDEEFF", "send_image": "image_001.jpg"})
+        );
+        let (_, p) = payload(&q(
+            "next_wake",
+            json!({"wake_time": "2025-10-07T16:48:00Z"}),
+            None,
+        ))
+        .unwrap();
+        assert_eq!(
+            json_of(&p),
+            json!({"device_id": "AABBCCDDEEFF", "next_wake": "2025-10-07T16:48:00Z"})
+        );
+        assert!(payload(&q("send_image", json!({}), Some("gxp"))).is_err());
+        assert!(payload(&q("reboot", json!({}), Some("gxp"))).is_err());
+    }
+
+    #[test]
+    fn v1_devices_and_unknown_names_get_the_protocol_shape() {
+        let (f, p) = payload(&q("capture_image", json!({}), Some("v1"))).unwrap();
+        assert_eq!(f, "v1");
+        assert_eq!(json_of(&p)["type"], "command");
+        assert_eq!(json_of(&p)["command_id"], "c-1");
+        let (f, _) = payload(&q("capture_now", json!({}), None)).unwrap();
+        assert_eq!(f, "v1");
+    }
+}
