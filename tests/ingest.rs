@@ -167,7 +167,7 @@ async fn a_capture_that_never_completes_fails_with_2201_after_the_nack_rounds_an
 }
 
 #[tokio::test]
-async fn reordered_duplicated_json_and_binary_chunks_assemble_and_a_conflicting_duplicate_is_2203()
+async fn reordered_duplicated_json_and_binary_chunks_assemble_and_a_conflicting_duplicate_is_2207()
 {
     let env = TestEnv::start(Options::default()).await;
     let id = random_device();
@@ -194,9 +194,9 @@ async fn reordered_duplicated_json_and_binary_chunks_assemble_and_a_conflicting_
     )
     .unwrap();
     assert_eq!(stored, image.to_vec());
-    eventually(T, "the 2203 error row", || async {
+    eventually(T, "the 2207 error row", || async {
         (env.scalar_i64(&format!(
-            "SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2203"
+            "SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2207"
         ))
         .await
             == 1)
@@ -331,15 +331,15 @@ async fn bad_input_gets_its_error_code_and_metric_while_other_devices_keep_inges
         }
     };
     eventually(T, "all error rows", || async {
-        (count(2102, bad.clone()).await == 2
-            && count(2103, bad.clone()).await == 1
-            && count(2203, bad.clone()).await == 1
-            && count(2101, "INVALID".into()).await >= 2)
+        (count(2105, bad.clone()).await == 2
+            && count(2101, bad.clone()).await == 1
+            && count(2207, bad.clone()).await == 1
+            && count(2104, "INVALID".into()).await >= 2)
             .then_some(())
     })
     .await;
     let m = env.metrics().await;
-    for (code, n) in [("2101", 2.0), ("2102", 2.0), ("2103", 1.0), ("2203", 1.0)] {
+    for (code, n) in [("2104", 2.0), ("2105", 2.0), ("2101", 1.0), ("2207", 1.0)] {
         let v = common::metric_value(
             &m,
             &format!("fleetflow_device_errors_total{{code=\"{code}\"}}"),
@@ -350,7 +350,7 @@ async fn bad_input_gets_its_error_code_and_metric_while_other_devices_keep_inges
         .db()
         .await
         .query_one(
-            "SELECT details FROM device_errors WHERE device_id = $1 AND error_code = 2203",
+            "SELECT details FROM device_errors WHERE device_id = $1 AND error_code = 2207",
             &[&bad],
         )
         .await

@@ -419,15 +419,15 @@ async fn a_device_id_in_use_under_one_prefix_is_refused_under_another() {
         (readings().await == 1).then_some(())
     })
     .await;
-    // The same device id under the other tenant's prefix: refused (2101), nothing stored.
+    // The same device id under the other tenant's prefix: refused (2104), nothing stored.
     let intruder = common::TestDevice::connect(&env.services, &other_prefix, &id).await;
     intruder
         .publish("data", r#"{"type":"reading","seq":2}"#)
         .await;
-    common::eventually(Duration::from_secs(10), "the 2101 row", || async {
+    common::eventually(Duration::from_secs(10), "the 2104 row", || async {
         let n = env
             .scalar_i64(&format!(
-                "SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2101"
+                "SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2104"
             ))
             .await;
         (n == 1).then_some(())

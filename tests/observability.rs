@@ -56,7 +56,7 @@ async fn metrics_expose_messages_captures_nacks_batches_actors_restarts_and_erro
         "fleetflow_nacks_total{reason=\"missing_chunks\"} 1",
         "fleetflow_device_actors 1",
         "fleetflow_device_actors_restarted_total 0",
-        "fleetflow_device_errors_total{code=\"2102\"} 1",
+        "fleetflow_device_errors_total{code=\"2101\"} 1",
         "fleetflow_device_errors_total{code=\"2201\"} 1",
     ] {
         assert!(text.lines().any(|l| l == series), "missing `{series}`");

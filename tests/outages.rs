@@ -272,7 +272,7 @@ async fn ten_thousand_devices_sending_metadata_without_chunks_stay_within_the_by
     )
     .await;
     let over_budget = env
-        .metric("fleetflow_device_errors_total{code=\"2202\"}")
+        .metric("fleetflow_device_errors_total{code=\"2209\"}")
         .await;
     eprintln!("assemblies started {started}, refused for the budget {over_budget}");
     assert!(

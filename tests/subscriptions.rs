@@ -406,9 +406,9 @@ async fn disabling_a_subscription_stops_its_messages_and_statistics_count_exactl
     })
     .await;
     api.wait_stats(id, (26, 25, 1)).await;
-    eventually(Duration::from_secs(10), "the 2102 error row", || async {
+    eventually(Duration::from_secs(10), "the 2101 error row", || async {
         (env.scalar_i64(&format!(
-            "SELECT count(*) FROM device_errors WHERE device_id = '{dev}' AND error_code = 2102"
+            "SELECT count(*) FROM device_errors WHERE device_id = '{dev}' AND error_code = 2101"
         ))
         .await
             == 1)

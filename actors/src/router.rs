@@ -177,7 +177,7 @@ impl Router {
                 (ErrorCode::InvalidDeviceId, INVALID_DEVICE.to_string())
             }
             TopicError::UnknownSuffix(_) => (
-                ErrorCode::Malformed,
+                ErrorCode::BadField,
                 device_level(&msg.source.topics, &msg.topic),
             ),
             TopicError::Claimed(_) => (
