@@ -1,10 +1,11 @@
 //! `fleetflow-sim`: plays a fleet of camera/sensor devices against a broker and prints a JSON
-//! report.
+//! report. `--firmware gxp|v1|mixed` chooses fleetflow's protocol, the GXP firmware in the
+//! field, or half each.
 
 use std::time::Duration;
 
 use clap::Parser;
-use fleetflow::sim::{self, ChunkForm, Mode, SimConfig};
+use fleetflow::sim::{self, ChunkForm, Firmware, GxpConfig, Mode, SimConfig};
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +86,25 @@ struct Args {
     /// Probability that a device goes silent mid-capture.
     #[arg(long, default_value_t = 0.0)]
     silent_rate: f64,
+    /// Firmware: `v1` (fleetflow's protocol), `gxp` (the GXP firmware) or `mixed` (even device
+    /// numbers GXP, odd ones v1).
+    #[arg(long, value_enum, default_value_t = Firmware::V1)]
+    firmware: Firmware,
+    /// GXP: wake with Alive and capture only when the engine answers `capture_image` (`false`:
+    /// capture on the simulator's schedule, or back to back in `max` mode).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    gxp_handshake: bool,
+    /// GXP: extra copies of each capture's metadata sent among its chunks (the firmware's
+    /// re-send quirk), every second one with null fields.
+    #[arg(long, default_value_t = 0)]
+    gxp_meta_resends: u32,
+    /// GXP: seconds a device sleeps after `next_wake` or a finished capture (default: the
+    /// duration over the captures per device in `rate` mode, 0 in `max` mode).
+    #[arg(long)]
+    gxp_sleep_s: Option<f64>,
+    /// GXP: seconds to wait for the answer to an Alive before counting it unanswered.
+    #[arg(long, default_value_t = 5.0)]
+    gxp_answer_timeout_s: f64,
     /// Write the report here as well as to stdout.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
@@ -127,6 +147,14 @@ async fn main() -> anyhow::Result<()> {
         duplicate_rate: a.duplicate_rate,
         silent_rate: a.silent_rate,
         progress: true,
+        firmware: a.firmware,
+        gxp: GxpConfig {
+            handshake: a.gxp_handshake,
+            meta_resends: a.gxp_meta_resends,
+            sleep: a.gxp_sleep_s.map(Duration::from_secs_f64),
+            answer_timeout: Duration::from_secs_f64(a.gxp_answer_timeout_s),
+            ..GxpConfig::default()
+        },
     };
     let report = sim::run(cfg).await?;
     let text = serde_json::to_string_pretty(&report)?;

@@ -1,73 +1,94 @@
-//! One simulator connection: drives its share of the devices, matches PUBACKs to readings, and
-//! answers ACK/NACKs.
+//! One simulator connection: drives its share of the devices (v1 and GXP), matches PUBACKs to
+//! readings, hands the engine's answers to the device they address, and decides when the run is
+//! over.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use serde::Deserialize;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use super::gxp::{self, Wake};
 use super::progress::Live;
-use super::report::ConnReport;
-use super::{device_id, image, ChunkForm, Mode, SimConfig};
+use super::report::{ConnReport, SideCounts};
+use super::{device_id, image, v1, DeviceKind, Mode, SimConfig};
 
-struct Capture {
-    meta: Bytes,
-    last_chunk_at: Instant,
-    last_heard: Instant,
+/// A capture the device keeps until its ACK_OK.
+pub(super) struct Capture {
+    /// Its metadata, resent by the retry timer.
+    pub meta: Bytes,
+    /// When its last chunk went out (latency starts here).
+    pub last_chunk_at: Instant,
+    /// When the engine last said anything about it.
+    pub last_heard: Instant,
     /// Gone silent: ignores NACKs, never completes.
-    silent: bool,
+    pub silent: bool,
 }
 
-struct Device {
-    id: String,
-    seq: u64,
-    next_reading: Instant,
-    next_status: Instant,
-    next_capture: Instant,
-    captures_sent: u32,
-    inflight: HashMap<String, Capture>,
+/// One simulated device.
+pub(super) struct Device {
+    /// Its id (12 hex digits).
+    pub id: String,
+    /// Its firmware.
+    pub kind: DeviceKind,
+    /// Last reading's sequence number (v1).
+    pub seq: u64,
+    /// When the next reading is due (v1).
+    pub next_reading: Instant,
+    /// When the next status heartbeat is due (v1).
+    pub next_status: Instant,
+    /// When the next capture is due on the simulator's own schedule.
+    pub next_capture: Instant,
+    /// Captures announced so far.
+    pub captures_sent: u32,
+    /// Captures awaiting ACK_OK, by capture id (v1) or image name (GXP).
+    pub inflight: HashMap<String, Capture>,
+    /// Where a GXP device is in its wake cycle.
+    pub wake: Wake,
 }
 
-#[derive(Deserialize)]
-struct AckMsg {
-    #[serde(rename = "type")]
-    kind: String,
-    capture_id: String,
-    #[serde(default)]
-    missing: Vec<[u32; 2]>,
-    #[serde(default)]
-    reason: Option<String>,
+impl Device {
+    /// Captures still waiting for an answer (not abandoned on purpose).
+    pub fn live_captures(&self) -> usize {
+        self.inflight.values().filter(|c| !c.silent).count()
+    }
+
+    /// What the device holds of the `Max` mode capture window: its captures in flight, and a
+    /// GXP wake waiting for its answer (which will likely start one).
+    pub fn window_slots(&self) -> usize {
+        self.inflight.len() + usize::from(matches!(self.wake, Wake::Waiting { .. }))
+    }
 }
 
 /// Publishes and remembers which were readings, so PUBACKs can be matched to them.
-struct Out<'a> {
+pub(super) struct Out<'a> {
     client: &'a AsyncClient,
     /// In rumqttc's send order: `Some(device index, seq)` for readings.
     order: VecDeque<Option<(usize, u64)>>,
+    /// Readings sent, by packet id, until their PUBACK.
+    by_pkid: HashMap<u16, (usize, u64)>,
     /// Publishes sent and not yet PUBACKed.
-    unacked: usize,
+    pub unacked: usize,
     live: Live,
 }
 
 impl Out<'_> {
-    fn publish(
+    /// Queues a QoS 1 publish, counted on `side`.
+    pub fn publish(
         &mut self,
         topic: String,
         payload: Bytes,
         reading: Option<(usize, u64)>,
-        report: &mut ConnReport,
+        side: &mut SideCounts,
     ) {
-        report.messages += 1;
-        report.bytes += payload.len() as u64;
+        side.messages += 1;
+        side.bytes += payload.len() as u64;
         match self
             .client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
@@ -78,60 +99,112 @@ impl Out<'_> {
                 self.live.published();
             }
             Err(e) => {
-                report.publish_errors += 1;
+                side.publish_errors += 1;
                 tracing::warn!(error = %e, "simulator publish not queued");
             }
         }
     }
 
-    fn chunk(
-        &mut self,
-        cfg: &SimConfig,
-        device: &str,
-        capture_id: &str,
-        image: &Bytes,
-        i: usize,
-        report: &mut ConnReport,
-    ) {
-        let data = image::chunk(image, cfg.chunk_size, i);
-        let binary = match cfg.chunk_form {
-            ChunkForm::Binary => true,
-            ChunkForm::Json => false,
-            ChunkForm::Mixed => i % 2 == 0,
-        };
-        if binary {
-            self.publish(
-                format!("{}/{device}/chunk/{capture_id}/{i}", cfg.prefix),
-                data,
-                None,
-                report,
-            );
-        } else {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-            let payload = format!(
-                r#"{{"type":"chunk","capture_id":"{capture_id}","index":{i},"data":"{b64}"}}"#
-            );
-            self.publish(
-                format!("{}/{device}/data", cfg.prefix),
-                Bytes::from(payload),
-                None,
-                report,
-            );
-        }
-        report.chunks_sent += 1;
+    fn puback_pending(&self) -> bool {
+        !self.by_pkid.is_empty() || self.order.iter().any(Option::is_some)
     }
 }
 
-fn period(per_sec: f64) -> Duration {
+/// What every device handler needs: settings, the image, the publisher, randomness, counts.
+pub(super) struct Ctx<'a> {
+    /// The run's settings.
+    pub cfg: &'a SimConfig,
+    /// This connection's JPEG (every capture sends it).
+    pub image: Bytes,
+    /// Its sha256, hex.
+    pub sha: String,
+    /// The connection's publisher.
+    pub out: Out<'a>,
+    /// Seeded per connection.
+    pub rng: rand::rngs::StdRng,
+    /// This connection's counts.
+    pub report: ConnReport,
+    /// Counters for the progress line.
+    pub live: Live,
+    /// Time between a v1 device's captures in `Rate` mode.
+    pub capture_every: Duration,
+    /// How long a GXP device sleeps between wakes.
+    pub gxp_sleep: Duration,
+}
+
+impl Ctx<'_> {
+    /// The counts of a device's firmware.
+    pub fn side(&mut self, kind: DeviceKind) -> &mut SideCounts {
+        match kind {
+            DeviceKind::V1 => &mut self.report.v1,
+            DeviceKind::Gxp => &mut self.report.gxp,
+        }
+    }
+}
+
+/// The order a capture's chunks go out in, after loss, reordering, duplication and silence.
+pub(super) struct ChunkPlan {
+    /// Chunk indexes in send order; `true` when the chunk is sent twice.
+    pub order: Vec<(usize, bool)>,
+    /// The device goes silent after these.
+    pub silent: bool,
+}
+
+/// Draws a capture's [`ChunkPlan`] and counts its drops and duplicates on `side`.
+pub(super) fn plan_chunks(cx: &mut Ctx<'_>, total: usize, kind: DeviceKind) -> ChunkPlan {
+    let cfg = cx.cfg;
+    let silent = cfg.silent_rate > 0.0 && cx.rng.random_bool(cfg.silent_rate.min(1.0));
+    let mut idx: Vec<usize> = (0..total).collect();
+    if cfg.reorder {
+        idx.shuffle(&mut cx.rng);
+    }
+    if silent {
+        idx.truncate(total / 2);
+    }
+    let mut order = Vec::with_capacity(idx.len());
+    let (mut dropped, mut dups) = (0, 0);
+    for i in idx {
+        if cfg.loss_rate > 0.0 && cx.rng.random_bool(cfg.loss_rate.min(1.0)) {
+            dropped += 1;
+            continue;
+        }
+        let dup = cfg.duplicate_rate > 0.0 && cx.rng.random_bool(cfg.duplicate_rate.min(1.0));
+        dups += u64::from(dup);
+        order.push((i, dup));
+    }
+    let side = cx.side(kind);
+    side.chunks_dropped += dropped;
+    side.duplicates_sent += dups;
+    ChunkPlan { order, silent }
+}
+
+/// What one `Max` mode step of a device did.
+pub(super) struct Step {
+    /// It published something.
+    pub did: bool,
+    /// It took a slot of the capture window (a capture or a wake).
+    pub took_slot: bool,
+}
+
+/// Where the connection is: subscribed yet, and when the drain must end.
+struct Phase {
+    subscribed: bool,
+    end: Instant,
+    drain_deadline: Option<Instant>,
+    rr: usize,
+}
+
+fn far(now: Instant) -> Instant {
+    now + Duration::from_secs(86_400 * 365)
+}
+
+/// The period of a per-second rate (`Duration::MAX` for 0).
+pub(super) fn period(per_sec: f64) -> Duration {
     if per_sec > 0.0 {
         Duration::from_secs_f64(1.0 / per_sec)
     } else {
         Duration::MAX
     }
-}
-
-fn far(now: Instant) -> Instant {
-    now + Duration::from_secs(86_400 * 365)
 }
 
 pub(super) async fn run_connection(
@@ -147,140 +220,291 @@ pub(super) async fn run_connection(
     o.set_request_channel_capacity(1 << 20);
     o.set_max_packet_size(Some(1 << 20));
     let (client, mut eventloop) = AsyncClient::new(o, 1 << 20);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ ((conn as u64) << 32));
     let now = Instant::now();
     let capture_every = match (cfg.mode, cfg.captures_per_device) {
         (_, 0) | (Mode::Max, _) => Duration::MAX,
         (Mode::Rate, n) => cfg.duration.div_f64(f64::from(n)),
     };
-    let mut devices: Vec<Device> = ids
-        .iter()
-        .map(|&n| {
-            let mut spread = |every: Duration| {
-                if every == Duration::MAX {
-                    far(now)
-                } else {
-                    now + every.mul_f64(rng.random_range(0.0..1.0))
-                }
-            };
-            Device {
-                id: device_id(cfg.id_base, n),
-                seq: 0,
-                next_reading: spread(period(cfg.readings_per_sec)),
-                next_status: now,
-                next_capture: if cfg.mode == Mode::Max {
-                    now
-                } else {
-                    spread(capture_every)
-                },
-                captures_sent: 0,
-                inflight: HashMap::new(),
-            }
-        })
-        .collect();
+    let gxp_sleep = cfg.gxp.sleep.unwrap_or(match cfg.mode {
+        Mode::Max => Duration::ZERO,
+        Mode::Rate if capture_every == Duration::MAX => cfg.duration,
+        Mode::Rate => capture_every,
+    });
+    let image = image::jpeg(cfg.image_bytes, cfg.seed + conn as u64);
+    let mut cx = Ctx {
+        cfg: &cfg,
+        sha: hex::encode(Sha256::digest(&image)),
+        image,
+        out: Out {
+            client: &client,
+            order: VecDeque::new(),
+            by_pkid: HashMap::new(),
+            unacked: 0,
+            live: live.clone(),
+        },
+        rng: rand::rngs::StdRng::seed_from_u64(cfg.seed ^ ((conn as u64) << 32)),
+        report: ConnReport::default(),
+        live,
+        capture_every,
+        gxp_sleep,
+    };
+    let mut devices = make_devices(&mut cx, &ids, now);
     let index: HashMap<String, usize> = devices
         .iter()
         .enumerate()
         .map(|(i, d)| (d.id.clone(), i))
         .collect();
-    let mut report = ConnReport::default();
-    let image = image::jpeg(cfg.image_bytes, cfg.seed + conn as u64);
-    let sha = hex::encode(Sha256::digest(&image));
-    let mut out = Out {
-        client: &client,
-        order: VecDeque::new(),
-        unacked: 0,
-        live: live.clone(),
+    let mut phase = Phase {
+        subscribed: false,
+        end: now + cfg.duration,
+        drain_deadline: None,
+        rr: 0,
     };
-    let mut by_pkid: HashMap<u16, (usize, u64)> = HashMap::new();
-    let mut subscribed = false;
-    let end = now + cfg.duration;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut drain_deadline: Option<Instant> = None;
-    let mut rr = 0usize;
     loop {
         tokio::select! {
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if !subscribed {
-                        for chunk in devices.chunks(500) {
-                            let filters = chunk.iter().map(|d| Filter::new(format!("{}/{}/ack", cfg.prefix, d.id), QoS::AtLeastOnce));
-                            client.subscribe_many(filters).await?;
-                        }
-                        subscribed = true;
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => report.suback += 1,
-                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
-                    if let Some(Some(r)) = out.order.pop_front() {
-                        by_pkid.insert(pkid, r);
-                    }
-                }
-                Ok(Event::Incoming(Packet::PubAck(a))) => {
-                    out.unacked = out.unacked.saturating_sub(1);
-                    if let Some((di, seq)) = by_pkid.remove(&a.pkid) {
-                        report.readings_acked += 1;
-                        report.acked_readings.push((devices[di].id.clone(), seq));
-                        live.reading_acked();
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Ok(msg) = serde_json::from_slice::<AckMsg>(&p.payload) else { continue };
-                    let Some(dev_id) = p.topic.split(|b| *b == b'/').rev().nth(1) else { continue };
-                    let Some(&di) = std::str::from_utf8(dev_id).ok().and_then(|s| index.get(s)) else { continue };
-                    on_ack(&cfg, &mut devices[di], msg, &image, &mut out, &mut report, &live);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    report.connection_errors += 1;
-                    tracing::warn!(error = %e, conn, "simulator connection error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            },
+            ev = eventloop.poll() => {
+                on_event(ev, conn, &mut devices, &index, &mut cx, &mut phase).await?;
+            }
             _ = tick.tick() => {
-                let now = Instant::now();
-                if !subscribed { continue; }
-                for d in devices.iter_mut() {
-                    for c in d.inflight.values_mut().filter(|c| !c.silent) {
-                        if now.duration_since(c.last_heard) >= cfg.retry_after {
-                            c.last_heard = now;
-                            report.retries += 1;
-                            out.publish(format!("{}/{}/data", cfg.prefix, d.id), c.meta.clone(), None, &mut report);
-                        }
-                    }
-                }
-                let owed = |d: &Device| {
-                    d.captures_sent < cfg.captures_per_device
-                        || (cfg.readings_per_device > 0 && d.seq < cfg.readings_per_device)
-                };
-                let work_left = devices.iter().any(owed);
-                if cfg.mode == Mode::Rate && (now < end || work_left) {
-                    let only_owed = now >= end;
-                    for (di, d) in devices.iter_mut().enumerate() {
-                        if only_owed {
-                            d.next_status = far(now);
-                            if cfg.readings_per_device == 0 {
-                                d.next_reading = d.next_status;
-                            }
-                        }
-                        generate(&cfg, di, d, now, capture_every, &image, &sha, &mut out, &mut rng, &mut report);
-                    }
-                } else if cfg.mode == Mode::Max && (now < end || (work_left && now < end + cfg.drain)) {
-                    generate_max(&cfg, &mut devices, &mut rr, now < end, &image, &sha, &mut out, &mut rng, &mut report);
-                } else {
-                    let outstanding: usize = devices.iter().map(|d| d.inflight.values().filter(|c| !c.silent).count()).sum();
-                    let dl = *drain_deadline.get_or_insert(now + cfg.drain);
-                    let puback_pending = !by_pkid.is_empty() || out.order.iter().any(|s| s.is_some());
-                    if (outstanding == 0 && !puback_pending) || now >= dl {
-                        report.unacked_captures = outstanding as u64;
-                        report.silent_captures = devices.iter().map(|d| d.inflight.values().filter(|c| c.silent).count() as u64).sum();
-                        break;
-                    }
+                if phase.subscribed && on_tick(&mut devices, &mut cx, &mut phase) {
+                    break;
                 }
             }
         }
     }
+    disconnect(&client, &mut eventloop).await;
+    let mut report = cx.report;
+    report.device_ids = devices.iter().map(|d| d.id.clone()).collect();
+    Ok(report)
+}
+
+fn make_devices(cx: &mut Ctx<'_>, ids: &[usize], now: Instant) -> Vec<Device> {
+    let cfg = cx.cfg;
+    let mut devices = Vec::with_capacity(ids.len());
+    for &n in ids {
+        let kind = cfg.firmware.of(n);
+        let mut spread = |every: Duration| {
+            if every == Duration::MAX {
+                far(now)
+            } else {
+                now + every.mul_f64(cx.rng.random_range(0.0..1.0))
+            }
+        };
+        let next_reading = spread(period(cfg.readings_per_sec));
+        let next_capture = if cfg.mode == Mode::Max {
+            now
+        } else {
+            spread(cx.capture_every)
+        };
+        let (next_reading, next_status) = match kind {
+            DeviceKind::V1 => (next_reading, now),
+            // The GXP firmware sends no readings and no heartbeats: only Alive on waking.
+            DeviceKind::Gxp => (far(now), far(now)),
+        };
+        cx.side(kind).devices += 1;
+        devices.push(Device {
+            id: device_id(cfg.id_base, n),
+            kind,
+            seq: 0,
+            next_reading,
+            next_status,
+            next_capture,
+            captures_sent: 0,
+            inflight: HashMap::new(),
+            wake: Wake::Asleep {
+                until: next_capture,
+            },
+        });
+    }
+    devices
+}
+
+async fn on_event(
+    ev: Result<Event, ConnectionError>,
+    conn: usize,
+    devices: &mut [Device],
+    index: &HashMap<String, usize>,
+    cx: &mut Ctx<'_>,
+    phase: &mut Phase,
+) -> Result<(), rumqttc::v5::ClientError> {
+    match ev {
+        Ok(Event::Incoming(Packet::ConnAck(_))) if !phase.subscribed => {
+            subscribe(cx.out.client, &cx.cfg.prefix, devices).await?;
+            phase.subscribed = true;
+        }
+        Ok(Event::Incoming(Packet::SubAck(_))) => cx.report.suback += 1,
+        Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+            if let Some(Some(r)) = cx.out.order.pop_front() {
+                cx.out.by_pkid.insert(pkid, r);
+            }
+        }
+        Ok(Event::Incoming(Packet::PubAck(a))) => {
+            cx.out.unacked = cx.out.unacked.saturating_sub(1);
+            if let Some((di, seq)) = cx.out.by_pkid.remove(&a.pkid) {
+                cx.report.readings_acked += 1;
+                cx.report.acked_readings.push((devices[di].id.clone(), seq));
+                cx.live.reading_acked();
+            }
+        }
+        Ok(Event::Incoming(Packet::Publish(p))) => {
+            let mut parts = p.topic.rsplit(|b| *b == b'/');
+            let (Some(leaf), Some(dev)) = (parts.next(), parts.next()) else {
+                return Ok(());
+            };
+            let Some(&di) = std::str::from_utf8(dev).ok().and_then(|s| index.get(s)) else {
+                return Ok(());
+            };
+            let d = &mut devices[di];
+            match d.kind {
+                DeviceKind::V1 if leaf == b"ack" => v1::on_answer(cx, d, &p.payload),
+                DeviceKind::V1 => {}
+                DeviceKind::Gxp => gxp::on_answer(cx, d, &p.payload),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            cx.report.connection_errors += 1;
+            tracing::warn!(error = %e, conn, "simulator connection error");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Every device hears its `/ack`; GXP devices also their `/cmd`.
+async fn subscribe(
+    client: &AsyncClient,
+    prefix: &str,
+    devices: &[Device],
+) -> Result<(), rumqttc::v5::ClientError> {
+    let filters: Vec<Filter> = devices
+        .iter()
+        .flat_map(|d| {
+            let cmd = (d.kind == DeviceKind::Gxp).then(|| format!("{prefix}/{}/cmd", d.id));
+            std::iter::once(format!("{prefix}/{}/ack", d.id)).chain(cmd)
+        })
+        .map(|t| Filter::new(t, QoS::AtLeastOnce))
+        .collect();
+    for chunk in filters.chunks(500) {
+        client.subscribe_many(chunk.to_vec()).await?;
+    }
+    Ok(())
+}
+
+/// One 5 ms step: device timers, new traffic, and the end-of-run check. True when done.
+fn on_tick(devices: &mut [Device], cx: &mut Ctx<'_>, phase: &mut Phase) -> bool {
+    let now = Instant::now();
+    let cfg = cx.cfg;
+    retry_timers(devices, cx, now);
+    let in_time = now < phase.end;
+    for d in devices.iter_mut().filter(|d| d.kind == DeviceKind::Gxp) {
+        gxp::timers(cx, d, now, in_time && cfg.mode == Mode::Rate);
+    }
+    let work_left = devices.iter().any(|d| owed(cfg, d));
+    if cfg.mode == Mode::Rate && (in_time || work_left) {
+        for (di, d) in devices.iter_mut().enumerate() {
+            if !in_time {
+                d.next_status = far(now);
+                if cfg.readings_per_device == 0 {
+                    d.next_reading = d.next_status;
+                }
+            }
+            match d.kind {
+                DeviceKind::V1 => v1::generate(cx, di, d, now),
+                DeviceKind::Gxp => gxp::generate(cx, d, now),
+            }
+        }
+        return false;
+    }
+    if cfg.mode == Mode::Max && (in_time || (work_left && now < phase.end + cfg.drain)) {
+        generate_max(cx, devices, &mut phase.rr, in_time, now);
+        return false;
+    }
+    let outstanding: usize = devices
+        .iter()
+        .map(|d| d.live_captures() + usize::from(matches!(d.wake, Wake::Waiting { .. })))
+        .sum();
+    let deadline = *phase.drain_deadline.get_or_insert(now + cfg.drain);
+    if (outstanding == 0 && !cx.out.puback_pending()) || now >= deadline {
+        finish(devices, cx);
+        return true;
+    }
+    false
+}
+
+/// Whether a device still owes traffic the run must wait for.
+fn owed(cfg: &SimConfig, d: &Device) -> bool {
+    let captures = d.captures_sent < cfg.captures_per_device;
+    match d.kind {
+        DeviceKind::V1 => {
+            captures || (cfg.readings_per_device > 0 && d.seq < cfg.readings_per_device)
+        }
+        // With the handshake, the engine decides when a GXP device captures.
+        DeviceKind::Gxp => captures && !cfg.gxp.handshake,
+    }
+}
+
+/// A device that heard nothing about a capture for `retry_after` resends its metadata.
+fn retry_timers(devices: &mut [Device], cx: &mut Ctx<'_>, now: Instant) {
+    let prefix = &cx.cfg.prefix;
+    for d in devices.iter_mut() {
+        let side = match d.kind {
+            DeviceKind::V1 => &mut cx.report.v1,
+            DeviceKind::Gxp => &mut cx.report.gxp,
+        };
+        for c in d.inflight.values_mut().filter(|c| !c.silent) {
+            if now.duration_since(c.last_heard) >= cx.cfg.retry_after {
+                c.last_heard = now;
+                side.retries += 1;
+                let topic = format!("{prefix}/{}/data", d.id);
+                cx.out.publish(topic, c.meta.clone(), None, side);
+            }
+        }
+    }
+}
+
+/// `Max` mode: fill the windows, round-robin over devices.
+fn generate_max(
+    cx: &mut Ctx<'_>,
+    devices: &mut [Device],
+    rr: &mut usize,
+    in_time: bool,
+    now: Instant,
+) {
+    let cfg = cx.cfg;
+    let n = devices.len();
+    let mut busy: usize = devices.iter().map(Device::window_slots).sum();
+    let mut idle_rounds = 0;
+    while cx.out.unacked < cfg.window && idle_rounds < n {
+        let di = *rr % n;
+        *rr += 1;
+        let d = &mut devices[di];
+        let window_open = busy < cfg.capture_window;
+        let step = match d.kind {
+            DeviceKind::V1 => v1::step_max(cx, di, d, in_time, window_open),
+            DeviceKind::Gxp => gxp::step_max(cx, d, in_time, window_open, now),
+        };
+        busy += usize::from(step.took_slot);
+        idle_rounds = if step.did { 0 } else { idle_rounds + 1 };
+    }
+}
+
+/// Counts what never finished.
+fn finish(devices: &[Device], cx: &mut Ctx<'_>) {
+    for d in devices {
+        let waiting = matches!(d.wake, Wake::Waiting { .. });
+        let side = cx.side(d.kind);
+        side.unacked_captures += d.live_captures() as u64;
+        side.silent_captures += (d.inflight.len() - d.live_captures()) as u64;
+        if waiting {
+            cx.report.handshake.unanswered += 1;
+        }
+    }
+}
+
+async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while !matches!(
@@ -289,253 +513,4 @@ pub(super) async fn run_connection(
         ) {}
     })
     .await;
-    report.device_ids = devices.iter().map(|d| d.id.clone()).collect();
-    Ok(report)
-}
-
-fn on_ack(
-    cfg: &SimConfig,
-    d: &mut Device,
-    msg: AckMsg,
-    image: &Bytes,
-    out: &mut Out<'_>,
-    report: &mut ConnReport,
-    live: &Live,
-) {
-    match (msg.kind.as_str(), msg.reason.as_deref()) {
-        ("ACK_OK", _) => match d.inflight.remove(&msg.capture_id) {
-            Some(c) if !c.silent => {
-                report.acks += 1;
-                live.acked();
-                report
-                    .latencies_ms
-                    .push(c.last_chunk_at.elapsed().as_secs_f64() * 1000.0);
-            }
-            Some(_) => report.acks += 1,
-            None => report.duplicate_acks += 1,
-        },
-        ("NACK", reason) => {
-            report.nacks += 1;
-            live.nacked();
-            let Some(c) = d.inflight.get_mut(&msg.capture_id) else {
-                return;
-            };
-            if c.silent {
-                return;
-            }
-            c.last_heard = Instant::now();
-            let ranges: Vec<[u32; 2]> = match reason {
-                Some("need_metadata") => {
-                    out.publish(
-                        format!("{}/{}/data", cfg.prefix, d.id),
-                        c.meta.clone(),
-                        None,
-                        report,
-                    );
-                    report.resends += 1;
-                    return;
-                }
-                Some("storage") => {
-                    let total = image::total_chunks(image.len(), cfg.chunk_size) as u32;
-                    out.publish(
-                        format!("{}/{}/data", cfg.prefix, d.id),
-                        c.meta.clone(),
-                        None,
-                        report,
-                    );
-                    vec![[0, total - 1]]
-                }
-                _ => msg.missing,
-            };
-            for [s, e] in ranges {
-                for i in s..=e {
-                    out.chunk(cfg, &d.id, &msg.capture_id, image, i as usize, report);
-                    report.resends += 1;
-                }
-            }
-            c.last_chunk_at = Instant::now();
-        }
-        _ => {}
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn generate(
-    cfg: &SimConfig,
-    di: usize,
-    d: &mut Device,
-    now: Instant,
-    capture_every: Duration,
-    image: &Bytes,
-    sha: &str,
-    out: &mut Out<'_>,
-    rng: &mut rand::rngs::StdRng,
-    report: &mut ConnReport,
-) {
-    if cfg.status_per_sec > 0.0 && now >= d.next_status {
-        d.next_status = now + period(cfg.status_per_sec);
-        send_status(cfg, d, out, rng, report);
-    }
-    let reading_cap_hit = cfg.readings_per_device > 0 && d.seq >= cfg.readings_per_device;
-    if cfg.readings_per_sec > 0.0 && now >= d.next_reading && !reading_cap_hit {
-        d.next_reading += period(cfg.readings_per_sec);
-        if d.next_reading < now {
-            d.next_reading = now + period(cfg.readings_per_sec);
-        }
-        send_reading(cfg, di, d, out, rng, report);
-    }
-    if d.captures_sent < cfg.captures_per_device && now >= d.next_capture {
-        d.next_capture += capture_every;
-        send_capture(cfg, d, image, sha, out, rng, report);
-    }
-}
-
-/// `Max` mode: fill the windows, round-robin over devices.
-#[allow(clippy::too_many_arguments)]
-fn generate_max(
-    cfg: &SimConfig,
-    devices: &mut [Device],
-    rr: &mut usize,
-    in_time: bool,
-    image: &Bytes,
-    sha: &str,
-    out: &mut Out<'_>,
-    rng: &mut rand::rngs::StdRng,
-    report: &mut ConnReport,
-) {
-    let n = devices.len();
-    let mut idle_rounds = 0;
-    while out.unacked < cfg.window && idle_rounds < n {
-        let di = *rr % n;
-        *rr += 1;
-        let inflight_captures: usize = devices.iter().map(|d| d.inflight.len()).sum();
-        let d = &mut devices[di];
-        let mut did = false;
-        let wants_reading = if cfg.readings_per_device > 0 {
-            d.seq < cfg.readings_per_device
-        } else {
-            in_time && cfg.readings_per_sec > 0.0
-        };
-        if wants_reading {
-            send_reading(cfg, di, d, out, rng, report);
-            did = true;
-        }
-        if d.captures_sent < cfg.captures_per_device
-            && d.inflight.is_empty()
-            && inflight_captures < cfg.capture_window
-        {
-            send_capture(cfg, d, image, sha, out, rng, report);
-            did = true;
-        }
-        idle_rounds = if did { 0 } else { idle_rounds + 1 };
-    }
-}
-
-fn send_status(
-    cfg: &SimConfig,
-    d: &Device,
-    out: &mut Out<'_>,
-    rng: &mut rand::rngs::StdRng,
-    report: &mut ConnReport,
-) {
-    let payload = format!(
-        r#"{{"status":"online","battery_v":{:.2},"rssi":{},"uptime_s":{},"pending_count":{},"fw":"1.4.2"}}"#,
-        3.6 + rng.random_range(0.0..0.6),
-        -40 - rng.random_range(0..50),
-        report.messages,
-        d.inflight.len()
-    );
-    out.publish(
-        format!("{}/{}/status", cfg.prefix, d.id),
-        Bytes::from(payload),
-        None,
-        report,
-    );
-}
-
-fn send_reading(
-    cfg: &SimConfig,
-    di: usize,
-    d: &mut Device,
-    out: &mut Out<'_>,
-    rng: &mut rand::rngs::StdRng,
-    report: &mut ConnReport,
-) {
-    d.seq += 1;
-    let payload = format!(
-        r#"{{"type":"reading","seq":{},"temperature_c":{:.2},"humidity_pct":{:.1},"pressure_hpa":{:.1},"gas_kohm":{:.1}}}"#,
-        d.seq,
-        20.0 + rng.random_range(0.0..5.0),
-        40.0 + rng.random_range(0.0..10.0),
-        1010.0 + rng.random_range(0.0..5.0),
-        10.0 + rng.random_range(0.0..5.0)
-    );
-    report.readings_sent += 1;
-    out.publish(
-        format!("{}/{}/data", cfg.prefix, d.id),
-        Bytes::from(payload),
-        Some((di, d.seq)),
-        report,
-    );
-}
-
-fn send_capture(
-    cfg: &SimConfig,
-    d: &mut Device,
-    image: &Bytes,
-    sha: &str,
-    out: &mut Out<'_>,
-    rng: &mut rand::rngs::StdRng,
-    report: &mut ConnReport,
-) {
-    d.captures_sent += 1;
-    let capture_id = format!("img_{:06}", d.captures_sent);
-    let total = image::total_chunks(image.len(), cfg.chunk_size);
-    let sha_field = if cfg.with_sha256 {
-        format!(r#","sha256":"{sha}""#)
-    } else {
-        String::new()
-    };
-    let meta = Bytes::from(format!(
-        r#"{{"type":"capture_meta","capture_id":"{capture_id}","captured_at":"{}","image_bytes":{},"total_chunks":{total},"chunk_size":{}{sha_field},"sensors":{{"temperature_c":21.5}}}}"#,
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        image.len(),
-        cfg.chunk_size
-    ));
-    out.publish(
-        format!("{}/{}/data", cfg.prefix, d.id),
-        meta.clone(),
-        None,
-        report,
-    );
-    report.captures_started += 1;
-    let silent = cfg.silent_rate > 0.0 && rng.random_bool(cfg.silent_rate.min(1.0));
-    let mut order: Vec<usize> = (0..total).collect();
-    if cfg.reorder {
-        order.shuffle(rng);
-    }
-    if silent {
-        order.truncate(total / 2);
-    }
-    for i in order {
-        if cfg.loss_rate > 0.0 && rng.random_bool(cfg.loss_rate.min(1.0)) {
-            report.chunks_dropped += 1;
-            continue;
-        }
-        out.chunk(cfg, &d.id, &capture_id, image, i, report);
-        if cfg.duplicate_rate > 0.0 && rng.random_bool(cfg.duplicate_rate.min(1.0)) {
-            out.chunk(cfg, &d.id, &capture_id, image, i, report);
-            report.duplicates_sent += 1;
-        }
-    }
-    let now = Instant::now();
-    d.inflight.insert(
-        capture_id,
-        Capture {
-            meta,
-            last_chunk_at: now,
-            last_heard: now,
-            silent,
-        },
-    );
 }

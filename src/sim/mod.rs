@@ -1,17 +1,24 @@
 //! The fleet simulator: N devices following the wire protocol over a few MQTT connections.
-//! Each device sends status heartbeats, readings with increasing `seq`, and captures of real
-//! JPEG bytes cut into chunks (JSON or binary), answers NACKs by resending exactly what was
-//! asked, and records ACKs and their latency. Used by `fleetflow-sim`, the scripts and the tests.
+//! A device speaks fleetflow's protocol (`v1`: status heartbeats, readings with increasing `seq`,
+//! captures cut into binary or JSON chunks) or plays the GXP firmware already in the field (wakes
+//! with `"status": "Alive"`, captures when the engine answers `capture_image`, base64 JSON chunks,
+//! sleeps on `next_wake`). Either answers NACKs by resending exactly what was asked and records
+//! ACKs and their latency. Used by `fleetflow-sim`, the scripts and the tests.
 //!
 //! - `conn`: one MQTT connection driving its share of the devices.
+//! - `v1`: a device speaking fleetflow's protocol (`../shared/PROTOCOL.md`).
+//! - `gxp`: a device running the GXP firmware (`../shared/GXP-FIRMWARE.md`); `gxp::wire` holds
+//!   its payloads and the parsing of the engine's answers.
 //! - `image`: JPEG generation and chunking.
 //! - `report`: counts and latency percentiles.
 //! - `progress`: the live progress bar on a terminal.
 
 mod conn;
+pub mod gxp;
 pub mod image;
 pub mod progress;
 pub mod report;
+mod v1;
 
 use std::time::Duration;
 
@@ -40,6 +47,72 @@ pub enum ChunkForm {
     Json,
     /// Alternate per chunk.
     Mixed,
+}
+
+/// Which firmware the simulated devices run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// fleetflow's own protocol (`PROTOCOL.md`).
+    V1,
+    /// The GXP firmware in the field (`GXP-FIRMWARE.md`).
+    Gxp,
+    /// Half each: even device numbers run GXP, odd ones v1.
+    Mixed,
+}
+
+/// The firmware one device runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// fleetflow's protocol.
+    V1,
+    /// The GXP firmware.
+    Gxp,
+}
+
+impl Firmware {
+    /// The firmware of device number `n`.
+    pub fn of(self, n: usize) -> DeviceKind {
+        match self {
+            Self::V1 => DeviceKind::V1,
+            Self::Gxp => DeviceKind::Gxp,
+            Self::Mixed if n % 2 == 0 => DeviceKind::Gxp,
+            Self::Mixed => DeviceKind::V1,
+        }
+    }
+}
+
+/// How GXP devices behave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GxpConfig {
+    /// Wake with `"status": "Alive"` and capture only when the engine answers `capture_image`.
+    /// Off: capture on the simulator's own schedule (or back to back in `Max` mode), as a bench
+    /// of the capture path needs.
+    pub handshake: bool,
+    /// Extra copies of each capture's metadata, sent among its chunks (the firmware quirk); every
+    /// second copy has null fields.
+    pub meta_resends: u32,
+    /// How long a device "sleeps" after `next_wake` or a finished capture before it wakes again
+    /// (the real device sleeps hours). `None`: the run's duration over its captures per device
+    /// in `Rate` mode, none in `Max` mode.
+    pub sleep: Option<Duration>,
+    /// An Alive not answered on `/cmd` within this long is counted unanswered, and the device
+    /// goes back to sleep.
+    pub answer_timeout: Duration,
+    /// `location` in the metadata.
+    pub location: String,
+}
+
+impl Default for GxpConfig {
+    fn default() -> Self {
+        Self {
+            handshake: true,
+            meta_resends: 0,
+            sleep: None,
+            answer_timeout: Duration::from_secs(5),
+            location: "sim_lab".into(),
+        }
+    }
 }
 
 /// Simulator settings.
@@ -99,6 +172,10 @@ pub struct SimConfig {
     pub silent_rate: f64,
     /// Show a progress bar when stderr is a terminal.
     pub progress: bool,
+    /// Which firmware the devices run.
+    pub firmware: Firmware,
+    /// How GXP devices behave.
+    pub gxp: GxpConfig,
 }
 
 impl Default for SimConfig {
@@ -130,6 +207,8 @@ impl Default for SimConfig {
             duplicate_rate: 0.0,
             silent_rate: 0.0,
             progress: false,
+            firmware: Firmware::V1,
+            gxp: GxpConfig::default(),
         }
     }
 }
