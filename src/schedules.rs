@@ -84,7 +84,7 @@ pub async fn spawn(
     pg_url: String,
     book: Arc<ScheduleBook>,
 ) -> Result<tokio::task::JoinHandle<()>, ScheduleStoreError> {
-    let mut since = load(&pool, &book, DateTime::<Utc>::MIN_UTC).await?;
+    let mut since = load(&pool, &book, DateTime::<Utc>::UNIX_EPOCH).await?;
     tracing::info!(devices = book.len(), "wake schedules loaded");
     let (wake_tx, mut wake) = tokio::sync::mpsc::channel(1);
     Ok(tokio::spawn(async move {
