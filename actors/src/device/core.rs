@@ -626,6 +626,11 @@ impl DeviceCore {
         let Some(c) = self.captures.get_mut(capture_id) else {
             return;
         };
+        if c.gxp.as_ref().is_some_and(|g| !g.meta_seen) {
+            // A GXP image whose chunks all came before its metadata waits for it (capture time,
+            // sensors), until the inactivity timeout (see `nack_idle_captures`).
+            return;
+        }
         let Phase::Assembling(asm) = &mut c.phase else {
             return;
         };
@@ -772,7 +777,10 @@ impl DeviceCore {
 
     /// Runs the inactivity timeouts. Returns the next instant at which a tick is needed.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Effect>) -> Option<Instant> {
-        let failed = self.nack_idle_captures(now, out);
+        let (failed, waited) = self.nack_idle_captures(now, out);
+        for id in waited {
+            self.complete(&id, now, out);
+        }
         for id in failed {
             metrics::counter!(m::CAPTURES_FAILED_TOTAL, "reason" => "timeout").increment(1);
             let Some(c) = self.captures.get(&id) else {
@@ -802,16 +810,28 @@ impl DeviceCore {
     }
 
     /// Sends a missing-chunks NACK, in each capture's format, for every capture idle past the
-    /// timeout; returns those whose rounds are used up.
-    fn nack_idle_captures(&mut self, now: Instant, out: &mut Vec<Effect>) -> Vec<String> {
+    /// timeout; returns those whose rounds are used up, and the complete GXP images that
+    /// waited for their metadata long enough (stored without it).
+    fn nack_idle_captures(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) -> (Vec<String>, Vec<String>) {
         let timeout = self.cfg.timeout();
         let max_rounds = self.cfg.max_nack_rounds;
-        let mut failed = Vec::new();
+        let (mut failed, mut waited) = (Vec::new(), Vec::new());
         for (id, c) in self.captures.iter_mut() {
             let Phase::Assembling(asm) = &c.phase else {
                 continue;
             };
             if now.duration_since(c.last_activity) < timeout {
+                continue;
+            }
+            if asm.is_complete() {
+                if let Some(g) = c.gxp.as_mut() {
+                    g.meta_seen = true;
+                }
+                waited.push(id.clone());
                 continue;
             }
             if c.nack_rounds >= max_rounds {
@@ -844,7 +864,7 @@ impl DeviceCore {
             out.push(effect);
             metrics::counter!(m::NACKS_TOTAL, "reason" => "missing_chunks").increment(1);
         }
-        failed
+        (failed, waited)
     }
 
     /// Drops chunks whose metadata never came (2208), asking v1 devices for the metadata.
@@ -1203,6 +1223,48 @@ mod tests {
             "{second:?}"
         );
         assert_eq!(c.format(), Some(WireFormat::Gxp));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gxp_image_whose_chunks_all_came_first_waits_for_its_metadata_or_the_timeout() {
+        let img = [0xFF, 0xD8, 0xFF, 0xD9];
+        let sized = |i: usize| {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&img[i * 2..i * 2 + 2]);
+            Bytes::from(format!(
+                r#"{{"image_name":"w.jpg","chunk_id":{i},"max_chunk_size":2,"image_size":4,"total_chunks_count":2,"payload":"{b64}"}}"#
+            ))
+        };
+        let stores = |out: &[Effect]| out.iter().filter(|e| matches!(e, Effect::Store(_))).count();
+        // With metadata: stored when it comes, dated by it.
+        let mut c = core();
+        let mut out = Vec::new();
+        send(&mut c, &TopicKind::Data, sized(1), &mut out);
+        send(&mut c, &TopicKind::Data, sized(0), &mut out);
+        assert_eq!(stores(&out), 0, "waits for the metadata");
+        send(
+            &mut c,
+            &TopicKind::Data,
+            gxp_meta("w.jpg", 4, 2, 2),
+            &mut out,
+        );
+        let store = out.iter().find_map(|e| match e {
+            Effect::Store(r) => Some(r.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            store.unwrap().captured_at.to_rfc3339(),
+            "2025-10-04T18:30:00+00:00"
+        );
+        // Without: stored at the timeout, with no NACK for a complete image.
+        let mut c = core();
+        let mut out = Vec::new();
+        send(&mut c, &TopicKind::Data, sized(0), &mut out);
+        send(&mut c, &TopicKind::Data, sized(1), &mut out);
+        tokio::time::advance(std::time::Duration::from_millis(1000)).await;
+        c.tick(Instant::now(), &mut out);
+        assert_eq!(stores(&out), 1);
+        assert!(publishes(&out).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

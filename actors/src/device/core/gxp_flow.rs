@@ -25,6 +25,9 @@ pub(super) struct GxpState {
     sensors_written: bool,
     /// When the first copy came (pending metadata expires after the assembly timeout).
     pub(super) since: Instant,
+    /// A metadata message came (not only chunks carrying sizes): a complete image waits for
+    /// it, up to the assembly timeout, so that it is stored with its capture time and sensors.
+    pub(super) meta_seen: bool,
 }
 
 impl GxpState {
@@ -33,6 +36,7 @@ impl GxpState {
             meta,
             sensors_written: false,
             since: now,
+            meta_seen: true,
         }
     }
 
@@ -60,16 +64,24 @@ impl DeviceCore {
         let name = meta.image_name.clone();
         if let Some(c) = self.captures.get_mut(&name) {
             // A re-sent copy: merged, never erasing; not activity (the NACK timer runs on).
-            let assembling = matches!(c.phase, Phase::Assembling(_));
+            let complete = match &c.phase {
+                Phase::Assembling(a) => Some(a.is_complete()),
+                Phase::Storing => None,
+            };
             let Some(g) = c.gxp.as_mut() else { return };
-            if assembling && g.meta.captured_at.is_none() {
+            if complete.is_some() && g.meta.captured_at.is_none() {
                 if let Some(t) = meta.captured_at {
                     c.captured_at = t;
                 }
             }
             g.meta.merge(meta);
+            let waited = !std::mem::replace(&mut g.meta_seen, true);
             let row = sensor_row(&self.id, g, c.captured_at);
             out.extend(row);
+            if waited && complete == Some(true) {
+                // Every chunk came first; the image waited for this metadata.
+                self.complete(&name, cx.now, out);
+            }
             return;
         }
         let mut state = match self.gxp_pending.remove(&name) {
@@ -104,7 +116,10 @@ impl DeviceCore {
                 if sized.is_none() {
                     return;
                 }
-                GxpState::new(bare_meta(name), cx.now)
+                GxpState {
+                    meta_seen: false,
+                    ..GxpState::new(bare_meta(name), cx.now)
+                }
             }
         };
         self.try_start(state, cx, out);
