@@ -1,6 +1,6 @@
 //! The operator console in a real browser (Debian's headless Chromium): a device appears after
 //! the simulator sends data, its page shows thumbnails generated server-side, and a screenshot
-//! of that page is saved to `docs/console.png`.
+//! of that page is saved under `target/` (`scripts/screenshots` refreshes `docs/console.png`).
 
 mod common;
 
@@ -89,6 +89,28 @@ async fn the_console_lists_devices_and_shows_capture_thumbnails_in_a_real_browse
         page.contains(&format!("id=\"device-title\">{first}<")),
         "{page}"
     );
+    // The wake schedule editor, showing the default the engine answers with.
+    assert!(
+        page.contains("id=\"schedule-form\" data-mode=\"per_day\""),
+        "{page}"
+    );
+    assert!(page.contains("default (never configured)"), "{page}");
+    // Set through the API: the page shows it (and a positive control that the form follows
+    // the stored schedule rather than always rendering the default).
+    let put = reqwest::Client::new()
+        .put(format!("{}/api/v1/devices/{first}/schedule", env.http))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"mode": "every_minutes", "minutes": 7, "timezone": "Europe/Paris"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let page = chromium(&["--dump-dom", &url]);
+    assert!(
+        page.contains("id=\"schedule-form\" data-mode=\"every_minutes\""),
+        "{page}"
+    );
+    assert!(page.contains("value=\"Europe/Paris\""), "{page}");
     let loaded = page.matches("data-loaded=\"160\"").count();
     assert_eq!(loaded, 2, "two 160-px thumbnails loaded:\n{page}");
 
@@ -96,7 +118,9 @@ async fn the_console_lists_devices_and_shows_capture_thumbnails_in_a_real_browse
     let denied = chromium(&["--dump-dom", &format!("{}/#token=wrong", env.http)]);
     assert!(denied.contains("The token was refused."), "{denied}");
 
-    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console.png");
+    // Under target/, so that a test run leaves the work tree clean; `scripts/screenshots`
+    // copies it to docs/.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console.png");
     chromium(&[
         "--window-size=1280,800",
         &format!("--screenshot={}", shot.display()),
