@@ -116,6 +116,7 @@ impl DeviceActor {
                     ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                         let outcome = res.unwrap_or_else(|e| StoreOutcome::Failed {
                             reason: format!("object sink unavailable: {e}"),
+                            code: ErrorCode::FinaliseFailed,
                         });
                         act.guarded(ctx, |core, out| {
                             core.on_stored(&capture_id, outcome, Instant::now(), out)

@@ -135,10 +135,13 @@ pub enum StoreOutcome {
         /// Commit time.
         stored_at: DateTime<Utc>,
     },
-    /// Failed after retries; the failed row was written.
+    /// Failed; the failed row was written when it could be.
     Failed {
         /// Why.
         reason: String,
+        /// 2204 (upload failed after retries), 2205 (the captures row could not be
+        /// written) or 2200 (finalising failed: a sink was unavailable).
+        code: ErrorCode,
     },
 }
 
@@ -752,11 +755,16 @@ impl DeviceCore {
                     format: c.format,
                 });
             }
-            StoreOutcome::Failed { reason } => {
+            StoreOutcome::Failed { reason, code } => {
                 metrics::counter!(m::CAPTURES_FAILED_TOTAL, "reason" => "storage").increment(1);
+                let what = match code {
+                    ErrorCode::CaptureRowFailed => "the captures row could not be written",
+                    ErrorCode::FinaliseFailed => "finalising the capture failed",
+                    _ => "storage upload failed after retries",
+                };
                 if let Some(r) = self.record(
-                    ErrorCode::StorageFailed,
-                    format!("storage upload failed after retries: {reason}"),
+                    code,
+                    format!("{what}: {reason}"),
                     json!({"capture_id": capture_id}),
                     now,
                 ) {

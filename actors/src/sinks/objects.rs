@@ -16,6 +16,7 @@ use super::pg::PgSink;
 use super::rows::{IngestStatus, Pending, Row};
 use crate::config::ObjectsConfig;
 use crate::device::core::{StoreOutcome, StoreRequest};
+use crate::errors::ErrorCode;
 use crate::metrics as m;
 
 /// Store one image and its row.
@@ -96,6 +97,7 @@ impl Handler<Store> for ObjectSink {
             if pg.send(pending).await.is_err() {
                 return StoreOutcome::Failed {
                     reason: "postgres sink unavailable".into(),
+                    code: ErrorCode::FinaliseFailed,
                 };
             }
             let committed = rx
@@ -109,9 +111,13 @@ impl Handler<Store> for ObjectSink {
                         stored_at: stored_at.unwrap_or_else(Utc::now),
                     }
                 }
-                (Err(e), _) => StoreOutcome::Failed { reason: e },
+                (Err(e), _) => StoreOutcome::Failed {
+                    reason: e,
+                    code: ErrorCode::StorageFailed,
+                },
                 (Ok(()), Err(e)) => StoreOutcome::Failed {
                     reason: format!("captures row: {e}"),
+                    code: ErrorCode::CaptureRowFailed,
                 },
             }
         })

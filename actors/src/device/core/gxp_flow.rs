@@ -139,7 +139,8 @@ impl DeviceCore {
             return;
         };
         if let Err(msg) = check_layout(layout, self.cfg.max_image_bytes) {
-            self.error(ErrorCode::BadField, msg, Some(&name), cx, out);
+            // The worker's "metadata could not be processed".
+            self.error(ErrorCode::MetadataFailed, msg, Some(&name), cx, out);
             if let Some(e) = self.early.remove(&name) {
                 self.release(e.bytes);
             }
