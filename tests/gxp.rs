@@ -20,7 +20,7 @@ mod variants;
 use std::time::Duration;
 
 use common::gxp::db::{capture_row, wait_capture, wait_error, wait_snapshot, CaptureRow};
-use common::gxp::{assert_ack_ok, metadata, stored_object, GxpDevice, WORKER_TS};
+use common::gxp::{assert_ack_ok, assert_stored, metadata, GxpDevice, WORKER_TS};
 use common::{random_device, Options, TestEnv};
 use fleetflow::sim::image::jpeg;
 use serde_json::{json, Value};
@@ -68,7 +68,7 @@ async fn status_metadata_and_a_4_byte_image_in_two_chunks_get_ack_ok_an_object_a
 
     // ACK_OK comes after the object and the row: both are there now.
     let key = format!("captures/{id}/2025/10/04/{name}");
-    assert_eq!(stored_object(&env, &key), Some(image.to_vec()), "{key}");
+    assert_stored(&env, &key, &image);
     let row = capture_row(&env, &id, name).await.expect("captures row");
     assert_eq!(
         row,
@@ -109,7 +109,7 @@ async fn scrambled_delivery_gives_one_ack_ok(
     let ack = dev.ack_ok_for(name, T).await;
     assert_ack_ok(&ack, &dev.id, name);
     let key = format!("captures/{}/2025/10/04/{name}", dev.id);
-    assert_eq!(stored_object(env, &key), Some(image.to_vec()), "{key}");
+    assert_stored(env, &key, &image);
     let later = dev.acks_within(Duration::from_millis(1500)).await;
     let again: Vec<&Value> = later
         .iter()

@@ -291,3 +291,19 @@ pub fn is_clock_time(t: &str) -> bool {
 pub fn stored_object(env: &TestEnv, key: &str) -> Option<Vec<u8>> {
     std::fs::read(env.objects_dir.join(key)).ok()
 }
+
+/// Panics unless the object `key` holds exactly `want`, saying how it differs (never dumping
+/// the bytes).
+pub fn assert_stored(env: &TestEnv, key: &str, want: &[u8]) {
+    let Some(got) = stored_object(env, key) else {
+        panic!("no object {key} under {}", env.objects_dir.display());
+    };
+    if got != want {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "object {key} differs: {} bytes stored, {} sent, first difference at {first:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}

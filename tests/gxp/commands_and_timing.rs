@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::common::gxp::db::{insert_command, wait_all_sent, wait_capture, wait_error};
-use crate::common::gxp::{assert_ack_ok, stored_object, GxpDevice, WORKER_TS};
+use crate::common::gxp::{assert_ack_ok, assert_stored, GxpDevice, WORKER_TS};
 use crate::common::{eventually, random_device, Options, TestEnv};
 use crate::T;
 use fleetflow::sim::image::jpeg;
@@ -116,7 +116,7 @@ async fn withheld_chunks_3_and_9_are_nacked_as_a_plain_list_only_after_the_inact
     let ack = dev.ack_ok_for(name, T).await;
     assert_ack_ok(&ack, &id, name);
     let key = format!("captures/{id}/2025/10/04/{name}");
-    assert_eq!(stored_object(&env, &key), Some(image.to_vec()));
+    assert_stored(&env, &key, &image);
     assert_eq!(
         wait_capture(&env, &id, name, "stored").await.total_chunks,
         12

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::gxp::fleet::{assert_acked_are_stored, spawn_fleet, Behaviour};
-use crate::common::gxp::{assert_ack_ok, stored_object, GxpDevice, WORKER_TS};
+use crate::common::gxp::{assert_ack_ok, assert_stored, GxpDevice, WORKER_TS};
 use crate::common::{random_device, Options, TestEnv};
 use crate::T;
 use fleetflow::sim::image::jpeg;
@@ -72,8 +72,8 @@ async fn a_v1_device_and_a_gxp_device_on_the_same_prefix_at_once_are_each_answer
 
     let v1_key = format!("captures/{v1_id}/2026/10/04/img_v1.jpg");
     let gxp_key = format!("captures/{gxp_id}/2025/10/04/image_gxp.jpg");
-    assert_eq!(stored_object(&env, &v1_key), Some(a.to_vec()));
-    assert_eq!(stored_object(&env, &gxp_key), Some(b.to_vec()));
+    assert_stored(&env, &v1_key, &a);
+    assert_stored(&env, &gxp_key, &b);
 }
 
 #[tokio::test]

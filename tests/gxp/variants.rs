@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::common::gxp::db::{capture_row, snapshot, wait_capture, wait_snapshot, CaptureRow};
-use crate::common::gxp::{assert_ack_ok, chunk, metadata, stored_object, GxpDevice, WORKER_TS};
+use crate::common::gxp::{assert_ack_ok, assert_stored, chunk, metadata, GxpDevice, WORKER_TS};
 use crate::common::{random_device, Options, TestEnv};
 use crate::{close, T};
 use fleetflow::sim::image::jpeg;
@@ -101,7 +101,7 @@ async fn messages_with_only_an_image_id_name_the_capture_image_id_jpg() {
     let ack = dev.ack_ok_for("image_42.jpg", T).await;
     assert_ack_ok(&ack, &id, "image_42.jpg");
     let key = format!("captures/{id}/2025/10/04/image_42.jpg");
-    assert_eq!(stored_object(&env, &key), Some(image.to_vec()));
+    assert_stored(&env, &key, &image);
     wait_capture(&env, &id, "image_42.jpg", "stored").await;
 }
 
@@ -123,7 +123,7 @@ async fn chunks_that_arrive_before_their_metadata_are_kept_and_the_capture_compl
     let ack = dev.ack_ok_for("early.jpg", T).await;
     assert_ack_ok(&ack, &id, "early.jpg");
     let key = format!("captures/{id}/2025/10/04/early.jpg");
-    assert_eq!(stored_object(&env, &key), Some(image.to_vec()));
+    assert_stored(&env, &key, &image);
 }
 
 /// A copy of the metadata of `name` with every field but the ids null (the re-send quirk).
@@ -178,5 +178,5 @@ async fn metadata_resent_thirty_times_some_copies_null_erases_nothing_of_the_cap
         "{snap:?}"
     );
     let key = format!("captures/{id}/2025/10/04/{name}");
-    assert_eq!(stored_object(&env, &key), Some(image.to_vec()));
+    assert_stored(&env, &key, &image);
 }
