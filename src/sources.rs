@@ -316,7 +316,7 @@ impl SourceManager {
         // In memory only (it holds the password to notice a change of it); never logged.
         let fingerprint = |c: &MqttConfig| {
             format!(
-                "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}",
+                "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}",
                 c.url,
                 c.verify_cert,
                 c.ca_pem,
@@ -326,7 +326,8 @@ impl SourceManager {
                 c.clean_start,
                 c.keep_alive_secs,
                 c.username,
-                c.password
+                c.password,
+                c.gxp
             )
         };
         let stale: Vec<String> = self

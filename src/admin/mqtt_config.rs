@@ -38,6 +38,9 @@ pub struct ConfigBody {
     enabled: Option<bool>,
     ca_cert_pem: Option<String>,
     ws_path: Option<String>,
+    /// The GXP firmware profile's settings for this product (nack_topic, next_wake_format,
+    /// gas_unit, resend_whole_image_after_retries, nack_max_bytes); absent keeps the file's.
+    gxp: Option<Value>,
 }
 
 /// Checks an MQTT topic filter: `+` and `#` only as whole levels, `#` only last.
@@ -93,6 +96,7 @@ struct Valid {
     enabled: bool,
     ca_cert_pem: Option<String>,
     ws_path: String,
+    gxp: Option<Value>,
 }
 
 fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiError> {
@@ -180,7 +184,18 @@ fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiError> {
             "ws_path must start with '/' and hold no spaces, '?' or '#'",
         ));
     }
+    if let Some(g) = &b.gxp {
+        let parsed: fleetflow_actors::gxp::GxpSettings = serde_json::from_value(g.clone())
+            .map_err(|e| ApiError::bad_field("gxp", e.to_string()))?;
+        if !(64..=65_535).contains(&parsed.nack_max_bytes) {
+            return Err(ApiError::bad_field(
+                "gxp",
+                "gxp.nack_max_bytes must be between 64 and 65535",
+            ));
+        }
+    }
     Ok(Valid {
+        gxp: b.gxp,
         ca_cert_pem,
         ws_path,
         host,
@@ -208,7 +223,7 @@ fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiError> {
 
 const SELECT: &str = "SELECT id, host, port, protocol, use_tls, verify_cert, username, password_encrypted IS NOT NULL,
   client_id, keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, created_at, updated_at,
-  ca_cert_pem, ws_path
+  ca_cert_pem, ws_path, gxp
   FROM mqtt_configs WHERE product_id = $1";
 
 fn masked(product_id: &str, r: &tokio_postgres::Row) -> Value {
@@ -235,6 +250,7 @@ fn masked(product_id: &str, r: &tokio_postgres::Row) -> Value {
         "updated_at": r.get::<_, chrono::DateTime<chrono::Utc>>(18),
         "ca_cert_pem": r.get::<_, Option<String>>(19),
         "ws_path": r.get::<_, String>(20),
+        "gxp": r.get::<_, Option<Value>>(21),
         "url": crate::sources::broker_url(&r.get::<_, String>(3), r.get(4), &r.get::<_, String>(1), r.get(2), &r.get::<_, String>(20)),
     })
 }
@@ -292,18 +308,18 @@ pub async fn put(
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     c.execute(
         "INSERT INTO mqtt_configs (product_id, host, port, protocol, use_tls, verify_cert, username, password_encrypted, client_id,
-           keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, ca_cert_pem, ws_path)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+           keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, ca_cert_pem, ws_path, gxp)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
          ON CONFLICT (product_id) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol,
            use_tls = EXCLUDED.use_tls, verify_cert = EXCLUDED.verify_cert, username = EXCLUDED.username,
            password_encrypted = COALESCE(EXCLUDED.password_encrypted, mqtt_configs.password_encrypted),
            client_id = EXCLUDED.client_id, keep_alive_secs = EXCLUDED.keep_alive_secs, clean_session = EXCLUDED.clean_session,
            prefix = EXCLUDED.prefix, pattern = EXCLUDED.pattern, use_shared = EXCLUDED.use_shared,
            shared_group = EXCLUDED.shared_group, qos = EXCLUDED.qos, enabled = EXCLUDED.enabled,
-           ca_cert_pem = EXCLUDED.ca_cert_pem, ws_path = EXCLUDED.ws_path",
+           ca_cert_pem = EXCLUDED.ca_cert_pem, ws_path = EXCLUDED.ws_path, gxp = EXCLUDED.gxp",
         &[&product_id, &v.host, &v.port, &v.protocol, &v.use_tls, &v.verify_cert, &v.username, &sealed, &v.client_id,
           &v.keep_alive_secs, &v.clean_session, &v.prefix, &v.pattern, &v.use_shared, &v.shared_group, &v.qos, &v.enabled,
-          &v.ca_cert_pem, &v.ws_path],
+          &v.ca_cert_pem, &v.ws_path, &v.gxp],
     )
     .await
     .map_err(ApiError::internal)?;
