@@ -100,7 +100,9 @@ async fn the_console_lists_devices_and_shows_capture_thumbnails_in_a_real_browse
     let put = reqwest::Client::new()
         .put(format!("{}/api/v1/devices/{first}/schedule", env.http))
         .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"mode": "every_minutes", "minutes": 7, "timezone": "Europe/Paris"}))
+        .json(
+            &serde_json::json!({"mode": "every_minutes", "minutes": 7, "timezone": "Europe/Paris"}),
+        )
         .send()
         .await
         .unwrap();
