@@ -305,42 +305,12 @@ impl DeviceCore {
         };
         match msg {
             DeviceMsg::Status(s) => {
-                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "status").increment(1);
-                if s.is_wake() {
-                    self.on_wake(wall, out);
-                }
-                let row = StatusRow {
-                    device_id: self.id.clone(),
-                    wire_format: s.is_wake().then_some(WireFormat::Gxp.as_str()),
-                    status: s.status,
-                    pending_count: s.pending_count,
-                    battery_v: s.battery_v,
-                    rssi: s.rssi,
-                    uptime_s: s.uptime_s,
-                    fw: s.fw,
-                    extra: s.extra,
-                    created_at: s.ts.unwrap_or(wall),
-                };
-                out.push(Effect::Row(Row::Status(row), ack));
+                let row = self.on_status(s, wall, out);
+                out.push(Effect::Row(row, ack));
             }
             DeviceMsg::Reading(r) => {
-                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "reading").increment(1);
-                let touch_device = self
-                    .last_touch
-                    .is_none_or(|t| now.duration_since(t) >= TOUCH_EVERY);
-                if touch_device {
-                    self.last_touch = Some(now);
-                }
-                let row = ReadingRow {
-                    touch_device,
-                    device_id: self.id.clone(),
-                    seq: Some(r.seq as i64),
-                    capture_id: None,
-                    values: r.values,
-                    extra: r.extra,
-                    measured_at: r.ts.unwrap_or(wall),
-                };
-                out.push(Effect::Row(Row::Reading(row), ack));
+                let row = self.reading_row(r, now, wall);
+                out.push(Effect::Row(row, ack));
             }
             DeviceMsg::CmdResult(c) => {
                 metrics::counter!(m::MESSAGES_TOTAL, "kind" => "cmd_result").increment(1);
@@ -353,38 +323,87 @@ impl DeviceCore {
                 };
                 out.push(Effect::Row(Row::CommandResult(row), ack));
             }
+            capture => {
+                // Capture messages need no durability of their own: the device keeps the image
+                // until ACK_OK, and NACKs resynchronise whatever a crash loses.
+                self.on_capture_msg(capture, cx, out);
+                if let Some(a) = ack {
+                    out.push(Effect::Ack(a));
+                }
+            }
+        }
+    }
+
+    /// A status heartbeat: its row, and the wake handshake's answer for `"Alive"`.
+    fn on_status(
+        &mut self,
+        s: protocol::Status,
+        wall: DateTime<Utc>,
+        out: &mut Vec<Effect>,
+    ) -> Row {
+        metrics::counter!(m::MESSAGES_TOTAL, "kind" => "status").increment(1);
+        if s.is_wake() {
+            self.on_wake(wall, out);
+        }
+        Row::Status(StatusRow {
+            device_id: self.id.clone(),
+            wire_format: s.is_wake().then_some(WireFormat::Gxp.as_str()),
+            status: s.status,
+            pending_count: s.pending_count,
+            battery_v: s.battery_v,
+            rssi: s.rssi,
+            uptime_s: s.uptime_s,
+            fw: s.fw,
+            extra: s.extra,
+            created_at: s.ts.unwrap_or(wall),
+        })
+    }
+
+    /// A reading's row; it refreshes `devices.last_seen_at` at most every [`TOUCH_EVERY`].
+    fn reading_row(&mut self, r: protocol::Reading, now: Instant, wall: DateTime<Utc>) -> Row {
+        metrics::counter!(m::MESSAGES_TOTAL, "kind" => "reading").increment(1);
+        let touch_device = self
+            .last_touch
+            .is_none_or(|t| now.duration_since(t) >= TOUCH_EVERY);
+        if touch_device {
+            self.last_touch = Some(now);
+        }
+        Row::Reading(ReadingRow {
+            touch_device,
+            device_id: self.id.clone(),
+            seq: Some(r.seq as i64),
+            capture_id: None,
+            values: r.values,
+            extra: r.extra,
+            measured_at: r.ts.unwrap_or(wall),
+        })
+    }
+
+    /// Capture metadata and chunks, in either format.
+    fn on_capture_msg(&mut self, msg: DeviceMsg, cx: &MsgCtx<'_>, out: &mut Vec<Effect>) {
+        let kind = match &msg {
+            DeviceMsg::CaptureMeta(_) | DeviceMsg::GxpMeta(_) => "capture_meta",
+            _ => "chunk",
+        };
+        metrics::counter!(m::MESSAGES_TOTAL, "kind" => kind).increment(1);
+        match msg {
             DeviceMsg::CaptureMeta(meta) => {
-                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "capture_meta").increment(1);
                 self.format = Some(WireFormat::V1);
                 self.on_meta(meta, cx, out);
-                if let Some(a) = ack {
-                    out.push(Effect::Ack(a));
-                }
             }
             DeviceMsg::Chunk(chunk) => {
-                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "chunk").increment(1);
                 self.format = Some(WireFormat::V1);
                 self.on_chunk(chunk, WireFormat::V1, cx, out);
-                if let Some(a) = ack {
-                    out.push(Effect::Ack(a));
-                }
             }
             DeviceMsg::GxpMeta(meta) => {
-                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "capture_meta").increment(1);
                 self.format = Some(WireFormat::Gxp);
                 self.on_gxp_meta(meta, cx, out);
-                if let Some(a) = ack {
-                    out.push(Effect::Ack(a));
-                }
             }
             DeviceMsg::GxpChunk(chunk) => {
-                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "chunk").increment(1);
                 self.format = Some(WireFormat::Gxp);
                 self.on_gxp_chunk(chunk, cx, out);
-                if let Some(a) = ack {
-                    out.push(Effect::Ack(a));
-                }
             }
+            DeviceMsg::Status(_) | DeviceMsg::Reading(_) | DeviceMsg::CmdResult(_) => {}
         }
     }
 

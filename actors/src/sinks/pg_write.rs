@@ -230,144 +230,185 @@ pub async fn write_batch(
 ) -> Result<u64, SinkError> {
     let tx = client.transaction().await?;
     let n = match table {
-        Table::Status => {
-            let mut ids = Vec::with_capacity(batch.len());
-            let (mut st, mut pc, mut bv, mut rs, mut up, mut ex, mut at) =
-                (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-            let mut dev = DeviceCols::default();
-            for p in batch {
-                let Row::Status(s) = &p.row else { continue };
-                ids.push(s.device_id.as_str());
-                st.push(s.status.as_str());
-                pc.push(s.pending_count);
-                bv.push(s.battery_v);
-                rs.push(s.rssi);
-                up.push(s.uptime_s);
-                ex.push(extra_json(&s.extra));
-                at.push(s.created_at);
-                dev.touch(
-                    s.device_id.as_str(),
-                    s.created_at,
-                    Some(s.status.as_str()),
-                    s.battery_v,
-                    s.rssi,
-                    s.uptime_s,
-                    s.fw.as_deref(),
-                    s.wire_format,
-                );
-            }
-            let stmt = tx.prepare_cached(INSERT_STATUS).await?;
-            let n = tx
-                .execute(&stmt, &[&ids, &st, &pc, &bv, &rs, &up, &ex, &at])
-                .await?;
-            dev.write(&tx).await?;
-            n
-        }
-        Table::Readings => {
-            let cols = ReadingColumns::build(batch);
-            let stmt = tx.prepare_cached(INSERT_READINGS).await?;
-            let n = tx.execute(&stmt, &cols.params()).await?;
-            cols.devices.write(&tx).await?;
-            n
-        }
-        Table::Captures => {
-            // One row per capture per statement (ON CONFLICT DO UPDATE may touch a row once);
-            // `stored` wins over `failed`.
-            let mut latest: HashMap<(&str, &str), &CaptureRow> = HashMap::new();
-            for p in batch {
-                let Row::Capture(c) = &p.row else { continue };
-                let key = (c.device_id.as_str(), c.capture_id.as_str());
-                match latest.get(&key) {
-                    Some(prev) if prev.status == IngestStatus::Stored => {}
-                    _ => {
-                        latest.insert(key, c);
-                    }
-                }
-            }
-            let rows: Vec<&CaptureRow> = latest.into_values().collect();
-            let ids: Vec<&str> = rows.iter().map(|c| c.device_id.as_str()).collect();
-            let cid: Vec<&str> = rows.iter().map(|c| c.capture_id.as_str()).collect();
-            let cat: Vec<DateTime<Utc>> = rows.iter().map(|c| c.captured_at).collect();
-            let ib: Vec<i64> = rows.iter().map(|c| c.image_bytes).collect();
-            let tc: Vec<i32> = rows.iter().map(|c| c.total_chunks).collect();
-            let cs: Vec<i32> = rows.iter().map(|c| c.chunk_size).collect();
-            let sha: Vec<Option<&str>> = rows.iter().map(|c| c.sha256.as_deref()).collect();
-            let st: Vec<&str> = rows.iter().map(|c| c.status.as_str()).collect();
-            let sp: Vec<Option<&str>> = rows.iter().map(|c| c.storage_path.as_deref()).collect();
-            let nr: Vec<i32> = rows.iter().map(|c| c.nack_rounds).collect();
-            let sat: Vec<Option<DateTime<Utc>>> = rows.iter().map(|c| c.stored_at).collect();
-            let wf: Vec<&str> = rows.iter().map(|c| c.format.as_str()).collect();
-            let meta: Vec<Option<&Value>> = rows.iter().map(|c| c.meta.as_ref()).collect();
-            let stmt = tx.prepare_cached(UPSERT_CAPTURES).await?;
-            let n = tx
-                .execute(
-                    &stmt,
-                    &[
-                        &ids, &cid, &cat, &ib, &tc, &cs, &sha, &st, &sp, &nr, &sat, &wf, &meta,
-                    ],
-                )
-                .await?;
-            let stmt = tx.prepare_cached(DEVICES_FORMAT).await?;
-            tx.execute(&stmt, &[&ids, &wf]).await?;
-            n
-        }
-        Table::Schedules => {
-            let mut latest: HashMap<&str, DateTime<Utc>> = HashMap::new();
-            for p in batch {
-                let Row::Wake(w) = &p.row else { continue };
-                latest.insert(w.device_id.as_str(), w.next_wake_at);
-            }
-            let (ids, at): (Vec<&str>, Vec<DateTime<Utc>>) = latest.into_iter().unzip();
-            let stmt = tx.prepare_cached(UPSERT_WAKES).await?;
-            tx.execute(&stmt, &[&ids, &at]).await?
-        }
-        Table::Errors => {
-            let (mut ids, mut code, mut msg, mut det, mut at) =
-                (vec![], vec![], vec![], vec![], vec![]);
-            for p in batch {
-                let Row::Error(e) = &p.row else { continue };
-                ids.push(e.device_id.as_str());
-                code.push(e.code.code());
-                msg.push(e.message.as_str());
-                det.push(&e.details);
-                at.push(e.occurred_at);
-            }
-            let stmt = tx.prepare_cached(INSERT_ERRORS).await?;
-            tx.execute(&stmt, &[&ids, &code, &msg, &det, &at]).await?
-        }
-        Table::Commands => {
-            let (mut ids, mut cid, mut ok, mut res, mut at) =
-                (vec![], vec![], vec![], vec![], vec![]);
-            for p in batch {
-                let Row::CommandResult(c) = &p.row else {
-                    continue;
-                };
-                ids.push(c.device_id.as_str());
-                cid.push(c.command_id.as_str());
-                ok.push(c.ok);
-                res.push(&c.result);
-                at.push(c.completed_at);
-            }
-            let stmt = tx.prepare_cached(UPDATE_COMMANDS).await?;
-            tx.execute(&stmt, &[&ids, &cid, &ok, &res, &at]).await?
-        }
-        Table::Telemetry => {
-            let (mut ids, mut prod, mut sub, mut topic, mut body, mut at) =
-                (vec![], vec![], vec![], vec![], vec![], vec![]);
-            for p in batch {
-                let Row::Telemetry(t) = &p.row else { continue };
-                ids.push(t.device_id.as_str());
-                prod.push(&*t.product_id);
-                sub.push(t.subscription_id);
-                topic.push(t.topic.as_str());
-                body.push(&t.payload);
-                at.push(t.received_at);
-            }
-            let stmt = tx.prepare_cached(INSERT_TELEMETRY).await?;
-            tx.execute(&stmt, &[&ids, &prod, &sub, &topic, &body, &at])
-                .await?
-        }
+        Table::Status => write_status(&tx, batch).await?,
+        Table::Readings => write_readings(&tx, batch).await?,
+        Table::Captures => write_captures(&tx, batch).await?,
+        Table::Schedules => write_schedules(&tx, batch).await?,
+        Table::Errors => write_errors(&tx, batch).await?,
+        Table::Commands => write_commands(&tx, batch).await?,
+        Table::Telemetry => write_telemetry(&tx, batch).await?,
     };
     tx.commit().await?;
     Ok(n)
+}
+
+/// The `Status` batch.
+async fn write_status(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[Pending],
+) -> Result<u64, SinkError> {
+    let mut ids = Vec::with_capacity(batch.len());
+    let (mut st, mut pc, mut bv, mut rs, mut up, mut ex, mut at) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut dev = DeviceCols::default();
+    for p in batch {
+        let Row::Status(s) = &p.row else { continue };
+        ids.push(s.device_id.as_str());
+        st.push(s.status.as_str());
+        pc.push(s.pending_count);
+        bv.push(s.battery_v);
+        rs.push(s.rssi);
+        up.push(s.uptime_s);
+        ex.push(extra_json(&s.extra));
+        at.push(s.created_at);
+        dev.touch(
+            s.device_id.as_str(),
+            s.created_at,
+            Some(s.status.as_str()),
+            s.battery_v,
+            s.rssi,
+            s.uptime_s,
+            s.fw.as_deref(),
+            s.wire_format,
+        );
+    }
+    let stmt = tx.prepare_cached(INSERT_STATUS).await?;
+    let n = tx
+        .execute(&stmt, &[&ids, &st, &pc, &bv, &rs, &up, &ex, &at])
+        .await?;
+    dev.write(tx).await?;
+    Ok(n)
+}
+
+/// The `Readings` batch.
+async fn write_readings(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[Pending],
+) -> Result<u64, SinkError> {
+    let cols = ReadingColumns::build(batch);
+    let stmt = tx.prepare_cached(INSERT_READINGS).await?;
+    let n = tx.execute(&stmt, &cols.params()).await?;
+    cols.devices.write(tx).await?;
+    Ok(n)
+}
+
+/// The `Captures` batch.
+async fn write_captures(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[Pending],
+) -> Result<u64, SinkError> {
+    // One row per capture per statement (ON CONFLICT DO UPDATE may touch a row once);
+    // `stored` wins over `failed`.
+    let mut latest: HashMap<(&str, &str), &CaptureRow> = HashMap::new();
+    for p in batch {
+        let Row::Capture(c) = &p.row else { continue };
+        let key = (c.device_id.as_str(), c.capture_id.as_str());
+        match latest.get(&key) {
+            Some(prev) if prev.status == IngestStatus::Stored => {}
+            _ => {
+                latest.insert(key, c);
+            }
+        }
+    }
+    let rows: Vec<&CaptureRow> = latest.into_values().collect();
+    let ids: Vec<&str> = rows.iter().map(|c| c.device_id.as_str()).collect();
+    let cid: Vec<&str> = rows.iter().map(|c| c.capture_id.as_str()).collect();
+    let cat: Vec<DateTime<Utc>> = rows.iter().map(|c| c.captured_at).collect();
+    let ib: Vec<i64> = rows.iter().map(|c| c.image_bytes).collect();
+    let tc: Vec<i32> = rows.iter().map(|c| c.total_chunks).collect();
+    let cs: Vec<i32> = rows.iter().map(|c| c.chunk_size).collect();
+    let sha: Vec<Option<&str>> = rows.iter().map(|c| c.sha256.as_deref()).collect();
+    let st: Vec<&str> = rows.iter().map(|c| c.status.as_str()).collect();
+    let sp: Vec<Option<&str>> = rows.iter().map(|c| c.storage_path.as_deref()).collect();
+    let nr: Vec<i32> = rows.iter().map(|c| c.nack_rounds).collect();
+    let sat: Vec<Option<DateTime<Utc>>> = rows.iter().map(|c| c.stored_at).collect();
+    let wf: Vec<&str> = rows.iter().map(|c| c.format.as_str()).collect();
+    let meta: Vec<Option<&Value>> = rows.iter().map(|c| c.meta.as_ref()).collect();
+    let stmt = tx.prepare_cached(UPSERT_CAPTURES).await?;
+    let n = tx
+        .execute(
+            &stmt,
+            &[
+                &ids, &cid, &cat, &ib, &tc, &cs, &sha, &st, &sp, &nr, &sat, &wf, &meta,
+            ],
+        )
+        .await?;
+    let stmt = tx.prepare_cached(DEVICES_FORMAT).await?;
+    tx.execute(&stmt, &[&ids, &wf]).await?;
+    Ok(n)
+}
+
+/// The `Schedules` batch.
+async fn write_schedules(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[Pending],
+) -> Result<u64, SinkError> {
+    let mut latest: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    for p in batch {
+        let Row::Wake(w) = &p.row else { continue };
+        latest.insert(w.device_id.as_str(), w.next_wake_at);
+    }
+    let (ids, at): (Vec<&str>, Vec<DateTime<Utc>>) = latest.into_iter().unzip();
+    let stmt = tx.prepare_cached(UPSERT_WAKES).await?;
+    Ok(tx.execute(&stmt, &[&ids, &at]).await?)
+}
+
+/// The `Errors` batch.
+async fn write_errors(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[Pending],
+) -> Result<u64, SinkError> {
+    let (mut ids, mut code, mut msg, mut det, mut at) = (vec![], vec![], vec![], vec![], vec![]);
+    for p in batch {
+        let Row::Error(e) = &p.row else { continue };
+        ids.push(e.device_id.as_str());
+        code.push(e.code.code());
+        msg.push(e.message.as_str());
+        det.push(&e.details);
+        at.push(e.occurred_at);
+    }
+    let stmt = tx.prepare_cached(INSERT_ERRORS).await?;
+    Ok(tx.execute(&stmt, &[&ids, &code, &msg, &det, &at]).await?)
+}
+
+/// The `Commands` batch.
+async fn write_commands(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[Pending],
+) -> Result<u64, SinkError> {
+    let (mut ids, mut cid, mut ok, mut res, mut at) = (vec![], vec![], vec![], vec![], vec![]);
+    for p in batch {
+        let Row::CommandResult(c) = &p.row else {
+            continue;
+        };
+        ids.push(c.device_id.as_str());
+        cid.push(c.command_id.as_str());
+        ok.push(c.ok);
+        res.push(&c.result);
+        at.push(c.completed_at);
+    }
+    let stmt = tx.prepare_cached(UPDATE_COMMANDS).await?;
+    Ok(tx.execute(&stmt, &[&ids, &cid, &ok, &res, &at]).await?)
+}
+
+/// The `Telemetry` batch.
+async fn write_telemetry(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[Pending],
+) -> Result<u64, SinkError> {
+    let (mut ids, mut prod, mut sub, mut topic, mut body, mut at) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for p in batch {
+        let Row::Telemetry(t) = &p.row else { continue };
+        ids.push(t.device_id.as_str());
+        prod.push(&*t.product_id);
+        sub.push(t.subscription_id);
+        topic.push(t.topic.as_str());
+        body.push(&t.payload);
+        at.push(t.received_at);
+    }
+    let stmt = tx.prepare_cached(INSERT_TELEMETRY).await?;
+    Ok(tx
+        .execute(&stmt, &[&ids, &prod, &sub, &topic, &body, &at])
+        .await?)
 }
