@@ -109,7 +109,7 @@ async fn scrambled_delivery_gives_one_ack_ok(
     let ack = dev.ack_ok_for(name, T).await;
     assert_ack_ok(&ack, &dev.id, name);
     let key = format!("captures/{}/2025/10/04/{name}", dev.id);
-    assert_stored(env, &key, &image);
+    assert_stored(env, &key, image);
     let later = dev.acks_within(Duration::from_millis(1500)).await;
     let again: Vec<&Value> = later
         .iter()
