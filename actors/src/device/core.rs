@@ -920,13 +920,20 @@ impl DeviceCore {
             ) {
                 out.push(Effect::Row(Row::Error(r), None));
             }
-            if e.format == WireFormat::V1 {
-                out.push(Effect::Publish {
+            match e.format {
+                WireFormat::V1 => out.push(Effect::Publish {
                     payload: nack::need_metadata(&id),
                     kind: "nack",
-                });
-                metrics::counter!(m::NACKS_TOTAL, "reason" => "need_metadata").increment(1);
+                }),
+                // The firmware has no "need metadata" NACK; its send_image command makes it send
+                // the stored image again, metadata first (after a crash lost the assembly).
+                WireFormat::Gxp => out.push(Effect::Command {
+                    payload: crate::gxp::GxpCommand::SendImage(id.clone())
+                        .payload(self.id.as_str()),
+                    kind: "nack",
+                }),
             }
+            metrics::counter!(m::NACKS_TOTAL, "reason" => "need_metadata").increment(1);
         }
         // GXP metadata that never got its sizes, with no chunk waiting either.
         let early = &self.early;
@@ -1292,6 +1299,37 @@ mod tests {
         c.tick(Instant::now(), &mut out);
         assert_eq!(stores(&out), 1);
         assert!(publishes(&out).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gxp_chunks_whose_metadata_never_comes_ask_the_device_to_send_the_image_again() {
+        let mut c = core();
+        let mut out = Vec::new();
+        // After a crash: chunks of an image whose metadata the engine never saw.
+        send(
+            &mut c,
+            &TopicKind::Data,
+            gxp_chunk("lost.jpg", 3, &[1, 2]),
+            &mut out,
+        );
+        tokio::time::advance(std::time::Duration::from_millis(1000)).await;
+        out.clear();
+        c.tick(Instant::now(), &mut out);
+        let cmds: Vec<serde_json::Value> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Command { payload, .. } => serde_json::from_slice(payload).ok(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            cmds,
+            vec![serde_json::json!({"device_id":"AABBCCDDEEFF","send_image":"lost.jpg"})]
+        );
+        assert!(rows(&out)
+            .iter()
+            .any(|r| matches!(r, Row::Error(e) if e.code == ErrorCode::UnknownCapture)));
+        assert!(c.is_idle());
     }
 
     #[tokio::test(start_paused = true)]
