@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fleetflow::sim::image::jpeg_like;
-use fleetflow_actors::assembler::{Assembly, Layout};
-use fleetflow_actors::protocol::{decode, DecodeLimits};
-use fleetflow_actors::topic::{TopicKind, TopicParser};
+use fleetflow_protocol::assembler::{Assembly, Layout};
+use fleetflow_protocol::message::{decode, DecodeLimits};
+use fleetflow_protocol::topic::{TopicKind, TopicParser};
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -96,7 +96,7 @@ fn bench_assemble(c: &mut Criterion) {
     let mut a = Assembly::new(layout());
     for (i, ch) in chunks.iter().enumerate() {
         let msg = decode(&kinds[i], ch, DecodeLimits::default()).unwrap();
-        if let fleetflow_actors::protocol::DeviceMsg::Chunk(c) = msg {
+        if let fleetflow_protocol::message::DeviceMsg::Chunk(c) = msg {
             a.add(c.index, &c.data);
         }
     }
@@ -111,10 +111,10 @@ fn bench_assemble(c: &mut Criterion) {
 
 fn bench_batch_encoder(c: &mut Criterion) {
     use bytes::BytesMut;
-    use fleetflow_actors::ids::DeviceId;
-    use fleetflow_actors::protocol::Measurements;
     use fleetflow_actors::sinks::pg_write::ReadingColumns;
     use fleetflow_actors::sinks::rows::{Pending, ReadingRow, Row};
+    use fleetflow_protocol::ids::DeviceId;
+    use fleetflow_protocol::message::Measurements;
     use tokio_postgres::types::Type;
 
     let devices: Vec<DeviceId> = (0..200)

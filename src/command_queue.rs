@@ -10,12 +10,12 @@ use std::time::Duration;
 use actix::Addr;
 use bytes::Bytes;
 use deadpool_postgres::Pool;
-use fleetflow_actors::gxp::GxpCommand;
-use fleetflow_actors::ids::DeviceId;
 use fleetflow_actors::link::MqttLink;
 use fleetflow_actors::metrics as m;
 use fleetflow_actors::router::{RouteOf, Router as DeviceRouter};
-use fleetflow_actors::topic::TopicParser;
+use fleetflow_protocol::gxp::GxpCommand;
+use fleetflow_protocol::ids::DeviceId;
+use fleetflow_protocol::topic::TopicParser;
 use serde_json::{json, Value};
 
 /// The NOTIFY channel of queued commands (migration V8).

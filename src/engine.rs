@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use fleetflow_actors::device::budget::GlobalBudget;
 use fleetflow_actors::device::DeviceDeps;
 use fleetflow_actors::router::{RawPublish, Router, StopAll};
-use fleetflow_actors::schedule::ScheduleBook;
 use fleetflow_actors::sinks::objects::ObjectSink;
 use fleetflow_actors::sinks::pg::{Flush, PgSink};
 use fleetflow_actors::source;
-use fleetflow_actors::topic::TopicParser;
+use fleetflow_protocol::budget::GlobalBudget;
+use fleetflow_protocol::schedule::ScheduleBook;
+use fleetflow_protocol::topic::TopicParser;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 

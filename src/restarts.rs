@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use deadpool_postgres::Pool;
-use fleetflow_actors::ids::DeviceId;
 use fleetflow_actors::router::{QueryDevice, RestartDevice, Router, StopAll};
 use fleetflow_actors::sinks::objects::{ObjectSink, ProbeStore, ReplaceStore};
 use fleetflow_actors::sinks::pg::{Flush, PgSink, Probe, ReplacePool};
+use fleetflow_protocol::ids::DeviceId;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 

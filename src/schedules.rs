@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use fleetflow_actors::ids::DeviceId;
-use fleetflow_actors::schedule::{Schedule, ScheduleBook, ScheduleMode};
+use fleetflow_protocol::ids::DeviceId;
+use fleetflow_protocol::schedule::{Schedule, ScheduleBook, ScheduleMode};
 
 /// The NOTIFY channel of schedule edits (migration V8).
 pub const CHANNEL: &str = "fleetflow_device_schedules";

@@ -17,7 +17,7 @@ use fleetflow_actors::config::MqttConfig;
 use fleetflow_actors::router::RawPublish;
 use fleetflow_actors::sinks::pg::PgSink;
 use fleetflow_actors::source::{self, SourceControl, SourceHandle};
-use fleetflow_actors::topic::TopicParser;
+use fleetflow_protocol::topic::TopicParser;
 use tokio::sync::{mpsc, watch};
 
 use crate::secrets::SecretKey;
@@ -657,8 +657,8 @@ async fn stop(h: SourceHandle) {
 fn gxp_settings(
     product: &str,
     raw: Option<serde_json::Value>,
-    default: &fleetflow_actors::gxp::GxpSettings,
-) -> fleetflow_actors::gxp::GxpSettings {
+    default: &fleetflow_protocol::gxp::GxpSettings,
+) -> fleetflow_protocol::gxp::GxpSettings {
     match raw {
         None => default.clone(),
         Some(v) => serde_json::from_value(v).unwrap_or_else(|e| {

@@ -20,22 +20,15 @@
 //! Data flow: `source → router → device → {pg sink, object sink → pg sink} → (ack to broker,
 //! ACK_OK to device)`.
 
-pub mod assembler;
 pub mod batcher;
 pub mod config;
 pub mod device;
-pub mod errors;
-pub mod gxp;
-pub mod ids;
 pub mod link;
 pub mod metrics;
-pub mod protocol;
 pub mod router;
-pub mod schedule;
 pub mod sinks;
 pub mod source;
 pub mod supervisor;
-pub mod topic;
 pub mod transport;
 
 /// The payload that makes a device actor panic, when built with the `fault-injection` feature.

@@ -62,9 +62,9 @@ pub struct Reply {
     /// The connection.
     pub link: MqttLink,
     /// The source's topics.
-    pub topics: crate::topic::TopicParser,
+    pub topics: fleetflow_protocol::topic::TopicParser,
     /// The product's GXP profile settings (answer shapes of the firmware generation).
-    pub gxp: std::sync::Arc<crate::gxp::GxpSettings>,
+    pub gxp: std::sync::Arc<fleetflow_protocol::gxp::GxpSettings>,
 }
 
 /// Acknowledges tokens, each on its own connection. Tokens from a closed connection are

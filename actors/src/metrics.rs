@@ -1,6 +1,8 @@
 //! Metric names and help texts, in one place (see `docs/metrics.md`). Label values come from
 //! small fixed sets; a device id is never a label.
 
+pub use fleetflow_protocol::metric_names::*;
+
 /// (name, kind, help) for every metric the engine exports; `describe_all` registers the help.
 pub const SPEC: &[(&str, &str, &str)] = &[
     (MQTT_MESSAGES_TOTAL, "counter", "MQTT PUBLISH packets received, by topic kind (status, data, chunk, cmd_result, invalid; own: the engine's own ACK/command seen through a broad filter)."),
@@ -96,28 +98,8 @@ pub const DEVICE_ACTORS_PASSIVATED_TOTAL: &str = "fleetflow_device_actors_passiv
 pub const DEVICE_ACTORS_RESTARTED_TOTAL: &str = "fleetflow_device_actors_restarted_total";
 /// Counter.
 pub const DEVICE_ACTORS_QUARANTINED_TOTAL: &str = "fleetflow_device_actors_quarantined_total";
-/// Counter; label `kind`.
-pub const MESSAGES_TOTAL: &str = "fleetflow_device_messages_total";
-/// Counter.
-pub const ASSEMBLIES_STARTED_TOTAL: &str = "fleetflow_assemblies_started_total";
-/// Counter.
-pub const CAPTURES_STORED_TOTAL: &str = "fleetflow_captures_stored_total";
-/// Counter; label `reason`.
-pub const CAPTURES_FAILED_TOTAL: &str = "fleetflow_captures_failed_total";
-/// Counter; label `answer`.
-pub const WAKE_ANSWERS_TOTAL: &str = "fleetflow_wake_answers_total";
 /// Counter; label `format`.
 pub const COMMANDS_SENT_TOTAL: &str = "fleetflow_commands_sent_total";
-/// Counter; label `reason`.
-pub const NACKS_TOTAL: &str = "fleetflow_nacks_total";
-/// Counter; label `outcome`.
-pub const CHUNKS_TOTAL: &str = "fleetflow_chunks_total";
-/// Gauge.
-pub const ASSEMBLY_BYTES: &str = "fleetflow_assembly_bytes";
-/// Counter; label `code`.
-pub const ERRORS_TOTAL: &str = "fleetflow_device_errors_total";
-/// Counter; label `code`.
-pub const ERROR_ROWS_SUPPRESSED_TOTAL: &str = "fleetflow_device_error_rows_suppressed_total";
 /// Counter; label `table`.
 pub const SINK_BATCHES_TOTAL: &str = "fleetflow_sink_batches_total";
 /// Counter; label `table`.

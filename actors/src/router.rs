@@ -15,12 +15,14 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::device::{DeviceActor, DeviceDeps, DeviceSnapshot, Inbound, ReplyRoute, Snapshot, Stop};
-use crate::errors::{excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord, INVALID_DEVICE};
-use crate::ids::DeviceId;
 use crate::link::{AckToken, Reply};
 use crate::metrics as m;
 use crate::sinks::rows::{Pending, Row};
-use crate::topic::{TopicError, TopicParser};
+use fleetflow_protocol::errors::{
+    excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord, INVALID_DEVICE,
+};
+use fleetflow_protocol::ids::DeviceId;
+use fleetflow_protocol::topic::{TopicError, TopicParser};
 
 /// A PUBLISH as the source received it.
 #[derive(Debug, Message)]
@@ -196,7 +198,7 @@ impl Router {
             .deps
             .as_ref()
             .expect("router dependencies are set before start");
-        match self.invalid.admit(code, Instant::now()) {
+        match self.invalid.admit(code, Instant::now().into_std()) {
             Admit::Write { suppressed } => {
                 let row = Row::Error(ErrorRecord {
                     device_id: device,

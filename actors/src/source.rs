@@ -16,8 +16,8 @@ use crate::config::MqttConfig;
 use crate::link::{MqttLink, Reply};
 use crate::metrics as m;
 use crate::router::RawPublish;
-use crate::topic::TopicParser;
 use crate::transport;
+use fleetflow_protocol::topic::TopicParser;
 
 /// At most this many QoS 1 messages can be unacknowledged on one connection: packet ids are
 /// 16-bit and unique while in flight. Queues sized above it never fill with QoS 1 traffic.

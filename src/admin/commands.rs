@@ -8,7 +8,7 @@
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::Json;
-use fleetflow_actors::ids::DeviceId;
+use fleetflow_protocol::ids::DeviceId;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -148,7 +148,7 @@ pub struct AdminState {
     /// Publishes commands in each device's format.
     pub commands: crate::command_queue::CommandSender,
     /// Wake schedules (shared with the device actors).
-    pub book: Arc<fleetflow_actors::schedule::ScheduleBook>,
+    pub book: Arc<fleetflow_protocol::schedule::ScheduleBook>,
     /// Seals broker passwords (`FLEETFLOW_SECRET_KEY`).
     pub secret_key: Option<crate::secrets::SecretKey>,
     /// The running sources' connections (publish API).

@@ -185,7 +185,7 @@ fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiError> {
         ));
     }
     if let Some(g) = &b.gxp {
-        let parsed: fleetflow_actors::gxp::GxpSettings = serde_json::from_value(g.clone())
+        let parsed: fleetflow_protocol::gxp::GxpSettings = serde_json::from_value(g.clone())
             .map_err(|e| ApiError::bad_field("gxp", e.to_string()))?;
         if !(64..=65_535).contains(&parsed.nack_max_bytes) {
             return Err(ApiError::bad_field(

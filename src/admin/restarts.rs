@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use fleetflow_actors::ids::DeviceId;
+use fleetflow_protocol::ids::DeviceId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

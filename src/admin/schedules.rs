@@ -3,8 +3,8 @@
 
 use axum::extract::{Path as UrlPath, State};
 use axum::Json;
-use fleetflow_actors::ids::DeviceId;
-use fleetflow_actors::schedule::Schedule;
+use fleetflow_protocol::ids::DeviceId;
+use fleetflow_protocol::schedule::Schedule;
 use serde_json::{json, Value};
 
 use super::{AdminState, ApiError};
@@ -51,8 +51,8 @@ pub async fn put(
     let Json(schedule) = body.map_err(|e| ApiError::bad_field("body", e.body_text()))?;
     let compiled = schedule.clone().compile().map_err(|e| {
         let field = match e {
-            fleetflow_actors::schedule::ScheduleError::TimeZone(_) => "timezone",
-            fleetflow_actors::schedule::ScheduleError::Range(f) => f,
+            fleetflow_protocol::schedule::ScheduleError::TimeZone(_) => "timezone",
+            fleetflow_protocol::schedule::ScheduleError::Range(f) => f,
             _ => "times",
         };
         ApiError::bad_field(field, e.to_string())

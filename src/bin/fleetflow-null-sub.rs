@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     props.max_packet_size = Some(1 << 20);
     o.set_connect_properties(props);
     let (client, mut el) = AsyncClient::new(o, a.receive_maximum as usize * 2 + 1024);
-    let filters: Vec<Filter> = fleetflow_actors::topic::TopicParser::new(a.prefix.clone())
+    let filters: Vec<Filter> = fleetflow_protocol::topic::TopicParser::new(a.prefix.clone())
         .subscriptions()
         .into_iter()
         .map(|t| Filter::new(t, QoS::AtLeastOnce))

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use actix::Addr;
 use bytes::Bytes;
 use chrono::Utc;
-use fleetflow_actors::errors::{excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord};
-use fleetflow_actors::ids::DeviceId;
 use fleetflow_actors::link::{self, AckToken};
 use fleetflow_actors::metrics as m;
 use fleetflow_actors::router::RawPublish;
 use fleetflow_actors::sinks::pg::PgSink;
 use fleetflow_actors::sinks::rows::{Pending, Row, TelemetryRow};
+use fleetflow_protocol::errors::{excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord};
+use fleetflow_protocol::ids::DeviceId;
 use rumqttc::v5::mqttbytes::matches;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
@@ -319,7 +319,7 @@ impl Dispatcher {
                     _ => (
                         ErrorCode::InvalidDeviceId,
                         format!("store_json: no valid device id at topic level {level}"),
-                        fleetflow_actors::errors::INVALID_DEVICE.to_string(),
+                        fleetflow_protocol::errors::INVALID_DEVICE.to_string(),
                     ),
                 };
                 self.error_row(who, code, message, sub, topic, payload, share)
@@ -357,9 +357,12 @@ impl Dispatcher {
         metrics::counter!(m::ERRORS_TOTAL, "code" => code.label()).increment(1);
         self.admitted += 1;
         if self.admitted % 1024 == 0 {
-            self.errors.prune(Instant::now());
+            self.errors.prune(Instant::now().into_std());
         }
-        match self.errors.admit((device.clone(), code), Instant::now()) {
+        match self
+            .errors
+            .admit((device.clone(), code), Instant::now().into_std())
+        {
             Admit::Write { suppressed } => {
                 let row = Row::Error(ErrorRecord {
                     device_id: device,

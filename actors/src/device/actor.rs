@@ -13,19 +13,24 @@ use chrono::Utc;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::core::{DeviceCore, Effect, StoreOutcome};
+/// The state machine's clock: tokio's (so that paused test time applies), as a std instant.
+fn clock() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
 use super::{DeviceSnapshot, Inbound, ReplyRoute, Snapshot, Stop};
 use crate::config::{AssemblyConfig, DevicesConfig};
-use crate::device::budget::GlobalBudget;
-use crate::errors::{ErrorCode, ErrorRecord};
-use crate::ids::DeviceId;
-use crate::link::Reply;
+use crate::link::{AckToken, Reply};
 use crate::metrics as m;
 use crate::router::{DeviceExited, Router};
 use crate::sinks::objects::{ObjectSink, Store};
 use crate::sinks::pg::PgSink;
 use crate::sinks::rows::{Pending, Row};
 use crate::supervisor::{Decision, RestartPolicy};
+use fleetflow_protocol::budget::GlobalBudget;
+use fleetflow_protocol::errors::{ErrorCode, ErrorRecord};
+use fleetflow_protocol::ids::DeviceId;
+use fleetflow_protocol::state_machine::{DeviceCore, Effect, MessageAck, StoreOutcome};
 
 /// What every device actor shares.
 #[derive(Clone)]
@@ -43,7 +48,7 @@ pub struct DeviceDeps {
     /// Told when this actor passivates.
     pub router: Addr<Router>,
     /// Wake schedules and next wakes (the GXP handshake answers from memory).
-    pub book: Arc<crate::schedule::ScheduleBook>,
+    pub book: Arc<fleetflow_protocol::schedule::ScheduleBook>,
 }
 
 enum Health {
@@ -60,7 +65,9 @@ pub struct DeviceActor {
     /// The source this device's messages come from, and its ack and command topics there.
     reply: Option<(Arc<Reply>, String, String)>,
     effects: Vec<Effect>,
-    timer: Option<(SpawnHandle, Instant)>,
+    timer: Option<(SpawnHandle, std::time::Instant)>,
+    /// The broker ack of the message being handled; the state machine says when it may go.
+    msg_ack: Option<AckToken>,
     last_msg: Instant,
     policy: RestartPolicy,
     health: Health,
@@ -82,6 +89,7 @@ impl DeviceActor {
             reply: None,
             effects: Vec::with_capacity(8),
             timer: None,
+            msg_ack: None,
             last_msg: Instant::now(),
             policy,
             health: Health::Running,
@@ -93,10 +101,11 @@ impl DeviceActor {
         let mut effects = std::mem::take(&mut self.effects);
         for effect in effects.drain(..) {
             match effect {
-                Effect::Ack(t) => crate::link::ack(Some(t)),
+                Effect::Ack(_) => crate::link::ack(self.msg_ack.take()),
                 Effect::Publish { payload, kind } => self.publish(payload, kind),
                 Effect::Command { payload, kind } => self.publish_command(payload, kind),
                 Effect::Row(row, ack) => {
+                    let ack = ack.and_then(|_| self.msg_ack.take());
                     let p = Pending::new(row, ack);
                     if !blocked.is_empty() {
                         blocked.push(p);
@@ -119,7 +128,7 @@ impl DeviceActor {
                             code: ErrorCode::FinaliseFailed,
                         });
                         act.guarded(ctx, |core, out| {
-                            core.on_stored(&capture_id, outcome, Instant::now(), out)
+                            core.on_stored(&capture_id, outcome, clock(), out)
                         });
                     }));
                 }
@@ -168,6 +177,9 @@ impl DeviceActor {
 
     fn on_failure(&mut self, ctx: &mut Context<Self>, what: String) {
         let id = self.core.id().clone();
+        // The message that failed is acknowledged (rejected), so that the broker does not
+        // redeliver a poison message for ever; its data was not stored.
+        crate::link::ack(self.msg_ack.take());
         // Rebuild the state from the actor's arguments; the old state (and its bytes) is
         // dropped. Lost assemblies resync with the device through need_metadata/missing NACKs.
         self.core = DeviceCore::new(
@@ -222,11 +234,11 @@ impl DeviceActor {
         if let Some((h, _)) = self.timer.take() {
             ctx.cancel_future(h);
         }
-        let delay = deadline.saturating_duration_since(Instant::now());
+        let delay = deadline.saturating_duration_since(clock());
         let h = ctx.run_later(delay, |act, ctx| {
             act.timer = None;
             act.guarded(ctx, |core, out| {
-                core.tick(Instant::now(), out);
+                core.tick(clock(), out);
             });
         });
         self.timer = Some((h, deadline));
@@ -290,10 +302,17 @@ impl Handler<Inbound> for DeviceActor {
             return;
         }
         let wall = Utc::now();
-        let now = Instant::now();
+        let now = clock();
+        let ack = msg.ack.as_ref().map(|_| MessageAck);
+        self.msg_ack = msg.ack;
         self.guarded(ctx, |core, out| {
-            core.handle(&msg.kind, &msg.payload, msg.ack, now, wall, out)
+            core.handle(&msg.kind, &msg.payload, ack, now, wall, out)
         });
+        if let Some(t) = self.msg_ack.take() {
+            // Every path of the state machine says when to ack; none may forget it.
+            tracing::warn!(device = %self.core.id(), "message left unacknowledged by the state machine; acked");
+            crate::link::ack(Some(t));
+        }
     }
 }
 
@@ -329,9 +348,9 @@ impl DeviceActor {
 
     fn quarantined(&mut self, msg: Inbound) {
         metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Quarantined.label()).increment(1);
-        if let crate::topic::TopicKind::Chunk { capture_id, .. } = &msg.kind {
+        if let fleetflow_protocol::topic::TopicKind::Chunk { capture_id, .. } = &msg.kind {
             // Tell the device to keep the image and try again later.
-            self.publish(super::nack::storage(capture_id), "nack");
+            self.publish(fleetflow_protocol::nack::storage(capture_id), "nack");
         }
         crate::link::ack(msg.ack);
     }

@@ -1,20 +1,15 @@
 //! Device actors: one per device, owning that device's in-flight assemblies and timers.
 //!
-//! - `core`: the pure state machine (messages in, effects out).
-//! - `actor`: the actix actor that runs it, carries out effects and supervises it.
-//! - `nack`: ACK/NACK payloads.
-//! - `budget`: the global assembly byte budget.
+//! - `actor`: the actix actor that runs the device state machine
+//!   ([`fleetflow_protocol::state_machine`]), carries out its effects and supervises it.
 
 pub mod actor;
-pub mod budget;
-pub mod core;
-pub mod nack;
 
 use actix::prelude::*;
 use bytes::Bytes;
 
 use crate::link::AckToken;
-use crate::topic::TopicKind;
+use fleetflow_protocol::topic::TopicKind;
 
 pub use actor::{DeviceActor, DeviceDeps};
 

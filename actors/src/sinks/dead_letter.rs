@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::device::core::StoreRequest;
 use crate::metrics as m;
+use fleetflow_protocol::state_machine::StoreRequest;
 
 /// What the sidecar records about a dead-lettered capture.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

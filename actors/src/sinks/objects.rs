@@ -15,9 +15,9 @@ use super::dead_letter::DeadLetterDir;
 use super::pg::PgSink;
 use super::rows::{IngestStatus, Pending, Row};
 use crate::config::ObjectsConfig;
-use crate::device::core::{StoreOutcome, StoreRequest};
-use crate::errors::ErrorCode;
 use crate::metrics as m;
+use fleetflow_protocol::errors::ErrorCode;
+use fleetflow_protocol::state_machine::{StoreOutcome, StoreRequest};
 
 /// Store one image and its row.
 #[derive(Debug, Message)]

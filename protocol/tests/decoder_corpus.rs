@@ -3,9 +3,9 @@
 //! toolchain, which this project does not use; the corpus and the proptests stand in for it.)
 
 use bytes::Bytes;
-use fleetflow_actors::errors::ErrorCode;
-use fleetflow_actors::protocol::{decode, DecodeLimits};
-use fleetflow_actors::topic::TopicKind;
+use fleetflow_protocol::errors::ErrorCode;
+use fleetflow_protocol::message::{decode, DecodeLimits};
+use fleetflow_protocol::topic::TopicKind;
 
 #[test]
 fn every_corpus_file_decodes_or_is_refused_with_a_protocol_code_and_never_panics() {

@@ -5,16 +5,16 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use tokio::time::Instant;
+use std::time::Instant;
 
 use super::{Capture, DeviceCore, Effect, MsgCtx, Phase, WireFormat};
 use crate::assembler::{Assembly, Layout};
 use crate::errors::ErrorCode;
 use crate::gxp::{self, GxpChunk, GxpCommand, GxpMeta, PartialLayout, WakeFormat};
-use crate::metrics as m;
-use crate::protocol::Chunk;
+use crate::message::Chunk;
+use crate::metric_names as m;
+use crate::rows::{CaptureRow, IngestStatus, ReadingRow, Row, WakeRow};
 use crate::schedule::{answer_wake, WakeAnswer};
-use crate::sinks::rows::{CaptureRow, IngestStatus, ReadingRow, Row, WakeRow};
 
 /// A GXP capture's merged metadata.
 #[derive(Debug)]

@@ -13,33 +13,37 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tokio::time::Instant;
+use std::time::Instant;
 
 use crate::assembler::{Assembly, ChunkOutcome, Layout};
+use crate::budget::GlobalBudget;
 use crate::config::AssemblyConfig;
-use crate::device::budget::GlobalBudget;
-use crate::device::nack;
 use crate::errors::{excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord};
 use crate::gxp::{GxpSettings, NackTopic, PartialLayout};
 use crate::ids::DeviceId;
-use crate::link::AckToken;
-use crate::metrics as m;
-pub use crate::protocol::WireFormat;
-use crate::protocol::{self, CaptureMeta, Chunk, DecodeLimits, DeviceMsg};
+pub use crate::message::WireFormat;
+use crate::message::{self, CaptureMeta, Chunk, DecodeLimits, DeviceMsg};
+use crate::metric_names as m;
+use crate::nack;
+use crate::rows::{CaptureRow, CommandResultRow, IngestStatus, ReadingRow, Row, StatusRow};
 use crate::schedule::ScheduleBook;
-use crate::sinks::rows::{CaptureRow, CommandResultRow, IngestStatus, ReadingRow, Row, StatusRow};
 use crate::topic::TopicKind;
 
 /// Largest early chunk (before its metadata) that is buffered: the protocol's largest chunk.
 const MAX_EARLY_CHUNK_BYTES: usize = 16 * 1024;
 
+/// Stands for the inbound message's broker acknowledgement, which the runtime holds: the state
+/// machine only says when it may be sent (after a row commits, or at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageAck;
+
 /// What the actor must do after the state machine ran.
 #[derive(Debug)]
 pub enum Effect {
     /// Write a row; ack `ack` to the broker after it commits.
-    Row(Row, Option<AckToken>),
+    Row(Row, Option<MessageAck>),
     /// Acknowledge to the broker now (the message needs no further durability).
-    Ack(AckToken),
+    Ack(MessageAck),
     /// Publish on the device's ack topic.
     Publish {
         /// JSON payload.
@@ -277,7 +281,7 @@ impl DeviceCore {
         &mut self,
         kind: &TopicKind,
         payload: &Bytes,
-        ack: Option<AckToken>,
+        ack: Option<MessageAck>,
         now: Instant,
         wall: DateTime<Utc>,
         out: &mut Vec<Effect>,
@@ -293,7 +297,7 @@ impl DeviceCore {
             max_image_bytes: self.cfg.max_image_bytes,
             gas_unit: self.gxp.gas_unit,
         };
-        let msg = match protocol::decode(kind, payload, limits) {
+        let msg = match message::decode(kind, payload, limits) {
             Ok(msg) => msg,
             Err(e) => {
                 self.error(e.code, e.message, e.capture_id.as_deref(), cx, out);
@@ -335,12 +339,7 @@ impl DeviceCore {
     }
 
     /// A status heartbeat: its row, and the wake handshake's answer for `"Alive"`.
-    fn on_status(
-        &mut self,
-        s: protocol::Status,
-        wall: DateTime<Utc>,
-        out: &mut Vec<Effect>,
-    ) -> Row {
+    fn on_status(&mut self, s: message::Status, wall: DateTime<Utc>, out: &mut Vec<Effect>) -> Row {
         metrics::counter!(m::MESSAGES_TOTAL, "kind" => "status").increment(1);
         if s.is_wake() {
             self.on_wake(wall, out);
@@ -360,7 +359,7 @@ impl DeviceCore {
     }
 
     /// A reading's row; it refreshes `devices.last_seen_at` at most every [`TOUCH_EVERY`].
-    fn reading_row(&mut self, r: protocol::Reading, now: Instant, wall: DateTime<Utc>) -> Row {
+    fn reading_row(&mut self, r: message::Reading, now: Instant, wall: DateTime<Utc>) -> Row {
         metrics::counter!(m::MESSAGES_TOTAL, "kind" => "reading").increment(1);
         let touch_device = self
             .last_touch
@@ -1036,6 +1035,20 @@ fn invalid_image(asm: &Assembly, layout: Layout) -> Option<(ErrorCode, String, s
 mod tests {
     use super::*;
 
+    thread_local! {
+        static BASE: Instant = Instant::now();
+        static OFFSET: std::cell::Cell<std::time::Duration> = const { std::cell::Cell::new(std::time::Duration::ZERO) };
+    }
+
+    /// A test clock: a fixed base plus what [`advance`] added (per test thread).
+    fn now() -> Instant {
+        BASE.with(|b| *b) + OFFSET.with(|o| o.get())
+    }
+
+    fn advance(d: std::time::Duration) {
+        OFFSET.with(|o| o.set(o.get() + d));
+    }
+
     fn core() -> DeviceCore {
         let cfg = AssemblyConfig {
             assembly_timeout_ms: 1000,
@@ -1065,7 +1078,7 @@ mod tests {
     }
 
     fn send(c: &mut DeviceCore, kind: &TopicKind, p: Bytes, out: &mut Vec<Effect>) {
-        c.handle(kind, &p, None, Instant::now(), Utc::now(), out);
+        c.handle(kind, &p, None, now(), Utc::now(), out);
     }
 
     fn rows(out: &[Effect]) -> Vec<&Row> {
@@ -1077,8 +1090,8 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_gxp_capture_is_nacked_with_a_plain_index_list_only_after_the_timeout() {
+    #[test]
+    fn a_gxp_capture_is_nacked_with_a_plain_index_list_only_after_the_timeout() {
         let mut c = core();
         let mut out = Vec::new();
         let img: Vec<u8> = [0xFF, 0xD8]
@@ -1112,8 +1125,8 @@ mod tests {
         assert_eq!(snapshot.capture_id.as_deref(), Some("i.jpg"));
         assert_eq!(snapshot.values.gas_kohm, Some(54.321));
         out.clear();
-        tokio::time::advance(std::time::Duration::from_millis(1000)).await;
-        c.tick(Instant::now(), &mut out);
+        advance(std::time::Duration::from_millis(1000));
+        c.tick(now(), &mut out);
         assert_eq!(
             publishes(&out),
             vec![
@@ -1146,7 +1159,7 @@ mod tests {
             StoreOutcome::Stored {
                 stored_at: Utc::now(),
             },
-            Instant::now(),
+            now(),
             &mut out,
         );
         let ack = &publishes(&out)[0];
@@ -1157,8 +1170,8 @@ mod tests {
             .ends_with('M'));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn gxp_size_mismatch_and_bad_jpeg_fail_the_capture_without_ack() {
+    #[test]
+    fn gxp_size_mismatch_and_bad_jpeg_fail_the_capture_without_ack() {
         for (name, bytes, declared, code) in [
             (
                 "size.jpg",
@@ -1204,8 +1217,8 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_device_reported_error_is_1000_plus_e_and_fails_the_capture_at_once() {
+    #[test]
+    fn a_device_reported_error_is_1000_plus_e_and_fails_the_capture_at_once() {
         let mut c = core();
         let mut out = Vec::new();
         let meta = br#"{"device_id":"ERROR105","image_name":"unknown_error.jpg","image_size":0,"max_chunks_size":1024,"total_chunk_count":0,"error":99}"#;
@@ -1222,8 +1235,8 @@ mod tests {
         assert!(c.is_idle());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn alive_gets_capture_image_then_next_wake_from_memory() {
+    #[test]
+    fn alive_gets_capture_image_then_next_wake_from_memory() {
         let mut c = core();
         let mut out = Vec::new();
         let alive =
@@ -1259,8 +1272,8 @@ mod tests {
         assert_eq!(c.format(), Some(WireFormat::Gxp));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_gxp_image_whose_chunks_all_came_first_waits_for_its_metadata_or_the_timeout() {
+    #[test]
+    fn a_gxp_image_whose_chunks_all_came_first_waits_for_its_metadata_or_the_timeout() {
         let img = [0xFF, 0xD8, 0xFF, 0xD9];
         let sized = |i: usize| {
             use base64::Engine as _;
@@ -1295,14 +1308,14 @@ mod tests {
         let mut out = Vec::new();
         send(&mut c, &TopicKind::Data, sized(0), &mut out);
         send(&mut c, &TopicKind::Data, sized(1), &mut out);
-        tokio::time::advance(std::time::Duration::from_millis(1000)).await;
-        c.tick(Instant::now(), &mut out);
+        advance(std::time::Duration::from_millis(1000));
+        c.tick(now(), &mut out);
         assert_eq!(stores(&out), 1);
         assert!(publishes(&out).is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn gxp_chunks_whose_metadata_never_comes_ask_the_device_to_send_the_image_again() {
+    #[test]
+    fn gxp_chunks_whose_metadata_never_comes_ask_the_device_to_send_the_image_again() {
         let mut c = core();
         let mut out = Vec::new();
         // After a crash: chunks of an image whose metadata the engine never saw.
@@ -1312,9 +1325,9 @@ mod tests {
             gxp_chunk("lost.jpg", 3, &[1, 2]),
             &mut out,
         );
-        tokio::time::advance(std::time::Duration::from_millis(1000)).await;
+        advance(std::time::Duration::from_millis(1000));
         out.clear();
-        c.tick(Instant::now(), &mut out);
+        c.tick(now(), &mut out);
         let cmds: Vec<serde_json::Value> = out
             .iter()
             .filter_map(|e| match e {
@@ -1332,8 +1345,8 @@ mod tests {
         assert!(c.is_idle());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn gxp_metadata_resent_with_nulls_and_chunks_before_it_still_assemble() {
+    #[test]
+    fn gxp_metadata_resent_with_nulls_and_chunks_before_it_still_assemble() {
         let mut c = core();
         let mut out = Vec::new();
         let img = [0xFF, 0xD8, 0xFF, 0xD9];
@@ -1387,8 +1400,8 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_incomplete_capture_is_nacked_each_round_then_fails_and_frees_its_bytes() {
+    #[test]
+    fn an_incomplete_capture_is_nacked_each_round_then_fails_and_frees_its_bytes() {
         let mut c = core();
         let mut out = Vec::new();
         let wall = Utc::now();
@@ -1396,7 +1409,7 @@ mod tests {
             &TopicKind::Data,
             &meta("img_1", 3000),
             None,
-            Instant::now(),
+            now(),
             wall,
             &mut out,
         );
@@ -1408,26 +1421,22 @@ mod tests {
             &chunk,
             &Bytes::from(vec![1u8; 1024]),
             None,
-            Instant::now(),
+            now(),
             wall,
             &mut out,
         );
         assert!(c.held_bytes() >= 3000);
         out.clear();
         for round in 1..=2 {
-            tokio::time::advance(std::time::Duration::from_millis(1000)).await;
-            c.tick(Instant::now(), &mut out);
+            advance(std::time::Duration::from_millis(1000));
+            c.tick(now(), &mut out);
             let p = publishes(&out);
             assert_eq!(p.last().unwrap()["round"], round);
             assert_eq!(p.last().unwrap()["missing"], serde_json::json!([[1, 2]]));
         }
         out.clear();
-        tokio::time::advance(std::time::Duration::from_millis(1000)).await;
-        assert_eq!(
-            c.tick(Instant::now(), &mut out),
-            None,
-            "nothing left to time"
-        );
+        advance(std::time::Duration::from_millis(1000));
+        assert_eq!(c.tick(now(), &mut out), None, "nothing left to time");
         let failed = out.iter().any(|e| matches!(e, Effect::Row(Row::Capture(r), _) if r.status == IngestStatus::Failed && r.nack_rounds == 2));
         let timeout_error = out.iter().any(
             |e| matches!(e, Effect::Row(Row::Error(r), _) if r.code == ErrorCode::AssemblyTimeout),
@@ -1437,8 +1446,8 @@ mod tests {
         assert!(c.is_idle());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn metadata_resent_while_waiting_does_not_postpone_the_missing_chunks_nack() {
+    #[test]
+    fn metadata_resent_while_waiting_does_not_postpone_the_missing_chunks_nack() {
         let mut c = core();
         let mut out = Vec::new();
         let wall = Utc::now();
@@ -1446,23 +1455,23 @@ mod tests {
             &TopicKind::Data,
             &meta("img_3", 3000),
             None,
-            Instant::now(),
+            now(),
             wall,
             &mut out,
         );
         for _ in 0..3 {
-            tokio::time::advance(std::time::Duration::from_millis(400)).await;
+            advance(std::time::Duration::from_millis(400));
             c.handle(
                 &TopicKind::Data,
                 &meta("img_3", 3000),
                 None,
-                Instant::now(),
+                now(),
                 wall,
                 &mut out,
             );
         }
         out.clear();
-        c.tick(Instant::now(), &mut out);
+        c.tick(now(), &mut out);
         let p = publishes(&out);
         assert_eq!(
             p.len(),
@@ -1472,8 +1481,8 @@ mod tests {
         assert_eq!(p[0]["missing"], serde_json::json!([[0, 2]]));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn early_chunks_are_applied_when_their_metadata_arrives_and_the_image_is_stored() {
+    #[test]
+    fn early_chunks_are_applied_when_their_metadata_arrives_and_the_image_is_stored() {
         let mut c = core();
         let mut out = Vec::new();
         let wall = Utc::now();
@@ -1488,7 +1497,7 @@ mod tests {
             &k1,
             &Bytes::copy_from_slice(&img[1024..]),
             None,
-            Instant::now(),
+            now(),
             wall,
             &mut out,
         );
@@ -1497,7 +1506,7 @@ mod tests {
             &TopicKind::Data,
             &meta("img_2", 1500),
             None,
-            Instant::now(),
+            now(),
             wall,
             &mut out,
         );
@@ -1509,7 +1518,7 @@ mod tests {
             &k0,
             &Bytes::copy_from_slice(&img[..1024]),
             None,
-            Instant::now(),
+            now(),
             wall,
             &mut out,
         );
@@ -1527,7 +1536,7 @@ mod tests {
         c.on_stored(
             "img_2",
             StoreOutcome::Stored { stored_at: wall },
-            Instant::now(),
+            now(),
             &mut out,
         );
         assert_eq!(publishes(&out)[0]["type"], "ACK_OK");
@@ -1538,7 +1547,7 @@ mod tests {
             &TopicKind::Data,
             &meta("img_2", 1500),
             None,
-            Instant::now(),
+            now(),
             wall,
             &mut out,
         );

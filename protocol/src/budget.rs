@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::metrics as m;
+use crate::metric_names as m;
 
 /// Bytes held by assemblies across all devices, against a limit.
 #[derive(Debug)]
