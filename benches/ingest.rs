@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use fleetflow::sim::image::jpeg_like;
 use fleetflow_protocol::assembler::{Assembly, Layout};
 use fleetflow_protocol::message::{decode, DecodeLimits};
 use fleetflow_protocol::topic::{TopicKind, TopicParser};
+use fleetflow_sim::image::jpeg_like;
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -68,7 +68,7 @@ fn bench_decode(c: &mut Criterion) {
 fn bench_assemble(c: &mut Criterion) {
     let image = jpeg_like(51_234, 1);
     let chunks: Vec<Bytes> = (0..51)
-        .map(|i| fleetflow::sim::image::chunk(&image, 1024, i))
+        .map(|i| fleetflow_sim::image::chunk(&image, 1024, i))
         .collect();
     let mut g = c.benchmark_group("assemble");
     g.throughput(Throughput::Bytes(image.len() as u64));

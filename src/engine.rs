@@ -18,7 +18,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 
 use crate::config::{redact_url, Config};
-use crate::{db, http, objects};
+use crate::{db, http};
+use fleetflow_actors::sinks::object_store as objects;
 
 /// Startup failures.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,7 @@ pub enum EngineError {
 
 /// A running engine.
 pub struct Engine {
-    sources: tokio::sync::watch::Sender<crate::sources::ManagerControl>,
+    sources: tokio::sync::watch::Sender<fleetflow_actors::source_manager::ManagerControl>,
     sources_task: tokio::task::JoinHandle<()>,
     admin_source: source::SourceHandle,
     router: Addr<Router>,
@@ -86,19 +87,21 @@ impl Engine {
         let sinks_cfg = cfg.sinks.clone();
         let pg_pool = pool.clone();
         let pg = PgSink::create(move |_| PgSink::new(pg_pool, sinks_cfg));
-        let mut manager = crate::sources::SourceManager::new(
+        let mut manager = fleetflow_actors::source_manager::SourceManager::new(
             pool.clone(),
             cfg.postgres.url.clone(),
             cfg.mqtt.clone(),
             tx,
             pg.clone(),
-            secret_key.clone(),
+            secret_key
+                .clone()
+                .map(|k| Arc::new(k) as Arc<dyn fleetflow_actors::source_manager::PasswordOpener>),
         );
         let obj_store = store.clone();
         let obj_pg = pg.clone();
         let obj_cfg = cfg.objects.clone();
         let objects = ObjectSink::create(move |_| ObjectSink::new(obj_store, obj_pg, obj_cfg));
-        let sinks = crate::restarts::Sinks {
+        let sinks = crate::restart::Sinks {
             pg: pg.clone(),
             objects: objects.clone(),
             postgres: cfg.postgres.clone(),
@@ -168,8 +171,8 @@ impl Engine {
             tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
         }
         let (hosted, hosted_task) = start_hosted(&cfg, pool.clone(), secret_key.clone())?;
-        let restart_worker = crate::restarts::spawn_worker(
-            crate::restarts::Restarter::new(pool.clone(), router.clone())
+        let restart_worker = crate::restart::spawn_worker(
+            crate::restart::Restarter::new(pool.clone(), router.clone())
                 .with_sources(sources_restart.clone())
                 .with_sinks(sinks.clone()),
             cfg.postgres.url.clone(),
@@ -185,7 +188,7 @@ impl Engine {
             router: router.clone(),
             token: token.map(Arc::from),
             prometheus: prometheus.clone(),
-            restarter: crate::restarts::Restarter::new(pool.clone(), router.clone())
+            restarter: crate::restart::Restarter::new(pool.clone(), router.clone())
                 .with_sources(sources_restart)
                 .with_sinks(sinks),
             cooldown_secs: cfg.admin.restart_cooldown_secs,
@@ -308,7 +311,9 @@ impl Engine {
             deadline_ms = self.deadline.as_millis() as u64,
             "shutting down"
         );
-        let _ = self.sources.send(crate::sources::ManagerControl::Drain);
+        let _ = self
+            .sources
+            .send(fleetflow_actors::source_manager::ManagerControl::Drain);
         let mut clean = true;
         match tokio::time::timeout_at(deadline, self.router.send(StopAll)).await {
             Ok(Ok(n)) => tracing::info!(device_actors = n, "device actors drained"),
@@ -325,7 +330,9 @@ impl Engine {
                 tracing::warn!("postgres sink did not flush before the deadline; unacknowledged messages will be redelivered");
             }
         }
-        let _ = self.sources.send(crate::sources::ManagerControl::Stop);
+        let _ = self
+            .sources
+            .send(fleetflow_actors::source_manager::ManagerControl::Stop);
         let _ = self.admin_source.control.send(source::SourceControl::Stop);
         if tokio::time::timeout_at(deadline + Duration::from_secs(3), self.sources_task)
             .await

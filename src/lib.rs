@@ -4,10 +4,10 @@
 //! - [`admin`]: the token-protected admin API and the operator console.
 //! - [`config`]: the typed config file, environment overrides and validation.
 //! - [`db`]: the Postgres pool and the embedded migrations.
-//! - [`objects`]: builds the object store (local filesystem or S3-compatible).
 //! - [`telemetry`]: logging and the Prometheus recorder.
 //! - [`http`]: `/metrics`, `/health`, `/ready`.
-//! - [`restarts`]: in-process restarts requested over HTTP or as database rows, with their audit trail.
+//! - [`restart`]: in-process restarts requested over HTTP or as database rows, with their audit
+//!   trail; [`restart::RestartTarget`] is what a restart acts on.
 //! - [`rotate`]: re-seals stored broker passwords under a new key.
 //! - [`secrets`]: AEAD sealing of broker passwords at rest.
 //! - [`replay`]: re-uploads images kept in the dead-letter directory.
@@ -18,7 +18,6 @@
 //!   device actors answer the GXP wake hello from.
 //! - [`command_queue`]: publishes queued `device_commands` rows (from the API or any tool) in
 //!   each device's format.
-//! - [`sim`]: the fleet simulator used by `fleetflow-sim`, the demo and the tests.
 
 pub mod admin;
 pub mod command_queue;
@@ -28,13 +27,9 @@ pub mod engine;
 pub mod fleet_stats;
 pub mod hosted;
 pub mod http;
-pub mod objects;
 pub mod replay;
-pub mod restarts;
+pub mod restart;
 pub mod rotate;
 pub mod schedules;
 pub mod secrets;
-pub mod sim;
-pub mod sources;
-pub mod subscriptions;
 pub mod telemetry;

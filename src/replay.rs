@@ -7,7 +7,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use tokio_postgres::NoTls;
 
 use crate::config::Config;
-use crate::objects;
+use fleetflow_actors::sinks::object_store as objects;
 
 /// What a replay did.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -138,3 +138,13 @@ mod tests {
         assert!(format!("{:?}", key(1)).contains("***"));
     }
 }
+
+impl fleetflow_actors::source_manager::PasswordOpener for SecretKey {
+    fn open(
+        &self,
+        sealed: &[u8],
+        context: &str,
+    ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+        SecretKey::open(self, sealed, context).map_err(Into::into)
+    }
+}

@@ -493,7 +493,7 @@ async fn sink_and_pipeline_restarts_rebuild_in_process_with_health_checks_and_lo
         600
     );
     // After the pipeline restart a capture goes through the rebuilt object sink.
-    let image = fleetflow::sim::image::jpeg_like(3000, 7).to_vec();
+    let image = fleetflow_sim::image::jpeg_like(3000, 7).to_vec();
     let mut dev = dev;
     dev.meta("c-after", &image, 1000, true).await;
     for i in 0..3 {

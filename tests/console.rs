@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{eventually, Options, TestEnv};
-use fleetflow::sim::SimConfig;
+use fleetflow_sim::SimConfig;
 
 const TOKEN: &str = "console-test-token-0123456789";
 
@@ -57,8 +57,8 @@ async fn the_console_lists_devices_and_shows_capture_thumbnails_in_a_real_browse
         drain: Duration::from_secs(30),
         ..env.sim_config()
     };
-    let first = fleetflow::sim::device_id(cfg.id_base, 0);
-    let report = fleetflow::sim::run(cfg).await.unwrap();
+    let first = fleetflow_sim::device_id(cfg.id_base, 0);
+    let report = fleetflow_sim::run(cfg).await.unwrap();
     assert_eq!(report.captures_acked, 8);
     eventually(Duration::from_secs(10), "status rows", || async {
         (env.scalar_i64("SELECT count(*) FROM devices WHERE status = 'online'")

@@ -22,7 +22,7 @@ use std::time::Duration;
 use common::gxp::db::{capture_row, wait_capture, wait_error, wait_snapshot, CaptureRow};
 use common::gxp::{assert_ack_ok, assert_stored, metadata, GxpDevice, WORKER_TS};
 use common::{random_device, Options, TestEnv};
-use fleetflow::sim::image::jpeg;
+use fleetflow_sim::image::jpeg;
 use serde_json::{json, Value};
 
 /// How long an answer or a row may take.

@@ -512,7 +512,7 @@ async fn a_hosted_device_speaks_the_camera_protocol_and_publishing_stays_in_its_
         common::TestDevice::connect_as(&host, port, &prefix, &id, Some((user, pass))).await;
     dev.publish("data", r#"{"type":"reading","seq":1,"temperature_c":21.0}"#)
         .await;
-    let image = fleetflow::sim::image::jpeg_like(2500, 1).to_vec();
+    let image = fleetflow_sim::image::jpeg_like(2500, 1).to_vec();
     dev.meta("img-1", &image, 1000, true).await;
     for i in 0..3 {
         dev.chunk_bin("img-1", &image, 1000, i).await;

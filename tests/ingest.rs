@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, random_device, Options, Store, TestEnv};
-use fleetflow::sim::image::jpeg;
+use fleetflow_sim::image::jpeg;
 use object_store::{path::Path, ObjectStoreExt};
 use serde_json::json;
 
@@ -373,7 +373,7 @@ async fn count_readings(env: &TestEnv, id: &str) -> i64 {
 #[tokio::test]
 async fn two_hundred_devices_times_five_captures_are_all_stored_and_acked_with_no_errors() {
     let env = TestEnv::start(Options::default()).await;
-    let cfg = fleetflow::sim::SimConfig {
+    let cfg = fleetflow_sim::SimConfig {
         devices: 200,
         connections: 4,
         duration: Duration::from_secs(5),
@@ -383,7 +383,7 @@ async fn two_hundred_devices_times_five_captures_are_all_stored_and_acked_with_n
         captures_per_device: 5,
         image_bytes: 50 * 1024,
         chunk_size: 1024,
-        chunk_form: fleetflow::sim::ChunkForm::Mixed,
+        chunk_form: fleetflow_sim::ChunkForm::Mixed,
         loss_rate: 0.0,
         drain: Duration::from_secs(90),
         with_sha256: true,
@@ -391,7 +391,7 @@ async fn two_hundred_devices_times_five_captures_are_all_stored_and_acked_with_n
         retry_after: Duration::from_secs(30),
         ..env.sim_config()
     };
-    let report = fleetflow::sim::run(cfg).await.expect("simulator");
+    let report = fleetflow_sim::run(cfg).await.expect("simulator");
     assert_eq!(report.captures_started, 1000);
     assert_eq!(report.captures_acked, 1000, "{report:?}");
     let stored = env

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Options, TestEnv};
-use fleetflow::sim::{ChunkForm, Mode, SimConfig};
+use fleetflow_sim::{ChunkForm, Mode, SimConfig};
 
 #[tokio::test]
 async fn a_short_max_rate_run_acknowledges_every_capture_and_stores_every_reading_once() {
@@ -36,7 +36,7 @@ async fn a_short_max_rate_run_acknowledges_every_capture_and_stores_every_readin
         retry_after: Duration::from_secs(5),
         ..env.sim_config()
     };
-    let report = fleetflow::sim::run(cfg).await.expect("simulator");
+    let report = fleetflow_sim::run(cfg).await.expect("simulator");
     eprintln!("{}", serde_json::to_string(&report).unwrap());
     assert_eq!(report.readings_sent, 5000);
     assert_eq!(report.readings_acked_by_broker, 5000);

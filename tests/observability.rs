@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, random_device, Options, PrivatePg, TestEnv};
-use fleetflow::sim::image::jpeg;
+use fleetflow_sim::image::jpeg;
 
 #[tokio::test]
 async fn metrics_expose_messages_captures_nacks_batches_actors_restarts_and_errors() {

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{eventually, random_device, rss_bytes, Options, PrivatePg, PrivateS3, Store, TestEnv};
-use fleetflow::sim::image::jpeg;
-use fleetflow::sim::{ChunkForm, SimConfig};
+use fleetflow_sim::image::jpeg;
+use fleetflow_sim::{ChunkForm, SimConfig};
 use object_store::{path::Path, ObjectStoreExt};
 
 const MIB: u64 = 1024 * 1024;
@@ -41,7 +41,7 @@ async fn a_20_second_database_outage_loses_nothing_duplicates_nothing_keeps_rss_
         retry_after: Duration::from_secs(10),
         ..env.sim_config()
     };
-    let run = tokio::spawn(fleetflow::sim::run(cfg));
+    let run = tokio::spawn(fleetflow_sim::run(cfg));
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pid = env.pid();
     let rss_before = rss_bytes(pid);

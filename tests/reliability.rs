@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{eventually, Options, TestEnv};
-use fleetflow::sim::{ChunkForm, SimConfig};
+use fleetflow_sim::{ChunkForm, SimConfig};
 use rand::Rng;
 
 fn sim(
@@ -82,7 +82,7 @@ async fn readings_acknowledged_by_the_broker_survive_two_kill_9s_exactly_once_an
     // 25 devices x 40 readings/s x 20 s = 20,000 readings, and 25 x 2 = 50 images.
     let mut cfg = sim(&env, 25, 20, 40.0, 2);
     cfg.readings_per_device = 800;
-    let run = tokio::spawn(fleetflow::sim::run(cfg));
+    let run = tokio::spawn(fleetflow_sim::run(cfg));
     for _ in 0..2 {
         let wait = rand::rng().random_range(3_000..7_000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -122,7 +122,7 @@ async fn sigterm_during_load_exits_0_within_the_deadline_and_a_restart_loses_and
     })
     .await;
     let cfg = sim(&env, 20, 8, 50.0, 1);
-    let run = tokio::spawn(fleetflow::sim::run(cfg));
+    let run = tokio::spawn(fleetflow_sim::run(cfg));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, took) = env.terminate(Duration::from_secs(15));
     let status = status.expect("engine exited within the deadline");
@@ -146,7 +146,7 @@ async fn a_restart_storm_on_one_device_ends_in_quarantine_while_100_others_keep_
     })
     .await;
     let cfg = sim(&env, 100, 9, 10.0, 0);
-    let run = tokio::spawn(fleetflow::sim::run(cfg));
+    let run = tokio::spawn(fleetflow_sim::run(cfg));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let storm_start = chrono::Utc::now();
     let bad = common::random_device();

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Options, TestEnv};
-use fleetflow::sim::{Firmware, GxpConfig, SimConfig};
+use fleetflow_sim::{Firmware, GxpConfig, SimConfig};
 
 #[tokio::test]
 async fn a_mixed_fleet_gets_every_capture_of_both_formats_stored_and_acknowledged() {
@@ -36,7 +36,7 @@ async fn a_mixed_fleet_gets_every_capture_of_both_formats_stored_and_acknowledge
         },
         ..env.sim_config()
     };
-    let r = fleetflow::sim::run(cfg).await.expect("simulator");
+    let r = fleetflow_sim::run(cfg).await.expect("simulator");
     eprintln!("{}", serde_json::to_string(&r).unwrap());
     assert_eq!((r.v1.devices, r.gxp.devices), (10, 10));
     assert_eq!(r.v1.captures_started, 20);

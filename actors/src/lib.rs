@@ -1,33 +1,48 @@
-//! fleetflow's actor crate: everything between the MQTT socket and durable storage.
+//! fleetflow's runtime: everything between the MQTT socket and durable storage, running the
+//! pure device state machine of `fleetflow-protocol`.
 //!
 //! # Layout
-//! - [`source`]: the MQTT v5 event loop. A pure forwarder: it turns PUBLISH packets into
-//!   [`router::RawPublish`] on a bounded queue and sends acks/publishes queued by others.
-//! - [`router`]: the router actor. Parses topics ([`topic`]), owns the map of device actors,
-//!   starts one on a device's first message, spreads them over one arbiter per core, and waits
-//!   when a device mailbox is full. Sends 2101 error rows for bad topics.
-//! - [`device`]: one actor per device. Owns that device's in-flight assemblies ([`assembler`]),
-//!   their timers and NACK rounds; decodes payloads ([`protocol`]); sends rows to the Postgres
-//!   sink, complete images to the object sink, and ACK/NACK to the device via [`link`].
-//!   Supervises itself with the [`supervisor`] policy: a panic is caught, state rebuilt,
-//!   processing resumes after a backoff, or the device is quarantined.
+//! - [`source`]: one MQTT v5 event loop per broker connection. A pure forwarder: it turns PUBLISH
+//!   packets into [`router::RawPublish`] on a bounded queue and sends acks and publishes queued
+//!   by others.
+//! - [`source_manager`]: runs one source per enabled `mqtt_configs` row (else the `[mqtt]` file
+//!   source), hot-reloaded on NOTIFY; restarts exactly the sources whose settings changed.
+//! - [`subscriptions`]: a product's subscriptions and the dispatcher that runs their actions
+//!   (`device_profile`, `store_json`, `republish`, `webhook`) between its source and the router,
+//!   splitting each message's broker ack among them.
+//! - [`router`]: the device router actor. Parses topics, owns the map of device actors, starts
+//!   one on a device's first message, spreads them over one arbiter per core, and waits when a
+//!   device mailbox is full. Sends 2104/2105 error rows for bad topics.
+//! - [`device`]: one actor per device. Runs that device's state machine
+//!   (`fleetflow_protocol::state_machine`), carries out its effects (rows to the Postgres sink,
+//!   images to the object sink, ACK/NACK and commands to the device via [`link`]), runs its
+//!   timer, passivates when idle and supervises itself with the [`supervisor`] policy.
 //! - [`sinks`]: the Postgres sink (batches per table via [`batcher`], one statement per batch,
-//!   acks the broker after commit) and the object sink (uploads, then the captures row).
-//! - [`errors`]: protocol error codes and the per-device error-row rate limiter.
-//! - [`metrics`]: every metric name, in one place.
+//!   acks the broker after commit), the object sink (uploads, then the captures row), the
+//!   object-store builder and the dead-letter directory.
+//! - [`link`]: ack tokens and the publishing half of a connection.
+//! - [`transport`]: mqtt, mqtts, ws and wss options.
+//! - [`pg_listen`]: a reconnecting Postgres LISTEN.
+//! - [`metrics`]: every metric name and help text, in one place.
 //! - [`config`]: the typed config sections these components read.
 //!
-//! Data flow: `source → router → device → {pg sink, object sink → pg sink} → (ack to broker,
-//! ACK_OK to device)`.
+//! Data flow: `source → (dispatcher) → router → device → {pg sink, object sink → pg sink} →
+//! (ack to broker, ACK_OK to device)`.
+//!
+//! Must not depend on: the control plane (`fleetflow`: HTTP, admin, secrets); what it needs from
+//! it comes in through traits such as [`source_manager::PasswordOpener`].
 
 pub mod batcher;
 pub mod config;
 pub mod device;
 pub mod link;
 pub mod metrics;
+pub mod pg_listen;
 pub mod router;
 pub mod sinks;
 pub mod source;
+pub mod source_manager;
+pub mod subscriptions;
 pub mod supervisor;
 pub mod transport;
 

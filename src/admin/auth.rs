@@ -37,9 +37,9 @@ impl ApiError {
             retry_after: None,
         }
     }
-    /// 400 naming a field.
-    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
-        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid", message);
+    /// 400 naming a field; the message is anything printable, a validation error included.
+    pub fn bad_field(field: &str, message: impl std::fmt::Display) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid", message.to_string());
         e.field = Some(field.to_string());
         e
     }

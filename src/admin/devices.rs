@@ -282,7 +282,7 @@ pub async fn stats(State(s): State<AdminState>) -> Json<Value> {
 mod tests {
     #[test]
     fn thumbnails_are_small_jpegs_of_the_capture() {
-        let img = crate::sim::image::jpeg(51_200, 4);
+        let img = fleetflow_sim::image::jpeg(51_200, 4);
         let t = super::make_thumbnail(&img).unwrap();
         let d = image::load_from_memory(&t).unwrap();
         assert_eq!(d.width(), 160);

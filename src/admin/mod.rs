@@ -4,7 +4,6 @@
 //! - `devices`: device list and detail, capture thumbnails.
 //! - `commands`: device commands (§6).
 //! - `mqtt_config`: broker config per product (sealed passwords, masked output, connection test).
-//! - `restarts`: in-process restarts with a per-target cooldown.
 //! - `console`: the embedded web page.
 
 mod auth;
@@ -14,7 +13,6 @@ mod devices;
 mod mqtt_config;
 mod organizations;
 mod publish;
-mod restarts;
 mod schedules;
 mod subscriptions;
 
@@ -138,7 +136,7 @@ pub struct AdminState {
     /// Totals for the console.
     pub prometheus: PrometheusHandle,
     /// Executes restarts and records them.
-    pub restarter: crate::restarts::Restarter,
+    pub restarter: crate::restart::Restarter,
     /// Cooldown per restart target, in seconds.
     pub cooldown_secs: u64,
     /// Restarts allowed per target within the cooldown window.
@@ -152,7 +150,7 @@ pub struct AdminState {
     /// Seals broker passwords (`FLEETFLOW_SECRET_KEY`).
     pub secret_key: Option<crate::secrets::SecretKey>,
     /// The running sources' connections (publish API).
-    pub links: crate::sources::Links,
+    pub links: fleetflow_actors::source_manager::Links,
     /// The hosted broker, when configured.
     pub hosted: Option<crate::hosted::Hosted>,
 }
@@ -236,7 +234,7 @@ pub fn routes(state: AdminState) -> Router {
         ))
         .with_state(state.clone());
     let restart = Router::new()
-        .route("/api/v1/restarts", post(restarts::create))
+        .route("/api/v1/restarts", post(crate::restart::http::create))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_restart_access,

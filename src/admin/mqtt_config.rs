@@ -14,6 +14,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{AdminState, ApiError};
+use crate::restart::target::is_product_id;
+use crate::restart::RestartTarget;
 
 /// The PUT (and test) body. Absent fields take their defaults; an absent or `"***"` password
 /// keeps the stored one.
@@ -62,12 +64,7 @@ pub fn validate_filter(f: &str) -> Result<(), String> {
 
 /// Checks a product id from the URL.
 pub fn product(raw: &str) -> Result<String, ApiError> {
-    if raw.is_empty()
-        || raw.len() > 64
-        || !raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
+    if !is_product_id(raw) {
         return Err(ApiError::bad_field(
             "product_id",
             "product id must be 1-64 characters of [A-Za-z0-9._-]",
@@ -251,7 +248,7 @@ fn masked(product_id: &str, r: &tokio_postgres::Row) -> Value {
         "ca_cert_pem": r.get::<_, Option<String>>(19),
         "ws_path": r.get::<_, String>(20),
         "gxp": r.get::<_, Option<Value>>(21),
-        "url": crate::sources::broker_url(&r.get::<_, String>(3), r.get(4), &r.get::<_, String>(1), r.get(2), &r.get::<_, String>(20)),
+        "url": fleetflow_actors::source_manager::broker_url(&r.get::<_, String>(3), r.get(4), &r.get::<_, String>(1), r.get(2), &r.get::<_, String>(20)),
     })
 }
 
@@ -408,9 +405,9 @@ pub async fn reconnect(
             format!("product {product_id} has no MQTT config"),
         ));
     }
-    super::restarts::run(
+    crate::restart::http::run(
         &s,
-        &format!("source:{product_id}"),
+        &RestartTarget::Source(product_id),
         Some("reconnect requested over HTTP".into()),
         0,
     )
@@ -457,7 +454,7 @@ pub async fn test(
                 _ => v.password,
             };
             Target {
-                url: crate::sources::broker_url(
+                url: fleetflow_actors::source_manager::broker_url(
                     &v.protocol,
                     v.use_tls,
                     &v.host,
@@ -473,7 +470,7 @@ pub async fn test(
         (_, Some(r)) => {
             let password = open_saved(&s, &product_id, r.get::<_, Option<Vec<u8>>>(4))?;
             Target {
-                url: crate::sources::broker_url(
+                url: fleetflow_actors::source_manager::broker_url(
                     &r.get::<_, String>(2),
                     r.get(5),
                     &r.get::<_, String>(0),

@@ -23,7 +23,7 @@ use super::{AdminState, ApiError};
 use crate::hosted::credentials::{self, deprovision, provision, seal_context, set_password};
 use crate::hosted::snippets::{self, SnippetInput};
 use crate::hosted::Hosted;
-use crate::subscriptions::model::validate_publish_topic;
+use fleetflow_actors::subscriptions::model::validate_publish_topic;
 
 /// Who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::mqtt_config::{product, validate_filter};
 use super::{AdminState, ApiError};
-use crate::subscriptions::model::{mask_secrets, parse_actions, restore_masked};
+use fleetflow_actors::subscriptions::model::{mask_secrets, parse_actions, restore_masked};
 
 const COLUMNS: &str = "id, name, topic, enabled, description, actions, messages_received, actions_executed, actions_failed, last_message_at, created_at, updated_at";
 

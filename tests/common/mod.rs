@@ -371,13 +371,13 @@ level = "info,fleetflow_actors=debug"
 
     /// Simulator settings aimed at this engine (broker, prefix, fresh device ids); override the
     /// workload with struct update syntax.
-    pub fn sim_config(&self) -> fleetflow::sim::SimConfig {
-        fleetflow::sim::SimConfig {
+    pub fn sim_config(&self) -> fleetflow_sim::SimConfig {
+        fleetflow_sim::SimConfig {
             host: self.services.mqtt_host.clone(),
             port: self.services.mqtt_port,
             prefix: self.prefix.clone(),
             id_base: 0xB0_0000_0000 + rand::rng().random_range(0..1_000_000u64) * 1000,
-            ..fleetflow::sim::SimConfig::default()
+            ..fleetflow_sim::SimConfig::default()
         }
     }
 

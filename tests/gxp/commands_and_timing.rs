@@ -11,7 +11,7 @@ use crate::common::gxp::db::{insert_command, wait_all_sent, wait_capture, wait_e
 use crate::common::gxp::{assert_ack_ok, assert_stored, GxpDevice, WORKER_TS};
 use crate::common::{eventually, random_device, Options, TestEnv};
 use crate::T;
-use fleetflow::sim::image::jpeg;
+use fleetflow_sim::image::jpeg;
 
 #[tokio::test]
 async fn command_rows_inserted_by_sql_reach_the_device_in_the_firmware_shape_within_2_s_and_become_sent(

@@ -7,7 +7,7 @@ use crate::common::gxp::fleet::{assert_acked_are_stored, spawn_fleet, Behaviour}
 use crate::common::gxp::{assert_ack_ok, assert_stored, GxpDevice, WORKER_TS};
 use crate::common::{random_device, Options, TestEnv};
 use crate::T;
-use fleetflow::sim::image::jpeg;
+use fleetflow_sim::image::jpeg;
 
 #[tokio::test]
 async fn thirty_cameras_sending_two_real_jpegs_each_at_once_are_all_acked_and_stored_byte_identical(
@@ -80,7 +80,7 @@ async fn a_v1_device_and_a_gxp_device_on_the_same_prefix_at_once_are_each_answer
 async fn a_v1_simulated_fleet_and_a_gxp_fleet_share_the_prefix_and_every_capture_of_both_is_acked()
 {
     let env = TestEnv::start(Options::default()).await;
-    let sim = fleetflow::sim::SimConfig {
+    let sim = fleetflow_sim::SimConfig {
         devices: 20,
         connections: 2,
         duration: Duration::from_secs(4),
@@ -89,11 +89,11 @@ async fn a_v1_simulated_fleet_and_a_gxp_fleet_share_the_prefix_and_every_capture
         captures_per_device: 2,
         image_bytes: 20_000,
         chunk_size: 1024,
-        chunk_form: fleetflow::sim::ChunkForm::Mixed,
+        chunk_form: fleetflow_sim::ChunkForm::Mixed,
         drain: Duration::from_secs(60),
         ..env.sim_config()
     };
-    let v1_run = tokio::spawn(fleetflow::sim::run(sim));
+    let v1_run = tokio::spawn(fleetflow_sim::run(sim));
     let ids: Vec<String> = (0..10).map(|_| random_device()).collect();
     let b = Behaviour {
         chunk_size: 1024,

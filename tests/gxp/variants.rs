@@ -10,7 +10,7 @@ use crate::common::gxp::db::{capture_row, snapshot, wait_capture, wait_snapshot,
 use crate::common::gxp::{assert_ack_ok, assert_stored, chunk, metadata, GxpDevice, WORKER_TS};
 use crate::common::{random_device, Options, TestEnv};
 use crate::{close, T};
-use fleetflow::sim::image::jpeg;
+use fleetflow_sim::image::jpeg;
 
 // ---- metadata variants and the re-send quirk ----
 

@@ -4,6 +4,8 @@
 //! - `pg`: the Postgres sink actor (batching, retries, acks after commit).
 //! - `pg_write`: one-round-trip batch statements per table.
 //! - `objects`: the object-storage sink actor.
+//! - `object_store`: builds the store it writes to from `[objects]` (local filesystem or S3).
+//! - `dead_letter`: images kept on disk when every upload attempt failed.
 //!
 //! Retry rules: Postgres connection, pool and transient server errors are retried with backoff
 //! until they succeed (the broker holds what is not acknowledged); permanent errors (a row the
@@ -11,6 +13,7 @@
 //! retried `upload_attempts` times, then the capture fails with 2204.
 
 pub mod dead_letter;
+pub mod object_store;
 pub mod objects;
 pub mod pg;
 pub mod pg_write;

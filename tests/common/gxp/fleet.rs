@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::db::capture_row;
 use super::{ack_ok_problem, stored_object, GxpDevice};
 use crate::common::TestEnv;
-use fleetflow::sim::image::jpeg;
+use fleetflow_sim::image::jpeg;
 
 /// The capture time of every fleet image, and the date folder it is stored under.
 const FLEET_TS: &str = "2025-10-07T16:48:00Z";

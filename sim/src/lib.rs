@@ -1,23 +1,31 @@
-//! The fleet simulator: N devices following the wire protocol over a few MQTT connections.
-//! A device speaks fleetflow's protocol (`v1`: status heartbeats, readings with increasing `seq`,
-//! captures cut into binary or JSON chunks) or plays the GXP firmware already in the field (wakes
-//! with `"status": "Alive"`, captures when the engine answers `capture_image`, base64 JSON chunks,
-//! sleeps on `next_wake`). Either answers NACKs by resending exactly what was asked and records
-//! ACKs and their latency. Used by `fleetflow-sim`, the scripts and the tests.
+//! `fleetflow-sim`: the fleet simulator, N devices following the wire protocol over a few MQTT
+//! connections. A device speaks fleetflow's protocol (`v1`: status heartbeats, readings with
+//! increasing `seq`, captures cut into binary or JSON chunks) or plays the GXP firmware already in
+//! the field (wakes with `"status": "Alive"`, captures when the engine answers `capture_image`,
+//! base64 JSON chunks, sleeps on `next_wake`). Either answers NACKs by resending exactly what was
+//! asked and records ACKs and their latency. Used by the `fleetflow-sim` binary, the scripts, the
+//! benches and the tests; the `fleetflow-null-sub` binary (the benchmarks' drain-limit baseline)
+//! lives here too.
 //!
+//! A layer apart: it may use `fleetflow-protocol` (topics, ids) but never the engine, neither the
+//! `fleetflow` binary crate nor `fleetflow-actors`; it talks to the engine only over MQTT.
+//!
+//! # Layout
 //! - `conn`: one MQTT connection driving its share of the devices.
 //! - `v1`: a device speaking fleetflow's protocol (`../shared/PROTOCOL.md`).
-//! - `gxp`: a device running the GXP firmware (`../shared/GXP-FIRMWARE.md`); `gxp::wire` holds
-//!   its payloads and the parsing of the engine's answers.
-//! - `image`: JPEG generation and chunking.
-//! - `report`: counts and latency percentiles.
-//! - `progress`: the live progress bar on a terminal.
+//! - [`gxp`]: a device running the GXP firmware (`../shared/GXP-FIRMWARE.md`); [`gxp::wire`]
+//!   holds its payloads and the parsing of the engine's answers.
+//! - [`image`]: JPEG generation and chunking.
+//! - [`report`]: counts and latency percentiles.
+//! - [`progress`]: the live progress bar on a terminal.
+//! - [`url`]: the plain-TCP broker URL the binaries take.
 
 mod conn;
 pub mod gxp;
 pub mod image;
 pub mod progress;
 pub mod report;
+pub mod url;
 mod v1;
 
 use std::time::Duration;

@@ -11,20 +11,44 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::MqttConfig;
+use crate::router::RawPublish;
+use crate::sinks::pg::PgSink;
+use crate::source::{self, SourceControl, SourceHandle};
 use actix::Addr;
 use deadpool_postgres::Pool;
-use fleetflow_actors::config::MqttConfig;
-use fleetflow_actors::router::RawPublish;
-use fleetflow_actors::sinks::pg::PgSink;
-use fleetflow_actors::source::{self, SourceControl, SourceHandle};
 use fleetflow_protocol::topic::TopicParser;
 use tokio::sync::{mpsc, watch};
 
-use crate::secrets::SecretKey;
 use crate::subscriptions::{self, StatsRegistry, SubscriptionRow, SubscriptionSet};
 
 /// The name of the file/environment source.
 pub const DEFAULT_SOURCE: &str = "default";
+
+/// Why the source manager could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// Reading the configuration tables failed.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No database connection.
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A restart named a source that is not running.
+    #[error("no running source {0}")]
+    NotRunning(String),
+}
+
+/// Opens broker passwords sealed at rest. The control plane owns the key (`FLEETFLOW_SECRET_KEY`);
+/// the runtime only asks it to open a product's password.
+pub trait PasswordOpener: Send + Sync + 'static {
+    /// The plain password sealed for `context` (`product:{id}`).
+    fn open(
+        &self,
+        sealed: &[u8],
+        context: &str,
+    ) -> Result<String, Box<dyn std::error::Error + Send + Sync>>;
+}
 
 struct Running {
     handle: SourceHandle,
@@ -52,7 +76,7 @@ struct Desired {
 
 /// Each running source's connection, by product (`default` for the `[mqtt]` source), for the
 /// publish API.
-pub type Links = Arc<std::sync::RwLock<HashMap<String, fleetflow_actors::link::MqttLink>>>;
+pub type Links = Arc<std::sync::RwLock<HashMap<String, crate::link::MqttLink>>>;
 
 /// Owns the running sources.
 pub struct SourceManager {
@@ -61,7 +85,7 @@ pub struct SourceManager {
     default_cfg: MqttConfig,
     tx: mpsc::Sender<RawPublish>,
     pg: Addr<PgSink>,
-    secret_key: Option<SecretKey>,
+    secret_key: Option<Arc<dyn PasswordOpener>>,
     running: HashMap<String, Running>,
     stats: StatsRegistry,
     http: reqwest::Client,
@@ -70,7 +94,7 @@ pub struct SourceManager {
     /// The running sources' connections.
     pub links: Links,
     /// Told when a source stops for good, so that its devices can move to another source.
-    router: Option<Addr<fleetflow_actors::router::Router>>,
+    router: Option<Addr<crate::router::Router>>,
 }
 
 /// Requests to the manager, each answered on its `reply`.
@@ -82,7 +106,7 @@ pub enum SourceCommand {
         /// `default` or a product id.
         product: String,
         /// The outcome.
-        reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
+        reply: tokio::sync::oneshot::Sender<Result<bool, ManagerError>>,
     },
     /// Stop forwarding on every source (connections stay up so acks still go out).
     DrainAll {
@@ -92,7 +116,7 @@ pub enum SourceCommand {
     /// Reconnect every source; answers whether all came back connected within 5 s.
     RestartAll {
         /// The outcome.
-        reply: tokio::sync::oneshot::Sender<Result<bool, String>>,
+        reply: tokio::sync::oneshot::Sender<Result<bool, ManagerError>>,
     },
 }
 
@@ -115,7 +139,7 @@ impl SourceManager {
         default_cfg: MqttConfig,
         tx: mpsc::Sender<RawPublish>,
         pg: Addr<PgSink>,
-        secret_key: Option<SecretKey>,
+        secret_key: Option<Arc<dyn PasswordOpener>>,
     ) -> Self {
         Self {
             pool,
@@ -134,13 +158,13 @@ impl SourceManager {
     }
 
     /// Sets the router (before [`SourceManager::spawn`]).
-    pub fn set_router(&mut self, router: Addr<fleetflow_actors::router::Router>) {
+    pub fn set_router(&mut self, router: Addr<crate::router::Router>) {
         self.router = Some(router);
     }
 
     /// The sources wanted now: enabled database rows, or the default source.
-    async fn desired(&self) -> Result<HashMap<String, Desired>, String> {
-        let c = self.pool.get().await.map_err(|e| e.to_string())?;
+    async fn desired(&self) -> Result<HashMap<String, Desired>, ManagerError> {
+        let c = self.pool.get().await?;
         let rows = c
             .query(
                 "SELECT product_id, host, port, protocol, username, password_encrypted, client_id, keep_alive_secs, clean_session, prefix, qos,
@@ -149,14 +173,14 @@ impl SourceManager {
                 &[],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            ?;
         let sub_rows = c
             .query(
                 "SELECT mqtt_config_id, id, name, topic, enabled, actions FROM mqtt_subscriptions ORDER BY mqtt_config_id, id",
                 &[],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            ?;
         let mut subs_by_config: HashMap<i64, Vec<SubscriptionRow>> = HashMap::new();
         for r in sub_rows {
             subs_by_config
@@ -311,7 +335,7 @@ impl SourceManager {
     }
 
     /// Starts and stops sources to match the database.
-    pub async fn reconcile(&mut self) -> Result<(), String> {
+    pub async fn reconcile(&mut self) -> Result<(), ManagerError> {
         let desired = self.desired().await?;
         // In memory only (it holds the password to notice a change of it); never logged.
         let fingerprint = |c: &MqttConfig| {
@@ -351,7 +375,7 @@ impl SourceManager {
                 stop(r.handle).await;
                 if !desired.contains_key(&name) {
                     if let Some(router) = &self.router {
-                        router.do_send(fleetflow_actors::router::ReleaseSource(name.clone()));
+                        router.do_send(crate::router::ReleaseSource(name.clone()));
                     }
                 }
                 self.write_status(&name, false, None, None).await;
@@ -452,9 +476,9 @@ impl SourceManager {
     }
 
     /// Reconnects one source (stop, start from its current settings) and waits up to 5 s for it.
-    async fn restart_one(&mut self, product: &str) -> Result<bool, String> {
+    async fn restart_one(&mut self, product: &str) -> Result<bool, ManagerError> {
         let Some(r) = self.running.remove(product) else {
-            return Err(format!("no running source {product}"));
+            return Err(ManagerError::NotRunning(product.to_owned()));
         };
         tracing::info!(source = %product, "reconnecting MQTT source on request");
         stop(r.handle).await;
@@ -529,7 +553,7 @@ impl SourceManager {
         let connected = self.connected.clone();
         let task = tokio::spawn(async move {
             let (note_tx, mut note_rx) = mpsc::channel::<()>(16);
-            let listener = tokio::spawn(crate::db::listen(
+            let listener = tokio::spawn(crate::pg_listen::listen(
                 self.pg_url.clone(),
                 "fleetflow_mqtt_config",
                 note_tx,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use fleetflow::sim::{self, ChunkForm, Firmware, GxpConfig, Mode, SimConfig};
+use fleetflow_sim::{self as sim, ChunkForm, Firmware, GxpConfig, Mode, SimConfig};
 
 #[derive(Parser)]
 #[command(
@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
-    let (host, port) = fleetflow_actors::source::parse_url(&a.url)?;
+    let (host, port) = sim::url::parse_mqtt_url(&a.url)?;
     let cfg = SimConfig {
         host,
         port,

@@ -43,7 +43,7 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let (host, port) = fleetflow_actors::source::parse_url(&a.url)?;
+    let (host, port) = fleetflow_sim::url::parse_mqtt_url(&a.url)?;
     let mut o = MqttOptions::new(a.client_id.clone(), host, port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_start(false);

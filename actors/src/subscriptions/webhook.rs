@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::link::{self, AckToken};
+use crate::metrics as m;
 use bytes::Bytes;
-use fleetflow_actors::link::{self, AckToken};
-use fleetflow_actors::metrics as m;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 

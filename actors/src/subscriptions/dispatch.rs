@@ -9,14 +9,14 @@
 
 use std::sync::Arc;
 
+use crate::link::{self, AckToken};
+use crate::metrics as m;
+use crate::router::RawPublish;
+use crate::sinks::pg::PgSink;
+use crate::sinks::rows::{Pending, Row, TelemetryRow};
 use actix::Addr;
 use bytes::Bytes;
 use chrono::Utc;
-use fleetflow_actors::link::{self, AckToken};
-use fleetflow_actors::metrics as m;
-use fleetflow_actors::router::RawPublish;
-use fleetflow_actors::sinks::pg::PgSink;
-use fleetflow_actors::sinks::rows::{Pending, Row, TelemetryRow};
 use fleetflow_protocol::errors::{excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord};
 use fleetflow_protocol::ids::DeviceId;
 use rumqttc::v5::mqttbytes::matches;
@@ -160,7 +160,7 @@ pub fn spawn(
     router: mpsc::Sender<RawPublish>,
     pg: Addr<PgSink>,
 ) -> (mpsc::Sender<RawPublish>, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<RawPublish>(fleetflow_actors::source::ROUTER_QUEUE_CAPACITY);
+    let (tx, mut rx) = mpsc::channel::<RawPublish>(crate::source::ROUTER_QUEUE_CAPACITY);
     let mut d = Dispatcher {
         set,
         router,

@@ -1,0 +1,410 @@
+//! The restarter: executes a [`RestartTarget`], checks the health of what it rebuilt, and
+//! records the outcome on the request's `service_restart_requests` row (the audit trail). The
+//! worker claims `pending` rows with `FOR UPDATE SKIP LOCKED`, so each row moves through its
+//! statuses exactly once even with several engines; it wakes on
+//! `LISTEN fleetflow_restart_requests` and also polls.
+
+use std::time::{Duration, Instant};
+
+use actix::{Addr, MailboxError};
+use deadpool_postgres::Pool;
+use fleetflow_actors::router::{QueryDevice, RestartDevice, Router, StopAll};
+use fleetflow_actors::sinks::object_store::{self, ObjectsError};
+use fleetflow_actors::sinks::objects::{ObjectSink, ProbeStore, ReplaceStore};
+use fleetflow_actors::sinks::pg::{Flush, PgSink, Probe, ReplacePool};
+use fleetflow_actors::source_manager::{ManagerError, SourceCommand};
+use fleetflow_protocol::ids::DeviceId;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::target::RestartTarget;
+use crate::config::{ObjectsConfig, PostgresConfig};
+
+const CLAIM: &str = "UPDATE service_restart_requests SET status = 'running', started_at = now()
+ WHERE id = (SELECT id FROM service_restart_requests WHERE status = 'pending' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+ RETURNING id, target";
+const FINISH: &str = "UPDATE service_restart_requests SET status = $2, completed_at = now(), result = $3 WHERE id = $1 AND status = 'running'";
+
+/// How long a restarted device actor has to answer its health check.
+const DEVICE_ANSWER: Duration = Duration::from_secs(5);
+/// How long the device actors' drain and the Postgres sink's flush may each take in `pipeline`.
+const PIPELINE_STEP: Duration = Duration::from_secs(30);
+
+/// How a restart ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done and healthy.
+    Completed,
+    /// Tried and unhealthy.
+    Failed,
+    /// Not executable here.
+    Rejected,
+}
+
+impl Outcome {
+    /// The status text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// Why restart rows could not be claimed or their outcome recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    /// No connection from the pool.
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A query failed.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// Why a sink failed its rebuild or its health check (shown in the row's `result.error`).
+#[derive(Debug, thiserror::Error)]
+enum SinkCheckError {
+    /// A new Postgres pool could not be built.
+    #[error(transparent)]
+    Pool(#[from] crate::db::DbError),
+    /// A new object-store client could not be built.
+    #[error(transparent)]
+    Store(#[from] ObjectsError),
+    /// The sink actor did not take the message.
+    #[error("{sink} unavailable")]
+    Unavailable {
+        /// Which sink.
+        sink: &'static str,
+        /// The mailbox's answer.
+        #[source]
+        source: MailboxError,
+    },
+    /// The sink's probe failed (the sink answers with its own text).
+    #[error("{0}")]
+    Probe(String),
+}
+
+/// The sinks and the settings to rebuild them from.
+#[derive(Clone)]
+pub struct Sinks {
+    /// The Postgres sink.
+    pub pg: Addr<PgSink>,
+    /// The object sink.
+    pub objects: Addr<ObjectSink>,
+    /// To build a new pool.
+    pub postgres: PostgresConfig,
+    /// To build a new store client.
+    pub objects_cfg: ObjectsConfig,
+}
+
+/// Executes restart targets and records the outcome.
+#[derive(Clone)]
+pub struct Restarter {
+    /// The audit rows.
+    pool: Pool,
+    /// Restarts and queries device actors; drains them all for `pipeline`.
+    router: Addr<Router>,
+    /// The source manager, for `source:` and `pipeline`.
+    sources: Option<mpsc::Sender<SourceCommand>>,
+    /// The sinks, for `sink:` and `pipeline`.
+    sinks: Option<Sinks>,
+}
+
+impl Restarter {
+    /// A restarter over the pool and the device router.
+    pub fn new(pool: Pool, router: Addr<Router>) -> Self {
+        Self {
+            pool,
+            router,
+            sources: None,
+            sinks: None,
+        }
+    }
+
+    /// Also restarts `source:<product_id>` targets through the source manager.
+    pub fn with_sources(mut self, sources: mpsc::Sender<SourceCommand>) -> Self {
+        self.sources = Some(sources);
+        self
+    }
+
+    /// Also restarts `sink:postgres`, `sink:objects` and `pipeline`.
+    pub fn with_sinks(mut self, sinks: Sinks) -> Self {
+        self.sinks = Some(sinks);
+        self
+    }
+
+    /// Runs the target of a `running` row and records its outcome.
+    pub async fn execute(
+        &self,
+        id: i64,
+        target: &RestartTarget,
+    ) -> Result<(Outcome, Value), RestartError> {
+        let started = Instant::now();
+        let (outcome, result) = self.run_target(target).await;
+        self.finish(id, &target.to_string(), started, outcome, result)
+            .await
+    }
+
+    /// A claimed row as written by whoever inserted it: executed when its text is a target,
+    /// else recorded as rejected with the reason.
+    async fn execute_text(&self, id: i64, text: &str) -> Result<(Outcome, Value), RestartError> {
+        match text.parse::<RestartTarget>() {
+            Ok(target) => self.execute(id, &target).await,
+            Err(e) => {
+                let result = json!({"error": e.to_string()});
+                self.finish(id, text, Instant::now(), Outcome::Rejected, result)
+                    .await
+            }
+        }
+    }
+
+    /// Records the outcome on the row (the time taken included) and logs it.
+    async fn finish(
+        &self,
+        id: i64,
+        target: &str,
+        started: Instant,
+        outcome: Outcome,
+        mut result: Value,
+    ) -> Result<(Outcome, Value), RestartError> {
+        result["took_ms"] = json!(started.elapsed().as_millis() as u64);
+        match self.pool.get().await {
+            Ok(c) => {
+                c.execute(FINISH, &[&id, &outcome.as_str(), &result])
+                    .await?;
+            }
+            Err(e) => tracing::error!(error = %e, id, "restart outcome not recorded"),
+        }
+        tracing::info!(
+            id,
+            target,
+            status = outcome.as_str(),
+            "restart request finished"
+        );
+        Ok((outcome, result))
+    }
+
+    async fn run_target(&self, target: &RestartTarget) -> (Outcome, Value) {
+        match (target, &self.sinks) {
+            (RestartTarget::Device(id), _) => self.restart_device(id).await,
+            (RestartTarget::Source(product), _) => self.restart_source(product).await,
+            (RestartTarget::SinkPostgres, Some(s)) => restart_pg(s).await,
+            (RestartTarget::SinkObjects, Some(s)) => restart_objects(s).await,
+            (RestartTarget::Pipeline, Some(s)) => self.restart_pipeline(s).await,
+            (_, None) => (
+                Outcome::Rejected,
+                json!({"error": format!("{target} cannot be restarted: this process has no sinks to rebuild")}),
+            ),
+        }
+    }
+
+    /// `device:<id>`: a fresh actor, which must answer a snapshot.
+    async fn restart_device(&self, id: &DeviceId) -> (Outcome, Value) {
+        let was_running = match self.router.send(RestartDevice(id.clone())).await {
+            Ok(w) => w,
+            Err(e) => {
+                return (
+                    Outcome::Failed,
+                    json!({"error": format!("router unavailable: {e}")}),
+                )
+            }
+        };
+        let snapshot =
+            tokio::time::timeout(DEVICE_ANSWER, self.router.send(QueryDevice(id.clone()))).await;
+        match snapshot {
+            Ok(Ok(Some(s))) => (
+                Outcome::Completed,
+                json!({"was_running": was_running, "healthy": true, "state": s.state}),
+            ),
+            _ => (
+                Outcome::Failed,
+                json!({"was_running": was_running, "healthy": false}),
+            ),
+        }
+    }
+
+    /// `source:<product_id>`: a reconnect, which must be connected within 5 s.
+    async fn restart_source(&self, product: &str) -> (Outcome, Value) {
+        self.ask_sources(|reply| SourceCommand::Restart {
+            product: product.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Sends a command to the source manager and reads its answer as an outcome.
+    async fn ask_sources(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<Result<bool, ManagerError>>) -> SourceCommand,
+    ) -> (Outcome, Value) {
+        let Some(tx) = &self.sources else {
+            return (Outcome::Rejected, json!({"error": "no source manager"}));
+        };
+        let (reply, rx) = oneshot::channel();
+        if tx.send(cmd(reply)).await.is_err() {
+            return (
+                Outcome::Failed,
+                json!({"error": "source manager unavailable"}),
+            );
+        }
+        match rx.await {
+            Ok(Ok(true)) => (
+                Outcome::Completed,
+                json!({"healthy": true, "connected": true}),
+            ),
+            Ok(Ok(false)) => (
+                Outcome::Failed,
+                json!({"healthy": false, "connected": false}),
+            ),
+            Ok(Err(e)) => (Outcome::Rejected, json!({"error": e.to_string()})),
+            Err(_) => (
+                Outcome::Failed,
+                json!({"error": "source manager dropped the request"}),
+            ),
+        }
+    }
+
+    /// `pipeline`: the graceful-shutdown order inside the running process, then everything
+    /// rebuilt and checked. What the broker delivered meanwhile and was not acknowledged is
+    /// redelivered after the sources reconnect.
+    async fn restart_pipeline(&self, s: &Sinks) -> (Outcome, Value) {
+        let Some(tx) = &self.sources else {
+            return (Outcome::Rejected, json!({"error": "no source manager"}));
+        };
+        let (reply, rx) = oneshot::channel();
+        let _ = tx.send(SourceCommand::DrainAll { reply }).await;
+        let _ = rx.await;
+        let drained = tokio::time::timeout(PIPELINE_STEP, self.router.send(StopAll))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let flushed = tokio::time::timeout(PIPELINE_STEP, s.pg.send(Flush))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let (pg, pg_result) = restart_pg(s).await;
+        let (objects, objects_result) = restart_objects(s).await;
+        let (sources, sources_result) = self
+            .ask_sources(|reply| SourceCommand::RestartAll { reply })
+            .await;
+        let healthy = drained.is_some()
+            && flushed
+            && [pg, objects, sources]
+                .iter()
+                .all(|o| *o == Outcome::Completed);
+        (
+            if healthy {
+                Outcome::Completed
+            } else {
+                Outcome::Failed
+            },
+            json!({
+                "healthy": healthy,
+                "device_actors_drained": drained,
+                "postgres_flushed": flushed,
+                "sink_postgres": pg_result,
+                "sink_objects": objects_result,
+                "sources": sources_result,
+            }),
+        )
+    }
+
+    /// Claims and executes pending rows until none is left.
+    pub async fn drain(&self) -> Result<usize, RestartError> {
+        let mut n = 0;
+        while let Some((id, target)) = self.claim().await? {
+            self.execute_text(id, &target).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Marks the oldest pending row `running` and returns its id and target text.
+    async fn claim(&self) -> Result<Option<(i64, String)>, RestartError> {
+        let c = self.pool.get().await?;
+        let row = c.query_opt(CLAIM, &[]).await?;
+        Ok(row.map(|r| (r.get("id"), r.get("target"))))
+    }
+}
+
+/// `sink:postgres`: a new pool, then a round trip through it.
+async fn restart_pg(s: &Sinks) -> (Outcome, Value) {
+    health(rebuild_pg(s).await)
+}
+
+async fn rebuild_pg(s: &Sinks) -> Result<Duration, SinkCheckError> {
+    let unavailable = |source| SinkCheckError::Unavailable {
+        sink: "postgres sink",
+        source,
+    };
+    let pool = crate::db::pool(&s.postgres)?;
+    s.pg.send(ReplacePool(pool)).await.map_err(unavailable)?;
+    s.pg.send(Probe)
+        .await
+        .map_err(unavailable)?
+        .map_err(SinkCheckError::Probe)
+}
+
+/// `sink:objects`: a new store client, then a probe object written, read back and deleted.
+async fn restart_objects(s: &Sinks) -> (Outcome, Value) {
+    health(rebuild_objects(s).await)
+}
+
+async fn rebuild_objects(s: &Sinks) -> Result<Duration, SinkCheckError> {
+    let unavailable = |source| SinkCheckError::Unavailable {
+        sink: "object sink",
+        source,
+    };
+    let store = object_store::build(&s.objects_cfg)?;
+    s.objects
+        .send(ReplaceStore(store))
+        .await
+        .map_err(unavailable)?;
+    s.objects
+        .send(ProbeStore)
+        .await
+        .map_err(unavailable)?
+        .map_err(SinkCheckError::Probe)
+}
+
+/// The outcome of a sink rebuild from its probe's round trip.
+fn health(probe: Result<Duration, SinkCheckError>) -> (Outcome, Value) {
+    match probe {
+        Ok(d) => (
+            Outcome::Completed,
+            json!({"healthy": true, "round_trip_ms": d.as_secs_f64() * 1000.0}),
+        ),
+        Err(e) => (
+            Outcome::Failed,
+            json!({"healthy": false, "error": e.to_string()}),
+        ),
+    }
+}
+
+/// Runs the worker: LISTEN for new rows, poll every `poll_every`, reconnect on errors.
+pub fn spawn_worker(
+    restarter: Restarter,
+    pg_url: String,
+    poll_every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (wake, mut woken) = tokio::sync::mpsc::channel::<()>(1);
+        let listener = tokio::spawn(crate::db::listen(
+            pg_url,
+            "fleetflow_restart_requests",
+            wake,
+        ));
+        let mut tick = tokio::time::interval(poll_every);
+        loop {
+            tokio::select! {
+                got = woken.recv() => if got.is_none() { break; },
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = restarter.drain().await {
+                tracing::warn!(error = %e, "restart requests not processed");
+            }
+        }
+        listener.abort();
+    })
+}
