@@ -15,7 +15,7 @@ use super::credentials::{
     create_missing, deprovision, ensure_engine_role, seal_context, ACL_TYPES,
 };
 use super::dynsec::Dynsec;
-use super::HostedConfig;
+use crate::config::HostedConfig;
 use crate::secrets::SecretKey;
 
 /// What one pass changed.

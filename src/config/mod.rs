@@ -1,6 +1,15 @@
 //! The engine's configuration: one serde struct per section, loaded from defaults, then the
 //! TOML file, then `FLEETFLOW_SECTION__KEY` environment variables. Bad config fails at startup
 //! with a message naming the field.
+//!
+//! The config depends on nothing else in this crate: the admin API, the hosted broker and the
+//! wiring import their sections from here.
+//!
+//! - `sections`: `[postgres]`, `[http]`, `[log]`, `[shutdown]`.
+//! - `admin`: `[admin]`, the admin API's tokens and the restart rate limit.
+//! - `hosted`: `[hosted]`, the managed broker.
+//! - The runtime's sections (`[mqtt]`, `[objects]`, `[assembly]`, `[devices]`, `[sinks]`) are
+//!   the actor crate's, re-exported here.
 
 use std::path::Path;
 
@@ -8,9 +17,16 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod admin;
+mod hosted;
+mod sections;
+
+pub use admin::AdminConfig;
 pub use fleetflow_actors::config::{
     AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, SinksConfig,
 };
+pub use hosted::HostedConfig;
+pub use sections::{HttpConfig, LogConfig, LogFormat, PostgresConfig, ShutdownConfig};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -45,140 +61,10 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Admin API and console.
     #[serde(default)]
-    pub admin: crate::admin::AdminConfig,
+    pub admin: AdminConfig,
     /// The hosted broker (dynamic security) and its device credentials.
     #[serde(default)]
-    pub hosted: crate::hosted::HostedConfig,
-}
-
-/// `[postgres]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresConfig {
-    /// Connection URL. Default `postgres://fleetflow:fleetflow@127.0.0.1:55432/fleetflow`
-    /// (what `scripts/services up` starts). Never logged with its password.
-    #[serde(default = "default_pg_url")]
-    pub url: String,
-    /// Pool size. Default 8.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
-    /// Connect and checkout timeout, in ms. Default 5000.
-    #[serde(default = "default_pg_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Apply `migrations/` at startup. Default true.
-    #[serde(default = "default_true")]
-    pub migrate_on_start: bool,
-}
-
-fn default_pg_url() -> String {
-    "postgres://fleetflow:fleetflow@127.0.0.1:55432/fleetflow".into()
-}
-fn default_pool_size() -> usize {
-    8
-}
-fn default_pg_timeout_ms() -> u64 {
-    5000
-}
-fn default_true() -> bool {
-    true
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        Self {
-            url: default_pg_url(),
-            pool_size: default_pool_size(),
-            connect_timeout_ms: default_pg_timeout_ms(),
-            migrate_on_start: true,
-        }
-    }
-}
-
-/// `[http]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address for `/metrics`, `/health` and `/ready`. Default `127.0.0.1:9464`.
-    #[serde(default = "default_bind")]
-    pub bind: String,
-    /// How often the fleet gauges (devices by last seen) are recomputed, in ms. Default 60000.
-    #[serde(default = "default_fleet_stats_interval_ms")]
-    pub fleet_stats_interval_ms: u64,
-}
-
-fn default_fleet_stats_interval_ms() -> u64 {
-    60_000
-}
-
-fn default_bind() -> String {
-    "127.0.0.1:9464".into()
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            bind: default_bind(),
-            fleet_stats_interval_ms: default_fleet_stats_interval_ms(),
-        }
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable.
-    #[default]
-    Pretty,
-    /// One JSON object per line.
-    Json,
-}
-
-/// `[log]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    /// `pretty` or `json`. Default `pretty`.
-    #[serde(default)]
-    pub format: LogFormat,
-    /// An `EnvFilter` directive such as `info` or `fleetflow=debug`. Default `info`.
-    #[serde(default = "default_level")]
-    pub level: String,
-}
-
-fn default_level() -> String {
-    "info".into()
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Pretty,
-            level: default_level(),
-        }
-    }
-}
-
-/// `[shutdown]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// How long a graceful shutdown may take before what is left is abandoned, in ms.
-    /// Default 20000.
-    #[serde(default = "default_deadline_ms")]
-    pub deadline_ms: u64,
-}
-
-fn default_deadline_ms() -> u64 {
-    20_000
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        Self {
-            deadline_ms: default_deadline_ms(),
-        }
-    }
+    pub hosted: HostedConfig,
 }
 
 /// A config error, naming the field.
@@ -383,6 +269,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("objects.url"), "{e}");
+    }
+
+    #[test]
+    fn the_admin_and_hosted_sections_live_here_with_their_defaults() {
+        let cfg = Config::from_toml(
+            "[admin]\nrestart_max_per_window = 3\n[hosted]\nreconcile_secs = 5\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.admin.restart_max_per_window, 3);
+        assert_eq!(cfg.admin.restart_cooldown_secs, 300);
+        assert_eq!(cfg.hosted.reconcile_secs, 5);
+        assert_eq!(cfg.hosted.topics_for(7), "org_7/devices/#");
+        let e = Config::from_toml("[hosted]\nbroker = \"mqtt://x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("broker"), "{e}");
     }
 
     #[test]
