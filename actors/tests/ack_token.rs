@@ -1,0 +1,104 @@
+//! An ack token split among the actions one message feeds: the broker ack goes out once, with
+//! the last share, and a dropped share holds it back (the broker then redelivers).
+
+use fleetflow_actors::link::{ack, ack_all, AckToken, MqttLink};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Request};
+
+/// A link whose client queues its requests on a channel the test reads.
+fn recording_link() -> (MqttLink, flume::Receiver<Request>) {
+    let (tx, rx) = flume::bounded(64);
+    let link = MqttLink::new(AsyncClient::from_senders(tx), QoS::AtLeastOnce);
+    link.next_epoch();
+    (link, rx)
+}
+
+/// The packet ids of the broker acks queued so far.
+fn acked(rx: &flume::Receiver<Request>) -> Vec<u16> {
+    rx.try_iter()
+        .filter_map(|r| match r {
+            Request::PubAck(a) => Some(a.pkid),
+            _ => None,
+        })
+        .collect()
+}
+
+fn received(link: &MqttLink, pkid: u16) -> AckToken {
+    link.received();
+    link.token(pkid)
+}
+
+#[test]
+fn an_unsplit_token_is_acked_at_once_with_its_packet_id() {
+    let (link, rx) = recording_link();
+    ack(Some(received(&link, 7)));
+    assert_eq!(acked(&rx), vec![7]);
+}
+
+#[test]
+fn a_split_token_is_acked_only_when_every_share_is() {
+    let (link, rx) = recording_link();
+    let mut shares = received(&link, 42).split(3);
+    assert_eq!(shares.len(), 3);
+    let last = shares.pop().unwrap();
+    for s in shares {
+        ack(Some(s));
+        assert_eq!(acked(&rx), Vec::<u16>::new(), "acked before the last share");
+    }
+    ack(Some(last));
+    assert_eq!(acked(&rx), vec![42]);
+}
+
+#[test]
+fn shares_acked_together_produce_one_broker_ack() {
+    let (link, rx) = recording_link();
+    ack_all(received(&link, 9).split(4));
+    assert_eq!(acked(&rx), vec![9]);
+}
+
+#[test]
+fn a_dropped_share_leaves_the_packet_unacknowledged() {
+    let (link, rx) = recording_link();
+    let mut shares = received(&link, 5).split(2);
+    drop(shares.pop());
+    ack_all(shares);
+    assert_eq!(acked(&rx), Vec::<u16>::new());
+    // The link still works: another packet's ack goes out.
+    ack(Some(received(&link, 6)));
+    assert_eq!(acked(&rx), vec![6]);
+}
+
+#[test]
+fn splitting_into_one_or_zero_shares_keeps_a_single_token() {
+    let (link, rx) = recording_link();
+    let one = received(&link, 11).split(1);
+    assert_eq!(one.len(), 1);
+    let zero = received(&link, 12).split(0);
+    assert_eq!(zero.len(), 1);
+    ack_all(one.into_iter().chain(zero));
+    assert_eq!(acked(&rx), vec![11, 12]);
+}
+
+#[test]
+fn shares_of_two_packets_are_counted_apart() {
+    let (link, rx) = recording_link();
+    let mut a = received(&link, 1).split(2);
+    let mut b = received(&link, 2).split(2);
+    ack_all([a.pop().unwrap(), b.pop().unwrap()]);
+    assert_eq!(acked(&rx), Vec::<u16>::new());
+    ack_all(b);
+    assert_eq!(acked(&rx), vec![2]);
+    ack_all(a);
+    assert_eq!(acked(&rx), vec![1]);
+}
+
+#[test]
+fn a_share_from_an_earlier_connection_is_not_acked_on_the_new_one() {
+    let (link, rx) = recording_link();
+    let shares = received(&link, 3).split(2);
+    link.next_epoch();
+    ack_all(shares);
+    assert_eq!(acked(&rx), Vec::<u16>::new());
+    ack(Some(received(&link, 3)));
+    assert_eq!(acked(&rx), vec![3]);
+}
