@@ -14,7 +14,7 @@ use fleetflow_actors::link::MqttLink;
 use fleetflow_actors::metrics as m;
 use fleetflow_actors::router::{RouteOf, Router as DeviceRouter};
 use fleetflow_protocol::gxp::GxpCommand;
-use fleetflow_protocol::ids::DeviceId;
+use fleetflow_protocol::ids::{DeviceId, DeviceIdError};
 use fleetflow_protocol::topic::TopicParser;
 use serde_json::{json, Value};
 
@@ -34,6 +34,21 @@ pub enum CommandError {
     /// The pool.
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+}
+
+/// Why a command can never be sent as written (its row becomes `failed` with this text; the API
+/// answers 400 naming `name`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandRefused {
+    /// The row's device id is not one.
+    #[error("invalid device id: {0}")]
+    DeviceId(#[from] DeviceIdError),
+    /// A GXP device is sent something its firmware does not understand.
+    #[error("{name:?} is not a GXP firmware command with its argument (capture_image, send_image {{image_name}}, next_wake {{wake_time}}, send_all_pending)")]
+    NotGxp {
+        /// The command's name.
+        name: String,
+    },
 }
 
 /// One queued command.
@@ -82,8 +97,8 @@ impl CommandSender {
 
     /// Builds the command in the device's format and publishes it. `Err` names what is wrong
     /// with the command itself (it will never be sendable).
-    pub async fn send(&self, c: &Queued) -> Result<Sent, String> {
-        let id = DeviceId::parse(&c.device_id).map_err(|e| format!("invalid device id: {e}"))?;
+    pub async fn send(&self, c: &Queued) -> Result<Sent, CommandRefused> {
+        let id = DeviceId::parse(&c.device_id)?;
         let (format, payload) = payload(c)?;
         let route = self.router.send(RouteOf(id.clone())).await.ok().flatten();
         let (link, topic, via) = match &route {
@@ -98,7 +113,7 @@ impl CommandSender {
 
 /// The payload in the device's format: the GXP firmware's shape for a GXP device (or, for a
 /// device never heard from, for the firmware's own command names), else `PROTOCOL.md` §6.
-pub fn payload(c: &Queued) -> Result<(&'static str, Bytes), String> {
+pub fn payload(c: &Queued) -> Result<(&'static str, Bytes), CommandRefused> {
     let gxp = GxpCommand::from_name(&c.name, &c.args);
     let is_gxp = match c.wire_format.as_deref() {
         Some("gxp") => true,
@@ -106,11 +121,8 @@ pub fn payload(c: &Queued) -> Result<(&'static str, Bytes), String> {
         None => gxp.is_some(),
     };
     if is_gxp {
-        let cmd = gxp.ok_or_else(|| {
-            format!(
-                "{:?} is not a GXP firmware command with its argument (capture_image, send_image {{image_name}}, next_wake {{wake_time}}, send_all_pending)",
-                c.name
-            )
+        let cmd = gxp.ok_or_else(|| CommandRefused::NotGxp {
+            name: c.name.clone(),
         })?;
         return Ok(("gxp", cmd.payload(&c.device_id)));
     }
@@ -163,11 +175,11 @@ pub async fn dispatch_once(pool: &Pool, sender: &CommandSender) -> Result<usize,
         .await?;
     for r in &rows {
         let q = Queued {
-            id: r.get(0),
-            device_id: r.get(1),
-            name: r.get(2),
-            args: r.get(3),
-            wire_format: r.get(4),
+            id: r.get("id"),
+            device_id: r.get("device_id"),
+            name: r.get("name"),
+            args: r.get("args"),
+            wire_format: r.get("wire_format"),
         };
         match sender.send(&q).await {
             Ok(sent) => {
@@ -181,7 +193,7 @@ pub async fn dispatch_once(pool: &Pool, sender: &CommandSender) -> Result<usize,
                 tracing::warn!(command = %q.id, device = %q.device_id, %why, "command refused");
                 tx.execute(
                     "UPDATE device_commands SET status = 'failed', completed_at = now(), error = $2 WHERE id = $1",
-                    &[&q.id, &why],
+                    &[&q.id, &why.to_string()],
                 )
                 .await?;
             }
@@ -232,8 +244,18 @@ mod tests {
             json_of(&p),
             json!({"device_id": "AABBCCDDEEFF", "next_wake": "2025-10-07T16:48:00Z"})
         );
-        assert!(payload(&q("send_image", json!({}), Some("gxp"))).is_err());
-        assert!(payload(&q("reboot", json!({}), Some("gxp"))).is_err());
+        assert_eq!(
+            payload(&q("send_image", json!({}), Some("gxp"))).unwrap_err(),
+            CommandRefused::NotGxp {
+                name: "send_image".into()
+            }
+        );
+        let e = payload(&q("reboot", json!({}), Some("gxp"))).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("\"reboot\" is not a GXP firmware command"),
+            "{e}"
+        );
     }
 
     #[test]

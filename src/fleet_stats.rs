@@ -6,17 +6,32 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use fleetflow_actors::metrics as m;
 
-const QUERY: &str = "SELECT count(*) FILTER (WHERE last_seen_at >= now() - interval '1 hour'),
-        count(*) FILTER (WHERE last_seen_at < now() - interval '1 hour' AND last_seen_at >= now() - interval '24 hours'),
-        count(*) FILTER (WHERE last_seen_at < now() - interval '24 hours')
+/// One column per `bucket` label value, named after it.
+const QUERY: &str = "SELECT count(*) FILTER (WHERE last_seen_at >= now() - interval '1 hour') AS lt_1h,
+        count(*) FILTER (WHERE last_seen_at < now() - interval '1 hour' AND last_seen_at >= now() - interval '24 hours') AS \"1h_24h\",
+        count(*) FILTER (WHERE last_seen_at < now() - interval '24 hours') AS gt_24h
  FROM devices";
 
+/// The gauge's `bucket` label values.
+const BUCKETS: [&str; 3] = ["lt_1h", "1h_24h", "gt_24h"];
+
+/// Why the gauges were not refreshed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    /// No connection from the pool.
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The query failed.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
 /// Refreshes the gauges once.
-pub async fn refresh(pool: &Pool) -> Result<(), String> {
-    let c = pool.get().await.map_err(|e| e.to_string())?;
-    let r = c.query_one(QUERY, &[]).await.map_err(|e| e.to_string())?;
-    for (i, bucket) in ["lt_1h", "1h_24h", "gt_24h"].into_iter().enumerate() {
-        let n: i64 = r.get(i);
+pub async fn refresh(pool: &Pool) -> Result<(), StatsError> {
+    let c = pool.get().await?;
+    let r = c.query_one(QUERY, &[]).await?;
+    for bucket in BUCKETS {
+        let n: i64 = r.get(bucket);
         metrics::gauge!(m::DEVICES_LAST_SEEN, "bucket" => bucket).set(n as f64);
     }
     Ok(())

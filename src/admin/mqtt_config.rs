@@ -45,18 +45,32 @@ pub struct ConfigBody {
     gxp: Option<Value>,
 }
 
+/// Why a text is not an MQTT topic filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// Empty, longer than 65535 bytes, or holding a NUL.
+    #[error("a topic filter is 1..65535 bytes without NUL")]
+    Size,
+    /// `#` inside a level, or not in the last one.
+    #[error("`#` must be a whole level and the last one")]
+    MultiLevel,
+    /// `+` inside a level.
+    #[error("`+` must be a whole level")]
+    SingleLevel,
+}
+
 /// Checks an MQTT topic filter: `+` and `#` only as whole levels, `#` only last.
-pub fn validate_filter(f: &str) -> Result<(), String> {
+pub fn validate_filter(f: &str) -> Result<(), FilterError> {
     if f.is_empty() || f.len() > 65_535 || f.contains('\0') {
-        return Err("a topic filter is 1..65535 bytes without NUL".into());
+        return Err(FilterError::Size);
     }
     let levels: Vec<&str> = f.split('/').collect();
     for (i, l) in levels.iter().enumerate() {
         if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
-            return Err("`#` must be a whole level and the last one".into());
+            return Err(FilterError::MultiLevel);
         }
         if l.contains('+') && *l != "+" {
-            return Err("`+` must be a whole level".into());
+            return Err(FilterError::SingleLevel);
         }
     }
     Ok(())
@@ -573,9 +587,10 @@ mod tests {
         assert!(v("ESP32CAM/+/data").is_ok());
         assert!(v("org_1/devices/#").is_ok());
         assert!(v("#").is_ok());
-        assert!(v("a/#/b").is_err());
-        assert!(v("a/b#").is_err());
-        assert!(v("a/x+/b").is_err());
-        assert!(v("").is_err());
+        assert_eq!(v("a/#/b"), Err(super::FilterError::MultiLevel));
+        assert_eq!(v("a/b#"), Err(super::FilterError::MultiLevel));
+        assert_eq!(v("a/x+/b"), Err(super::FilterError::SingleLevel));
+        assert_eq!(v(""), Err(super::FilterError::Size));
+        assert_eq!(v("a\0b"), Err(super::FilterError::Size));
     }
 }

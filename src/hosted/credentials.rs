@@ -22,13 +22,21 @@ pub fn new_password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LEN)
 }
 
+/// Why a password could not be hashed (the salt could not be encoded or argon2 refused its
+/// parameters; neither happens with the defaults used here). The cause is kept as a field and
+/// in the message, not as `source()`: `password_hash::Error` implements `std::error::Error`
+/// only with argon2's `std` feature, which this crate does not enable.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot hash the password: {0}")]
+pub struct HashError(pub argon2::password_hash::Error);
+
 /// The argon2id PHC string of `password`, with a random salt.
-pub fn hash(password: &str) -> Result<String, String> {
-    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| e.to_string())?;
+pub fn hash(password: &str) -> Result<String, HashError> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(HashError)?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(HashError)
 }
 
 /// Whether `password` matches an argon2id PHC string.

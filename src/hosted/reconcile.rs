@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use super::credentials::{
     create_missing, deprovision, ensure_engine_role, seal_context, ACL_TYPES,
 };
-use super::dynsec::Dynsec;
+use super::dynsec::{Dynsec, DynsecError};
 use crate::config::HostedConfig;
-use crate::secrets::SecretKey;
+use crate::secrets::{SecretError, SecretKey};
 
 /// What one pass changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +29,72 @@ pub struct Report {
     pub fixed: usize,
 }
 
+impl Report {
+    /// Counts the repairs in `fleetflow_hosted_repairs_total{kind}`.
+    fn count(&self) {
+        for (kind, n) in [
+            ("created", self.created),
+            ("deleted", self.deleted),
+            ("fixed", self.fixed),
+        ] {
+            if n > 0 {
+                metrics::counter!(m::HOSTED_REPAIRS_TOTAL, "kind" => kind).increment(n as u64);
+            }
+        }
+    }
+}
+
+/// Why a pass, or the repair of one credential, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The broker refused a command or did not answer.
+    #[error("hosted broker: {0}")]
+    Broker(#[from] DynsecError),
+    /// No connection from the pool.
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A query failed.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// A stored password could not be opened with the configured key.
+    #[error("the sealed password of {username}: {source}")]
+    Sealed {
+        /// The credential.
+        username: String,
+        /// Why it did not open.
+        #[source]
+        source: SecretError,
+    },
+}
+
+/// The managed part of the broker (this engine's prefix), read at the start of a pass.
+struct BrokerState {
+    /// Clients by username, as `listClients` (verbose) describes them.
+    clients: HashMap<String, Value>,
+    /// Roles by name, with their ACLs.
+    roles: HashMap<String, Value>,
+}
+
+/// A `mqtt_credentials` row as a pass needs it.
+struct Credential {
+    /// The broker username (and its role's name).
+    username: String,
+    /// Whether the credential was revoked.
+    revoked: bool,
+    /// The topic filters its role allows.
+    allowed_topics: Vec<String>,
+}
+
 /// The reconcile loop's state.
 #[derive(Clone)]
 pub struct Reconciler {
+    /// The `mqtt_credentials` rows.
     pool: Pool,
+    /// The broker's admin connection.
     dynsec: Dynsec,
+    /// Prefix, engine role and intervals.
     cfg: HostedConfig,
+    /// Opens sealed passwords to re-create missing clients; without it they stay missing.
     key: Option<SecretKey>,
 }
 
@@ -49,72 +109,97 @@ impl Reconciler {
         }
     }
 
-    /// One pass.
-    pub async fn run_once(&self) -> Result<Report, String> {
+    /// One pass: the engine's own role, then deletions (a revoked credential loses its broker
+    /// client even when another row cannot be repaired), then every active credential's client
+    /// repaired or re-created; the rows in step are marked synced.
+    pub async fn run_once(&self) -> Result<Report, ReconcileError> {
         ensure_engine_role(
             &self.dynsec,
             &self.cfg.engine_role,
             &self.cfg.admin_username,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         // The broker first, then the rows: the API writes a row before it creates the broker
         // client, so every client listed here that belongs to a credential has its row below.
-        let clients: HashMap<String, Value> = self
-            .dynsec
-            .list_clients_verbose()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter_map(|c| {
-                let u = c["username"].as_str()?.to_string();
-                u.starts_with(&self.cfg.client_prefix).then_some((u, c))
-            })
-            .collect();
-        let roles: HashMap<String, Value> = self
-            .dynsec
-            .list_roles_verbose()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter_map(|r| {
-                let n = r["rolename"].as_str()?.to_string();
-                n.starts_with(&self.cfg.client_prefix).then_some((n, r))
-            })
-            .collect();
-        let broker: HashSet<String> = clients.keys().cloned().collect();
-        let rows = {
-            let c = self.pool.get().await.map_err(|e| e.to_string())?;
-            c.query(
-                "SELECT username, revoked_at IS NOT NULL, allowed_topics FROM mqtt_credentials",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-        };
+        let broker = self.broker_state().await?;
+        let rows = self.credentials().await?;
         let active: HashSet<String> = rows
             .iter()
-            .filter(|r| !r.get::<_, bool>(1))
-            .map(|r| r.get(0))
+            .filter(|r| !r.revoked)
+            .map(|r| r.username.clone())
             .collect();
-        let mut report = Report::default();
-        // Deletions first: a revoked credential loses its broker client even when another
-        // row cannot be repaired.
-        for username in broker.difference(&active) {
+        let mut report = Report {
+            deleted: self.delete_orphan_clients(&broker, &active).await,
+            ..Report::default()
+        };
+        self.sweep_orphan_roles(&broker, &active).await;
+        let synced = self.sync_active(&broker, &rows, &mut report).await;
+        report.count();
+        self.mark_synced(&synced).await;
+        Ok(report)
+    }
+
+    /// The managed clients and roles on the broker.
+    async fn broker_state(&self) -> Result<BrokerState, DynsecError> {
+        let prefix = &self.cfg.client_prefix;
+        let managed = |list: Vec<Value>, key: &str| -> HashMap<String, Value> {
+            list.into_iter()
+                .filter_map(|v| {
+                    let name = v[key].as_str()?.to_string();
+                    name.starts_with(prefix).then_some((name, v))
+                })
+                .collect()
+        };
+        Ok(BrokerState {
+            clients: managed(self.dynsec.list_clients_verbose().await?, "username"),
+            roles: managed(self.dynsec.list_roles_verbose().await?, "rolename"),
+        })
+    }
+
+    /// Every credential row, revoked ones included.
+    async fn credentials(&self) -> Result<Vec<Credential>, ReconcileError> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                "SELECT username, revoked_at IS NOT NULL AS revoked, allowed_topics FROM mqtt_credentials",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Credential {
+                username: r.get("username"),
+                revoked: r.get("revoked"),
+                allowed_topics: r.get("allowed_topics"),
+            })
+            .collect())
+    }
+
+    /// Deletes managed clients without an active row; returns how many went.
+    async fn delete_orphan_clients(&self, broker: &BrokerState, active: &HashSet<String>) -> usize {
+        let mut deleted = 0;
+        for username in broker.clients.keys().filter(|u| !active.contains(*u)) {
             match deprovision(&self.dynsec, username).await {
                 Ok(()) => {
                     tracing::warn!(username = %username, "hosted broker: deleted a client with no active credential");
-                    report.deleted += 1;
+                    deleted += 1;
                 }
                 Err(e) => {
                     tracing::error!(username = %username, error = %e, "hosted broker: could not delete a client")
                 }
             }
         }
-        // Managed roles whose credential is gone (a deleteRole that failed, a creation that
-        // failed half-way) are swept too.
-        for role in roles.keys() {
-            if active.contains(role) || broker.contains(role) || *role == self.cfg.engine_role {
+        deleted
+    }
+
+    /// Managed roles whose credential is gone (a deleteRole that failed, a creation that
+    /// failed half-way) are swept too.
+    async fn sweep_orphan_roles(&self, broker: &BrokerState, active: &HashSet<String>) {
+        for role in broker.roles.keys() {
+            if active.contains(role)
+                || broker.clients.contains_key(role)
+                || *role == self.cfg.engine_role
+            {
                 continue;
             }
             match self
@@ -130,58 +215,81 @@ impl Reconciler {
                 }
             }
         }
-        let mut synced: Vec<String> = Vec::new();
-        for r in &rows {
-            let username: String = r.get(0);
-            if r.get::<_, bool>(1) {
-                continue;
-            }
-            if let Some(client) = clients.get(&username) {
-                let topics: Vec<String> = r.get(2);
-                match self
-                    .fix_drift(&username, client, roles.get(&username), &topics)
-                    .await
-                {
-                    Ok(0) => synced.push(username),
-                    Ok(n) => {
-                        tracing::warn!(username = %username, changes = n, "hosted broker: repaired a client's role or ACLs");
-                        report.fixed += 1;
-                        synced.push(username);
-                    }
-                    Err(e) => {
-                        tracing::error!(username = %username, error = %e, "hosted broker: could not repair a client")
-                    }
+    }
+
+    /// Repairs the client of every active credential, or re-creates it when missing; returns
+    /// the usernames now in step.
+    async fn sync_active(
+        &self,
+        broker: &BrokerState,
+        rows: &[Credential],
+        report: &mut Report,
+    ) -> Vec<String> {
+        let mut synced = Vec::new();
+        for row in rows.iter().filter(|r| !r.revoked) {
+            let in_step = match broker.clients.get(&row.username) {
+                Some(client) => {
+                    let role = broker.roles.get(&row.username);
+                    self.fix_client(row, client, role, report).await
                 }
-                continue;
-            }
-            let Some(key) = &self.key else {
-                tracing::error!(username = %username, "cannot re-create a hosted-broker client: FLEETFLOW_SECRET_KEY is not set");
-                continue;
+                None => self.recreate_client(&row.username, report).await,
             };
-            match self.repair(key, &username).await {
-                Ok(true) => {
-                    tracing::warn!(username = %username, "hosted broker: re-created a missing client");
-                    report.created += 1;
-                    synced.push(username);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(username = %username, error = %e, "hosted broker: could not re-create a client")
-                }
+            if in_step {
+                synced.push(row.username.clone());
             }
         }
-        if report.created > 0 {
-            metrics::counter!(m::HOSTED_REPAIRS_TOTAL, "kind" => "created")
-                .increment(report.created as u64);
+        synced
+    }
+
+    /// An existing client put back in step; returns whether it is.
+    async fn fix_client(
+        &self,
+        row: &Credential,
+        client: &Value,
+        role: Option<&Value>,
+        report: &mut Report,
+    ) -> bool {
+        let username = &row.username;
+        match self
+            .fix_drift(username, client, role, &row.allowed_topics)
+            .await
+        {
+            Ok(0) => true,
+            Ok(n) => {
+                tracing::warn!(username = %username, changes = n, "hosted broker: repaired a client's role or ACLs");
+                report.fixed += 1;
+                true
+            }
+            Err(e) => {
+                tracing::error!(username = %username, error = %e, "hosted broker: could not repair a client");
+                false
+            }
         }
-        if report.deleted > 0 {
-            metrics::counter!(m::HOSTED_REPAIRS_TOTAL, "kind" => "deleted")
-                .increment(report.deleted as u64);
+    }
+
+    /// A missing client re-created from its row; returns whether it was.
+    async fn recreate_client(&self, username: &str, report: &mut Report) -> bool {
+        let Some(key) = &self.key else {
+            tracing::error!(username = %username, "cannot re-create a hosted-broker client: FLEETFLOW_SECRET_KEY is not set");
+            return false;
+        };
+        match self.repair(key, username).await {
+            Ok(true) => {
+                tracing::warn!(username = %username, "hosted broker: re-created a missing client");
+                report.created += 1;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::error!(username = %username, error = %e, "hosted broker: could not re-create a client");
+                false
+            }
         }
-        if report.fixed > 0 {
-            metrics::counter!(m::HOSTED_REPAIRS_TOTAL, "kind" => "fixed")
-                .increment(report.fixed as u64);
-        }
+    }
+
+    /// Records that these credentials' clients are in step (best effort: the next pass
+    /// records it otherwise).
+    async fn mark_synced(&self, synced: &[String]) {
         if let Ok(c) = self.pool.get().await {
             let _ = c
                 .execute(
@@ -190,77 +298,73 @@ impl Reconciler {
                 )
                 .await;
         }
-        Ok(report)
     }
 
-    /// Puts back what a credential's client must have: enabled, its role, and exactly the
-    /// allow ACLs of its topics. Returns how many changes it made.
+    /// Puts back what a credential's client must have: enabled, its role with exactly the
+    /// allow ACLs of its topics, and no other role or group. Returns how many changes it made.
     async fn fix_drift(
         &self,
         username: &str,
         client: &Value,
         role: Option<&Value>,
         topics: &[String],
-    ) -> Result<usize, String> {
-        let d = &self.dynsec;
-        let err = |e: super::dynsec::DynsecError| e.to_string();
+    ) -> Result<usize, DynsecError> {
         let mut changes = 0;
         if client["disabled"].as_bool() == Some(true) {
-            d.call(json!({"command": "enableClient", "username": username}))
-                .await
-                .map_err(err)?;
+            self.dynsec
+                .call(json!({"command": "enableClient", "username": username}))
+                .await?;
             changes += 1;
         }
-        let want: HashSet<(String, String)> = topics
-            .iter()
-            .flat_map(|t| ACL_TYPES.iter().map(move |a| (a.to_string(), t.clone())))
-            .collect();
-        let have: HashSet<(String, String)> = role
-            .and_then(|r| r["acls"].as_array())
-            .map(|acls| {
-                acls.iter()
-                    .filter(|a| a["allow"].as_bool() == Some(true))
-                    .filter_map(|a| {
-                        Some((
-                            a["acltype"].as_str()?.to_string(),
-                            a["topic"].as_str()?.to_string(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        changes += self.fix_role_acls(username, role, topics).await?;
+        changes += self.fix_memberships(username, client).await?;
+        Ok(changes)
+    }
+
+    /// The credential's role, holding exactly the allow ACLs of its topics.
+    async fn fix_role_acls(
+        &self,
+        username: &str,
+        role: Option<&Value>,
+        topics: &[String],
+    ) -> Result<usize, DynsecError> {
+        let d = &self.dynsec;
+        let mut changes = 0;
+        let want = wanted_acls(topics);
+        let have = allowed_acls(role);
         if role.is_none() {
             d.call_idempotent(json!({"command": "createRole", "rolename": username}))
-                .await
-                .map_err(err)?;
+                .await?;
             changes += 1;
         }
         // Removals first (a hand-made deny entry on a wanted topic would otherwise make the
         // addition look done): anything in the role but the wanted allow entries goes.
-        if let Some(acls) = role.and_then(|r| r["acls"].as_array()) {
-            for a in acls {
-                let (Some(acltype), Some(topic)) = (a["acltype"].as_str(), a["topic"].as_str())
-                else {
-                    continue;
-                };
-                let allowed = a["allow"].as_bool() == Some(true);
-                if !(allowed && want.contains(&(acltype.to_string(), topic.to_string()))) {
-                    d.call_idempotent(json!({"command": "removeRoleACL", "rolename": username,
-                                              "acltype": acltype, "topic": topic}))
-                        .await
-                        .map_err(err)?;
-                    changes += 1;
-                }
+        let acls = role.and_then(|r| r["acls"].as_array());
+        for a in acls.into_iter().flatten() {
+            let (Some(acltype), Some(topic)) = (a["acltype"].as_str(), a["topic"].as_str()) else {
+                continue;
+            };
+            let allowed = a["allow"].as_bool() == Some(true);
+            if !(allowed && want.contains(&(acltype.to_string(), topic.to_string()))) {
+                d.call_idempotent(json!({"command": "removeRoleACL", "rolename": username,
+                                          "acltype": acltype, "topic": topic}))
+                    .await?;
+                changes += 1;
             }
         }
         for (acltype, topic) in want.difference(&have) {
             d.call_idempotent(json!({"command": "addRoleACL", "rolename": username,
                                       "acltype": acltype, "topic": topic, "allow": true}))
-                .await
-                .map_err(err)?;
+                .await?;
             changes += 1;
         }
-        // Exactly its own role, and no groups (either could widen what it may do).
+        Ok(changes)
+    }
+
+    /// Exactly its own role, and no groups (either could widen what the client may do).
+    async fn fix_memberships(&self, username: &str, client: &Value) -> Result<usize, DynsecError> {
+        let d = &self.dynsec;
+        let mut changes = 0;
         let mut has_role = false;
         for r in client["roles"].as_array().into_iter().flatten() {
             let Some(name) = r["rolename"].as_str() else {
@@ -272,16 +376,14 @@ impl Reconciler {
                 d.call_idempotent(
                     json!({"command": "removeClientRole", "username": username, "rolename": name}),
                 )
-                .await
-                .map_err(err)?;
+                .await?;
                 changes += 1;
             }
         }
         for g in client["groups"].as_array().into_iter().flatten() {
             if let Some(name) = g["groupname"].as_str() {
                 d.call_idempotent(json!({"command": "removeGroupClient", "groupname": name, "username": username}))
-                    .await
-                    .map_err(err)?;
+                    .await?;
                 changes += 1;
             }
         }
@@ -289,8 +391,7 @@ impl Reconciler {
             d.call_idempotent(
                 json!({"command": "addClientRole", "username": username, "rolename": username}),
             )
-            .await
-            .map_err(err)?;
+            .await?;
             changes += 1;
         }
         Ok(changes)
@@ -298,26 +399,27 @@ impl Reconciler {
 
     /// Re-creates one client from the row as it is now (a revoke or rotation since the pass
     /// began wins). Returns whether it did.
-    async fn repair(&self, key: &SecretKey, username: &str) -> Result<bool, String> {
+    async fn repair(&self, key: &SecretKey, username: &str) -> Result<bool, ReconcileError> {
         let row = {
-            let c = self.pool.get().await.map_err(|e| e.to_string())?;
+            let c = self.pool.get().await?;
             c.query_opt(
                 // A credential the API is creating right now (no broker sync yet) is left to it.
                 "SELECT password_sealed, allowed_topics FROM mqtt_credentials WHERE username = $1 AND revoked_at IS NULL
                    AND (broker_synced_at IS NOT NULL OR created_at < now() - interval '30 seconds')",
                 &[&username],
             )
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
         };
         let Some(row) = row else { return Ok(false) };
+        let sealed: Vec<u8> = row.get("password_sealed");
         let password = key
-            .open(&row.get::<_, Vec<u8>>(0), &seal_context(username))
-            .map_err(|e| e.to_string())?;
-        let topics: Vec<String> = row.get(1);
-        create_missing(&self.dynsec, username, &password, &topics)
-            .await
-            .map_err(|e| e.to_string())
+            .open(&sealed, &seal_context(username))
+            .map_err(|source| ReconcileError::Sealed {
+                username: username.to_string(),
+                source,
+            })?;
+        let topics: Vec<String> = row.get("allowed_topics");
+        Ok(create_missing(&self.dynsec, username, &password, &topics).await?)
     }
 
     /// Runs passes at startup, on every change notification and every `reconcile_secs`.
@@ -354,4 +456,27 @@ impl Reconciler {
             listener.abort();
         })
     }
+}
+
+/// The (ACL type, topic) pairs a credential's role must allow.
+fn wanted_acls(topics: &[String]) -> HashSet<(String, String)> {
+    topics
+        .iter()
+        .flat_map(|t| ACL_TYPES.iter().map(move |a| (a.to_string(), t.clone())))
+        .collect()
+}
+
+/// The (ACL type, topic) pairs a role allows now.
+fn allowed_acls(role: Option<&Value>) -> HashSet<(String, String)> {
+    let acls = role.and_then(|r| r["acls"].as_array());
+    acls.into_iter()
+        .flatten()
+        .filter(|a| a["allow"].as_bool() == Some(true))
+        .filter_map(|a| {
+            Some((
+                a["acltype"].as_str()?.to_string(),
+                a["topic"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
