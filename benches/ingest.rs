@@ -112,7 +112,7 @@ fn bench_assemble(c: &mut Criterion) {
 fn bench_batch_encoder(c: &mut Criterion) {
     use bytes::BytesMut;
     use fleetflow_actors::sinks::pg_write::ReadingColumns;
-    use fleetflow_actors::sinks::rows::{Pending, ReadingRow, Row};
+    use fleetflow_actors::sinks::rows::{PendingRow, ReadingRow, Row};
     use fleetflow_protocol::ids::DeviceId;
     use fleetflow_protocol::message::Measurements;
     use tokio_postgres::types::Type;
@@ -120,9 +120,9 @@ fn bench_batch_encoder(c: &mut Criterion) {
     let devices: Vec<DeviceId> = (0..200)
         .map(|i| DeviceId::parse(&format!("{:012X}", i)).unwrap())
         .collect();
-    let batch: Vec<Pending> = (0..2000)
+    let batch: Vec<PendingRow> = (0..2000)
         .map(|i| {
-            Pending::new(
+            PendingRow::new(
                 Row::Reading(ReadingRow {
                     device_id: devices[i % 200].clone(),
                     seq: Some(i as i64),

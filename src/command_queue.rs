@@ -12,7 +12,7 @@ use bytes::Bytes;
 use deadpool_postgres::Pool;
 use fleetflow_actors::link::MqttLink;
 use fleetflow_actors::metrics as m;
-use fleetflow_actors::router::{RouteOf, Router as DeviceRouter};
+use fleetflow_actors::router::{DeviceRouter, ReplyRouteOf};
 use fleetflow_protocol::gxp::GxpCommand;
 use fleetflow_protocol::ids::{DeviceId, DeviceIdError};
 use fleetflow_protocol::topic::TopicParser;
@@ -100,7 +100,7 @@ impl CommandSender {
     pub async fn send(&self, c: &Queued) -> Result<Sent, CommandRefused> {
         let id = DeviceId::parse(&c.device_id)?;
         let (format, payload) = payload(c)?;
-        let route = self.router.send(RouteOf(id.clone())).await.ok().flatten();
+        let route = self.router.send(ReplyRouteOf(id.clone())).await.ok().flatten();
         let (link, topic, via) = match &route {
             Some(r) => (&r.link, r.topics.cmd_topic(&id), "device_source"),
             None => (&self.link, self.topics.cmd_topic(&id), "default_broker"),

@@ -56,9 +56,9 @@ impl AckToken {
 /// Where replies to a device go: the connection its messages came from, and that source's
 /// topic layout (for `{prefix}/{device_id}/ack` and `/cmd`).
 #[derive(Debug, Clone)]
-pub struct Reply {
+pub struct ReplyRoute {
     /// The source's name (`default` or a product id): the owner of the devices it feeds.
-    pub source: std::sync::Arc<str>,
+    pub source_name: std::sync::Arc<str>,
     /// The connection.
     pub link: MqttLink,
     /// The source's topics.

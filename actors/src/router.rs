@@ -14,10 +14,12 @@ use chrono::Utc;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::device::{DeviceActor, DeviceDeps, DeviceSnapshot, Inbound, ReplyRoute, Snapshot, Stop};
-use crate::link::{AckToken, Reply};
+use crate::device::{
+    DeviceActor, DeviceDeps, DeviceSnapshot, GetReplyRoute, Inbound, Snapshot, Stop,
+};
+use crate::link::{AckToken, ReplyRoute};
 use crate::metrics as m;
-use crate::sinks::rows::{Pending, Row};
+use crate::sinks::rows::{PendingRow, Row};
 use fleetflow_protocol::errors::{
     excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord, INVALID_DEVICE,
 };
@@ -35,7 +37,7 @@ pub struct RawPublish {
     /// Set for QoS 1.
     pub ack: Option<AckToken>,
     /// The source it came from: its topic layout, and where replies and acks go.
-    pub source: Arc<Reply>,
+    pub reply_route: Arc<ReplyRoute>,
 }
 
 /// Sent by a device actor that wants to stop (idle), or by anyone to drop an entry.
@@ -56,8 +58,8 @@ pub struct QueryDevice(pub DeviceId);
 /// Asks for the connection a device's latest message came from, so that a command goes back
 /// through the same broker and topic layout (`None` when the device has no live actor).
 #[derive(Debug, Message)]
-#[rtype(result = "Option<Arc<Reply>>")]
-pub struct RouteOf(pub DeviceId);
+#[rtype(result = "Option<Arc<ReplyRoute>>")]
+pub struct ReplyRouteOf(pub DeviceId);
 
 /// Asks for the actor state of several devices (those without a live actor are left out).
 #[derive(Debug, Message)]
@@ -78,7 +80,7 @@ pub struct RestartDevice(pub DeviceId);
 #[rtype(result = "()")]
 pub struct ReleaseSource(pub String);
 
-impl Handler<ReleaseSource> for Router {
+impl Handler<ReleaseSource> for DeviceRouter {
     type Result = ();
 
     fn handle(&mut self, msg: ReleaseSource, _ctx: &mut Self::Context) {
@@ -100,7 +102,8 @@ impl Handler<ReleaseSource> for Router {
 #[rtype(result = "usize")]
 pub struct StopAll;
 
-struct Entry {
+/// The router's record of a device with a live actor.
+struct LiveDevice {
     addr: Addr<DeviceActor>,
     generation: u64,
     /// The source (product) the device's messages arrive from. While its actor lives, messages
@@ -110,18 +113,18 @@ struct Entry {
     owner: Arc<str>,
 }
 
-/// The router.
-pub struct Router {
+/// The router actor: hands each message to its device's actor (see the module doc).
+pub struct DeviceRouter {
     arbiters: Arc<Vec<ArbiterHandle>>,
     deps: Option<DeviceDeps>,
-    devices: HashMap<DeviceId, Entry>,
+    devices: HashMap<DeviceId, LiveDevice>,
     next_generation: u64,
     invalid: ErrorRateLimiter<ErrorCode>,
     hasher: std::collections::hash_map::RandomState,
 }
 
-impl Router {
-    /// A router; call [`Router::set_deps`] before it receives messages.
+impl DeviceRouter {
+    /// A router; call [`DeviceRouter::set_deps`] before it receives messages.
     pub fn new(arbiters: Arc<Vec<ArbiterHandle>>) -> Self {
         Self {
             arbiters,
@@ -157,7 +160,7 @@ impl Router {
         });
         self.devices.insert(
             id,
-            Entry {
+            LiveDevice {
                 addr: addr.clone(),
                 generation,
                 owner: owner.clone(),
@@ -167,7 +170,7 @@ impl Router {
     }
 
     fn reject(&mut self, msg: RawPublish, err: TopicError, ctx: &mut Context<Self>) {
-        if msg.source.topics.is_outbound(&msg.topic) {
+        if msg.reply_route.topics.is_outbound(&msg.topic) {
             // The engine's own ACK/NACK or command, seen through a broad filter such as
             // `{prefix}/#`: not a device message and not an error.
             metrics::counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "own").increment(1);
@@ -180,15 +183,15 @@ impl Router {
             }
             TopicError::UnknownSuffix(_) => (
                 ErrorCode::BadField,
-                device_level(&msg.source.topics, &msg.topic),
+                device_level(&msg.reply_route.topics, &msg.topic),
             ),
             TopicError::Claimed(_) => (
                 ErrorCode::InvalidDeviceId,
-                device_level(&msg.source.topics, &msg.topic),
+                device_level(&msg.reply_route.topics, &msg.topic),
             ),
             TopicError::BadChunkTopic(_) => (
                 ErrorCode::BadField,
-                device_level(&msg.source.topics, &msg.topic),
+                device_level(&msg.reply_route.topics, &msg.topic),
             ),
         };
         metrics::counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "invalid").increment(1);
@@ -214,7 +217,7 @@ impl Router {
                 });
                 // The reject is durable once its error row is; if the row was rate-limited,
                 // there is nothing to keep and the ack goes now.
-                let pending = Pending::new(row, msg.ack);
+                let pending = PendingRow::new(row, msg.ack);
                 let pg = deps.pg.clone();
                 if let Err(SendError::Full(p)) = pg.try_send(pending) {
                     ctx.wait(
@@ -245,7 +248,7 @@ fn device_level(parser: &TopicParser, topic: &[u8]) -> String {
         .unwrap_or_else(|| INVALID_DEVICE.to_string())
 }
 
-impl Actor for Router {
+impl Actor for DeviceRouter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -254,7 +257,7 @@ impl Actor for Router {
     }
 }
 
-impl StreamHandler<RawPublish> for Router {
+impl StreamHandler<RawPublish> for DeviceRouter {
     fn handle(&mut self, msg: RawPublish, ctx: &mut Self::Context) {
         self.route(msg, ctx);
     }
@@ -264,16 +267,16 @@ impl StreamHandler<RawPublish> for Router {
     }
 }
 
-impl Handler<RawPublish> for Router {
+impl Handler<RawPublish> for DeviceRouter {
     type Result = ();
     fn handle(&mut self, msg: RawPublish, ctx: &mut Self::Context) {
         self.route(msg, ctx);
     }
 }
 
-impl Router {
+impl DeviceRouter {
     fn route(&mut self, msg: RawPublish, ctx: &mut Context<Self>) {
-        let parsed = match msg.source.topics.parse(&msg.topic) {
+        let parsed = match msg.reply_route.topics.parse(&msg.topic) {
             Ok(p) => p,
             Err(e) => return self.reject(msg, e, ctx),
         };
@@ -283,9 +286,9 @@ impl Router {
             kind: parsed.kind,
             payload: msg.payload,
             ack: msg.ack,
-            reply: msg.source,
+            reply_route: msg.reply_route,
         };
-        let owner = &inbound.reply.source;
+        let owner = &inbound.reply_route.source_name;
         let addr = match self.devices.get_mut(&parsed.device_id) {
             Some(e) if !e.owner.is_empty() && *e.owner != **owner => {
                 let claimed = TopicError::Claimed(e.owner.to_string());
@@ -293,7 +296,7 @@ impl Router {
                     topic: msg.topic,
                     payload: inbound.payload,
                     ack: inbound.ack,
-                    source: inbound.reply,
+                    reply_route: inbound.reply_route,
                 };
                 return self.reject(msg, claimed, ctx);
             }
@@ -324,7 +327,7 @@ impl Router {
     }
 }
 
-impl Handler<DeviceExited> for Router {
+impl Handler<DeviceExited> for DeviceRouter {
     type Result = ();
 
     fn handle(&mut self, msg: DeviceExited, _ctx: &mut Self::Context) {
@@ -339,7 +342,7 @@ impl Handler<DeviceExited> for Router {
     }
 }
 
-impl Handler<QueryDevice> for Router {
+impl Handler<QueryDevice> for DeviceRouter {
     type Result = ResponseFuture<Option<DeviceSnapshot>>;
 
     fn handle(&mut self, msg: QueryDevice, _ctx: &mut Self::Context) -> Self::Result {
@@ -353,21 +356,21 @@ impl Handler<QueryDevice> for Router {
     }
 }
 
-impl Handler<RouteOf> for Router {
-    type Result = ResponseFuture<Option<Arc<Reply>>>;
+impl Handler<ReplyRouteOf> for DeviceRouter {
+    type Result = ResponseFuture<Option<Arc<ReplyRoute>>>;
 
-    fn handle(&mut self, msg: RouteOf, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ReplyRouteOf, _ctx: &mut Self::Context) -> Self::Result {
         let addr = self.devices.get(&msg.0).map(|e| e.addr.clone());
         Box::pin(async move {
             match addr {
-                Some(a) => a.send(ReplyRoute).await.ok().flatten(),
+                Some(a) => a.send(GetReplyRoute).await.ok().flatten(),
                 None => None,
             }
         })
     }
 }
 
-impl Handler<QueryDevices> for Router {
+impl Handler<QueryDevices> for DeviceRouter {
     type Result = ResponseFuture<HashMap<String, DeviceSnapshot>>;
 
     fn handle(&mut self, msg: QueryDevices, _ctx: &mut Self::Context) -> Self::Result {
@@ -392,7 +395,7 @@ impl Handler<QueryDevices> for Router {
     }
 }
 
-impl Handler<RestartDevice> for Router {
+impl Handler<RestartDevice> for DeviceRouter {
     type Result = bool;
 
     fn handle(&mut self, msg: RestartDevice, _ctx: &mut Self::Context) -> bool {
@@ -411,7 +414,7 @@ impl Handler<RestartDevice> for Router {
     }
 }
 
-impl Handler<StopAll> for Router {
+impl Handler<StopAll> for DeviceRouter {
     type Result = ResponseFuture<usize>;
 
     fn handle(&mut self, _: StopAll, _ctx: &mut Self::Context) -> Self::Result {

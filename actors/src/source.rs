@@ -13,7 +13,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::MqttConfig;
-use crate::link::{MqttLink, Reply};
+use crate::link::{MqttLink, ReplyRoute};
 use crate::metrics as m;
 use crate::router::RawPublish;
 use crate::transport;
@@ -171,17 +171,17 @@ pub fn spawn_with_filters(
     let (control, control_rx) = watch::channel(SourceControl::Run);
     let parser = TopicParser::new(cfg.topic_prefix.clone());
     let (filters_tx, filters_rx) = watch::channel(filters.clone());
-    let reply = std::sync::Arc::new(Reply {
-        source: std::sync::Arc::from(name),
+    let reply_route = std::sync::Arc::new(ReplyRoute {
+        source_name: std::sync::Arc::from(name),
         link: link.clone(),
         topics: parser,
         gxp: std::sync::Arc::new(cfg.gxp.clone()),
     });
-    let lp = Loop {
+    let lp = SourceLoop {
         client,
         eventloop,
         link: link.clone(),
-        reply,
+        reply_route,
         connected: connected.clone(),
         received: received.clone(),
         broker_info: broker_info_tx,
@@ -206,11 +206,12 @@ pub fn spawn_with_filters(
     })
 }
 
-struct Loop {
+/// The task that polls one source's event loop and forwards its PUBLISHes.
+struct SourceLoop {
     client: AsyncClient,
     eventloop: EventLoop,
     link: MqttLink,
-    reply: std::sync::Arc<Reply>,
+    reply_route: std::sync::Arc<ReplyRoute>,
     connected: Arc<AtomicBool>,
     received: Arc<AtomicU64>,
     broker_info: watch::Sender<Option<serde_json::Value>>,
@@ -224,7 +225,7 @@ struct Loop {
     backoff_max: Duration,
 }
 
-impl Loop {
+impl SourceLoop {
     /// Moves the live connection to `wanted`: subscribes what is new, unsubscribes what went.
     /// While disconnected only the list changes; the next CONNACK subscribes it all.
     fn resubscribe(&mut self, wanted: Vec<String>) {
@@ -299,7 +300,7 @@ impl Loop {
                         topic: p.topic,
                         payload: p.payload,
                         ack,
-                        source: self.reply.clone(),
+                        reply_route: self.reply_route.clone(),
                     };
                     match self.out.try_send(msg) {
                         Ok(()) => {}

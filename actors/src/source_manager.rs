@@ -94,7 +94,7 @@ pub struct SourceManager {
     /// The running sources' connections.
     pub links: Links,
     /// Told when a source stops for good, so that its devices can move to another source.
-    router: Option<Addr<crate::router::Router>>,
+    router: Option<Addr<crate::router::DeviceRouter>>,
 }
 
 /// Requests to the manager, each answered on its `reply`.
@@ -158,7 +158,7 @@ impl SourceManager {
     }
 
     /// Sets the router (before [`SourceManager::spawn`]).
-    pub fn set_router(&mut self, router: Addr<crate::router::Router>) {
+    pub fn set_router(&mut self, router: Addr<crate::router::DeviceRouter>) {
         self.router = Some(router);
     }
 

@@ -25,7 +25,7 @@ use actix::Addr;
 use axum::routing::{get, post};
 use axum::Router;
 use deadpool_postgres::Pool;
-use fleetflow_actors::router::Router as DeviceRouter;
+use fleetflow_actors::router::DeviceRouter;
 use metrics_exporter_prometheus::PrometheusHandle;
 use object_store::ObjectStore;
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Addr, MailboxError};
 use deadpool_postgres::Pool;
-use fleetflow_actors::router::{QueryDevice, RestartDevice, Router, StopAll};
+use fleetflow_actors::router::{DeviceRouter, QueryDevice, RestartDevice, StopAll};
 use fleetflow_actors::sinks::object_store::{self, ObjectsError};
 use fleetflow_actors::sinks::objects::{ObjectSink, ProbeStore, ReplaceStore};
 use fleetflow_actors::sinks::pg::{Flush, PgSink, Probe, ReplacePool};
@@ -105,7 +105,7 @@ pub struct Restarter {
     /// The audit rows.
     pool: Pool,
     /// Restarts and queries device actors; drains them all for `pipeline`.
-    router: Addr<Router>,
+    router: Addr<DeviceRouter>,
     /// The source manager, for `source:` and `pipeline`.
     sources: Option<mpsc::Sender<SourceCommand>>,
     /// The sinks, for `sink:` and `pipeline`.
@@ -114,7 +114,7 @@ pub struct Restarter {
 
 impl Restarter {
     /// A restarter over the pool and the device router.
-    pub fn new(pool: Pool, router: Addr<Router>) -> Self {
+    pub fn new(pool: Pool, router: Addr<DeviceRouter>) -> Self {
         Self {
             pool,
             router,

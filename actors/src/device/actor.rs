@@ -18,14 +18,14 @@ fn clock() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-use super::{DeviceSnapshot, Inbound, ReplyRoute, Snapshot, Stop};
+use super::{DeviceSnapshot, GetReplyRoute, Inbound, Snapshot, Stop};
 use crate::config::{AssemblyConfig, DevicesConfig};
-use crate::link::{AckToken, Reply};
+use crate::link::{AckToken, ReplyRoute};
 use crate::metrics as m;
-use crate::router::{DeviceExited, Router};
+use crate::router::{DeviceExited, DeviceRouter};
 use crate::sinks::objects::{ObjectSink, Store};
 use crate::sinks::pg::PgSink;
-use crate::sinks::rows::{Pending, Row};
+use crate::sinks::rows::{PendingRow, Row};
 use crate::supervisor::{Decision, RestartPolicy};
 use fleetflow_protocol::budget::GlobalBudget;
 use fleetflow_protocol::errors::{ErrorCode, ErrorRecord};
@@ -46,7 +46,7 @@ pub struct DeviceDeps {
     /// Images.
     pub objects: Addr<ObjectSink>,
     /// Told when this actor passivates.
-    pub router: Addr<Router>,
+    pub router: Addr<DeviceRouter>,
     /// Wake schedules and next wakes (the GXP handshake answers from memory).
     pub book: Arc<fleetflow_protocol::schedule::ScheduleBook>,
 }
@@ -63,7 +63,7 @@ pub struct DeviceActor {
     deps: DeviceDeps,
     generation: u64,
     /// The source this device's messages come from, and its ack and command topics there.
-    reply: Option<(Arc<Reply>, String, String)>,
+    reply_route: Option<(Arc<ReplyRoute>, String, String)>,
     effects: Vec<Effect>,
     timer: Option<(SpawnHandle, std::time::Instant)>,
     /// The broker ack of the message being handled; the state machine says when it may go.
@@ -86,7 +86,7 @@ impl DeviceActor {
             ),
             deps,
             generation,
-            reply: None,
+            reply_route: None,
             effects: Vec::with_capacity(8),
             timer: None,
             msg_ack: None,
@@ -97,7 +97,7 @@ impl DeviceActor {
     }
 
     fn run_effects(&mut self, ctx: &mut Context<Self>) {
-        let mut blocked: Vec<Pending> = Vec::new();
+        let mut blocked: Vec<PendingRow> = Vec::new();
         let mut effects = std::mem::take(&mut self.effects);
         for effect in effects.drain(..) {
             match effect {
@@ -106,7 +106,7 @@ impl DeviceActor {
                 Effect::Command { payload, kind } => self.publish_command(payload, kind),
                 Effect::Row(row, ack) => {
                     let ack = ack.and_then(|_| self.msg_ack.take());
-                    let p = Pending::new(row, ack);
+                    let p = PendingRow::new(row, ack);
                     if !blocked.is_empty() {
                         blocked.push(p);
                         continue;
@@ -188,7 +188,7 @@ impl DeviceActor {
             self.deps.budget.clone(),
             self.deps.book.clone(),
         );
-        if let Some((r, _, _)) = &self.reply {
+        if let Some((r, _, _)) = &self.reply_route {
             self.core.set_gxp_settings(r.gxp.clone());
         }
         if let Some((h, _)) = self.timer.take() {
@@ -284,7 +284,7 @@ impl Handler<Inbound> for DeviceActor {
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
         metrics::counter!(m::DEVICE_MAILBOX_POPPED_TOTAL).increment(1);
         self.last_msg = Instant::now();
-        self.note_reply(&msg.reply);
+        self.note_reply_route(&msg.reply_route);
         if let Health::Quarantined { until } = self.health {
             if Instant::now() < until {
                 self.quarantined(msg);
@@ -318,29 +318,29 @@ impl Handler<Inbound> for DeviceActor {
 
 impl DeviceActor {
     /// Remembers where this device's messages come from (a source may be replaced at run time).
-    fn note_reply(&mut self, reply: &Arc<Reply>) {
+    fn note_reply_route(&mut self, route: &Arc<ReplyRoute>) {
         if self
-            .reply
+            .reply_route
             .as_ref()
-            .is_some_and(|(r, _, _)| Arc::ptr_eq(r, reply))
+            .is_some_and(|(r, _, _)| Arc::ptr_eq(r, route))
         {
             return;
         }
-        let ack = reply.topics.ack_topic(self.core.id());
-        let cmd = reply.topics.cmd_topic(self.core.id());
-        self.core.set_gxp_settings(reply.gxp.clone());
-        self.reply = Some((reply.clone(), ack, cmd));
+        let ack = route.topics.ack_topic(self.core.id());
+        let cmd = route.topics.cmd_topic(self.core.id());
+        self.core.set_gxp_settings(route.gxp.clone());
+        self.reply_route = Some((route.clone(), ack, cmd));
     }
 
     fn publish(&self, payload: bytes::Bytes, kind: &'static str) {
-        match &self.reply {
+        match &self.reply_route {
             Some((r, topic, _)) => r.link.publish(topic.clone(), payload, kind),
             None => tracing::warn!(device = %self.core.id(), "no source to reply on"),
         }
     }
 
     fn publish_command(&self, payload: bytes::Bytes, kind: &'static str) {
-        match &self.reply {
+        match &self.reply_route {
             Some((r, _, topic)) => r.link.publish(topic.clone(), payload, kind),
             None => tracing::warn!(device = %self.core.id(), "no source to send commands on"),
         }
@@ -364,11 +364,11 @@ impl Handler<Stop> for DeviceActor {
     }
 }
 
-impl Handler<ReplyRoute> for DeviceActor {
-    type Result = Option<Arc<Reply>>;
+impl Handler<GetReplyRoute> for DeviceActor {
+    type Result = Option<Arc<ReplyRoute>>;
 
-    fn handle(&mut self, _: ReplyRoute, _ctx: &mut Self::Context) -> Self::Result {
-        self.reply.as_ref().map(|(r, _, _)| r.clone())
+    fn handle(&mut self, _: GetReplyRoute, _ctx: &mut Self::Context) -> Self::Result {
+        self.reply_route.as_ref().map(|(r, _, _)| r.clone())
     }
 }
 

@@ -24,7 +24,7 @@ pub struct Inbound {
     /// Set for QoS 1 messages.
     pub ack: Option<AckToken>,
     /// Where replies (ACK/NACK) to this device go.
-    pub reply: std::sync::Arc<crate::link::Reply>,
+    pub reply_route: std::sync::Arc<crate::link::ReplyRoute>,
 }
 
 /// Asks a device actor to stop after what is already in its mailbox.
@@ -35,8 +35,8 @@ pub struct Stop;
 /// Asks a device actor for the connection its latest message came from (where commands to it
 /// should go); `None` before its first message.
 #[derive(Debug, Message)]
-#[rtype(result = "Option<std::sync::Arc<crate::link::Reply>>")]
-pub struct ReplyRoute;
+#[rtype(result = "Option<std::sync::Arc<crate::link::ReplyRoute>>")]
+pub struct GetReplyRoute;
 
 /// Actor state, for the admin API and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::dead_letter::DeadLetterDir;
 use super::pg::PgSink;
-use super::rows::{IngestStatus, Pending, Row};
+use super::rows::{IngestStatus, PendingRow, Row};
 use crate::config::ObjectsConfig;
 use crate::metrics as m;
 use fleetflow_protocol::errors::ErrorCode;
@@ -89,7 +89,7 @@ impl Handler<Store> for ObjectSink {
                 Err(_) => (IngestStatus::Failed, None),
             };
             let (tx, rx) = oneshot::channel();
-            let pending = Pending {
+            let pending = PendingRow {
                 row: Row::Capture(req.row(status, stored_at)),
                 ack: None,
                 done: Some(tx),

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::pg_write::write_batch;
-use super::rows::{Pending, Table};
+use super::rows::{PendingRow, Table};
 use super::SinkError;
 use crate::batcher::Batcher;
 use crate::config::SinksConfig;
@@ -23,7 +23,7 @@ use crate::metrics as m;
 #[rtype(result = "()")]
 pub struct Flush;
 
-impl Message for Pending {
+impl Message for PendingRow {
     type Result = ();
 }
 
@@ -31,7 +31,7 @@ impl Message for Pending {
 pub struct PgSink {
     pool: Pool,
     cfg: SinksConfig,
-    batchers: Vec<Batcher<Pending>>,
+    batchers: Vec<Batcher<PendingRow>>,
     timers: Vec<Option<SpawnHandle>>,
     permits: Arc<Semaphore>,
     queued: Arc<AtomicUsize>,
@@ -52,7 +52,7 @@ impl PgSink {
         }
     }
 
-    fn dispatch(&mut self, table: Table, batch: Vec<Pending>, ctx: &mut Context<Self>) {
+    fn dispatch(&mut self, table: Table, batch: Vec<PendingRow>, ctx: &mut Context<Self>) {
         if batch.is_empty() {
             return;
         }
@@ -62,7 +62,7 @@ impl PgSink {
         metrics::gauge!(m::SINK_QUEUE_ROWS, "sink" => "postgres")
             .set(self.queued.load(Ordering::Relaxed) as f64);
         let permits = self.permits.clone();
-        let job = Job {
+        let writer = BatchWriter {
             pool: self.pool.clone(),
             retry_min: Duration::from_millis(self.cfg.retry_min_ms),
             retry_max: Duration::from_millis(self.cfg.retry_max_ms),
@@ -75,7 +75,7 @@ impl PgSink {
                 .map(move |permit, _act, _ctx| {
                     let Ok(permit) = permit else { return };
                     actix::spawn(async move {
-                        job.write(table, batch).await;
+                        writer.write(table, batch).await;
                         drop(permit);
                     });
                 }),
@@ -109,10 +109,10 @@ impl Actor for PgSink {
     }
 }
 
-impl Handler<Pending> for PgSink {
+impl Handler<PendingRow> for PgSink {
     type Result = ();
 
-    fn handle(&mut self, p: Pending, ctx: &mut Self::Context) {
+    fn handle(&mut self, p: PendingRow, ctx: &mut Self::Context) {
         let table = p.row.table();
         let bytes = p.row.estimated_bytes();
         self.queued.fetch_add(1, Ordering::Relaxed);
@@ -149,15 +149,16 @@ impl Handler<Flush> for PgSink {
     }
 }
 
-struct Job {
+/// What one batch write needs: the pool, the retry bounds, and the queue gauge to decrement.
+struct BatchWriter {
     pool: Pool,
     retry_min: Duration,
     retry_max: Duration,
     queued: Arc<AtomicUsize>,
 }
 
-impl Job {
-    async fn write(&self, table: Table, batch: Vec<Pending>) {
+impl BatchWriter {
+    async fn write(&self, table: Table, batch: Vec<PendingRow>) {
         match self.write_retrying(table, &batch).await {
             Ok(()) => self.finish(batch, Ok(())),
             Err(e) if batch.len() == 1 => {
@@ -184,7 +185,7 @@ impl Job {
     }
 
     /// Retries retriable errors until they succeed; returns permanent ones.
-    async fn write_retrying(&self, table: Table, batch: &[Pending]) -> Result<(), SinkError> {
+    async fn write_retrying(&self, table: Table, batch: &[PendingRow]) -> Result<(), SinkError> {
         let mut delay = self.retry_min;
         loop {
             let started = StdInstant::now();
@@ -215,7 +216,7 @@ impl Job {
         }
     }
 
-    fn finish(&self, batch: Vec<Pending>, outcome: Result<(), String>) {
+    fn finish(&self, batch: Vec<PendingRow>, outcome: Result<(), String>) {
         self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         let mut tokens = Vec::with_capacity(batch.len());
         for p in batch {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
 use serde_json::Value;
 
-use super::rows::{CaptureRow, IngestStatus, Pending, Row, Table};
+use super::rows::{CaptureRow, IngestStatus, PendingRow, Row, Table};
 use super::SinkError;
 
 const INSERT_STATUS: &str = "INSERT INTO device_status (device_id, status, pending_count, battery_v, rssi, uptime_s, extra, created_at)
@@ -160,7 +160,7 @@ pub struct ReadingColumns<'a> {
 
 impl<'a> ReadingColumns<'a> {
     /// Splits a batch into columns.
-    pub fn build(batch: &'a [Pending]) -> Self {
+    pub fn build(batch: &'a [PendingRow]) -> Self {
         let n = batch.len();
         let mut c = Self {
             ids: Vec::with_capacity(n),
@@ -226,7 +226,7 @@ impl<'a> ReadingColumns<'a> {
 pub async fn write_batch(
     client: &mut Client,
     table: Table,
-    batch: &[Pending],
+    batch: &[PendingRow],
 ) -> Result<u64, SinkError> {
     let tx = client.transaction().await?;
     let n = match table {
@@ -245,7 +245,7 @@ pub async fn write_batch(
 /// The `Status` batch.
 async fn write_status(
     tx: &deadpool_postgres::Transaction<'_>,
-    batch: &[Pending],
+    batch: &[PendingRow],
 ) -> Result<u64, SinkError> {
     let mut ids = Vec::with_capacity(batch.len());
     let (mut st, mut pc, mut bv, mut rs, mut up, mut ex, mut at) =
@@ -283,7 +283,7 @@ async fn write_status(
 /// The `Readings` batch.
 async fn write_readings(
     tx: &deadpool_postgres::Transaction<'_>,
-    batch: &[Pending],
+    batch: &[PendingRow],
 ) -> Result<u64, SinkError> {
     let cols = ReadingColumns::build(batch);
     let stmt = tx.prepare_cached(INSERT_READINGS).await?;
@@ -295,7 +295,7 @@ async fn write_readings(
 /// The `Captures` batch.
 async fn write_captures(
     tx: &deadpool_postgres::Transaction<'_>,
-    batch: &[Pending],
+    batch: &[PendingRow],
 ) -> Result<u64, SinkError> {
     // One row per capture per statement (ON CONFLICT DO UPDATE may touch a row once);
     // `stored` wins over `failed`.
@@ -341,7 +341,7 @@ async fn write_captures(
 /// The `Schedules` batch.
 async fn write_schedules(
     tx: &deadpool_postgres::Transaction<'_>,
-    batch: &[Pending],
+    batch: &[PendingRow],
 ) -> Result<u64, SinkError> {
     let mut latest: HashMap<&str, DateTime<Utc>> = HashMap::new();
     for p in batch {
@@ -356,7 +356,7 @@ async fn write_schedules(
 /// The `Errors` batch.
 async fn write_errors(
     tx: &deadpool_postgres::Transaction<'_>,
-    batch: &[Pending],
+    batch: &[PendingRow],
 ) -> Result<u64, SinkError> {
     let (mut ids, mut code, mut msg, mut det, mut at) = (vec![], vec![], vec![], vec![], vec![]);
     for p in batch {
@@ -374,7 +374,7 @@ async fn write_errors(
 /// The `Commands` batch.
 async fn write_commands(
     tx: &deadpool_postgres::Transaction<'_>,
-    batch: &[Pending],
+    batch: &[PendingRow],
 ) -> Result<u64, SinkError> {
     let (mut ids, mut cid, mut ok, mut res, mut at) = (vec![], vec![], vec![], vec![], vec![]);
     for p in batch {
@@ -394,7 +394,7 @@ async fn write_commands(
 /// The `Telemetry` batch.
 async fn write_telemetry(
     tx: &deadpool_postgres::Transaction<'_>,
-    batch: &[Pending],
+    batch: &[PendingRow],
 ) -> Result<u64, SinkError> {
     let (mut ids, mut prod, mut sub, mut topic, mut body, mut at) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);

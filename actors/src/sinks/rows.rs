@@ -11,7 +11,7 @@ pub type Durable = Result<(), String>;
 
 /// A row on its way to the sink, with its broker ack and an optional waiter.
 #[derive(Debug)]
-pub struct Pending {
+pub struct PendingRow {
     /// The row.
     pub row: Row,
     /// Acked to the broker after commit.
@@ -20,7 +20,7 @@ pub struct Pending {
     pub done: Option<oneshot::Sender<Durable>>,
 }
 
-impl Pending {
+impl PendingRow {
     /// A row with a broker ack and no waiter.
     pub fn new(row: Row, ack: Option<AckToken>) -> Self {
         Self {

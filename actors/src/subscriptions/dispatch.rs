@@ -13,7 +13,7 @@ use crate::link::{self, AckToken};
 use crate::metrics as m;
 use crate::router::RawPublish;
 use crate::sinks::pg::PgSink;
-use crate::sinks::rows::{Pending, Row, TelemetryRow};
+use crate::sinks::rows::{PendingRow, Row, TelemetryRow};
 use actix::Addr;
 use bytes::Bytes;
 use chrono::Utc;
@@ -202,7 +202,7 @@ fn failed(stats: &SubStats, kind: &'static str) {
 impl Dispatcher {
     async fn dispatch(&mut self, set: &SubscriptionSet, msg: RawPublish) {
         let topic = std::str::from_utf8(&msg.topic).unwrap_or("");
-        let own = msg.source.topics.is_outbound(&msg.topic);
+        let own = msg.reply_route.topics.is_outbound(&msg.topic);
         let n: usize = set.matching(topic, own).map(|s| s.actions.len()).sum();
         if n == 0 {
             metrics::counter!(m::SUBSCRIPTION_MESSAGES_TOTAL, "outcome" => "unmatched")
@@ -229,7 +229,7 @@ impl Dispatcher {
                                 topic: msg.topic.clone(),
                                 payload: msg.payload.clone(),
                                 ack: share,
-                                source: msg.source.clone(),
+                                reply_route: msg.reply_route.clone(),
                             };
                             if self.router.send(fwd).await.is_err() {
                                 failed(&sub.stats, "device_profile");
@@ -258,7 +258,7 @@ impl Dispatcher {
                             link::ack(share);
                             continue;
                         }
-                        match msg.source.link.publish_with(
+                        match msg.reply_route.link.publish_with(
                             target,
                             msg.payload.clone(),
                             *qos,
@@ -336,7 +336,7 @@ impl Dispatcher {
             payload_bytes: payload.len(),
             received_at: Utc::now(),
         });
-        if self.pg.send(Pending::new(row, share)).await.is_ok() {
+        if self.pg.send(PendingRow::new(row, share)).await.is_ok() {
             executed(&sub.stats, "store_json");
         } else {
             failed(&sub.stats, "store_json");
@@ -378,7 +378,7 @@ impl Dispatcher {
                     occurred_at: Utc::now(),
                 });
                 // The message is acknowledged once its error row is durable.
-                let _ = self.pg.send(Pending::new(row, share)).await;
+                let _ = self.pg.send(PendingRow::new(row, share)).await;
             }
             Admit::Suppress => {
                 metrics::counter!(m::ERROR_ROWS_SUPPRESSED_TOTAL, "code" => code.label())
