@@ -100,7 +100,12 @@ impl CommandSender {
     pub async fn send(&self, c: &Queued) -> Result<Sent, CommandRefused> {
         let id = DeviceId::parse(&c.device_id)?;
         let (format, payload) = payload(c)?;
-        let route = self.router.send(ReplyRouteOf(id.clone())).await.ok().flatten();
+        let route = self
+            .router
+            .send(ReplyRouteOf(id.clone()))
+            .await
+            .ok()
+            .flatten();
         let (link, topic, via) = match &route {
             Some(r) => (&r.link, r.topics.cmd_topic(&id), "device_source"),
             None => (&self.link, self.topics.cmd_topic(&id), "default_broker"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use fleetflow_actors::device::DeviceDeps;
-use fleetflow_actors::router::{RawPublish, Router, StopAll};
+use fleetflow_actors::router::{DeviceRouter, RawPublish, StopAll};
 use fleetflow_actors::sinks::objects::ObjectSink;
 use fleetflow_actors::sinks::pg::{Flush, PgSink};
 use fleetflow_actors::source;
@@ -46,7 +46,7 @@ pub struct Engine {
     sources: tokio::sync::watch::Sender<fleetflow_actors::source_manager::ManagerControl>,
     sources_task: tokio::task::JoinHandle<()>,
     admin_source: source::SourceHandle,
-    router: Addr<Router>,
+    router: Addr<DeviceRouter>,
     pg: Addr<PgSink>,
     arbiters: Arc<Vec<ArbiterHandle>>,
     http_task: tokio::task::JoinHandle<()>,
@@ -60,183 +60,248 @@ pub struct Engine {
     pub http_addr: std::net::SocketAddr,
 }
 
-impl Engine {
-    /// Starts everything; must run inside an actix `System`.
-    pub async fn start(cfg: Config, prometheus: PrometheusHandle) -> Result<Self, EngineError> {
-        if cfg.postgres.migrate_on_start {
-            let n = db::migrate(&cfg.postgres).await?;
-            tracing::info!(applied = n, "database schema is up to date");
-        }
-        let pool = db::pool(&cfg.postgres)?;
-        let store = objects::build(&cfg.objects)?;
+/// The runtime's parts, started in dependency order, that the control plane wires together.
+struct Runtime {
+    pool: deadpool_postgres::Pool,
+    store: Arc<dyn object_store::ObjectStore>,
+    pg: Addr<PgSink>,
+    sinks: crate::restart::Sinks,
+    router: Addr<DeviceRouter>,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+    book: Arc<ScheduleBook>,
+    schedules_task: tokio::task::JoinHandle<()>,
+}
 
-        let (tx, rx) = mpsc::channel::<RawPublish>(source::ROUTER_QUEUE_CAPACITY);
+impl Engine {
+    /// Starts everything; must run inside an actix `System`: the runtime (storage, sinks,
+    /// router, sources), then the control plane (restarts, commands, hosted broker, HTTP).
+    pub async fn start(cfg: Config, prometheus: PrometheusHandle) -> Result<Self, EngineError> {
         // Validate the [mqtt] section now, so that bad settings fail at startup.
         source::options(&cfg.mqtt)?;
         let secret_key =
             crate::secrets::SecretKey::from_env().map_err(|e| EngineError::Admin(e.to_string()))?;
+        let (tx, rx) = mpsc::channel::<RawPublish>(source::ROUTER_QUEUE_CAPACITY);
+        let rt = start_runtime(&cfg, rx).await?;
+        let mut manager = fleetflow_actors::source_manager::SourceManager::new(
+            rt.pool.clone(),
+            cfg.postgres.url.clone(),
+            cfg.mqtt.clone(),
+            tx,
+            rt.pg.clone(),
+            secret_key
+                .clone()
+                .map(|k| Arc::new(k) as Arc<dyn fleetflow_actors::source_manager::PasswordOpener>),
+        );
+        // Sources start once the router exists; they feed its queue.
+        manager.set_router(rt.router.clone());
+        let links = manager.links.clone();
+        let (sources, sources_restart, sources_connected, sources_task) =
+            manager.spawn(Duration::from_secs(cfg.admin.restart_poll_secs.max(1)));
         // Commands from the admin API go out on a connection of their own.
         let mut admin_mqtt = cfg.mqtt.clone();
         admin_mqtt.client_id = format!("{}-admin", cfg.mqtt.client_id);
         admin_mqtt.clean_start = true;
         let admin_source = source::spawn_publisher(&admin_mqtt)?;
-        let link = admin_source.link.clone();
-        let admin_link = link.clone();
-        let admin_topics = TopicParser::new(cfg.mqtt.topic_prefix.clone());
-
-        let sinks_cfg = cfg.sinks.clone();
-        let pg_pool = pool.clone();
-        let pg = PgSink::create(move |_| PgSink::new(pg_pool, sinks_cfg));
-        let mut manager = fleetflow_actors::source_manager::SourceManager::new(
-            pool.clone(),
+        let commands = crate::command_queue::CommandSender::new(
+            rt.router.clone(),
+            admin_source.link.clone(),
+            TopicParser::new(cfg.mqtt.topic_prefix.clone()),
+        );
+        let commands_task = crate::command_queue::spawn(
+            rt.pool.clone(),
             cfg.postgres.url.clone(),
-            cfg.mqtt.clone(),
-            tx,
-            pg.clone(),
-            secret_key
-                .clone()
-                .map(|k| Arc::new(k) as Arc<dyn fleetflow_actors::source_manager::PasswordOpener>),
+            commands.clone(),
         );
-        let obj_store = store.clone();
-        let obj_pg = pg.clone();
-        let obj_cfg = cfg.objects.clone();
-        let objects = ObjectSink::create(move |_| ObjectSink::new(obj_store, obj_pg, obj_cfg));
-        let sinks = crate::restart::Sinks {
-            pg: pg.clone(),
-            objects: objects.clone(),
-            postgres: cfg.postgres.clone(),
-            objects_cfg: cfg.objects.clone(),
-        };
-
-        let n = match cfg.devices.arbiters {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-            n => n,
-        };
-        let arbiters: Arc<Vec<ArbiterHandle>> =
-            Arc::new((0..n).map(|_| Arbiter::new().handle()).collect());
-        let budget = Arc::new(GlobalBudget::new(cfg.assembly.global_budget_bytes));
-        let book = Arc::new(ScheduleBook::new());
-        let schedules_task =
-            crate::schedules::spawn(pool.clone(), cfg.postgres.url.clone(), book.clone())
-                .await
-                .map_err(|e| EngineError::Admin(format!("loading wake schedules: {e}")))?;
-        let device_book = book.clone();
-        let assembly = Arc::new(cfg.assembly.clone());
-        let devices = Arc::new(cfg.devices.clone());
-        let router_arbiters = arbiters.clone();
-        let engine_pg = pg.clone();
-        let router =
-            Router::create(move |ctx| {
-                let deps = DeviceDeps {
-                    assembly,
-                    devices,
-                    budget,
-                    pg: pg.clone(),
-                    objects,
-                    router: ctx.address(),
-                    book: device_book,
-                };
-                let stream = futures::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|m| (m, rx))
-                });
-                ctx.add_stream(stream);
-                let mut r = Router::new(router_arbiters);
-                r.set_deps(deps);
-                r
-            });
-
-        let stats_task = crate::fleet_stats::spawn(
-            pool.clone(),
-            Duration::from_millis(cfg.http.fleet_stats_interval_ms),
-        );
-        // Sources start once the router exists; they feed its queue.
-        manager.set_router(router.clone());
-        let links = manager.links.clone();
-        let (sources, sources_restart, sources_connected, sources_task) =
-            manager.spawn(Duration::from_secs(cfg.admin.restart_poll_secs.max(1)));
-        let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
-            .await
-            .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
-        let http_addr = listener
-            .local_addr()
-            .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
-        let token = cfg.admin.resolve_token().map_err(EngineError::Admin)?;
-        let restart_token = cfg
-            .admin
-            .resolve_restart_token()
-            .map_err(EngineError::Admin)?;
-        if token.is_none() {
-            tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
-        }
-        let (hosted, hosted_task) = start_hosted(&cfg, pool.clone(), secret_key.clone())?;
+        let restarter = crate::restart::Restarter::new(rt.pool.clone(), rt.router.clone())
+            .with_sources(sources_restart)
+            .with_sinks(rt.sinks.clone());
         let restart_worker = crate::restart::spawn_worker(
-            crate::restart::Restarter::new(pool.clone(), router.clone())
-                .with_sources(sources_restart.clone())
-                .with_sinks(sinks.clone()),
+            restarter.clone(),
             cfg.postgres.url.clone(),
             Duration::from_secs(cfg.admin.restart_poll_secs.max(1)),
         );
-        let commands =
-            crate::command_queue::CommandSender::new(router.clone(), admin_link, admin_topics);
-        let commands_task =
-            crate::command_queue::spawn(pool.clone(), cfg.postgres.url.clone(), commands.clone());
+        let (hosted, hosted_task) = start_hosted(&cfg, rt.pool.clone(), secret_key.clone())?;
+        let admin = admin_state(&cfg, &rt, &prometheus, restarter, commands, links, hosted)?;
         let admin = crate::admin::AdminState {
-            pool: pool.clone(),
-            store: store.clone(),
-            router: router.clone(),
-            token: token.map(Arc::from),
-            prometheus: prometheus.clone(),
-            restarter: crate::restart::Restarter::new(pool.clone(), router.clone())
-                .with_sources(sources_restart)
-                .with_sinks(sinks),
-            cooldown_secs: cfg.admin.restart_cooldown_secs,
-            restart_max: cfg.admin.restart_max_per_window,
-            restart_token: restart_token.map(Arc::from),
-            commands: commands.clone(),
-            book,
             secret_key,
-            links,
-            hosted: hosted.clone(),
+            ..admin
         };
-        let app = http::router(http::HttpState {
-            prometheus,
-            pool,
-            store,
-            mqtt_connected: sources_connected,
-        })
-        .merge(crate::admin::routes(admin));
-        let http_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let (http_addr, http_task) =
+            serve_http(&cfg, &rt, prometheus, sources_connected, admin).await?;
+        let stats_task = crate::fleet_stats::spawn(
+            rt.pool.clone(),
+            Duration::from_millis(cfg.http.fleet_stats_interval_ms),
+        );
         tracing::info!(
             mqtt = %cfg.mqtt.url,
             prefix = %cfg.mqtt.topic_prefix,
             postgres = %redact_url(&cfg.postgres.url),
             objects = %cfg.objects.url,
             http = %http_addr,
-            arbiters = n,
+            arbiters = rt.arbiters.len(),
             "fleetflow engine started"
         );
         Ok(Self {
-            pg: engine_pg,
+            pg: rt.pg,
             sources,
             sources_task,
             admin_source,
-            router,
-            arbiters,
+            router: rt.router,
+            arbiters: rt.arbiters,
             http_task,
             stats_task,
             restart_worker,
-            control_tasks: [schedules_task, commands_task],
+            control_tasks: [rt.schedules_task, commands_task],
             hosted_task,
             deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
             http_addr,
         })
     }
+}
+
+/// Storage (migrations, pool, object store), the sinks, the schedule book and the router with
+/// its device arbiters.
+async fn start_runtime(
+    cfg: &Config,
+    rx: mpsc::Receiver<RawPublish>,
+) -> Result<Runtime, EngineError> {
+    if cfg.postgres.migrate_on_start {
+        let n = db::migrate(&cfg.postgres).await?;
+        tracing::info!(applied = n, "database schema is up to date");
+    }
+    let pool = db::pool(&cfg.postgres)?;
+    let store = objects::build(&cfg.objects)?;
+    let (sinks_cfg, pg_pool) = (cfg.sinks.clone(), pool.clone());
+    let pg = PgSink::create(move |_| PgSink::new(pg_pool, sinks_cfg));
+    let (obj_store, obj_pg, obj_cfg) = (store.clone(), pg.clone(), cfg.objects.clone());
+    let objects = ObjectSink::create(move |_| ObjectSink::new(obj_store, obj_pg, obj_cfg));
+    let sinks = crate::restart::Sinks {
+        pg: pg.clone(),
+        objects: objects.clone(),
+        postgres: cfg.postgres.clone(),
+        objects_cfg: cfg.objects.clone(),
+    };
+    let book = Arc::new(ScheduleBook::new());
+    let schedules_task =
+        crate::schedules::spawn(pool.clone(), cfg.postgres.url.clone(), book.clone())
+            .await
+            .map_err(|e| EngineError::Admin(format!("loading wake schedules: {e}")))?;
+    let arbiters = match cfg.devices.arbiters {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        n => n,
+    };
+    let arbiters: Arc<Vec<ArbiterHandle>> =
+        Arc::new((0..arbiters).map(|_| Arbiter::new().handle()).collect());
+    let router = start_router(cfg, rx, &pg, objects, &book, arbiters.clone());
+    Ok(Runtime {
+        pool,
+        store,
+        pg,
+        sinks,
+        router,
+        arbiters,
+        book,
+        schedules_task,
+    })
+}
+
+/// The device router, fed by the sources' queue, with what every device actor shares.
+fn start_router(
+    cfg: &Config,
+    rx: mpsc::Receiver<RawPublish>,
+    pg: &Addr<PgSink>,
+    objects: Addr<ObjectSink>,
+    book: &Arc<ScheduleBook>,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+) -> Addr<DeviceRouter> {
+    let budget = Arc::new(GlobalBudget::new(cfg.assembly.global_budget_bytes));
+    let assembly = Arc::new(cfg.assembly.clone());
+    let devices = Arc::new(cfg.devices.clone());
+    let (pg, book) = (pg.clone(), book.clone());
+    DeviceRouter::create(move |ctx| {
+        let deps = DeviceDeps {
+            assembly,
+            devices,
+            budget,
+            pg,
+            objects,
+            router: ctx.address(),
+            book,
+        };
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        ctx.add_stream(stream);
+        let mut r = DeviceRouter::new(arbiters);
+        r.set_deps(deps);
+        r
+    })
+}
+
+/// The admin API's state (without the secret key, which the caller moves in).
+fn admin_state(
+    cfg: &Config,
+    rt: &Runtime,
+    prometheus: &PrometheusHandle,
+    restarter: crate::restart::Restarter,
+    commands: crate::command_queue::CommandSender,
+    links: fleetflow_actors::source_manager::Links,
+    hosted: Option<crate::hosted::Hosted>,
+) -> Result<crate::admin::AdminState, EngineError> {
+    let token = cfg.admin.resolve_token().map_err(EngineError::Admin)?;
+    let restart_token = cfg
+        .admin
+        .resolve_restart_token()
+        .map_err(EngineError::Admin)?;
+    if token.is_none() {
+        tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
+    }
+    Ok(crate::admin::AdminState {
+        pool: rt.pool.clone(),
+        store: rt.store.clone(),
+        router: rt.router.clone(),
+        token: token.map(Arc::from),
+        prometheus: prometheus.clone(),
+        restarter,
+        cooldown_secs: cfg.admin.restart_cooldown_secs,
+        restart_max: cfg.admin.restart_max_per_window,
+        restart_token: restart_token.map(Arc::from),
+        commands,
+        book: rt.book.clone(),
+        secret_key: None,
+        links,
+        hosted,
+    })
+}
+
+/// Binds `[http] bind` and serves `/metrics`, `/health`, `/ready`, the admin API and console.
+async fn serve_http(
+    cfg: &Config,
+    rt: &Runtime,
+    prometheus: PrometheusHandle,
+    mqtt_connected: Arc<std::sync::atomic::AtomicBool>,
+    admin: crate::admin::AdminState,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), EngineError> {
+    let listener = tokio::net::TcpListener::bind(&cfg.http.bind)
+        .await
+        .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
+    let app = http::router(http::HttpState {
+        prometheus,
+        pool: rt.pool.clone(),
+        store: rt.store.clone(),
+        mqtt_connected,
+    })
+    .merge(crate::admin::routes(admin));
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok((http_addr, task))
 }
 
 /// Connects to the hosted broker as its admin and starts the reconcile loop, when
@@ -297,7 +362,7 @@ fn start_hosted(
 
 impl Engine {
     /// The router, for admin queries.
-    pub fn router(&self) -> &Addr<Router> {
+    pub fn router(&self) -> &Addr<DeviceRouter> {
         &self.router
     }
 

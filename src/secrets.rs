@@ -102,6 +102,16 @@ impl SecretKey {
     }
 }
 
+impl fleetflow_actors::source_manager::PasswordOpener for SecretKey {
+    fn open(
+        &self,
+        sealed: &[u8],
+        context: &str,
+    ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+        SecretKey::open(self, sealed, context).map_err(Into::into)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,15 +146,5 @@ mod tests {
         assert!(SecretKey::from_hex("abcd").is_err());
         assert!(SecretKey::from_hex(&"zz".repeat(32)).is_err());
         assert!(format!("{:?}", key(1)).contains("***"));
-    }
-}
-
-impl fleetflow_actors::source_manager::PasswordOpener for SecretKey {
-    fn open(
-        &self,
-        sealed: &[u8],
-        context: &str,
-    ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
-        SecretKey::open(self, sealed, context).map_err(Into::into)
     }
 }

@@ -3,6 +3,7 @@
 //! the broker: acks and publishes from the rest of the engine go out through the same loop.
 //! It reconnects with exponential backoff and resubscribes on every CONNACK.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -257,6 +258,8 @@ impl SourceLoop {
         self.topics = wanted;
     }
 
+    /// Polls the connection until told to stop: forwards PUBLISHes, (re)subscribes on each
+    /// CONNACK, follows filter changes, and backs off after a lost connection; then says goodbye.
     async fn run(mut self) {
         let mut backoff = self.backoff_min;
         let bytes_counter = metrics::counter!(m::MQTT_BYTES_TOTAL);
@@ -284,104 +287,124 @@ impl SourceLoop {
                         continue;
                     }
                     bytes_counter.increment(p.payload.len() as u64);
-                    self.received.fetch_add(1, Ordering::Relaxed);
-                    let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                        let n = self.link.received();
-                        if n > max_unacked {
-                            max_unacked = n;
-                            tracing::debug!(
-                                unacked = n,
-                                "new high of unacknowledged QoS 1 messages"
-                            );
-                        }
-                        self.link.token(p.pkid)
-                    });
-                    let msg = RawPublish {
-                        topic: p.topic,
-                        payload: p.payload,
-                        ack,
-                        reply_route: self.reply_route.clone(),
-                    };
-                    match self.out.try_send(msg) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(msg)) => {
-                            if msg.ack.is_none() {
-                                metrics::counter!(m::MQTT_DROPPED_TOTAL).increment(1);
-                            } else if self.out.send(msg).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    if self.forward(p, &mut max_unacked).await.is_break() {
+                        break;
                     }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    let _ = self.broker_info.send(Some(connack_info(&ack)));
-                    let epoch = self.link.next_epoch();
                     backoff = self.backoff_min;
-                    self.connected.store(true, Ordering::Release);
-                    metrics::gauge!(m::MQTT_CONNECTED).set(1.0);
-                    tracing::info!(
-                        epoch,
-                        session_present = ack.session_present,
-                        "MQTT connected"
-                    );
-                    if ack.session_present {
-                        for old in std::mem::take(&mut self.forget) {
-                            if !self.topics.contains(&old) {
-                                tracing::info!(filter = %old, "unsubscribing a filter left in the resumed session");
-                                if let Err(e) = self.client.try_unsubscribe(old) {
-                                    tracing::error!(error = %e, "could not queue an unsubscribe");
-                                }
-                            }
-                        }
-                    }
-                    let filters = self
-                        .topics
-                        .iter()
-                        .map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.clone(), self.qos));
-                    if self.topics.is_empty() {
-                        continue;
-                    }
-                    if let Err(e) = self.client.try_subscribe_many(filters) {
-                        tracing::error!(error = %e, "could not queue subscriptions");
-                    }
+                    self.on_connected(&ack);
                 }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    let refused = ack
-                        .return_codes
-                        .iter()
-                        .filter(|c| {
-                            !matches!(
-                                c,
-                                rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
-                            )
-                        })
-                        .count();
-                    if refused > 0 {
-                        tracing::error!(refused, codes = ?ack.return_codes, "the broker refused subscriptions (check its ACLs for this user)");
-                    }
-                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => log_refused_subscriptions(&ack),
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
                     tracing::warn!(reason = ?d.reason_code, "broker sent DISCONNECT");
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    if self.connected.swap(false, Ordering::AcqRel) {
-                        tracing::warn!(error = %e, "MQTT connection lost");
-                    } else {
-                        tracing::debug!(error = %e, "MQTT connect failed");
-                    }
-                    metrics::gauge!(m::MQTT_CONNECTED).set(0.0);
-                    metrics::counter!(m::MQTT_RECONNECTS_TOTAL).increment(1);
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.control.changed() => {}
-                    }
+                    self.on_connection_error(&e, backoff).await;
                     backoff = (backoff * 2).min(self.backoff_max);
                 }
             }
         }
-        // Give queued acks a moment to reach the broker, then say goodbye.
+        self.say_goodbye().await;
+    }
+
+    /// Counts a PUBLISH, gives it an ack token (QoS 1) and hands it to the router. A full
+    /// queue drops a QoS 0 message and waits for room for a QoS 1 one. Breaks when the router
+    /// is gone.
+    async fn forward(
+        &mut self,
+        p: rumqttc::v5::mqttbytes::v5::Publish,
+        max_unacked: &mut i64,
+    ) -> ControlFlow<()> {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let ack = (p.qos != QoS::AtMostOnce).then(|| {
+            let n = self.link.received();
+            if n > *max_unacked {
+                *max_unacked = n;
+                tracing::debug!(unacked = n, "new high of unacknowledged QoS 1 messages");
+            }
+            self.link.token(p.pkid)
+        });
+        let msg = RawPublish {
+            topic: p.topic,
+            payload: p.payload,
+            ack,
+            reply_route: self.reply_route.clone(),
+        };
+        match self.out.try_send(msg) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                if msg.ack.is_none() {
+                    metrics::counter!(m::MQTT_DROPPED_TOTAL).increment(1);
+                    ControlFlow::Continue(())
+                } else if self.out.send(msg).await.is_err() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => ControlFlow::Break(()),
+        }
+    }
+
+    /// A CONNACK: records the broker's answer, starts a new ack epoch, drops filters a resumed
+    /// session still holds but nobody wants, and subscribes the wanted ones.
+    fn on_connected(&mut self, ack: &rumqttc::v5::mqttbytes::v5::ConnAck) {
+        let _ = self.broker_info.send(Some(connack_info(ack)));
+        let epoch = self.link.next_epoch();
+        self.connected.store(true, Ordering::Release);
+        metrics::gauge!(m::MQTT_CONNECTED).set(1.0);
+        tracing::info!(
+            epoch,
+            session_present = ack.session_present,
+            "MQTT connected"
+        );
+        if ack.session_present {
+            self.unsubscribe_forgotten();
+        }
+        if self.topics.is_empty() {
+            return;
+        }
+        let filters = self
+            .topics
+            .iter()
+            .map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.clone(), self.qos));
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            tracing::error!(error = %e, "could not queue subscriptions");
+        }
+    }
+
+    /// Unsubscribes the filters dropped while disconnected that a resumed session still holds.
+    fn unsubscribe_forgotten(&mut self) {
+        for old in std::mem::take(&mut self.forget) {
+            if !self.topics.contains(&old) {
+                tracing::info!(filter = %old, "unsubscribing a filter left in the resumed session");
+                if let Err(e) = self.client.try_unsubscribe(old) {
+                    tracing::error!(error = %e, "could not queue an unsubscribe");
+                }
+            }
+        }
+    }
+
+    /// A failed connect or a lost connection: marks it down, counts the reconnect and waits
+    /// `backoff` (or until the control changes).
+    async fn on_connection_error(&mut self, e: &rumqttc::v5::ConnectionError, backoff: Duration) {
+        if self.connected.swap(false, Ordering::AcqRel) {
+            tracing::warn!(error = %e, "MQTT connection lost");
+        } else {
+            tracing::debug!(error = %e, "MQTT connect failed");
+        }
+        metrics::gauge!(m::MQTT_CONNECTED).set(0.0);
+        metrics::counter!(m::MQTT_RECONNECTS_TOTAL).increment(1);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = self.control.changed() => {}
+        }
+    }
+
+    /// Gives queued acks a moment (up to 2 s) to reach the broker, then disconnects.
+    async fn say_goodbye(&mut self) {
         let _ = self.client.try_disconnect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while tokio::time::Instant::now() < deadline {
@@ -395,6 +418,18 @@ impl SourceLoop {
         self.connected.store(false, Ordering::Release);
         metrics::gauge!(m::MQTT_CONNECTED).set(0.0);
         tracing::info!("MQTT source stopped");
+    }
+}
+
+/// Logs the subscriptions a SUBACK refused (usually the broker's ACLs).
+fn log_refused_subscriptions(ack: &rumqttc::v5::mqttbytes::v5::SubAck) {
+    let refused = ack
+        .return_codes
+        .iter()
+        .filter(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)))
+        .count();
+    if refused > 0 {
+        tracing::error!(refused, codes = ?ack.return_codes, "the broker refused subscriptions (check its ACLs for this user)");
     }
 }
 
