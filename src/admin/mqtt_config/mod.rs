@@ -21,7 +21,7 @@ use tokio_postgres::Row;
 use super::{AdminState, ApiError};
 use crate::restart::RestartTarget;
 pub use connect_test::test;
-pub use validate::{product, validate_filter, ConfigBody, FilterError};
+pub use validate::{product, validate_filter, ConfigBody};
 use validate::{validate, Valid};
 
 /// How long `PUT` waits for the source to report its reconnection.
