@@ -61,7 +61,7 @@ pub async fn list(
         .get(0);
     let ids: Vec<DeviceId> = rows
         .iter()
-        .filter_map(|r| DeviceId::parse(r.get::<_, &str>(0)).ok())
+        .filter_map(|r| DeviceId::parse(r.get::<_, &str>("device_id")).ok())
         .collect();
     let states = s
         .router
@@ -71,16 +71,16 @@ pub async fn list(
     let devices: Vec<Value> = rows
         .iter()
         .map(|r| {
-            let id: String = r.get(0);
+            let id: String = r.get("device_id");
             let st = states.get(&id);
             json!({
                 "device_id": id,
-                "last_seen_at": r.get::<_, DateTime<Utc>>(1),
-                "status": r.get::<_, Option<String>>(2),
-                "battery_v": r.get::<_, Option<f64>>(3),
-                "rssi": r.get::<_, Option<i32>>(4),
-                "fw": r.get::<_, Option<String>>(5),
-                "first_seen_at": r.get::<_, DateTime<Utc>>(6),
+                "last_seen_at": r.get::<_, DateTime<Utc>>("last_seen_at"),
+                "status": r.get::<_, Option<String>>("status"),
+                "battery_v": r.get::<_, Option<f64>>("battery_v"),
+                "rssi": r.get::<_, Option<i32>>("rssi"),
+                "fw": r.get::<_, Option<String>>("fw"),
+                "first_seen_at": r.get::<_, DateTime<Utc>>("first_seen_at"),
                 "actor": st.map(|s| s.state).unwrap_or("idle"),
                 "in_flight": st.map(|s| s.in_flight).unwrap_or(0),
                 "restarts": st.map(|s| s.restarts).unwrap_or(0),
@@ -120,13 +120,13 @@ pub async fn detail(
         .iter()
         .map(|r| {
             json!({
-                "capture_id": r.get::<_, String>(0),
-                "captured_at": r.get::<_, DateTime<Utc>>(1),
-                "image_bytes": r.get::<_, i64>(2),
-                "ingest_status": r.get::<_, String>(3),
-                "storage_path": r.get::<_, Option<String>>(4),
-                "nack_rounds": r.get::<_, i32>(5),
-                "stored_at": r.get::<_, Option<DateTime<Utc>>>(6),
+                "capture_id": r.get::<_, String>("device_capture_id"),
+                "captured_at": r.get::<_, DateTime<Utc>>("captured_at"),
+                "image_bytes": r.get::<_, i64>("image_bytes"),
+                "ingest_status": r.get::<_, String>("ingest_status"),
+                "storage_path": r.get::<_, Option<String>>("storage_path"),
+                "nack_rounds": r.get::<_, i32>("nack_rounds"),
+                "stored_at": r.get::<_, Option<DateTime<Utc>>>("stored_at"),
             })
         })
         .collect();
@@ -138,7 +138,8 @@ pub async fn detail(
         .await
         .map_err(ApiError::internal)?
         .iter()
-        .map(|r| json!({"error_code": r.get::<_, i32>(0), "message": r.get::<_, String>(1), "details": r.get::<_, Option<Value>>(2), "occurred_at": r.get::<_, DateTime<Utc>>(3)}))
+        .map(|r| json!({"error_code": r.get::<_, i32>("error_code"), "message": r.get::<_, String>("message"),
+                        "details": r.get::<_, Option<Value>>("details"), "occurred_at": r.get::<_, DateTime<Utc>>("occurred_at")}))
         .collect();
     let snapshot = s
         .router
@@ -147,13 +148,13 @@ pub async fn detail(
         .map_err(ApiError::internal)?;
     Ok(Json(json!({
         "device_id": id.as_str(),
-        "last_seen_at": dev.get::<_, DateTime<Utc>>(0),
-        "status": dev.get::<_, Option<String>>(1),
-        "battery_v": dev.get::<_, Option<f64>>(2),
-        "rssi": dev.get::<_, Option<i32>>(3),
-        "uptime_s": dev.get::<_, Option<i64>>(4),
-        "fw": dev.get::<_, Option<String>>(5),
-        "first_seen_at": dev.get::<_, DateTime<Utc>>(6),
+        "last_seen_at": dev.get::<_, DateTime<Utc>>("last_seen_at"),
+        "status": dev.get::<_, Option<String>>("status"),
+        "battery_v": dev.get::<_, Option<f64>>("battery_v"),
+        "rssi": dev.get::<_, Option<i32>>("rssi"),
+        "uptime_s": dev.get::<_, Option<i64>>("uptime_s"),
+        "fw": dev.get::<_, Option<String>>("fw"),
+        "first_seen_at": dev.get::<_, DateTime<Utc>>("first_seen_at"),
         "actor": {
             "state": snapshot.as_ref().map(|s| s.state).unwrap_or("idle"),
             "in_flight": snapshot.as_ref().map(|s| s.in_flight).unwrap_or(0),
@@ -246,8 +247,9 @@ pub async fn sources(State(s): State<AdminState>) -> Result<Json<Value>, ApiErro
         .map_err(ApiError::internal)?;
     let list: Vec<Value> = rows
         .iter()
-        .map(|r| json!({"source": r.get::<_, String>(0), "connected": r.get::<_, bool>(1),
-                        "last_connected_at": r.get::<_, Option<DateTime<Utc>>>(2), "connection_error": r.get::<_, Option<String>>(3)}))
+        .map(|r| json!({"source": r.get::<_, String>("product_id"), "connected": r.get::<_, bool>("connected"),
+                        "last_connected_at": r.get::<_, Option<DateTime<Utc>>>("last_connected_at"),
+                        "connection_error": r.get::<_, Option<String>>("connection_error")}))
         .collect();
     Ok(Json(json!({"sources": list})))
 }

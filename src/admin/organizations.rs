@@ -138,17 +138,18 @@ pub struct CreateBody {
 }
 
 fn credential_json(r: &tokio_postgres::Row) -> Value {
+    type Ts = Option<chrono::DateTime<chrono::Utc>>;
     json!({
-        "id": r.get::<_, i64>(0),
-        "organization_id": r.get::<_, i64>(1),
-        "username": r.get::<_, String>(2),
-        "allowed_topics": r.get::<_, Vec<String>>(3),
-        "description": r.get::<_, Option<String>>(4),
-        "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>(5),
-        "rotated_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(6),
-        "last_used_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(7),
-        "revoked_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(8),
-        "broker_synced_at": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(9),
+        "id": r.get::<_, i64>("id"),
+        "organization_id": r.get::<_, i64>("organization_id"),
+        "username": r.get::<_, String>("username"),
+        "allowed_topics": r.get::<_, Vec<String>>("allowed_topics"),
+        "description": r.get::<_, Option<String>>("description"),
+        "created_at": r.get::<_, chrono::DateTime<chrono::Utc>>("created_at"),
+        "rotated_at": r.get::<_, Ts>("rotated_at"),
+        "last_used_at": r.get::<_, Ts>("last_used_at"),
+        "revoked_at": r.get::<_, Ts>("revoked_at"),
+        "broker_synced_at": r.get::<_, Ts>("broker_synced_at"),
     })
 }
 
@@ -194,31 +195,7 @@ pub async fn create(
     let org = org_id(&params)?;
     let h = hosted(&s)?;
     let b = body.map(|Json(b)| b).unwrap_or_default();
-    let own = format!("org_{org}/");
-    let topics = match b.allowed_topics {
-        None => vec![h.cfg.topics_for(org)],
-        Some(t) if t.is_empty() || t.len() > 16 => {
-            return Err(ApiError::bad_field(
-                "allowed_topics",
-                "allowed_topics holds 1 to 16 topic filters",
-            ))
-        }
-        Some(t) => {
-            for (i, f) in t.iter().enumerate() {
-                super::mqtt_config::validate_filter(f)
-                    .map_err(|m| ApiError::bad_field(&format!("allowed_topics[{i}]"), m))?;
-                if !f.starts_with(&own) {
-                    return Err(ApiError::bad_field(
-                        &format!("allowed_topics[{i}]"),
-                        format!(
-                            "a credential of organisation {org} may only use topics under {own}"
-                        ),
-                    ));
-                }
-            }
-            t
-        }
-    };
+    let topics = allowed_topics(h, org, b.allowed_topics)?;
     if b.description.as_ref().is_some_and(|d| d.len() > 200) {
         return Err(ApiError::bad_field("description", "at most 200 characters"));
     }
@@ -238,17 +215,72 @@ pub async fn create(
         )
         .await
         .map_err(ApiError::internal)?;
-    if let Err(e) = provision(&h.dynsec, &username, &password, &topics).await {
-        // Not usable: withdraw it (the reconcile loop removes whatever reached the broker).
-        let _ = c
-            .execute(
-                "UPDATE mqtt_credentials SET revoked_at = now() WHERE username = $1",
-                &[&username],
-            )
-            .await;
-        return Err(broker_error(e));
+    provision_or_withdraw(&c, h, &username, &password, &topics).await?;
+    confirm_still_active(&c, h, &username).await?;
+    tracing::info!(organization = org, username = %username, "hosted-broker credential created");
+    let note = "shown once; fleetflow keeps only a hash";
+    let out = shown_once(&row, h, org, &username, &password, note);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// The topic filters of a new credential: the organisation's default, or 1 to 16 filters
+/// under `org_{id}/` (a 400 names the first bad one).
+fn allowed_topics(
+    h: &Hosted,
+    org: i64,
+    given: Option<Vec<String>>,
+) -> Result<Vec<String>, ApiError> {
+    let Some(topics) = given else {
+        return Ok(vec![h.cfg.topics_for(org)]);
+    };
+    if topics.is_empty() || topics.len() > 16 {
+        return Err(ApiError::bad_field(
+            "allowed_topics",
+            "allowed_topics holds 1 to 16 topic filters",
+        ));
     }
-    // Revoked meanwhile? Then the client just created goes again.
+    let own = format!("org_{org}/");
+    for (i, f) in topics.iter().enumerate() {
+        let field = format!("allowed_topics[{i}]");
+        super::mqtt_config::validate_filter(f).map_err(|e| ApiError::bad_field(&field, e))?;
+        if !f.starts_with(&own) {
+            return Err(ApiError::bad_field(
+                &field,
+                format!("a credential of organisation {org} may only use topics under {own}"),
+            ));
+        }
+    }
+    Ok(topics)
+}
+
+/// Creates the broker client; when the broker refuses, the row is revoked (the reconcile loop
+/// removes whatever reached the broker) and the answer is 502.
+async fn provision_or_withdraw(
+    c: &deadpool_postgres::Client,
+    h: &Hosted,
+    username: &str,
+    password: &str,
+    topics: &[String],
+) -> Result<(), ApiError> {
+    let Err(e) = provision(&h.dynsec, username, password, topics).await else {
+        return Ok(());
+    };
+    let _ = c
+        .execute(
+            "UPDATE mqtt_credentials SET revoked_at = now() WHERE username = $1",
+            &[&username],
+        )
+        .await;
+    Err(broker_error(e))
+}
+
+/// Marks the row synced unless it was revoked meanwhile; then the client just created goes
+/// again and the answer is 409.
+async fn confirm_still_active(
+    c: &deadpool_postgres::Client,
+    h: &Hosted,
+    username: &str,
+) -> Result<(), ApiError> {
     let still_active = c
         .query_opt(
             "UPDATE mqtt_credentials SET broker_synced_at = now() WHERE username = $1 AND revoked_at IS NULL RETURNING id",
@@ -257,22 +289,33 @@ pub async fn create(
         .await
         .map_err(ApiError::internal)?
         .is_some();
-    if !still_active {
-        let _ = deprovision(&h.dynsec, &username).await;
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "revoked",
-            "the credential was revoked while it was being created",
-        ));
+    if still_active {
+        return Ok(());
     }
-    tracing::info!(organization = org, username = %username, "hosted-broker credential created");
-    let mut out = credential_json(&row);
+    let _ = deprovision(&h.dynsec, username).await;
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "revoked",
+        "the credential was revoked while it was being created",
+    ))
+}
+
+/// A credential row with its new password, a note on it, and how to connect.
+fn shown_once(
+    row: &tokio_postgres::Row,
+    h: &Hosted,
+    org: i64,
+    username: &str,
+    password: &str,
+    note: &str,
+) -> Value {
+    let mut out = credential_json(row);
     out["password"] = json!(password);
-    out["password_note"] = json!("shown once; fleetflow keeps only a hash");
-    if let Value::Object(extra) = connect_info(h, org, &username, &password) {
+    out["password_note"] = json!(note);
+    if let Value::Object(extra) = connect_info(h, org, username, password) {
         out.as_object_mut().expect("object").extend(extra);
     }
-    Ok((StatusCode::CREATED, Json(out)))
+    out
 }
 
 /// `GET /api/v1/organizations/{org_id}/mqtt-credentials`: never a password or hash.
@@ -383,13 +426,8 @@ pub async fn rotate(
         .map_err(broker_error)?;
     tx.commit().await.map_err(ApiError::internal)?;
     tracing::info!(organization = org, username = %username, "hosted-broker credential rotated");
-    let mut out = credential_json(&row);
-    out["password"] = json!(password);
-    out["password_note"] = json!("shown once; the previous password no longer works");
-    if let Value::Object(extra) = connect_info(h, org, &username, &password) {
-        out.as_object_mut().expect("object").extend(extra);
-    }
-    Ok(Json(out))
+    let note = "shown once; the previous password no longer works";
+    Ok(Json(shown_once(&row, h, org, &username, &password, note)))
 }
 
 /// `POST /api/v1/organizations/{org_id}/tokens` (admin token only): an organisation token,
