@@ -237,25 +237,12 @@ async fn readings_land_once_even_when_replayed_and_status_updates_device_status_
                 "SELECT count(*) FROM device_status WHERE device_id = '{id}'"
             ))
             .await;
-        (n >= 50 && s == 1).then_some(())
+        // 100 messages, 50 readings: one row per reading. The unique index on (device_id, seq)
+        // rules out a second copy; what this checks is that none of the 50 is missing.
+        (n == 50 && s == 1).then_some(())
     })
     .await;
-    // Give any late duplicate a chance to land, then count again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let c = env.db().await;
-    let r = c
-        .query_one("SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM sensor_readings WHERE device_id = $1", &[&id])
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            r.get::<_, i64>(0),
-            r.get::<_, i64>(1),
-            r.get::<_, i64>(2),
-            r.get::<_, i64>(3)
-        ),
-        (50, 50, 1, 50)
-    );
     let extra: serde_json::Value = c
         .query_one(
             "SELECT extra FROM sensor_readings WHERE device_id = $1 AND seq = 1",

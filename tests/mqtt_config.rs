@@ -255,7 +255,31 @@ async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_wit
     assert_eq!(cmd["command_id"], sent["command_id"]);
     old.publish("data", r#"{"type":"reading","seq":3}"#).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(count().await, 2, "the first broker is no longer consumed");
+    // Positive control, sent after it: a reading on the second broker lands, the one on the
+    // first does not.
+    new.publish("data", r#"{"type":"reading","seq":4}"#).await;
+    common::eventually(
+        Duration::from_secs(5),
+        "the reading sent on the second broker after the one on the first",
+        || async {
+            let seq4 = env
+                .scalar_i64(&format!(
+                    "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}' AND seq = 4"
+                ))
+                .await;
+            (seq4 == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}' AND seq = 3"
+        ))
+        .await,
+        0,
+        "the first broker is no longer consumed"
+    );
+    assert_eq!(count().await, 3, "readings 1, 2 and 4");
     assert_eq!(env.pid(), pid, "same process");
     let health = reqwest::get(format!("{}/health", env.http)).await.unwrap();
     assert!(health.status().is_success());

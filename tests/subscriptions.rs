@@ -338,9 +338,10 @@ async fn disabling_a_subscription_stops_its_messages_and_statistics_count_exactl
     let dev = random_device();
     let topic = format!("{root}/{dev}/telemetry");
     let client = Client::connect(&env, &[]).await;
+    // The rows of this subscription (a control subscription writes others below).
     let rows = || async {
         env.scalar_i64(&format!(
-            "SELECT count(*) FROM telemetry WHERE device_id = '{dev}'"
+            "SELECT count(*) FROM telemetry WHERE device_id = '{dev}' AND subscription_id = {id}"
         ))
         .await
     };
@@ -376,16 +377,48 @@ async fn disabling_a_subscription_stops_its_messages_and_statistics_count_exactl
         .await;
     assert_eq!(code, 200, "{resp}");
     api.wait_topics(0).await;
+    // Positive control: another subscription, enabled, on another topic.
+    let control = api
+        .create(
+            json!({"name": "control", "topic": format!("{root}/+/control"),
+                       "actions": [{"type": "store_json", "table": "telemetry"}]}),
+        )
+        .await;
+    api.wait_topics(1).await;
     for i in 0..7 {
         client.publish(&topic, &format!(r#"{{"t": {i}}}"#)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    client
+        .publish(&format!("{root}/{dev}/control"), r#"{"control": true}"#)
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the control row, sent after the 7",
+        || async {
+            let n = env
+                .scalar_i64(&format!(
+                    "SELECT count(*) FROM telemetry WHERE device_id = '{dev}' AND subscription_id = {control}"
+                ))
+                .await;
+            (n == 1).then_some(())
+        },
+    )
+    .await;
     assert_eq!(
         rows().await,
         20,
         "a disabled subscription processes nothing"
     );
     api.wait_stats(id, (20, 20, 0)).await;
+    let (code, resp) = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/subscriptions/{control}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 204, "{resp}");
+    api.wait_topics(0).await;
 
     // Enabled again: processing resumes, and a payload that is not JSON is a failed action.
     let (code, _) = api
