@@ -56,6 +56,13 @@ async fn command_rows_inserted_by_sql_reach_the_device_in_the_firmware_shape_wit
         dev.cmds_within(Duration::from_secs(1)).await.is_empty(),
         "each row published once"
     );
+    // Positive control: a row inserted now is the next (and only) command the device gets.
+    insert_command(&env, id, "send_image", r#"{"image_name": "test_004.jpg"}"#).await;
+    assert_eq!(
+        dev.next_cmd(within).await,
+        json!({"device_id": id, "send_image": "test_004.jpg"})
+    );
+    wait_all_sent(&env, id, 6).await;
 }
 
 #[tokio::test]

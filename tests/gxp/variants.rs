@@ -165,7 +165,12 @@ async fn metadata_resent_thirty_times_some_copies_null_erases_nothing_of_the_cap
     for _ in 0..14 {
         dev.data(&null).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Positive control, sent after the copies: another capture of the device completes, so the
+    // copies before it were handled.
+    dev.send_image("image_124.jpg", &image, 1024, WORKER_TS)
+        .await;
+    let control = dev.ack_ok_for("image_124.jpg", T).await;
+    assert_ack_ok(&control, &id, "image_124.jpg");
     assert_eq!(
         capture_row(&env, &id, name).await,
         Some(want),
