@@ -426,7 +426,12 @@ fn log_refused_subscriptions(ack: &rumqttc::v5::mqttbytes::v5::SubAck) {
     let refused = ack
         .return_codes
         .iter()
-        .filter(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)))
+        .filter(|c| {
+            !matches!(
+                c,
+                rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+            )
+        })
         .count();
     if refused > 0 {
         tracing::error!(refused, codes = ?ack.return_codes, "the broker refused subscriptions (check its ACLs for this user)");

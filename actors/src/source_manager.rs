@@ -64,6 +64,54 @@ struct Running {
     reported: u64,
 }
 
+/// A source's connection settings as one string, to notice a change. In memory only (it
+/// holds the password, to notice a change of it); never logged.
+fn settings_fingerprint(c: &MqttConfig) -> String {
+    format!(
+        "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}",
+        c.url,
+        c.verify_cert,
+        c.ca_pem,
+        c.client_id,
+        c.topic_prefix,
+        c.qos,
+        c.clean_start,
+        c.keep_alive_secs,
+        c.username,
+        c.password,
+        c.gxp
+    )
+}
+
+/// A source's stored password could not be opened (already recorded and logged).
+struct PasswordUnavailable;
+
+/// The subscription rows, grouped by the `mqtt_configs` row they belong to.
+async fn subscriptions_by_config(
+    c: &deadpool_postgres::Client,
+) -> Result<HashMap<i64, Vec<SubscriptionRow>>, ManagerError> {
+    let sub_rows = c
+        .query(
+            "SELECT mqtt_config_id, id, name, topic, enabled, actions FROM mqtt_subscriptions ORDER BY mqtt_config_id, id",
+            &[],
+        )
+        .await?;
+    let mut subs_by_config: HashMap<i64, Vec<SubscriptionRow>> = HashMap::new();
+    for r in sub_rows {
+        subs_by_config
+            .entry(r.get(0))
+            .or_default()
+            .push(SubscriptionRow {
+                id: r.get(1),
+                name: r.get(2),
+                topic: r.get(3),
+                enabled: r.get(4),
+                actions: r.get(5),
+            });
+    }
+    Ok(subs_by_config)
+}
+
 /// One wanted source: its connection settings and its subscriptions.
 struct Desired {
     cfg: MqttConfig,
@@ -172,89 +220,19 @@ impl SourceManager {
                  FROM mqtt_configs WHERE enabled ORDER BY product_id",
                 &[],
             )
-            .await
-            ?;
-        let sub_rows = c
-            .query(
-                "SELECT mqtt_config_id, id, name, topic, enabled, actions FROM mqtt_subscriptions ORDER BY mqtt_config_id, id",
-                &[],
-            )
-            .await
-            ?;
-        let mut subs_by_config: HashMap<i64, Vec<SubscriptionRow>> = HashMap::new();
-        for r in sub_rows {
-            subs_by_config
-                .entry(r.get(0))
-                .or_default()
-                .push(SubscriptionRow {
-                    id: r.get(1),
-                    name: r.get(2),
-                    topic: r.get(3),
-                    enabled: r.get(4),
-                    actions: r.get(5),
-                });
-        }
+            .await?;
+        let mut subs_by_config = subscriptions_by_config(&c).await?;
         let mut out = HashMap::new();
         let configured = !rows.is_empty();
         for r in rows {
             let product: String = r.get(0);
-            let url = broker_url(
-                &r.get::<_, String>(3),
-                r.get(14),
-                &r.get::<_, String>(1),
-                r.get(2),
-                &r.get::<_, String>(17),
-            );
-            let password = match r.get::<_, Option<Vec<u8>>>(5) {
-                None => None,
-                Some(sealed) => {
-                    match &self.secret_key {
-                        None => {
-                            self.write_error(&product, "cannot decrypt the stored password: FLEETFLOW_SECRET_KEY is not set").await;
-                            tracing::error!(product = %product, "source not started: FLEETFLOW_SECRET_KEY is not set");
-                            continue;
-                        }
-                        Some(k) => match k.open(&sealed, &format!("product:{product}")) {
-                            Ok(p) => Some(p),
-                            Err(e) => {
-                                self.write_error(&product, &e.to_string()).await;
-                                tracing::error!(product = %product, error = %e, "source not started");
-                                continue;
-                            }
-                        },
-                    }
-                }
-            };
-            let qos: i16 = r.get(10);
-            let cfg = MqttConfig {
-                url,
-                verify_cert: r.get(15),
-                ca_pem: r.get(16),
-                ca_file: None,
-                client_id: r.get(6),
-                topic_prefix: r.get(9),
-                qos: qos.clamp(0, 1) as u8,
-                keep_alive_secs: r.get::<_, i32>(7) as u64,
-                clean_start: r.get(8),
-                username: r.get(4),
-                password,
-                gxp: gxp_settings(&product, r.get(19), &self.default_cfg.gxp),
-                ..self.default_cfg.clone()
+            let Ok(password) = self.open_password(&product, r.get(5)).await else {
+                continue;
             };
             let config_id: i64 = r.get(11);
-            let shared_group = r.get::<_, bool>(12).then(|| {
-                r.get::<_, Option<String>>(13)
-                    .unwrap_or_else(|| "fleetflow".into())
-            });
-            out.insert(
-                product,
-                Desired {
-                    cfg,
-                    subs: subs_by_config.remove(&config_id).unwrap_or_default(),
-                    shared_group,
-                    pattern: r.get(18),
-                },
-            );
+            let subs = subs_by_config.remove(&config_id).unwrap_or_default();
+            let desired = self.desired_from_row(&product, &r, password, subs);
+            out.insert(product, desired);
         }
         if !configured {
             out.insert(
@@ -268,6 +246,82 @@ impl SourceManager {
             );
         }
         Ok(out)
+    }
+
+    /// Opens a product's sealed broker password (`None` when it has none). A password that
+    /// cannot be opened (no key, or a wrong one) is recorded as the source's error and logged;
+    /// the source is then not started.
+    async fn open_password(
+        &self,
+        product: &str,
+        sealed: Option<Vec<u8>>,
+    ) -> Result<Option<String>, PasswordUnavailable> {
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        match &self.secret_key {
+            None => {
+                self.write_error(
+                    product,
+                    "cannot decrypt the stored password: FLEETFLOW_SECRET_KEY is not set",
+                )
+                .await;
+                tracing::error!(product = %product, "source not started: FLEETFLOW_SECRET_KEY is not set");
+                Err(PasswordUnavailable)
+            }
+            Some(k) => match k.open(&sealed, &format!("product:{product}")) {
+                Ok(p) => Ok(Some(p)),
+                Err(e) => {
+                    self.write_error(product, &e.to_string()).await;
+                    tracing::error!(product = %product, error = %e, "source not started");
+                    Err(PasswordUnavailable)
+                }
+            },
+        }
+    }
+
+    /// One `mqtt_configs` row (the columns of [`SourceManager::desired`]'s query) as a wanted
+    /// source: its connection settings over the `[mqtt]` defaults, and its subscriptions.
+    fn desired_from_row(
+        &self,
+        product: &str,
+        r: &tokio_postgres::Row,
+        password: Option<String>,
+        subs: Vec<SubscriptionRow>,
+    ) -> Desired {
+        let url = broker_url(
+            &r.get::<_, String>(3),
+            r.get(14),
+            &r.get::<_, String>(1),
+            r.get(2),
+            &r.get::<_, String>(17),
+        );
+        let qos: i16 = r.get(10);
+        let cfg = MqttConfig {
+            url,
+            verify_cert: r.get(15),
+            ca_pem: r.get(16),
+            ca_file: None,
+            client_id: r.get(6),
+            topic_prefix: r.get(9),
+            qos: qos.clamp(0, 1) as u8,
+            keep_alive_secs: r.get::<_, i32>(7) as u64,
+            clean_start: r.get(8),
+            username: r.get(4),
+            password,
+            gxp: gxp_settings(product, r.get(19), &self.default_cfg.gxp),
+            ..self.default_cfg.clone()
+        };
+        let shared_group = r.get::<_, bool>(12).then(|| {
+            r.get::<_, Option<String>>(13)
+                .unwrap_or_else(|| "fleetflow".into())
+        });
+        Desired {
+            cfg,
+            subs,
+            shared_group,
+            pattern: r.get(18),
+        }
     }
 
     /// Starts one source (with its dispatcher when it has subscription rows). `forget` are
@@ -337,29 +391,33 @@ impl SourceManager {
     /// Starts and stops sources to match the database.
     pub async fn reconcile(&mut self) -> Result<(), ManagerError> {
         let desired = self.desired().await?;
-        // In memory only (it holds the password to notice a change of it); never logged.
-        let fingerprint = |c: &MqttConfig| {
-            format!(
-                "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}",
-                c.url,
-                c.verify_cert,
-                c.ca_pem,
-                c.client_id,
-                c.topic_prefix,
-                c.qos,
-                c.clean_start,
-                c.keep_alive_secs,
-                c.username,
-                c.password,
-                c.gxp
-            )
-        };
+        let mut held = self.stop_stale(&desired).await;
+        for (name, d) in desired {
+            if self.running.contains_key(&name) {
+                self.reload_subscriptions(&name, d).await;
+                continue;
+            }
+            let forget = held.remove(&name).unwrap_or_default();
+            self.start_wanted(name, d, forget).await;
+        }
+        self.publish_links();
+        Ok(())
+    }
+
+    /// Stops the running sources that are no longer wanted or whose settings changed (a
+    /// change of subscriptions alone is applied in place); returns the filters each one held,
+    /// for its replacement to drop from a resumed session. A removed source's devices are
+    /// released by the router.
+    async fn stop_stale(
+        &mut self,
+        desired: &HashMap<String, Desired>,
+    ) -> HashMap<String, Vec<String>> {
         let stale: Vec<String> = self
             .running
             .iter()
             .filter(|(name, r)| {
                 desired.get(*name).is_none_or(|d| {
-                    fingerprint(&d.cfg) != r.settings
+                    settings_fingerprint(&d.cfg) != r.settings
                         || d.shared_group != r.shared_group
                         || d.pattern != r.pattern
                         || d.subs.is_empty() != r.subs.is_empty()
@@ -381,43 +439,48 @@ impl SourceManager {
                 self.write_status(&name, false, None, None).await;
             }
         }
-        for (name, d) in desired {
-            if let Some(r) = self.running.get_mut(&name) {
-                if r.subs != d.subs {
-                    // Only the subscriptions changed: swap the set and the filters in place.
-                    let set = Arc::new(SubscriptionSet::compile(
-                        &name,
-                        &d.subs,
-                        &self.stats,
-                        &self.http,
-                    ));
-                    let filters = set.filters(d.shared_group.as_deref());
-                    if let Some(tx) = &r.set {
-                        let _ = tx.send(set);
-                    }
-                    tracing::info!(source = %name, subscriptions = d.subs.len(), "subscriptions reloaded in place");
-                    let count = filters.len() as i32;
-                    let _ = r.handle.filters.send(filters);
-                    r.subs = d.subs;
-                    self.write_topics_count(&name, count).await;
-                }
-                continue;
+        held
+    }
+
+    /// A running source whose subscriptions changed: swaps its set and its filters in place.
+    async fn reload_subscriptions(&mut self, name: &str, d: Desired) {
+        let Some(r) = self.running.get_mut(name) else {
+            return;
+        };
+        if r.subs == d.subs {
+            return;
+        }
+        let set = Arc::new(SubscriptionSet::compile(
+            name,
+            &d.subs,
+            &self.stats,
+            &self.http,
+        ));
+        let filters = set.filters(d.shared_group.as_deref());
+        if let Some(tx) = &r.set {
+            let _ = tx.send(set);
+        }
+        tracing::info!(source = %name, subscriptions = d.subs.len(), "subscriptions reloaded in place");
+        let count = filters.len() as i32;
+        let _ = r.handle.filters.send(filters);
+        r.subs = d.subs;
+        self.write_topics_count(name, count).await;
+    }
+
+    /// Starts a wanted source that is not running; a failure is logged and recorded as the
+    /// source's error (the next reconcile tries again).
+    async fn start_wanted(&mut self, name: String, d: Desired, forget: Vec<String>) {
+        match self.start(&name, &d, forget) {
+            Ok(mut running) => {
+                tracing::info!(source = %name, url = %d.cfg.url, prefix = %d.cfg.topic_prefix, subscriptions = d.subs.len(), "MQTT source started");
+                running.settings = settings_fingerprint(&d.cfg);
+                self.running.insert(name, running);
             }
-            let forget = held.remove(&name).unwrap_or_default();
-            match self.start(&name, &d, forget) {
-                Ok(mut running) => {
-                    tracing::info!(source = %name, url = %d.cfg.url, prefix = %d.cfg.topic_prefix, subscriptions = d.subs.len(), "MQTT source started");
-                    running.settings = fingerprint(&d.cfg);
-                    self.running.insert(name, running);
-                }
-                Err(e) => {
-                    tracing::error!(source = %name, error = %e, "MQTT source not started");
-                    self.write_error(&name, &e.to_string()).await;
-                }
+            Err(e) => {
+                tracing::error!(source = %name, error = %e, "MQTT source not started");
+                self.write_error(&name, &e.to_string()).await;
             }
         }
-        self.publish_links();
-        Ok(())
     }
 
     /// Refreshes [`SourceManager::links`] from the running sources.
@@ -540,7 +603,7 @@ impl SourceManager {
 
     /// Runs the manager: reconcile at start, on every NOTIFY and every `poll_every`.
     pub fn spawn(
-        mut self,
+        self,
         poll_every: Duration,
     ) -> (
         watch::Sender<ManagerControl>,
@@ -548,97 +611,129 @@ impl SourceManager {
         Arc<AtomicBool>,
         tokio::task::JoinHandle<()>,
     ) {
-        let (control, mut control_rx) = watch::channel(ManagerControl::Run);
-        let (restart_tx, mut restart_rx) = mpsc::channel::<SourceCommand>(16);
+        let (control, control_rx) = watch::channel(ManagerControl::Run);
+        let (restart_tx, restart_rx) = mpsc::channel::<SourceCommand>(16);
         let connected = self.connected.clone();
-        let task = tokio::spawn(async move {
-            let (note_tx, mut note_rx) = mpsc::channel::<()>(16);
-            let listener = tokio::spawn(crate::pg_listen::listen(
-                self.pg_url.clone(),
-                "fleetflow_mqtt_config",
-                note_tx,
-            ));
-            if let Err(e) = self.reconcile().await {
-                tracing::error!(error = %e, "sources not configured from the database; starting the [mqtt] source");
-                let d = Desired {
-                    cfg: self.default_cfg.clone(),
-                    subs: Vec::new(),
-                    shared_group: None,
-                    pattern: None,
-                };
-                if let Ok(r) = self.start(DEFAULT_SOURCE, &d, Vec::new()) {
-                    self.running.insert(DEFAULT_SOURCE.into(), r);
-                }
-                self.publish_links();
-            }
-            let mut poll = tokio::time::interval(poll_every);
-            let mut status = tokio::time::interval(Duration::from_millis(250));
-            let mut counts = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = note_rx.recv() => {
-                        if let Err(e) = self.reconcile().await { tracing::warn!(error = %e, "source reconcile failed"); }
-                    }
-                    _ = poll.tick() => {
-                        if let Err(e) = self.reconcile().await { tracing::warn!(error = %e, "source reconcile failed"); }
-                    }
-                    _ = status.tick() => self.refresh_status().await,
-                    _ = counts.tick() => {
-                        if let Err(e) = self.stats.flush(&self.pool).await {
-                            tracing::warn!(error = %e, "subscription statistics not written; retrying next round");
-                        }
-                    }
-                    Some(cmd) = restart_rx.recv() => match cmd {
-                        SourceCommand::Restart { product, reply } => {
-                            let _ = reply.send(self.restart_one(&product).await);
-                        }
-                        SourceCommand::DrainAll { reply } => {
-                            for r in self.running.values() {
-                                let _ = r.handle.control.send(SourceControl::Drain);
-                            }
-                            let _ = reply.send(());
-                        }
-                        SourceCommand::RestartAll { reply } => {
-                            let names: Vec<String> = self.running.keys().cloned().collect();
-                            let mut all = Ok(true);
-                            for name in names {
-                                match self.restart_one(&name).await {
-                                    Ok(true) => {}
-                                    Ok(false) => all = all.and(Ok(false)),
-                                    Err(e) => all = Err(e),
-                                }
-                            }
-                            // Whatever failed, no source stays drained.
-                            for r in self.running.values() {
-                                let _ = r.handle.control.send(SourceControl::Run);
-                            }
-                            let _ = reply.send(all);
-                        }
-                    },
-                    changed = control_rx.changed() => {
-                        let state = if changed.is_ok() { *control_rx.borrow() } else { ManagerControl::Stop };
-                        match state {
-                            ManagerControl::Run => {}
-                            ManagerControl::Drain => {
-                                for r in self.running.values() {
-                                    let _ = r.handle.control.send(SourceControl::Drain);
-                                }
-                            }
-                            ManagerControl::Stop => break,
-                        }
-                    }
-                }
-            }
-            listener.abort();
-            for (_, r) in self.running.drain() {
-                stop(r.handle).await;
-            }
-            if let Err(e) = self.stats.flush(&self.pool).await {
-                tracing::warn!(error = %e, "subscription statistics not written at shutdown");
-            }
-            self.connected.store(false, Ordering::Release);
-        });
+        let task = tokio::spawn(self.run(poll_every, control_rx, restart_rx));
         (control, restart_tx, connected, task)
+    }
+
+    /// The manager's task: the first reconcile, then reconciles (NOTIFY, poll), status and
+    /// statistics rounds and commands until told to stop; then every source stops.
+    async fn run(
+        mut self,
+        poll_every: Duration,
+        mut control_rx: watch::Receiver<ManagerControl>,
+        mut restart_rx: mpsc::Receiver<SourceCommand>,
+    ) {
+        let (note_tx, mut note_rx) = mpsc::channel::<()>(16);
+        let listener = tokio::spawn(crate::pg_listen::listen(
+            self.pg_url.clone(),
+            "fleetflow_mqtt_config",
+            note_tx,
+        ));
+        self.first_reconcile().await;
+        let mut poll = tokio::time::interval(poll_every);
+        let mut status = tokio::time::interval(Duration::from_millis(250));
+        let mut counts = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = note_rx.recv() => self.reconcile_logged().await,
+                _ = poll.tick() => self.reconcile_logged().await,
+                _ = status.tick() => self.refresh_status().await,
+                _ = counts.tick() => {
+                    if let Err(e) = self.stats.flush(&self.pool).await {
+                        tracing::warn!(error = %e, "subscription statistics not written; retrying next round");
+                    }
+                }
+                Some(cmd) = restart_rx.recv() => self.handle_command(cmd).await,
+                changed = control_rx.changed() => {
+                    let state = if changed.is_ok() { *control_rx.borrow() } else { ManagerControl::Stop };
+                    match state {
+                        ManagerControl::Run => {}
+                        ManagerControl::Drain => self.send_to_all(SourceControl::Drain),
+                        ManagerControl::Stop => break,
+                    }
+                }
+            }
+        }
+        listener.abort();
+        self.shut_down().await;
+    }
+
+    /// The first reconcile; when the database cannot say which sources are wanted, the
+    /// `[mqtt]` source starts.
+    async fn first_reconcile(&mut self) {
+        if let Err(e) = self.reconcile().await {
+            tracing::error!(error = %e, "sources not configured from the database; starting the [mqtt] source");
+            let d = Desired {
+                cfg: self.default_cfg.clone(),
+                subs: Vec::new(),
+                shared_group: None,
+                pattern: None,
+            };
+            if let Ok(r) = self.start(DEFAULT_SOURCE, &d, Vec::new()) {
+                self.running.insert(DEFAULT_SOURCE.into(), r);
+            }
+            self.publish_links();
+        }
+    }
+
+    /// A reconcile whose failure is only logged (the next NOTIFY or poll tries again).
+    async fn reconcile_logged(&mut self) {
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(error = %e, "source reconcile failed");
+        }
+    }
+
+    /// Sends `control` to every running source.
+    fn send_to_all(&self, control: SourceControl) {
+        for r in self.running.values() {
+            let _ = r.handle.control.send(control);
+        }
+    }
+
+    /// Carries out a restart or drain command and answers it.
+    async fn handle_command(&mut self, cmd: SourceCommand) {
+        match cmd {
+            SourceCommand::Restart { product, reply } => {
+                let _ = reply.send(self.restart_one(&product).await);
+            }
+            SourceCommand::DrainAll { reply } => {
+                self.send_to_all(SourceControl::Drain);
+                let _ = reply.send(());
+            }
+            SourceCommand::RestartAll { reply } => {
+                let _ = reply.send(self.restart_all().await);
+            }
+        }
+    }
+
+    /// Restarts every running source; `Ok(false)` when one did not reconnect in time, the
+    /// last error when one failed. Whatever failed, no source stays drained.
+    async fn restart_all(&mut self) -> Result<bool, ManagerError> {
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        let mut all = Ok(true);
+        for name in names {
+            match self.restart_one(&name).await {
+                Ok(true) => {}
+                Ok(false) => all = all.and(Ok(false)),
+                Err(e) => all = Err(e),
+            }
+        }
+        self.send_to_all(SourceControl::Run);
+        all
+    }
+
+    /// Stops every source and writes the last statistics.
+    async fn shut_down(&mut self) {
+        for (_, r) in self.running.drain() {
+            stop(r.handle).await;
+        }
+        if let Err(e) = self.stats.flush(&self.pool).await {
+            tracing::warn!(error = %e, "subscription statistics not written at shutdown");
+        }
+        self.connected.store(false, Ordering::Release);
     }
 }
 

@@ -189,6 +189,72 @@ struct Dispatcher {
     admitted: u64,
 }
 
+/// A republish action: publishes the payload on the target topic (its `{device_id}` filled
+/// in) over the connection the message came from. A target that an enabled subscription
+/// matches would loop: it is refused and counted. A failed publish leaves the share
+/// unacknowledged, so that the broker redelivers the message after a reconnect.
+fn republish(
+    set: &SubscriptionSet,
+    sub: &CompiledSub,
+    msg: &RawPublish,
+    topic: &str,
+    target: &str,
+    (qos, retain): (u8, bool),
+    share: Option<AckToken>,
+) {
+    let target = match device_at(topic, sub.device_level) {
+        Some(d) => target.replace("{device_id}", d),
+        None => target.to_string(),
+    };
+    if set.subs.iter().any(|s| matches(&target, &s.filter)) {
+        // A configuration error, not a transient one: counted and skipped.
+        failed(&sub.stats, "republish");
+        tracing::warn!(subscription = %sub.name, topic = %target, "republish refused: the target matches an enabled subscription (it would loop)");
+        link::ack(share);
+        return;
+    }
+    match msg
+        .reply_route
+        .link
+        .publish_with(target, msg.payload.clone(), qos, retain, "republish")
+    {
+        Ok(()) => {
+            executed(&sub.stats, "republish");
+            link::ack(share);
+        }
+        Err(e) => {
+            // Not acknowledged: the broker redelivers the message after a reconnect, and the
+            // republish is tried again.
+            failed(&sub.stats, "republish");
+            tracing::warn!(subscription = %sub.name, error = %e, "republish failed");
+            drop(share);
+        }
+    }
+}
+
+/// A webhook action: queues the message's envelope for the webhook's worker; a full queue
+/// drops it (counted, and its share acknowledged).
+fn queue_webhook(
+    set: &SubscriptionSet,
+    sub: &CompiledSub,
+    msg: &RawPublish,
+    topic: &str,
+    webhook: &Webhook,
+    share: Option<AckToken>,
+) {
+    let body = envelope(&set.product, sub, topic, &msg.payload);
+    let job = WebhookJob {
+        body,
+        ack: share,
+        stats: sub.stats.clone(),
+    };
+    if let Err(job) = webhook.try_send(job) {
+        failed(&sub.stats, "webhook");
+        tracing::warn!(subscription = %sub.name, "webhook queue full; message not delivered");
+        link::ack(job.ack);
+    }
+}
+
 fn executed(stats: &SubStats, kind: &'static str) {
     stats.executed();
     metrics::counter!(m::ACTIONS_EXECUTED_TOTAL, "type" => kind).increment(1);
@@ -200,7 +266,9 @@ fn failed(stats: &SubStats, kind: &'static str) {
 }
 
 impl Dispatcher {
-    async fn dispatch(&mut self, set: &SubscriptionSet, msg: RawPublish) {
+    /// Runs every action of every subscription the message matches, each with its share of
+    /// the message's ack; an unmatched message is acknowledged at once.
+    async fn dispatch(&mut self, set: &SubscriptionSet, mut msg: RawPublish) {
         let topic = std::str::from_utf8(&msg.topic).unwrap_or("");
         let own = msg.reply_route.topics.is_outbound(&msg.topic);
         let n: usize = set.matching(topic, own).map(|s| s.actions.len()).sum();
@@ -211,7 +279,7 @@ impl Dispatcher {
             return;
         }
         metrics::counter!(m::SUBSCRIPTION_MESSAGES_TOTAL, "outcome" => "matched").increment(1);
-        let mut shares = msg.ack.map(|a| a.split(n).into_iter());
+        let mut shares = msg.ack.take().map(|a| a.split(n).into_iter());
         let mut forwarded = false;
         for sub in set.matching(topic, own) {
             sub.stats.message();
@@ -219,24 +287,8 @@ impl Dispatcher {
                 let share = shares.as_mut().and_then(|s| s.next());
                 match action {
                     Compiled::DeviceProfile => {
-                        if forwarded {
-                            // Two profile subscriptions on one message: the device actor gets
-                            // it once.
-                            link::ack(share);
-                        } else {
-                            forwarded = true;
-                            let fwd = RawPublish {
-                                topic: msg.topic.clone(),
-                                payload: msg.payload.clone(),
-                                ack: share,
-                                reply_route: msg.reply_route.clone(),
-                            };
-                            if self.router.send(fwd).await.is_err() {
-                                failed(&sub.stats, "device_profile");
-                                continue;
-                            }
-                        }
-                        executed(&sub.stats, "device_profile");
+                        self.forward_to_device(sub, &msg, share, &mut forwarded)
+                            .await;
                     }
                     Compiled::StoreJson { level } => {
                         self.store_json(set, sub, *level, topic, &msg.payload, share)
@@ -246,54 +298,39 @@ impl Dispatcher {
                         topic: t,
                         qos,
                         retain,
-                    } => {
-                        let target = match device_at(topic, sub.device_level) {
-                            Some(d) => t.replace("{device_id}", d),
-                            None => t.clone(),
-                        };
-                        if set.subs.iter().any(|s| matches(&target, &s.filter)) {
-                            // A configuration error, not a transient one: counted and skipped.
-                            failed(&sub.stats, "republish");
-                            tracing::warn!(subscription = %sub.name, topic = %target, "republish refused: the target matches an enabled subscription (it would loop)");
-                            link::ack(share);
-                            continue;
-                        }
-                        match msg.reply_route.link.publish_with(
-                            target,
-                            msg.payload.clone(),
-                            *qos,
-                            *retain,
-                            "republish",
-                        ) {
-                            Ok(()) => {
-                                executed(&sub.stats, "republish");
-                                link::ack(share);
-                            }
-                            Err(e) => {
-                                // Not acknowledged: the broker redelivers the message after
-                                // a reconnect, and the republish is tried again.
-                                failed(&sub.stats, "republish");
-                                tracing::warn!(subscription = %sub.name, error = %e, "republish failed");
-                                drop(share);
-                            }
-                        }
-                    }
-                    Compiled::Webhook(w) => {
-                        let body = envelope(&set.product, sub, topic, &msg.payload);
-                        let job = WebhookJob {
-                            body,
-                            ack: share,
-                            stats: sub.stats.clone(),
-                        };
-                        if let Err(job) = w.try_send(job) {
-                            failed(&sub.stats, "webhook");
-                            tracing::warn!(subscription = %sub.name, "webhook queue full; message not delivered");
-                            link::ack(job.ack);
-                        }
-                    }
+                    } => republish(set, sub, &msg, topic, t, (*qos, *retain), share),
+                    Compiled::Webhook(w) => queue_webhook(set, sub, &msg, topic, w, share),
                 }
             }
         }
+    }
+
+    /// A device-profile action: hands the message to the device router once, however many
+    /// profile subscriptions matched it (the others just acknowledge their share).
+    async fn forward_to_device(
+        &mut self,
+        sub: &CompiledSub,
+        msg: &RawPublish,
+        share: Option<AckToken>,
+        forwarded: &mut bool,
+    ) {
+        if *forwarded {
+            // Two profile subscriptions on one message: the device actor gets it once.
+            link::ack(share);
+        } else {
+            *forwarded = true;
+            let fwd = RawPublish {
+                topic: msg.topic.clone(),
+                payload: msg.payload.clone(),
+                ack: share,
+                reply_route: msg.reply_route.clone(),
+            };
+            if self.router.send(fwd).await.is_err() {
+                failed(&sub.stats, "device_profile");
+                return;
+            }
+        }
+        executed(&sub.stats, "device_profile");
     }
 
     async fn store_json(

@@ -136,113 +136,131 @@ fn parse_action(i: usize, v: &Value, filter: &str) -> Result<Action, FieldError>
         return Err(bad(at(k), format!("unknown field for a {kind} action")));
     }
     match kind {
-        "device_profile" => {
-            let profile = str_field(obj, "profile", &at)?.unwrap_or(GXP_CAMERA);
-            if profile != GXP_CAMERA {
-                return Err(bad(
-                    at("profile"),
-                    format!("unknown device profile {profile:?}; this version has {GXP_CAMERA:?}"),
-                ));
-            }
-            Ok(Action::DeviceProfile)
-        }
-        "store_json" => {
-            let table = str_field(obj, "table", &at)?
-                .ok_or_else(|| bad(at("table"), "table is required"))?;
-            if !STORE_JSON_TABLES.contains(&table) {
-                return Err(bad(
-                    at("table"),
-                    format!("table must be one of {STORE_JSON_TABLES:?}"),
-                ));
-            }
-            let level = int_field(obj, "device_id_level", 0, 31, &at)?.map(|n| n as usize);
-            if level.is_none() && !filter.split('/').any(|l| l == "+" || l == "#") {
-                return Err(bad(
-                    at("device_id_level"),
-                    "the topic filter has no wildcard level to take the device id from; give device_id_level",
-                ));
-            }
-            if let Some(l) = level {
-                let levels = filter.split('/').collect::<Vec<_>>();
-                if levels.last() != Some(&"#") && l >= levels.len() {
-                    return Err(bad(
-                        at("device_id_level"),
-                        format!("the topic filter has only {} levels", levels.len()),
-                    ));
-                }
-            }
-            Ok(Action::StoreJson {
-                device_id_level: level,
-            })
-        }
-        "republish" => {
-            let topic = str_field(obj, "topic", &at)?
-                .ok_or_else(|| bad(at("topic"), "topic is required"))?;
-            validate_publish_topic(topic).map_err(|m| bad(at("topic"), m))?;
-            let sample = topic.replace("{device_id}", "x");
-            if rumqttc::v5::mqttbytes::matches(&sample, filter) {
-                return Err(bad(
-                    at("topic"),
-                    "the target topic matches the subscription's own filter (it would loop)",
-                ));
-            }
-            let qos = int_field(obj, "qos", 0, 1, &at)?.unwrap_or(1) as u8;
-            let retain = match obj.get("retain") {
-                None => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(bad(at("retain"), "retain must be true or false")),
-            };
-            Ok(Action::Republish {
-                topic: topic.to_string(),
-                qos,
-                retain,
-            })
-        }
-        _ => {
-            let url =
-                str_field(obj, "url", &at)?.ok_or_else(|| bad(at("url"), "url is required"))?;
-            let parsed =
-                reqwest::Url::parse(url).map_err(|e| bad(at("url"), format!("not a URL: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-                return Err(bad(
-                    at("url"),
-                    "url must be http:// or https:// with a host",
-                ));
-            }
-            let mut headers = BTreeMap::new();
-            match obj.get("headers") {
-                None => {}
-                Some(Value::Object(h)) => {
-                    for (k, v) in h {
-                        let Some(v) = v.as_str() else {
-                            return Err(bad(
-                                at(&format!("headers.{k}")),
-                                "header values are strings",
-                            ));
-                        };
-                        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
-                            || reqwest::header::HeaderValue::from_str(v).is_err()
-                        {
-                            return Err(bad(
-                                at(&format!("headers.{k}")),
-                                "not a valid HTTP header",
-                            ));
-                        }
-                        headers.insert(k.clone(), v.to_string());
-                    }
-                }
-                Some(_) => return Err(bad(at("headers"), "headers must be an object of strings")),
-            }
-            Ok(Action::Webhook(WebhookSpec {
-                url: url.to_string(),
-                timeout_ms: int_field(obj, "timeout_ms", 100, 30_000, &at)?.unwrap_or(5_000),
-                retries: int_field(obj, "retries", 0, 5, &at)?.unwrap_or(3) as u32,
-                queue: int_field(obj, "queue", 1, MAX_WEBHOOK_QUEUE as u64, &at)?.unwrap_or(100)
-                    as usize,
-                headers,
-            }))
+        "device_profile" => parse_device_profile(obj, &at),
+        "store_json" => parse_store_json(obj, &at, filter),
+        "republish" => parse_republish(obj, &at, filter),
+        _ => parse_webhook(obj, &at),
+    }
+}
+
+/// An action's JSON object.
+type Fields = Map<String, Value>;
+/// Names a field of the action being parsed, for errors.
+type At<'a> = &'a dyn Fn(&str) -> String;
+
+/// A `device_profile` action: the profile, when given, must be the GXP camera.
+fn parse_device_profile(obj: &Fields, at: At) -> Result<Action, FieldError> {
+    let profile = str_field(obj, "profile", at)?.unwrap_or(GXP_CAMERA);
+    if profile != GXP_CAMERA {
+        return Err(bad(
+            at("profile"),
+            format!("unknown device profile {profile:?}; this version has {GXP_CAMERA:?}"),
+        ));
+    }
+    Ok(Action::DeviceProfile)
+}
+
+/// A `store_json` action: a known table, and a device id level the filter can supply.
+fn parse_store_json(obj: &Fields, at: At, filter: &str) -> Result<Action, FieldError> {
+    let table =
+        str_field(obj, "table", at)?.ok_or_else(|| bad(at("table"), "table is required"))?;
+    if !STORE_JSON_TABLES.contains(&table) {
+        return Err(bad(
+            at("table"),
+            format!("table must be one of {STORE_JSON_TABLES:?}"),
+        ));
+    }
+    let level = int_field(obj, "device_id_level", 0, 31, at)?.map(|n| n as usize);
+    if level.is_none() && !filter.split('/').any(|l| l == "+" || l == "#") {
+        return Err(bad(
+            at("device_id_level"),
+            "the topic filter has no wildcard level to take the device id from; give device_id_level",
+        ));
+    }
+    if let Some(l) = level {
+        let levels = filter.split('/').collect::<Vec<_>>();
+        if levels.last() != Some(&"#") && l >= levels.len() {
+            return Err(bad(
+                at("device_id_level"),
+                format!("the topic filter has only {} levels", levels.len()),
+            ));
         }
     }
+    Ok(Action::StoreJson {
+        device_id_level: level,
+    })
+}
+
+/// A `republish` action: a valid target topic that does not loop back into `filter`.
+fn parse_republish(obj: &Fields, at: At, filter: &str) -> Result<Action, FieldError> {
+    let topic =
+        str_field(obj, "topic", at)?.ok_or_else(|| bad(at("topic"), "topic is required"))?;
+    validate_publish_topic(topic).map_err(|m| bad(at("topic"), m))?;
+    let sample = topic.replace("{device_id}", "x");
+    if rumqttc::v5::mqttbytes::matches(&sample, filter) {
+        return Err(bad(
+            at("topic"),
+            "the target topic matches the subscription's own filter (it would loop)",
+        ));
+    }
+    let qos = int_field(obj, "qos", 0, 1, at)?.unwrap_or(1) as u8;
+    let retain = match obj.get("retain") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad(at("retain"), "retain must be true or false")),
+    };
+    Ok(Action::Republish {
+        topic: topic.to_string(),
+        qos,
+        retain,
+    })
+}
+
+/// A `webhook` action: an http(s) URL with a host, valid headers, and bounded timeout,
+/// retries and queue.
+fn parse_webhook(obj: &Fields, at: At) -> Result<Action, FieldError> {
+    let url = str_field(obj, "url", at)?.ok_or_else(|| bad(at("url"), "url is required"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(at("url"), format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(bad(
+            at("url"),
+            "url must be http:// or https:// with a host",
+        ));
+    }
+    let headers = parse_headers(obj, at)?;
+    Ok(Action::Webhook(WebhookSpec {
+        url: url.to_string(),
+        timeout_ms: int_field(obj, "timeout_ms", 100, 30_000, at)?.unwrap_or(5_000),
+        retries: int_field(obj, "retries", 0, 5, at)?.unwrap_or(3) as u32,
+        queue: int_field(obj, "queue", 1, MAX_WEBHOOK_QUEUE as u64, at)?.unwrap_or(100) as usize,
+        headers,
+    }))
+}
+
+/// A webhook's `headers`: an object of valid HTTP header names and string values.
+fn parse_headers(obj: &Fields, at: At) -> Result<BTreeMap<String, String>, FieldError> {
+    let mut headers = BTreeMap::new();
+    match obj.get("headers") {
+        None => {}
+        Some(Value::Object(h)) => {
+            for (k, v) in h {
+                let Some(v) = v.as_str() else {
+                    return Err(bad(
+                        at(&format!("headers.{k}")),
+                        "header values are strings",
+                    ));
+                };
+                if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
+                    || reqwest::header::HeaderValue::from_str(v).is_err()
+                {
+                    return Err(bad(at(&format!("headers.{k}")), "not a valid HTTP header"));
+                }
+                headers.insert(k.clone(), v.to_string());
+            }
+        }
+        Some(_) => return Err(bad(at("headers"), "headers must be an object of strings")),
+    }
+    Ok(headers)
 }
 
 fn str_field<'a>(
