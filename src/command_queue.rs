@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 pub const CHANNEL: &str = "fleetflow_device_commands";
 /// The fallback poll.
 const POLL: Duration = Duration::from_secs(1);
+/// Longest wait for the router to say which connection a device's messages come from.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rows claimed per pass.
 const BATCH: i64 = 100;
 
@@ -100,11 +102,12 @@ impl CommandSender {
     pub async fn send(&self, c: &Queued) -> Result<Sent, CommandRefused> {
         let id = DeviceId::parse(&c.device_id)?;
         let (format, payload) = payload(c)?;
-        let route = self
-            .router
-            .send(ReplyRouteOf(id.clone()))
+        // Bounded: a device whose mailbox is full must not stall the whole queue.
+        let ask = self.router.send(ReplyRouteOf(id.clone()));
+        let route = tokio::time::timeout(ROUTE_TIMEOUT, ask)
             .await
             .ok()
+            .and_then(Result::ok)
             .flatten();
         let (link, topic, via) = match &route {
             Some(r) => (&r.link, r.topics.cmd_topic(&id), "device_source"),

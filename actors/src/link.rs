@@ -53,6 +53,17 @@ impl AckToken {
     }
 }
 
+/// Why a publish could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The link has no client to publish with.
+    #[error("no MQTT connection")]
+    NotConnected,
+    /// The connection's request queue is full or closed.
+    #[error(transparent)]
+    Queue(#[from] rumqttc::v5::ClientError),
+}
+
 /// Where replies to a device go: the connection its messages came from, and that source's
 /// topic layout (for `{prefix}/{device_id}/ack` and `/cmd`).
 #[derive(Debug, Clone)]
@@ -192,18 +203,16 @@ impl MqttLink {
         qos: u8,
         retain: bool,
         kind: &'static str,
-    ) -> Result<(), String> {
+    ) -> Result<(), PublishError> {
         let Some(client) = &self.0.client else {
-            return Err("no MQTT connection".into());
+            return Err(PublishError::NotConnected);
         };
         let qos = if qos == 0 {
             QoS::AtMostOnce
         } else {
             QoS::AtLeastOnce
         };
-        client
-            .try_publish(topic, qos, retain, payload)
-            .map_err(|e| e.to_string())?;
+        client.try_publish(topic, qos, retain, payload)?;
         metrics::counter!(m::MQTT_PUBLISHES_TOTAL, "kind" => kind).increment(1);
         Ok(())
     }

@@ -339,7 +339,12 @@ pub fn decode(
         })),
         TopicKind::Status => {
             check_len(payload, MAX_JSON_BYTES)?;
-            let mut s: Status = serde_json::from_slice(payload).map_err(json_error)?;
+            let mut s: Status = match serde_json::from_slice(payload) {
+                Ok(s) => s,
+                // A mistyped optional field must not cost a device its wake answer: the
+                // fields that fit are taken, the others kept in `extra`.
+                Err(e) => lenient_status(payload).ok_or_else(|| json_error(e))?,
+            };
             if s.status.chars().count() > MAX_STATUS_CHARS {
                 return Err(DecodeError::field(format!(
                     "status is longer than {MAX_STATUS_CHARS} characters"
@@ -355,6 +360,53 @@ pub fn decode(
         }
         TopicKind::Data => decode_data(payload, limits),
     }
+}
+
+/// A status read field by field: `status` must be a string (or absent: `unknown`), the other
+/// known fields are taken when their type fits (numbers given as strings too) and kept in
+/// `extra` as sent otherwise. `None` when the payload is not a JSON object.
+fn lenient_status(payload: &[u8]) -> Option<Status> {
+    let Value::Object(mut o) = serde_json::from_slice(payload).ok()? else {
+        return None;
+    };
+    let status = match o.remove("status") {
+        None => unknown_status(),
+        Some(Value::String(t)) => t,
+        Some(_) => return None,
+    };
+    let num = |v: &Value| v.as_f64().or_else(|| v.as_str()?.trim().parse().ok());
+    let mut take = |keys: &[&str]| -> Option<f64> {
+        let key = keys.iter().find(|k| o.get(**k).and_then(num).is_some())?;
+        o.remove(*key).as_ref().and_then(num)
+    };
+    let battery_v = take(&["battery_v"]);
+    let rssi = take(&["rssi"]).map(|r| r.round() as i32);
+    let uptime_s = take(&["uptime_s"]).map(|u| u as i64);
+    let pending_count = take(&["pendingImg", "pending_count"]).map(|p| p as i32);
+    let fw = match o.remove("fw") {
+        Some(Value::String(f)) => Some(f),
+        Some(other) => {
+            o.insert("fw".into(), other);
+            None
+        }
+        None => None,
+    };
+    let ts = o
+        .get("ts")
+        .and_then(|v| de_opt_ts(v.clone()).ok().flatten());
+    if ts.is_some() {
+        o.remove("ts");
+    }
+    Some(Status {
+        status,
+        battery_v,
+        rssi,
+        uptime_s,
+        pending_count,
+        fw,
+        ts,
+        extra: o,
+    })
 }
 
 fn check_len(payload: &[u8], max: usize) -> Result<(), DecodeError> {
@@ -693,6 +745,21 @@ mod tests {
         assert!(s.is_wake());
         assert_eq!(s.pending_count, Some(3));
         assert!(s.extra.contains_key("pending_list"));
+        let sloppy = Bytes::from_static(
+            br#"{"device_id":"X","status":"Alive","pendingImg":"3","pending_count":2,"rssi":-61.6,"ts":"yesterday"}"#,
+        );
+        let DeviceMsg::Status(s) =
+            decode(&TopicKind::Status, &sloppy, DecodeLimits::default()).unwrap()
+        else {
+            panic!()
+        };
+        assert!(
+            s.is_wake(),
+            "a mistyped field does not cost the wake answer"
+        );
+        assert_eq!((s.pending_count, s.rssi), (Some(3), Some(-62)));
+        assert_eq!(s.extra.get("pending_count"), Some(&Value::from(2)));
+        assert_eq!(s.extra.get("ts"), Some(&Value::from("yesterday")));
         let bad = Bytes::from(format!(r#"{{"status":"{}"}}"#, "x".repeat(65)));
         assert_eq!(
             decode(&TopicKind::Status, &bad, DecodeLimits::default())

@@ -141,7 +141,9 @@ impl CompiledSchedule {
                 // A local time skipped by a DST change has no instant; take the next one.
                 if let Some(at) = self.tz.from_local_datetime(&date.and_time(*t)).earliest() {
                     let at = at.with_timezone(&Utc);
-                    if at > now {
+                    // A time within the wake tolerance is the one being served now (a device
+                    // that woke 20 s early for 08:00 captures for 08:00, next is the one after).
+                    if at > now + Duration::seconds(WAKE_TOLERANCE_SECS) {
                         return at;
                     }
                 }
@@ -306,6 +308,11 @@ mod tests {
         let next = s.next_after(at("2025-10-07T10:00:00Z"));
         assert_eq!(next, at("2025-10-07T15:30:00Z"));
         assert_eq!(s.local_clock(next), "5:30PM");
+        // A device waking 20 s early for 17:30 captures for it; its next wake is tomorrow's 08:00.
+        assert_eq!(
+            s.next_after(at("2025-10-07T15:29:40Z")),
+            at("2025-10-08T06:00:00Z")
+        );
         // After the last time of the day: tomorrow's first.
         assert_eq!(
             s.next_after(at("2025-10-07T20:00:00Z")),

@@ -35,7 +35,13 @@ pub async fn product_publish(
         })?;
     let bytes = p.payload.len();
     link.publish_with(p.topic.clone(), p.payload, p.qos, p.retain, "publish")
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_connected", e))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_connected",
+                e.to_string(),
+            )
+        })?;
     Ok(Json(
         json!({"published": true, "product_id": product_id, "topic": p.topic, "bytes": bytes, "qos": p.qos, "retain": p.retain}),
     ))

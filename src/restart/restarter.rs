@@ -81,9 +81,12 @@ enum SinkCheckError {
         #[source]
         source: MailboxError,
     },
-    /// The sink's probe failed (the sink answers with its own text).
-    #[error("{0}")]
-    Probe(String),
+    /// The Postgres sink's probe failed.
+    #[error(transparent)]
+    PgProbe(#[from] fleetflow_actors::sinks::pg::ProbeError),
+    /// The object sink's probe failed.
+    #[error(transparent)]
+    StoreProbe(#[from] fleetflow_actors::sinks::objects::StoreProbeError),
 }
 
 /// The sinks and the settings to rebuild them from.
@@ -343,7 +346,7 @@ async fn rebuild_pg(s: &Sinks) -> Result<Duration, SinkCheckError> {
     s.pg.send(Probe)
         .await
         .map_err(unavailable)?
-        .map_err(SinkCheckError::Probe)
+        .map_err(SinkCheckError::from)
 }
 
 /// `sink:objects`: a new store client, then a probe object written, read back and deleted.
@@ -365,7 +368,7 @@ async fn rebuild_objects(s: &Sinks) -> Result<Duration, SinkCheckError> {
         .send(ProbeStore)
         .await
         .map_err(unavailable)?
-        .map_err(SinkCheckError::Probe)
+        .map_err(SinkCheckError::from)
 }
 
 /// The outcome of a sink rebuild from its probe's round trip.

@@ -19,15 +19,36 @@ pub mod pg;
 pub mod pg_write;
 pub mod rows;
 
-/// A sink error, classified for the retry rule.
+/// A sink error, classified for the retry rule when it is built (from the Postgres error or
+/// the pool's), keeping that error as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// Worth retrying: connection lost, pool exhausted, server shutting down, serialization.
     #[error("retriable: {0}")]
-    Retriable(String),
+    Retriable(#[source] SinkCause),
     /// Retrying the same rows cannot help.
     #[error("permanent: {0}")]
-    Permanent(String),
+    Permanent(#[source] SinkCause),
+}
+
+/// What made a sink write fail.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkCause {
+    /// Postgres answered with an error, or the connection failed. Shown as `SQLSTATE: message`
+    /// for a server error.
+    #[error("{}", postgres_detail(.0))]
+    Postgres(#[source] tokio_postgres::Error),
+    /// The pool had no connection to give (timeout, closed, hook failure).
+    #[error("{0}")]
+    Pool(#[source] deadpool_postgres::PoolError),
+}
+
+/// A Postgres error as `SQLSTATE: message` when the server sent it, else its own text.
+fn postgres_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => format!("{e}"),
+    }
 }
 
 impl SinkError {
@@ -39,26 +60,22 @@ impl SinkError {
 
 impl From<tokio_postgres::Error> for SinkError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let msg = match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => format!("{e}"),
-        };
-        match e.code() {
-            None => SinkError::Retriable(msg),
+        let retriable = match e.code() {
+            None => true,
             Some(code) => {
                 let c = code.code();
-                let retriable = c.starts_with("08")
+                c.starts_with("08")
                     || c.starts_with("53")
                     || c.starts_with("57")
                     || c == "40001"
                     || c == "40P01"
-                    || c.starts_with("58");
-                if retriable {
-                    SinkError::Retriable(msg)
-                } else {
-                    SinkError::Permanent(msg)
-                }
+                    || c.starts_with("58")
             }
+        };
+        if retriable {
+            SinkError::Retriable(SinkCause::Postgres(e))
+        } else {
+            SinkError::Permanent(SinkCause::Postgres(e))
         }
     }
 }
@@ -67,7 +84,7 @@ impl From<deadpool_postgres::PoolError> for SinkError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => SinkError::Retriable(other.to_string()),
+            other => SinkError::Retriable(SinkCause::Pool(other)),
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::dead_letter::DeadLetterDir;
 use super::pg::PgSink;
-use super::rows::{IngestStatus, PendingRow, Row};
+use super::rows::{IngestStatus, PendingRow, Row, RowNotStored};
 use crate::config::ObjectsConfig;
 use crate::metrics as m;
 use fleetflow_protocol::errors::ErrorCode;
@@ -73,7 +73,7 @@ impl Handler<Store> for ObjectSink {
             };
             if let Err(reason) = &upload {
                 // Keep the bytes so that an admin can replay them; never just throw them away.
-                let (dl, r, reason) = (dead_letters, req.clone(), reason.clone());
+                let (dl, r, reason) = (dead_letters, req.clone(), reason.to_string());
                 match tokio::task::spawn_blocking(move || dl.put(&r, &reason)).await {
                     Ok(Ok(path)) => {
                         tracing::warn!(device = %req.device_id, capture = %req.capture_id, path = %path.display(), "upload failed after retries; image kept in the dead-letter directory")
@@ -100,9 +100,7 @@ impl Handler<Store> for ObjectSink {
                     code: ErrorCode::FinaliseFailed,
                 };
             }
-            let committed = rx
-                .await
-                .unwrap_or_else(|_| Err("postgres sink dropped the row".into()));
+            let committed = rx.await.unwrap_or(Err(RowNotStored::Dropped));
             match (upload, committed) {
                 (Ok(()), Ok(())) => {
                     metrics::histogram!(m::CAPTURE_E2E_SECONDS)
@@ -112,7 +110,7 @@ impl Handler<Store> for ObjectSink {
                     }
                 }
                 (Err(e), _) => StoreOutcome::Failed {
-                    reason: e,
+                    reason: e.to_string(),
                     code: ErrorCode::StorageFailed,
                 },
                 (Ok(()), Err(e)) => StoreOutcome::Failed {
@@ -124,17 +122,24 @@ impl Handler<Store> for ObjectSink {
     }
 }
 
+/// An upload that failed on every attempt; shows the last attempt's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UploadFailed(#[source] object_store::Error);
+
+/// Puts the image at its object key, retrying with a doubling delay; the last error after
+/// `attempts` failures.
 async fn upload(
     store: &dyn ObjectStore,
     req: &StoreRequest,
     attempts: u32,
     backoff: Duration,
-) -> Result<(), String> {
+) -> Result<(), UploadFailed> {
     let path = Path::from(req.object_key());
     let started = StdInstant::now();
     let mut delay = backoff;
-    let mut last = String::new();
-    for attempt in 1..=attempts {
+    let mut attempt = 1;
+    loop {
         // `Bytes` clone: a reference count, not a copy of the image.
         match store
             .put(&path, PutPayload::from_bytes(req.image.clone()))
@@ -148,18 +153,18 @@ async fn upload(
                 return Ok(());
             }
             Err(e) => {
-                last = e.to_string();
                 tracing::warn!(device = %req.device_id, capture = %req.capture_id, attempt, error = %e, "object upload failed");
-                if attempt < attempts {
-                    metrics::counter!(m::SINK_RETRIES_TOTAL, "sink" => "objects").increment(1);
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                if attempt >= attempts {
+                    metrics::counter!(m::OBJECT_FAILURES_TOTAL).increment(1);
+                    return Err(UploadFailed(e));
                 }
+                metrics::counter!(m::SINK_RETRIES_TOTAL, "sink" => "objects").increment(1);
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
             }
         }
     }
-    metrics::counter!(m::OBJECT_FAILURES_TOTAL).increment(1);
-    Err(last)
 }
 
 /// Replaces the sink's object-store client (`sink:objects` restart). Uploads in flight finish
@@ -180,11 +185,25 @@ impl Handler<ReplaceStore> for ObjectSink {
 /// A round trip through the sink's store: write, read back and delete a small object under
 /// `_fleetflow/health/`. Answers the time it took.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Duration, String>")]
+#[rtype(result = "Result<Duration, StoreProbeError>")]
 pub struct ProbeStore;
 
+/// Why the object sink's probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreProbeError {
+    /// Writing the probe object failed.
+    #[error("write: {0}")]
+    Write(#[source] object_store::Error),
+    /// Reading it back failed.
+    #[error("read: {0}")]
+    Read(#[source] object_store::Error),
+    /// It read back different bytes.
+    #[error("read back different bytes")]
+    Mismatch,
+}
+
 impl Handler<ProbeStore> for ObjectSink {
-    type Result = ResponseFuture<Result<Duration, String>>;
+    type Result = ResponseFuture<Result<Duration, StoreProbeError>>;
 
     fn handle(&mut self, _: ProbeStore, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
@@ -198,17 +217,17 @@ impl Handler<ProbeStore> for ObjectSink {
             store
                 .put(&path, PutPayload::from_bytes(body.clone()))
                 .await
-                .map_err(|e| format!("write: {e}"))?;
+                .map_err(StoreProbeError::Write)?;
             let got = store
                 .get(&path)
                 .await
-                .map_err(|e| format!("read: {e}"))?
+                .map_err(StoreProbeError::Read)?
                 .bytes()
                 .await
-                .map_err(|e| format!("read: {e}"))?;
+                .map_err(StoreProbeError::Read)?;
             let _ = store.delete(&path).await;
             if got != body {
-                return Err("read back different bytes".into());
+                return Err(StoreProbeError::Mismatch);
             }
             Ok(started.elapsed())
         })

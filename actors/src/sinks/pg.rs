@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::pg_write::write_batch;
-use super::rows::{PendingRow, Table};
+use super::rows::{Durable, PendingRow, RowNotStored, Table};
 use super::SinkError;
 use crate::batcher::Batcher;
 use crate::config::SinksConfig;
@@ -164,7 +164,7 @@ impl BatchWriter {
             Err(e) if batch.len() == 1 => {
                 metrics::counter!(m::SINK_FAILURES_TOTAL, "table" => table.label()).increment(1);
                 tracing::error!(table = table.label(), error = %e, "row rejected by Postgres");
-                self.finish(batch, Err(e.to_string()));
+                self.finish(batch, Err(RowNotStored::Rejected(Arc::new(e))));
             }
             Err(e) => {
                 tracing::warn!(table = table.label(), error = %e, rows = batch.len(), "batch refused; writing rows one by one");
@@ -176,7 +176,7 @@ impl BatchWriter {
                             metrics::counter!(m::SINK_FAILURES_TOTAL, "table" => table.label())
                                 .increment(1);
                             tracing::error!(table = table.label(), error = %e, "row rejected by Postgres");
-                            self.finish(one, Err(e.to_string()));
+                            self.finish(one, Err(RowNotStored::Rejected(Arc::new(e))));
                         }
                     }
                 }
@@ -216,7 +216,8 @@ impl BatchWriter {
         }
     }
 
-    fn finish(&self, batch: Vec<PendingRow>, outcome: Result<(), String>) {
+    /// Tells each row's waiter the outcome and acknowledges the rows' messages.
+    fn finish(&self, batch: Vec<PendingRow>, outcome: Durable) {
         self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         let mut tokens = Vec::with_capacity(batch.len());
         for p in batch {
@@ -249,20 +250,29 @@ impl Handler<ReplacePool> for PgSink {
 
 /// A round trip through the sink's pool (`SELECT 1`); answers the time it took.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Duration, String>")]
+#[rtype(result = "Result<Duration, ProbeError>")]
 pub struct Probe;
 
+/// Why the Postgres sink's probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No connection from the pool.
+    #[error("{0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// `SELECT 1` failed.
+    #[error("{0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
 impl Handler<Probe> for PgSink {
-    type Result = ResponseFuture<Result<Duration, String>>;
+    type Result = ResponseFuture<Result<Duration, ProbeError>>;
 
     fn handle(&mut self, _: Probe, _ctx: &mut Self::Context) -> Self::Result {
         let pool = self.pool.clone();
         Box::pin(async move {
             let started = StdInstant::now();
-            let c = pool.get().await.map_err(|e| e.to_string())?;
-            c.query_one("SELECT 1", &[])
-                .await
-                .map_err(|e| e.to_string())?;
+            let c = pool.get().await?;
+            c.query_one("SELECT 1", &[]).await?;
             Ok(started.elapsed())
         })
     }

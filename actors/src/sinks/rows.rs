@@ -1,13 +1,38 @@
 //! The envelope that carries a row to the Postgres sink with its broker ack and its durability
 //! waiter.
 
+use std::sync::Arc;
+
 use tokio::sync::oneshot;
 
+use super::SinkError;
 use crate::link::AckToken;
 pub use fleetflow_protocol::rows::*;
 
 /// The outcome reported to whoever waits for a row to be durable.
-pub type Durable = Result<(), String>;
+pub type Durable = Result<(), RowNotStored>;
+
+/// Why a row did not become durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RowNotStored {
+    /// Postgres refused the row for good (shared by every waiter of the failed write).
+    #[error(transparent)]
+    Rejected(Arc<SinkError>),
+    /// The sink went away before answering.
+    #[error("postgres sink dropped the row")]
+    Dropped,
+}
+
+/// Two outcomes are equal when they are the same failure (one rejection) or both `Dropped`.
+impl PartialEq for RowNotStored {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Rejected(a), Self::Rejected(b)) => Arc::ptr_eq(a, b),
+            (Self::Dropped, Self::Dropped) => true,
+            _ => false,
+        }
+    }
+}
 
 /// A row on its way to the sink, with its broker ack and an optional waiter.
 #[derive(Debug)]

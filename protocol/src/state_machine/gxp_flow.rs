@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::time::Instant;
 
-use super::{Capture, DeviceCore, Effect, MsgCtx, Phase, WireFormat};
+use super::{Capture, DeviceCore, Effect, MessageAck, MsgCtx, Phase, WireFormat};
 use crate::assembler::{Assembly, Layout};
 use crate::errors::ErrorCode;
 use crate::gxp::{self, GxpChunk, GxpCommand, GxpMeta, PartialLayout, WakeFormat};
@@ -53,12 +53,23 @@ impl GxpState {
 impl DeviceCore {
     /// GXP metadata: a device error, a stored capture's copy, a copy for a capture in flight
     /// (merged), or a new capture.
-    pub(super) fn on_gxp_meta(&mut self, meta: GxpMeta, cx: &MsgCtx<'_>, out: &mut Vec<Effect>) {
+    pub(super) fn on_gxp_meta(
+        &mut self,
+        meta: GxpMeta,
+        ack: Option<MessageAck>,
+        cx: &MsgCtx<'_>,
+        out: &mut Vec<Effect>,
+    ) {
         if let Some(e) = meta.error.filter(|e| *e != 0) {
-            self.device_reported(meta, e, cx, out);
+            // The device sends nothing more for this capture: the message is acknowledged only
+            // once its failed row is committed.
+            self.device_reported(meta, e, ack, cx, out);
             return;
         }
-        if self.answer_if_stored(&meta.image_name, cx.wall, out) {
+        if let Some(a) = ack {
+            out.push(Effect::Ack(a));
+        }
+        if self.answer_if_stored(&meta.image_name, cx, out) {
             return;
         }
         let name = meta.image_name.clone();
@@ -175,7 +186,7 @@ impl DeviceCore {
                 l.chunk_size = e
                     .chunks
                     .iter()
-                    .find(|(i, _)| i + 1 < total)
+                    .find(|(i, _)| *i < total.saturating_sub(1))
                     .map(|(_, d)| d.len() as u32);
             }
         }
@@ -189,8 +200,26 @@ impl DeviceCore {
 
     /// Metadata with `error` e ≠ 0: the device failed to capture. A 1000 + e row naming the
     /// cause, the capture `failed` at once, and no assembly.
-    fn device_reported(&mut self, meta: GxpMeta, e: i64, cx: &MsgCtx<'_>, out: &mut Vec<Effect>) {
+    fn device_reported(
+        &mut self,
+        meta: GxpMeta,
+        e: i64,
+        ack: Option<MessageAck>,
+        cx: &MsgCtx<'_>,
+        out: &mut Vec<Effect>,
+    ) {
         let name = meta.image_name.clone();
+        if self.failed_recent.contains(&name) {
+            // A re-sent copy of metadata already recorded as failed: acknowledged, not re-counted.
+            if let Some(a) = ack {
+                out.push(Effect::Ack(a));
+            }
+            return;
+        }
+        if self.failed_recent.len() >= self.cfg.recent_captures.max(1) {
+            self.failed_recent.pop_front();
+        }
+        self.failed_recent.push_back(name.clone());
         let code = u16::try_from(e).ok().filter(|e| *e < 1000).unwrap_or(999);
         let cause = ErrorCode::device_error_cause(code);
         metrics::counter!(m::CAPTURES_FAILED_TOTAL, "reason" => "device_error").increment(1);
@@ -226,7 +255,7 @@ impl DeviceCore {
                 format: WireFormat::Gxp,
                 meta: Some(stored_meta),
             }),
-            None,
+            ack,
         ));
     }
 

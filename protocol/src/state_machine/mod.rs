@@ -30,11 +30,12 @@ use crate::schedule::ScheduleBook;
 use crate::topic::TopicKind;
 
 /// Largest early chunk (before its metadata) that is buffered: the protocol's largest chunk.
-const MAX_EARLY_CHUNK_BYTES: usize = 16 * 1024;
+const MAX_EARLY_CHUNK_BYTES: usize = crate::gxp::MAX_GXP_CHUNK_BYTES as usize;
 
 /// Stands for the inbound message's broker acknowledgement, which the runtime holds: the state
 /// machine only says when it may be sent (after a row commits, or at once).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Not `Clone`: exactly one row or one `Effect::Ack` can carry it.
+#[derive(Debug, PartialEq, Eq)]
 pub struct MessageAck;
 
 /// What the actor must do after the state machine ran.
@@ -185,7 +186,13 @@ struct Recent {
     image_bytes: u32,
     stored_at: DateTime<Utc>,
     format: WireFormat,
+    /// When `ACK_OK` was last sent, so that the GXP metadata re-send quirk (30-50 copies) gets
+    /// one answer per [`REANSWER_AFTER`], not one per copy.
+    answered_at: Instant,
 }
+
+/// Least time between two `ACK_OK`s for a stored GXP capture's re-sent metadata.
+const REANSWER_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One device's state: in-flight assemblies, early chunks, recently stored captures.
 #[derive(Debug)]
@@ -199,6 +206,8 @@ pub struct DeviceCore {
     /// `max_captures_in_flight` with `captures`.
     gxp_pending: HashMap<String, gxp_flow::GxpState>,
     recent: VecDeque<Recent>,
+    /// GXP captures the device reported failed (1000 + e), so re-sent copies are not recounted.
+    failed_recent: VecDeque<String>,
     held: usize,
     errors: ErrorRateLimiter<ErrorCode>,
     last_touch: Option<Instant>,
@@ -237,6 +246,7 @@ impl DeviceCore {
             early: HashMap::new(),
             gxp_pending: HashMap::new(),
             recent: VecDeque::new(),
+            failed_recent: VecDeque::new(),
             held: 0,
             errors: ErrorRateLimiter::new(per_minute),
             last_touch: None,
@@ -329,11 +339,9 @@ impl DeviceCore {
             }
             capture => {
                 // Capture messages need no durability of their own: the device keeps the image
-                // until ACK_OK, and NACKs resynchronise whatever a crash loses.
-                self.on_capture_msg(capture, cx, out);
-                if let Some(a) = ack {
-                    out.push(Effect::Ack(a));
-                }
+                // until ACK_OK, and NACKs resynchronise whatever a crash loses. (A device-reported
+                // error is the exception: its row carries the ack.)
+                self.on_capture_msg(capture, ack, cx, out);
             }
         }
     }
@@ -379,7 +387,19 @@ impl DeviceCore {
     }
 
     /// Capture metadata and chunks, in either format.
-    fn on_capture_msg(&mut self, msg: DeviceMsg, cx: &MsgCtx<'_>, out: &mut Vec<Effect>) {
+    fn on_capture_msg(
+        &mut self,
+        msg: DeviceMsg,
+        ack: Option<MessageAck>,
+        cx: &MsgCtx<'_>,
+        out: &mut Vec<Effect>,
+    ) {
+        let mut ack = ack;
+        if !matches!(msg, DeviceMsg::GxpMeta(_)) {
+            if let Some(a) = ack.take() {
+                out.push(Effect::Ack(a));
+            }
+        }
         let kind = match &msg {
             DeviceMsg::CaptureMeta(_) | DeviceMsg::GxpMeta(_) => "capture_meta",
             _ => "chunk",
@@ -396,7 +416,7 @@ impl DeviceCore {
             }
             DeviceMsg::GxpMeta(meta) => {
                 self.format = Some(WireFormat::Gxp);
-                self.on_gxp_meta(meta, cx, out);
+                self.on_gxp_meta(meta, ack, cx, out);
             }
             DeviceMsg::GxpChunk(chunk) => {
                 self.format = Some(WireFormat::Gxp);
@@ -413,7 +433,7 @@ impl DeviceCore {
             chunk_size: meta.chunk_size,
             total_chunks: meta.total_chunks,
         };
-        if self.answer_if_stored(&meta.capture_id, cx.wall, out) {
+        if self.answer_if_stored(&meta.capture_id, cx, out) {
             return;
         }
         if let Some(c) = self.captures.get(&meta.capture_id) {
@@ -467,17 +487,18 @@ impl DeviceCore {
     fn answer_if_stored(
         &mut self,
         capture_id: &str,
-        wall: DateTime<Utc>,
+        cx: &MsgCtx<'_>,
         out: &mut Vec<Effect>,
     ) -> bool {
-        let Some(r) = self
-            .recent
-            .iter()
-            .find(|r| r.capture_id == capture_id)
-            .cloned()
-        else {
+        let wall = cx.wall;
+        let Some(r) = self.recent.iter_mut().find(|r| r.capture_id == capture_id) else {
             return false;
         };
+        if r.format == WireFormat::Gxp && cx.now.duration_since(r.answered_at) < REANSWER_AFTER {
+            return true;
+        }
+        r.answered_at = cx.now;
+        let r = r.clone();
         let payload = match r.format {
             WireFormat::V1 => nack::ack_ok(&r.capture_id, r.image_bytes, r.stored_at),
             WireFormat::Gxp => self.gxp_ack_ok(&r.capture_id, wall, out),
@@ -771,6 +792,7 @@ impl DeviceCore {
                     image_bytes: c.layout.image_bytes,
                     stored_at,
                     format: c.format,
+                    answered_at: now,
                 });
             }
             StoreOutcome::Failed { reason, code } => {

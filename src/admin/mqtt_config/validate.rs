@@ -283,10 +283,10 @@ fn gxp(gxp: Option<&Value>) -> Result<(), ApiError> {
     let Some(g) = gxp else { return Ok(()) };
     let parsed: fleetflow_protocol::gxp::GxpSettings =
         serde_json::from_value(g.clone()).map_err(|e| ApiError::bad_field("gxp", e))?;
-    if !(64..=65_535).contains(&parsed.nack_max_bytes) {
+    if !(256..=65_535).contains(&parsed.nack_max_bytes) {
         return Err(ApiError::bad_field(
             "gxp",
-            "gxp.nack_max_bytes must be between 64 and 65535",
+            "gxp.nack_max_bytes must be between 256 and 65535",
         ));
     }
     Ok(())
