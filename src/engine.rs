@@ -36,6 +36,9 @@ pub enum EngineError {
     /// Admin settings.
     #[error("{0}")]
     Admin(String),
+    /// A token or password file.
+    #[error(transparent)]
+    Secret(#[from] crate::config::SecretFileError),
     /// HTTP bind.
     #[error("http.bind {0}: {1}")]
     Bind(String, std::io::Error),
@@ -249,11 +252,8 @@ fn admin_state(
     links: fleetflow_actors::source_manager::Links,
     hosted: Option<crate::hosted::Hosted>,
 ) -> Result<crate::admin::AdminState, EngineError> {
-    let token = cfg.admin.resolve_token().map_err(EngineError::Admin)?;
-    let restart_token = cfg
-        .admin
-        .resolve_restart_token()
-        .map_err(EngineError::Admin)?;
+    let token = cfg.admin.resolve_token()?;
+    let restart_token = cfg.admin.resolve_restart_token()?;
     if token.is_none() {
         tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
     }
@@ -322,14 +322,11 @@ fn start_hosted(
     let Some(url) = &h.broker_url else {
         return Ok((None, None));
     };
-    let password = h
-        .resolve_password()
-        .map_err(EngineError::Admin)?
-        .ok_or_else(|| {
-            EngineError::Admin(
-                "hosted.broker_url is set but hosted.admin_password(_file) is not".into(),
-            )
-        })?;
+    let password = h.resolve_password()?.ok_or_else(|| {
+        EngineError::Admin(
+            "hosted.broker_url is set but hosted.admin_password(_file) is not".into(),
+        )
+    })?;
     let client_id = format!(
         "{}-dynsec-{:08x}",
         cfg.mqtt.client_id,

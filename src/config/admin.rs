@@ -59,14 +59,34 @@ impl Default for AdminConfig {
     }
 }
 
+/// A token or password that could not be read from its setting or file (the value itself is
+/// never part of the message).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    /// The file named by a `*_file` setting cannot be read.
+    #[error("{setting} {path}: {source}")]
+    Read {
+        /// The setting, e.g. `admin.token_file`.
+        setting: String,
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A token shorter than 16 characters (an empty one would match a request without one).
+    #[error("{0} must be at least 16 characters")]
+    TooShort(String),
+}
+
 impl AdminConfig {
     /// The configured token, from the value or the file.
-    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+    pub fn resolve_token(&self) -> Result<Option<String>, SecretFileError> {
         resolve(&self.token, &self.token_file, "admin.token")
     }
 
     /// The restart-only token, from the setting or its file.
-    pub fn resolve_restart_token(&self) -> Result<Option<String>, String> {
+    pub fn resolve_restart_token(&self) -> Result<Option<String>, SecretFileError> {
         resolve(
             &self.restart_token,
             &self.restart_token_file,
@@ -81,16 +101,20 @@ fn resolve(
     value: &Option<String>,
     file: &Option<String>,
     name: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, SecretFileError> {
     let token = match (value, file) {
         (Some(t), _) if !t.trim().is_empty() => t.trim().to_string(),
         (_, Some(f)) => std::fs::read_to_string(f)
             .map(|s| s.trim().to_string())
-            .map_err(|e| format!("{name}_file {f}: {e}"))?,
+            .map_err(|source| SecretFileError::Read {
+                setting: format!("{name}_file"),
+                path: f.clone(),
+                source,
+            })?,
         _ => return Ok(None),
     };
     if token.len() < 16 {
-        return Err(format!("{name} must be at least 16 characters"));
+        return Err(SecretFileError::TooShort(name.to_string()));
     }
     Ok(Some(token))
 }

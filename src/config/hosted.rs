@@ -76,12 +76,16 @@ impl Default for HostedConfig {
 
 impl HostedConfig {
     /// The admin password from the setting or its file.
-    pub fn resolve_password(&self) -> Result<Option<String>, String> {
+    pub fn resolve_password(&self) -> Result<Option<String>, super::admin::SecretFileError> {
         match (&self.admin_password, &self.admin_password_file) {
             (Some(p), _) => Ok(Some(p.clone())),
             (None, Some(f)) => std::fs::read_to_string(f)
                 .map(|s| Some(s.trim_end().to_string()))
-                .map_err(|e| format!("hosted.admin_password_file {f}: {e}")),
+                .map_err(|source| super::admin::SecretFileError::Read {
+                    setting: "hosted.admin_password_file".into(),
+                    path: f.clone(),
+                    source,
+                }),
             _ => Ok(None),
         }
     }

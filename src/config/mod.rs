@@ -21,7 +21,7 @@ mod admin;
 mod hosted;
 mod sections;
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, SecretFileError};
 pub use fleetflow_actors::config::{
     AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, SinksConfig,
 };

@@ -149,9 +149,15 @@ impl DeviceCore {
             self.gxp_pending.insert(name, state);
             return;
         };
-        if let Err(msg) = check_layout(layout, self.cfg.max_image_bytes) {
+        if let Err(e) = check_layout(layout, self.cfg.max_image_bytes) {
             // The worker's "metadata could not be processed".
-            self.error(ErrorCode::MetadataFailed, msg, Some(&name), cx, out);
+            self.error(
+                ErrorCode::MetadataFailed,
+                e.to_string(),
+                Some(&name),
+                cx,
+                out,
+            );
             if let Some(e) = self.early.remove(&name) {
                 self.release(e.bytes);
             }
@@ -358,28 +364,38 @@ fn sensor_row(
     ))
 }
 
+/// Why a GXP capture's announced sizes are unusable (error 2100).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum LayoutError {
+    /// `image_size` is 0 or over the limit.
+    #[error("image_size {size} is outside 1..={max}")]
+    ImageSize { size: u32, max: u64 },
+    /// The chunk size is 0 or over the JSON chunk limit.
+    #[error("chunk size {0} is outside 1..={max}", max = gxp::MAX_GXP_CHUNK_BYTES)]
+    ChunkSize(u32),
+    /// More chunks than the image limit allows.
+    #[error("total_chunk_count {total} of {chunk} bytes is outside the image limit")]
+    ChunkCount { total: u32, chunk: u32 },
+}
+
 /// Sizes a GXP capture may announce: the image within the limit, chunks of 1 byte to the
 /// JSON chunk limit, and no more chunks than the limit allows.
-fn check_layout(l: Layout, max_image_bytes: u64) -> Result<(), String> {
+fn check_layout(l: Layout, max_image_bytes: u64) -> Result<(), LayoutError> {
     if l.image_bytes == 0 || u64::from(l.image_bytes) > max_image_bytes {
-        return Err(format!(
-            "image_size {} is outside 1..={max_image_bytes}",
-            l.image_bytes
-        ));
+        return Err(LayoutError::ImageSize {
+            size: l.image_bytes,
+            max: max_image_bytes,
+        });
     }
     if l.chunk_size == 0 || l.chunk_size > gxp::MAX_GXP_CHUNK_BYTES {
-        return Err(format!(
-            "chunk size {} is outside 1..={}",
-            l.chunk_size,
-            gxp::MAX_GXP_CHUNK_BYTES
-        ));
+        return Err(LayoutError::ChunkSize(l.chunk_size));
     }
     let before_last = u64::from(l.total_chunks.max(1) - 1) * u64::from(l.chunk_size);
     if l.total_chunks == 0 || before_last >= max_image_bytes {
-        return Err(format!(
-            "total_chunk_count {} of {} bytes is outside the image limit",
-            l.total_chunks, l.chunk_size
-        ));
+        return Err(LayoutError::ChunkCount {
+            total: l.total_chunks,
+            chunk: l.chunk_size,
+        });
     }
     Ok(())
 }
