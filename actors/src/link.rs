@@ -61,7 +61,7 @@ pub enum PublishError {
     NotConnected,
     /// The connection's request queue is full or closed.
     #[error(transparent)]
-    Queue(#[from] rumqttc::v5::ClientError),
+    Queue(Box<rumqttc::v5::ClientError>),
 }
 
 /// Where replies to a device go: the connection its messages came from, and that source's
@@ -212,7 +212,9 @@ impl MqttLink {
         } else {
             QoS::AtLeastOnce
         };
-        client.try_publish(topic, qos, retain, payload)?;
+        client
+            .try_publish(topic, qos, retain, payload)
+            .map_err(|e| PublishError::Queue(Box::new(e)))?;
         metrics::counter!(m::MQTT_PUBLISHES_TOTAL, "kind" => kind).increment(1);
         Ok(())
     }
