@@ -29,11 +29,13 @@ struct Harness {
     link: MqttLink,
     requests: flume::Receiver<Request>,
     db: tokio_postgres::Client,
+    _db_guard: common::TestDb,
 }
 
 impl Harness {
     async fn start(subs: &[(i64, &str, Value)]) -> Self {
-        let url = common::migrated_database().await;
+        let db_guard = common::migrated_database().await;
+        let url = db_guard.url.clone();
         let db = common::connect(&url).await;
         let sinks = SinksConfig {
             max_batch_age_ms: 5,
@@ -73,6 +75,7 @@ impl Harness {
             link,
             requests,
             db,
+            _db_guard: db_guard,
         }
     }
 

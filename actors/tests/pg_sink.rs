@@ -117,7 +117,8 @@ fn sink(url: &str) -> Addr<PgSink> {
 
 #[actix::test]
 async fn rows_of_four_tables_sent_together_are_all_written_and_every_message_acked() {
-    let url = common::migrated_database().await;
+    let db_guard = common::migrated_database().await;
+    let url = db_guard.url.clone();
     let db = common::connect(&url).await;
     let (link, rx) = common::recording_link();
     let sink = sink(&url);
@@ -148,7 +149,8 @@ async fn rows_of_four_tables_sent_together_are_all_written_and_every_message_ack
 
 #[actix::test]
 async fn a_message_is_acked_only_after_its_row_committed() {
-    let url = common::migrated_database().await;
+    let db_guard = common::migrated_database().await;
+    let url = db_guard.url.clone();
     let db = common::connect(&url).await;
     let locker = common::connect(&url).await;
     let (link, rx) = common::recording_link();
@@ -183,7 +185,8 @@ async fn a_message_is_acked_only_after_its_row_committed() {
 
 #[actix::test]
 async fn replayed_readings_and_captures_are_stored_once_and_acked_again() {
-    let url = common::migrated_database().await;
+    let db_guard = common::migrated_database().await;
+    let url = db_guard.url.clone();
     let db = common::connect(&url).await;
     let (link, rx) = common::recording_link();
     let sink = sink(&url);
@@ -218,7 +221,8 @@ async fn replayed_readings_and_captures_are_stored_once_and_acked_again() {
 
 #[actix::test]
 async fn a_row_the_database_refuses_is_reported_and_its_batch_neighbours_are_written() {
-    let url = common::migrated_database().await;
+    let db_guard = common::migrated_database().await;
+    let url = db_guard.url.clone();
     let db = common::connect(&url).await;
     let (link, rx) = common::recording_link();
     let sink = sink(&url);

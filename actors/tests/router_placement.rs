@@ -61,11 +61,13 @@ struct Engine {
     requests: flume::Receiver<Request>,
     next_pkid: u16,
     _arbiters: Vec<Arbiter>,
+    _db_guard: common::TestDb,
 }
 
 impl Engine {
     async fn start(arbiters: usize) -> Self {
-        let url = common::migrated_database().await;
+        let db_guard = common::migrated_database().await;
+        let url = db_guard.url.clone();
         let sinks = SinksConfig {
             max_batch_age_ms: 5,
             ..Default::default()
@@ -107,6 +109,7 @@ impl Engine {
             requests,
             next_pkid: 1,
             _arbiters: threads,
+            _db_guard: db_guard,
         }
     }
 

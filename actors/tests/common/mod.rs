@@ -28,8 +28,38 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     c
 }
 
-/// Creates a fresh database, applies the repository's migrations in order, returns its URL.
-pub async fn migrated_database() -> String {
+/// A database of one test, dropped (with its connections) when the test ends, pass or fail.
+pub struct TestDb {
+    /// Its URL.
+    pub url: String,
+    name: String,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (admin_url(), self.name.clone());
+        // A runtime of its own: this may run inside the test's runtime, which cannot block.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (c, conn) = tokio_postgres::connect(&admin, NoTls).await?;
+                tokio::spawn(conn);
+                c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Creates a fresh database and applies the repository's migrations in order.
+pub async fn migrated_database() -> TestDb {
     let admin = admin_url();
     let name = format!("ff_actors_{:016x}", rand::random::<u64>());
     connect(&admin)
@@ -59,7 +89,7 @@ pub async fn migrated_database() -> String {
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
     }
-    url
+    TestDb { url, name }
 }
 
 /// A small pool on `url`.
