@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::db::{connect, create_database};
+use super::db::{connect, create_database, drop_database};
 use super::device::TestDevice;
 use super::services::{free_port, random_hex, Services};
 
@@ -65,6 +65,8 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// The database was created for this engine (not passed in), so it goes with it.
+    owns_db: bool,
 }
 
 impl TestEnv {
@@ -145,6 +147,7 @@ level = "info,fleetflow_actors=debug"
             dir,
             child: None,
             env: opts.env.clone(),
+            owns_db: opts.pg_url.is_none(),
         };
         env.spawn_engine();
         env.wait_ready(Duration::from_secs(30)).await;
@@ -282,6 +285,9 @@ impl Drop for TestEnv {
         self.kill9();
         if std::thread::panicking() {
             eprintln!("---- engine log ----\n{}", self.log());
+        }
+        if self.owns_db {
+            drop_database(&self.services.pg_url, &self.db_url);
         }
     }
 }
