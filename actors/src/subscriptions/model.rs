@@ -195,7 +195,7 @@ fn parse_store_json(obj: &Fields, at: At, filter: &str) -> Result<Action, FieldE
 fn parse_republish(obj: &Fields, at: At, filter: &str) -> Result<Action, FieldError> {
     let topic =
         str_field(obj, "topic", at)?.ok_or_else(|| bad(at("topic"), "topic is required"))?;
-    validate_publish_topic(topic).map_err(|m| bad(at("topic"), m))?;
+    validate_publish_topic(topic).map_err(|m| bad(at("topic"), m.to_string()))?;
     let sample = topic.replace("{device_id}", "x");
     if rumqttc::v5::mqttbytes::matches(&sample, filter) {
         return Err(bad(
@@ -294,17 +294,31 @@ fn int_field(
     }
 }
 
+/// Why a topic cannot be published to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishTopicError {
+    /// Empty, or longer than [`MAX_PUBLISH_TOPIC_BYTES`].
+    #[error("a topic is 1 to {} bytes", MAX_PUBLISH_TOPIC_BYTES)]
+    Length,
+    /// It has a wildcard (`+`, `#`) or a NUL.
+    #[error("a topic to publish to has no wildcards (+, #) or NUL")]
+    Wildcard,
+    /// A `$` system topic.
+    #[error("topics starting with $ are reserved for the broker")]
+    Reserved,
+}
+
 /// Checks a topic to publish to: not empty, no wildcards or NUL, at most
 /// [`MAX_PUBLISH_TOPIC_BYTES`], and not a `$` system topic.
-pub fn validate_publish_topic(topic: &str) -> Result<(), String> {
+pub fn validate_publish_topic(topic: &str) -> Result<(), PublishTopicError> {
     if topic.is_empty() || topic.len() > MAX_PUBLISH_TOPIC_BYTES {
-        return Err(format!("a topic is 1 to {MAX_PUBLISH_TOPIC_BYTES} bytes"));
+        return Err(PublishTopicError::Length);
     }
     if topic.contains(['+', '#', '\0']) {
-        return Err("a topic to publish to has no wildcards (+, #) or NUL".into());
+        return Err(PublishTopicError::Wildcard);
     }
     if topic.starts_with('$') {
-        return Err("topics starting with $ are reserved for the broker".into());
+        return Err(PublishTopicError::Reserved);
     }
     Ok(())
 }

@@ -85,7 +85,7 @@ impl StatsRegistry {
 
     /// Writes every non-zero delta in one statement. Rows that were deleted meanwhile are
     /// simply not matched. Returns how many subscriptions were updated.
-    pub async fn flush(&self, pool: &Pool) -> Result<usize, String> {
+    pub async fn flush(&self, pool: &Pool) -> Result<usize, StatsFlushError> {
         let taken: Vec<(i64, Arc<SubStats>, Delta)> = {
             let map = self.0.lock().expect("stats registry lock");
             map.iter()
@@ -109,7 +109,7 @@ impl StatsRegistry {
             })
             .collect();
         let result = async {
-            let c = pool.get().await.map_err(|e| e.to_string())?;
+            let c = pool.get().await?;
             c.execute(
                 "UPDATE mqtt_subscriptions s SET
                    messages_received = s.messages_received + x.r,
@@ -121,7 +121,7 @@ impl StatsRegistry {
                 &[&ids, &rec, &exe, &fail, &last],
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(StatsFlushError::from)
         }
         .await;
         match result {
@@ -134,6 +134,17 @@ impl StatsRegistry {
             }
         }
     }
+}
+
+/// Why the statistics could not be written (the deltas are given back for the next round).
+#[derive(Debug, thiserror::Error)]
+pub enum StatsFlushError {
+    /// No connection from the pool.
+    #[error("{0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The update failed.
+    #[error("{0}")]
+    Update(#[from] tokio_postgres::Error),
 }
 
 #[cfg(test)]
