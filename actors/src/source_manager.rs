@@ -50,7 +50,9 @@ pub trait PasswordOpener: Send + Sync + 'static {
     ) -> Result<String, Box<dyn std::error::Error + Send + Sync>>;
 }
 
-struct Running {
+/// A started source: its handle, the settings it runs with (to notice a change), and its
+/// subscriptions.
+struct RunningSource {
     handle: SourceHandle,
     settings: String,
     was_connected: bool,
@@ -113,7 +115,7 @@ async fn subscriptions_by_config(
 }
 
 /// One wanted source: its connection settings and its subscriptions.
-struct Desired {
+struct WantedSource {
     cfg: MqttConfig,
     subs: Vec<SubscriptionRow>,
     shared_group: Option<String>,
@@ -134,7 +136,7 @@ pub struct SourceManager {
     tx: mpsc::Sender<RawPublish>,
     pg: Addr<PgSink>,
     secret_key: Option<Arc<dyn PasswordOpener>>,
-    running: HashMap<String, Running>,
+    running: HashMap<String, RunningSource>,
     stats: StatsRegistry,
     http: reqwest::Client,
     /// True while every source is connected (for `/ready`).
@@ -211,7 +213,7 @@ impl SourceManager {
     }
 
     /// The sources wanted now: enabled database rows, or the default source.
-    async fn desired(&self) -> Result<HashMap<String, Desired>, ManagerError> {
+    async fn desired(&self) -> Result<HashMap<String, WantedSource>, ManagerError> {
         let c = self.pool.get().await?;
         let rows = c
             .query(
@@ -237,7 +239,7 @@ impl SourceManager {
         if !configured {
             out.insert(
                 DEFAULT_SOURCE.to_string(),
-                Desired {
+                WantedSource {
                     cfg: self.default_cfg.clone(),
                     subs: Vec::new(),
                     shared_group: None,
@@ -288,7 +290,7 @@ impl SourceManager {
         r: &tokio_postgres::Row,
         password: Option<String>,
         subs: Vec<SubscriptionRow>,
-    ) -> Desired {
+    ) -> WantedSource {
         let url = broker_url(
             &r.get::<_, String>(3),
             r.get(14),
@@ -316,7 +318,7 @@ impl SourceManager {
             r.get::<_, Option<String>>(13)
                 .unwrap_or_else(|| "fleetflow".into())
         });
-        Desired {
+        WantedSource {
             cfg,
             subs,
             shared_group,
@@ -329,9 +331,9 @@ impl SourceManager {
     fn start(
         &self,
         name: &str,
-        d: &Desired,
+        d: &WantedSource,
         mut forget: Vec<String>,
-    ) -> Result<Running, source::SourceError> {
+    ) -> Result<RunningSource, source::SourceError> {
         let profile: Vec<String> = TopicParser::new(d.cfg.topic_prefix.clone())
             .subscriptions()
             .into_iter()
@@ -364,7 +366,7 @@ impl SourceManager {
                 Some(set_tx),
             )
         };
-        Ok(Running {
+        Ok(RunningSource {
             handle,
             settings: String::new(),
             was_connected: false,
@@ -410,7 +412,7 @@ impl SourceManager {
     /// released by the router.
     async fn stop_stale(
         &mut self,
-        desired: &HashMap<String, Desired>,
+        desired: &HashMap<String, WantedSource>,
     ) -> HashMap<String, Vec<String>> {
         let stale: Vec<String> = self
             .running
@@ -443,7 +445,7 @@ impl SourceManager {
     }
 
     /// A running source whose subscriptions changed: swaps its set and its filters in place.
-    async fn reload_subscriptions(&mut self, name: &str, d: Desired) {
+    async fn reload_subscriptions(&mut self, name: &str, d: WantedSource) {
         let Some(r) = self.running.get_mut(name) else {
             return;
         };
@@ -469,7 +471,7 @@ impl SourceManager {
 
     /// Starts a wanted source that is not running; a failure is logged and recorded as the
     /// source's error (the next reconcile tries again).
-    async fn start_wanted(&mut self, name: String, d: Desired, forget: Vec<String>) {
+    async fn start_wanted(&mut self, name: String, d: WantedSource, forget: Vec<String>) {
         match self.start(&name, &d, forget) {
             Ok(mut running) => {
                 tracing::info!(source = %name, url = %d.cfg.url, prefix = %d.cfg.topic_prefix, subscriptions = d.subs.len(), "MQTT source started");
@@ -666,7 +668,7 @@ impl SourceManager {
     async fn first_reconcile(&mut self) {
         if let Err(e) = self.reconcile().await {
             tracing::error!(error = %e, "sources not configured from the database; starting the [mqtt] source");
-            let d = Desired {
+            let d = WantedSource {
                 cfg: self.default_cfg.clone(),
                 subs: Vec::new(),
                 shared_group: None,

@@ -43,7 +43,8 @@ pub struct SubscriptionRow {
     pub actions: Value,
 }
 
-enum Compiled {
+/// An action ready to run: its settings checked, its webhook worker started.
+enum CompiledAction {
     DeviceProfile,
     StoreJson {
         level: usize,
@@ -63,7 +64,7 @@ struct CompiledSub {
     name: String,
     filter: String,
     device_level: usize,
-    actions: Vec<Compiled>,
+    actions: Vec<CompiledAction>,
     stats: Arc<SubStats>,
 }
 
@@ -95,21 +96,25 @@ impl SubscriptionSet {
                 tracing::error!(product, subscription = %r.name, topic = %r.topic, "subscription skipped: invalid topic filter");
                 continue;
             }
-            let actions: Vec<Compiled> = actions
+            let actions: Vec<CompiledAction> = actions
                 .into_iter()
                 .map(|a| match a {
-                    Action::DeviceProfile => Compiled::DeviceProfile,
-                    Action::StoreJson { device_id_level } => Compiled::StoreJson {
+                    Action::DeviceProfile => CompiledAction::DeviceProfile,
+                    Action::StoreJson { device_id_level } => CompiledAction::StoreJson {
                         level: device_id_level.unwrap_or_else(|| default_device_level(&r.topic)),
                     },
                     Action::Republish { topic, qos, retain } => {
-                        Compiled::Republish { topic, qos, retain }
+                        CompiledAction::Republish { topic, qos, retain }
                     }
-                    Action::Webhook(spec) => Compiled::Webhook(Webhook::start(spec, http.clone())),
+                    Action::Webhook(spec) => {
+                        CompiledAction::Webhook(Webhook::start(spec, http.clone()))
+                    }
                 })
                 .collect();
             subs.push(CompiledSub {
-                profile_only: actions.iter().all(|a| matches!(a, Compiled::DeviceProfile)),
+                profile_only: actions
+                    .iter()
+                    .all(|a| matches!(a, CompiledAction::DeviceProfile)),
                 id: r.id,
                 name: r.name.clone(),
                 filter: r.topic.clone(),
@@ -286,20 +291,20 @@ impl Dispatcher {
             for action in &sub.actions {
                 let share = shares.as_mut().and_then(|s| s.next());
                 match action {
-                    Compiled::DeviceProfile => {
+                    CompiledAction::DeviceProfile => {
                         self.forward_to_device(sub, &msg, share, &mut forwarded)
                             .await;
                     }
-                    Compiled::StoreJson { level } => {
+                    CompiledAction::StoreJson { level } => {
                         self.store_json(set, sub, *level, topic, &msg.payload, share)
                             .await;
                     }
-                    Compiled::Republish {
+                    CompiledAction::Republish {
                         topic: t,
                         qos,
                         retain,
                     } => republish(set, sub, &msg, topic, t, (*qos, *retain), share),
-                    Compiled::Webhook(w) => queue_webhook(set, sub, &msg, topic, w, share),
+                    CompiledAction::Webhook(w) => queue_webhook(set, sub, &msg, topic, w, share),
                 }
             }
         }
