@@ -487,13 +487,6 @@ async fn sink_and_pipeline_restarts_rebuild_in_process_with_health_checks_and_lo
         },
     )
     .await;
-    assert_eq!(
-        env.scalar_i64(&format!(
-            "SELECT count(DISTINCT seq) FROM sensor_readings WHERE device_id = '{id}'"
-        ))
-        .await,
-        600
-    );
     // After the pipeline restart a capture goes through the rebuilt object sink.
     let image = fleetflow_sim::image::jpeg_like(3000, 7).to_vec();
     let mut dev = dev;

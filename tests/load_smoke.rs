@@ -49,12 +49,6 @@ async fn a_short_max_rate_run_acknowledges_every_capture_and_stores_every_readin
             .then_some(())
     })
     .await;
-    let distinct = env
-        .scalar_i64(
-            "SELECT count(DISTINCT (device_id, seq)) FROM sensor_readings WHERE seq IS NOT NULL",
-        )
-        .await;
-    assert_eq!(distinct, 5000);
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM captures WHERE ingest_status = 'stored'")
             .await,

@@ -85,18 +85,14 @@ async fn a_20_second_database_outage_loses_nothing_duplicates_nothing_keeps_rss_
         },
     )
     .await;
-    let r = c
-        .query_one(
-            "SELECT count(*), count(DISTINCT (device_id, seq)) FROM sensor_readings",
-            &[],
-        )
+    // The unique index on (device_id, seq) keeps each reading once; what can go wrong is a
+    // stray row, so the rows are counted against the 12,000 readings sent.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM sensor_readings", &[])
         .await
-        .unwrap();
-    assert_eq!(
-        (r.get::<_, i64>(0), r.get::<_, i64>(1)),
-        (12_000, 12_000),
-        "nothing lost, nothing twice"
-    );
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 12_000, "one row per reading sent");
     let m = env.metrics().await;
     assert!(
         common::metric_value(&m, "fleetflow_sink_retries_total{sink=\"postgres\"}") > 0.0,
