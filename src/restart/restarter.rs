@@ -83,7 +83,7 @@ enum SinkCheckError {
     },
     /// The Postgres sink's probe failed.
     #[error(transparent)]
-    PgProbe(#[from] fleetflow_actors::sinks::pg::ProbeError),
+    PgProbe(#[from] fleetflow_actors::sinks::pg::PgProbeError),
     /// The object sink's probe failed.
     #[error(transparent)]
     StoreProbe(#[from] fleetflow_actors::sinks::objects::StoreProbeError),

@@ -250,12 +250,12 @@ impl Handler<ReplacePool> for PgSink {
 
 /// A round trip through the sink's pool (`SELECT 1`); answers the time it took.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Duration, ProbeError>")]
+#[rtype(result = "Result<Duration, PgProbeError>")]
 pub struct Probe;
 
 /// Why the Postgres sink's probe failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub enum PgProbeError {
     /// No connection from the pool.
     #[error("{0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -265,7 +265,7 @@ pub enum ProbeError {
 }
 
 impl Handler<Probe> for PgSink {
-    type Result = ResponseFuture<Result<Duration, ProbeError>>;
+    type Result = ResponseFuture<Result<Duration, PgProbeError>>;
 
     fn handle(&mut self, _: Probe, _ctx: &mut Self::Context) -> Self::Result {
         let pool = self.pool.clone();
