@@ -6,7 +6,7 @@
 //! - `mqtt_config`: broker config per product (sealed passwords, masked output, connection test).
 //! - `console`: the embedded web page.
 //!
-//! `POST /api/v1/restarts` is [`crate::restart::http`]; the `[admin]` settings are
+//! `POST /api/v1/restarts` is [`restarts`]; the `[admin]` settings are
 //! [`crate::config::AdminConfig`].
 
 mod auth;
@@ -16,6 +16,7 @@ mod devices;
 mod mqtt_config;
 mod organizations;
 mod publish;
+mod restarts;
 mod schedules;
 mod subscriptions;
 
@@ -143,7 +144,7 @@ pub fn routes(state: AdminState) -> Router {
         ))
         .with_state(state.clone());
     let restart = Router::new()
-        .route("/api/v1/restarts", post(crate::restart::http::create))
+        .route("/api/v1/restarts", post(restarts::create))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_restart_access,

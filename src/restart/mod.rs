@@ -6,7 +6,9 @@
 //! - [`target`]: [`RestartTarget`], the one parser of target texts, and its canonical text.
 //! - [`restarter`]: executes a target with its health check and records the outcome; the
 //!   worker that claims pending rows.
-//! - [`http`]: `POST /api/v1/restarts`, and the entry point other admin routes restart through.
+//!
+//! The HTTP entry point, `POST /api/v1/restarts`, is `crate::admin::restarts`: the admin API
+//! depends on this module, never the reverse.
 //!
 //! Targets, each followed by a health check recorded in `result`:
 //! - `device:<id>`: a fresh actor (in-flight assemblies resync through NACKs); it must answer;
@@ -16,7 +18,6 @@
 //! - `pipeline`: everything, in graceful-shutdown order (sources stop forwarding, device actors
 //!   drain, the Postgres sink flushes), then new sinks and reconnected sources; all checks.
 
-pub mod http;
 pub mod restarter;
 pub mod target;
 

@@ -240,7 +240,7 @@ pub async fn reconnect(
             format!("product {product_id} has no MQTT config"),
         ));
     }
-    crate::restart::http::run(
+    crate::admin::restarts::run(
         &s,
         &RestartTarget::Source(product_id),
         Some("reconnect requested over HTTP".into()),

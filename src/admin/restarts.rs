@@ -9,8 +9,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::target::RestartTarget;
-use crate::admin::{AdminState, ApiError};
+use super::{AdminState, ApiError};
+use crate::restart::RestartTarget;
 
 /// SQLSTATE of the cooldown refusal (`RAISE EXCEPTION` without a code).
 const COOLDOWN: &str = "P0001";
