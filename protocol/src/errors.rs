@@ -230,19 +230,7 @@ impl<K: std::hash::Hash + Eq + Clone> ErrorRateLimiter<K> {
 mod tests {
     use super::*;
 
-    thread_local! {
-        static BASE: Instant = Instant::now();
-        static OFFSET: std::cell::Cell<std::time::Duration> = const { std::cell::Cell::new(std::time::Duration::ZERO) };
-    }
-
-    /// A test clock: a fixed base plus what [`advance`] added (per test thread).
-    fn now() -> Instant {
-        BASE.with(|b| *b) + OFFSET.with(|o| o.get())
-    }
-
-    fn advance(d: std::time::Duration) {
-        OFFSET.with(|o| o.set(o.get() + d));
-    }
+    use crate::test_clock::{advance, now};
 
     #[test]
     fn codes_follow_the_shared_table() {

@@ -20,6 +20,7 @@
 //! - [`rows`]: the rows the state machine produces, one type per table.
 //! - [`config`]: `[assembly]`, the state machine's limits and timeouts.
 //! - [`metric_names`]: the names of the metrics the state machine emits.
+//! - `test_clock` (tests only): a deterministic clock for the time-dependent unit tests.
 //!
 //! Must not depend on: actix, tokio, any I/O crate, or the other fleetflow crates.
 
@@ -35,4 +36,6 @@ pub mod nack;
 pub mod rows;
 pub mod schedule;
 pub mod state_machine;
+#[cfg(test)]
+mod test_clock;
 pub mod topic;

@@ -1057,19 +1057,7 @@ fn invalid_image(asm: &Assembly, layout: Layout) -> Option<(ErrorCode, String, s
 mod tests {
     use super::*;
 
-    thread_local! {
-        static BASE: Instant = Instant::now();
-        static OFFSET: std::cell::Cell<std::time::Duration> = const { std::cell::Cell::new(std::time::Duration::ZERO) };
-    }
-
-    /// A test clock: a fixed base plus what [`advance`] added (per test thread).
-    fn now() -> Instant {
-        BASE.with(|b| *b) + OFFSET.with(|o| o.get())
-    }
-
-    fn advance(d: std::time::Duration) {
-        OFFSET.with(|o| o.set(o.get() + d));
-    }
+    use crate::test_clock::{advance, now};
 
     fn core() -> DeviceCore {
         let cfg = AssemblyConfig {
