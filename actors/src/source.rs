@@ -89,7 +89,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16), SourceError> {
 
 /// Builds the client options from config.
 pub fn options(cfg: &MqttConfig) -> Result<MqttOptions, SourceError> {
-    let url = transport::parse_url(&cfg.url)?;
+    let url = transport::parse_url(&cfg.url).map_err(transport::TransportError::from)?;
     let mut o = MqttOptions::new(cfg.client_id.clone(), url.dial_address(), url.port);
     if url.scheme != transport::Scheme::Mqtt {
         let ca = match (&cfg.ca_pem, &cfg.ca_file) {

@@ -3,6 +3,8 @@
 //! carries the effects out).
 //!
 //! # Layout
+//! - [`broker_url`]: broker URLs (`mqtt`, `mqtts`, `ws`, `wss`), parsed once for the engine
+//!   and the simulator.
 //! - [`ids`]: device ids (`[A-Za-z0-9_-]{1,64}`, MACs uppercased) and capture ids.
 //! - [`topic`]: `{prefix}/{device_id}/{suffix}` parsing and the engine's outbound topics.
 //! - [`message`]: the pure decoder from a topic kind and payload to a [`message::DeviceMsg`],
@@ -25,6 +27,7 @@
 //! Must not depend on: actix, tokio, any I/O crate, or the other fleetflow crates.
 
 pub mod assembler;
+pub mod broker_url;
 pub mod budget;
 pub mod config;
 pub mod errors;

@@ -1,10 +1,7 @@
-//! The broker URL the simulator binaries dial: plain TCP only (`mqtt://` or `tcp://`).
-//!
-//! The same rules as the engine's plain-TCP source URL (`fleetflow_actors::source::parse_url`),
-//! kept here so that the simulator does not depend on the engine's runtime crate.
+//! The broker URL the simulator binaries dial: plain TCP only (`mqtt://` or `tcp://`), read by
+//! the engine's own parser (`fleetflow_protocol::broker_url`).
 
-/// The port a URL without one dials.
-const DEFAULT_PORT: u16 = 1883;
+use fleetflow_protocol::broker_url::{self, Scheme};
 
 /// A broker URL the simulator cannot dial.
 #[derive(Debug, thiserror::Error)]
@@ -17,27 +14,10 @@ pub enum UrlError {
 /// Parses a plain-TCP `mqtt://host:port` (or `tcp://`) URL into host and port; the port defaults
 /// to 1883 and an IPv6 host may be bracketed (`mqtt://[::1]:1883`).
 pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), UrlError> {
-    let bad = || UrlError::BadUrl(url.into());
-    let rest = match url.split_once("://") {
-        Some(("mqtt" | "tcp", rest)) => rest,
-        _ => return Err(bad()),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
-        None => (authority, DEFAULT_PORT),
-    };
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() || host.contains('@') || port == 0 || !(path.is_empty() || path == "/") {
-        return Err(bad());
+    match broker_url::parse(url) {
+        Ok(u) if u.scheme == Scheme::Mqtt => Ok((u.host, u.port)),
+        _ => Err(UrlError::BadUrl(url.into())),
     }
-    Ok((host.to_string(), port))
 }
 
 #[cfg(test)]
