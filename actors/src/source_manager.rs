@@ -351,12 +351,7 @@ impl SourceManager {
         } else {
             // A session of an earlier process may still hold the camera profile's filters.
             forget.extend(profile);
-            let set = Arc::new(SubscriptionSet::compile(
-                name,
-                &d.subs,
-                &self.stats,
-                &self.http,
-            ));
+            let set = self.compile_set(name, &d.subs);
             let filters = set.filters(d.shared_group.as_deref());
             let (set_tx, set_rx) = watch::channel(set);
             let (dtx, _task) =
@@ -445,19 +440,24 @@ impl SourceManager {
     }
 
     /// A running source whose subscriptions changed: swaps its set and its filters in place.
+    /// A source's subscriptions, compiled with the shared statistics and webhook client.
+    fn compile_set(&self, name: &str, subs: &[SubscriptionRow]) -> Arc<SubscriptionSet> {
+        Arc::new(SubscriptionSet::compile(
+            name,
+            subs,
+            &self.stats,
+            &self.http,
+        ))
+    }
+
     async fn reload_subscriptions(&mut self, name: &str, d: WantedSource) {
+        if self.running.get(name).is_none_or(|r| r.subs == d.subs) {
+            return;
+        }
+        let set = self.compile_set(name, &d.subs);
         let Some(r) = self.running.get_mut(name) else {
             return;
         };
-        if r.subs == d.subs {
-            return;
-        }
-        let set = Arc::new(SubscriptionSet::compile(
-            name,
-            &d.subs,
-            &self.stats,
-            &self.http,
-        ));
         let filters = set.filters(d.shared_group.as_deref());
         if let Some(tx) = &r.set {
             let _ = tx.send(set);
