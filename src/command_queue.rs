@@ -7,12 +7,10 @@
 
 use std::time::Duration;
 
-use actix::Addr;
 use bytes::Bytes;
 use deadpool_postgres::Pool;
-use fleetflow_actors::link::MqttLink;
 use fleetflow_actors::metrics as m;
-use fleetflow_actors::router::{DeviceRouter, ReplyRouteOf};
+use fleetflow_actors::pipeline::Pipeline;
 use fleetflow_protocol::gxp::GxpCommand;
 use fleetflow_protocol::ids::{DeviceId, DeviceIdError};
 use fleetflow_protocol::topic::TopicParser;
@@ -82,19 +80,15 @@ pub struct Sent {
 /// Publishes commands through the connection a device's messages come from.
 #[derive(Clone)]
 pub struct CommandSender {
-    router: Addr<DeviceRouter>,
-    link: MqttLink,
+    pipeline: Pipeline,
     topics: TopicParser,
 }
 
 impl CommandSender {
-    /// `link`/`topics`: the `[mqtt]` broker's publisher, for devices with no live actor.
-    pub fn new(router: Addr<DeviceRouter>, link: MqttLink, topics: TopicParser) -> Self {
-        Self {
-            router,
-            link,
-            topics,
-        }
+    /// `topics`: the `[mqtt]` broker's layout, for devices with no live actor (which get their
+    /// command through the pipeline's default publisher).
+    pub fn new(pipeline: Pipeline, topics: TopicParser) -> Self {
+        Self { pipeline, topics }
     }
 
     /// Builds the command in the device's format and publishes it. `Err` names what is wrong
@@ -103,15 +97,14 @@ impl CommandSender {
         let id = DeviceId::parse(&c.device_id)?;
         let (format, payload) = payload(c)?;
         // Bounded: a device whose mailbox is full must not stall the whole queue.
-        let ask = self.router.send(ReplyRouteOf(id.clone()));
-        let route = tokio::time::timeout(ROUTE_TIMEOUT, ask)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
+        let route = self.pipeline.reply_route(&id, ROUTE_TIMEOUT).await;
         let (link, topic, via) = match &route {
             Some(r) => (&r.link, r.topics.cmd_topic(&id), "device_source"),
-            None => (&self.link, self.topics.cmd_topic(&id), "default_broker"),
+            None => (
+                self.pipeline.default_link(),
+                self.topics.cmd_topic(&id),
+                "default_broker",
+            ),
         };
         link.publish(topic.clone(), payload, "command");
         metrics::counter!(m::COMMANDS_SENT_TOTAL, "format" => format).increment(1);

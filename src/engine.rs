@@ -1,21 +1,17 @@
-//! Wiring: starts the sinks, the router with its device arbiters, the MQTT source and the HTTP
-//! server, and runs the coordinated shutdown: stop forwarding from MQTT, drain device actors,
-//! flush the sinks (which acknowledges what became durable), disconnect, all within a deadline.
+//! Wiring: starts storage, the runtime ([`Pipeline`]: sinks, router, device arbiters, sources),
+//! the control plane (restarts, commands, hosted broker) and the HTTP server, and runs the
+//! coordinated shutdown: stop forwarding from MQTT, drain device actors, flush the sinks (which
+//! acknowledges what became durable), disconnect, all within a deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
-use fleetflow_actors::device::DeviceDeps;
-use fleetflow_actors::router::{DeviceRouter, RawPublish, StopAll};
-use fleetflow_actors::sinks::objects::ObjectSink;
-use fleetflow_actors::sinks::pg::{Flush, PgSink};
+use fleetflow_actors::pipeline::{Pipeline, PipelineSettings, RunningPipeline};
 use fleetflow_actors::source;
-use fleetflow_protocol::budget::GlobalBudget;
+use fleetflow_actors::source_manager::PasswordOpener;
 use fleetflow_protocol::schedule::ScheduleBook;
 use fleetflow_protocol::topic::TopicParser;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::mpsc;
 
 use crate::config::{redact_url, Config};
 use crate::{db, http};
@@ -46,12 +42,7 @@ pub enum EngineError {
 
 /// A running engine.
 pub struct Engine {
-    sources: tokio::sync::watch::Sender<fleetflow_actors::source_manager::ManagerControl>,
-    sources_task: tokio::task::JoinHandle<()>,
-    admin_source: source::SourceHandle,
-    router: Addr<DeviceRouter>,
-    pg: Addr<PgSink>,
-    arbiters: Arc<Vec<ArbiterHandle>>,
+    pipeline: RunningPipeline,
     http_task: tokio::task::JoinHandle<()>,
     stats_task: tokio::task::JoinHandle<()>,
     restart_worker: tokio::task::JoinHandle<()>,
@@ -63,76 +54,68 @@ pub struct Engine {
     pub http_addr: std::net::SocketAddr,
 }
 
-/// The runtime's parts, started in dependency order, that the control plane wires together.
-struct Runtime {
+/// Storage clients and the schedule book, which both the runtime and the control plane use.
+struct Storage {
     pool: deadpool_postgres::Pool,
     store: Arc<dyn object_store::ObjectStore>,
-    pg: Addr<PgSink>,
-    sinks: crate::restart::Sinks,
-    router: Addr<DeviceRouter>,
-    arbiters: Arc<Vec<ArbiterHandle>>,
     book: Arc<ScheduleBook>,
     schedules_task: tokio::task::JoinHandle<()>,
 }
 
 impl Engine {
-    /// Starts everything; must run inside an actix `System`: the runtime (storage, sinks,
-    /// router, sources), then the control plane (restarts, commands, hosted broker, HTTP).
+    /// Starts everything; must run inside an actix `System`: storage, the runtime
+    /// ([`Pipeline::start`]), then the control plane (restarts, commands, hosted broker, HTTP),
+    /// which holds only the runtime's [`Pipeline`] handle.
     pub async fn start(cfg: Config, prometheus: PrometheusHandle) -> Result<Self, EngineError> {
-        // Validate the [mqtt] section now, so that bad settings fail at startup.
-        source::options(&cfg.mqtt)?;
         let secret_key =
             crate::secrets::SecretKey::from_env().map_err(|e| EngineError::Admin(e.to_string()))?;
-        let (tx, rx) = mpsc::channel::<RawPublish>(source::ROUTER_QUEUE_CAPACITY);
-        let rt = start_runtime(&cfg, rx).await?;
-        let mut manager = fleetflow_actors::source_manager::SourceManager::new(
-            rt.pool.clone(),
-            cfg.postgres.url.clone(),
-            cfg.mqtt.clone(),
-            tx,
-            rt.pg.clone(),
-            secret_key
+        let st = start_storage(&cfg).await?;
+        let pipeline = Pipeline::start(PipelineSettings {
+            pool: st.pool.clone(),
+            pg_url: cfg.postgres.url.clone(),
+            store: st.store.clone(),
+            mqtt: cfg.mqtt.clone(),
+            sinks: cfg.sinks.clone(),
+            objects: cfg.objects.clone(),
+            assembly: cfg.assembly.clone(),
+            devices: cfg.devices.clone(),
+            book: st.book.clone(),
+            passwords: secret_key
                 .clone()
-                .map(|k| Arc::new(k) as Arc<dyn fleetflow_actors::source_manager::PasswordOpener>),
-        );
-        // Sources start once the router exists; they feed its queue.
-        manager.set_router(rt.router.clone());
-        let links = manager.links.clone();
-        let (sources, sources_restart, sources_connected, sources_task) =
-            manager.spawn(Duration::from_secs(cfg.admin.restart_poll_secs.max(1)));
-        // Commands from the admin API go out on a connection of their own.
-        let mut admin_mqtt = cfg.mqtt.clone();
-        admin_mqtt.client_id = format!("{}-admin", cfg.mqtt.client_id);
-        admin_mqtt.clean_start = true;
-        let admin_source = source::spawn_publisher(&admin_mqtt)?;
+                .map(|k| Arc::new(k) as Arc<dyn PasswordOpener>),
+            reconcile_every: Duration::from_secs(cfg.admin.restart_poll_secs.max(1)),
+        })?;
+        let p = pipeline.handle.clone();
         let commands = crate::command_queue::CommandSender::new(
-            rt.router.clone(),
-            admin_source.link.clone(),
+            p.clone(),
             TopicParser::new(cfg.mqtt.topic_prefix.clone()),
         );
         let commands_task = crate::command_queue::spawn(
-            rt.pool.clone(),
+            st.pool.clone(),
             cfg.postgres.url.clone(),
             commands.clone(),
         );
-        let restarter = crate::restart::Restarter::new(rt.pool.clone(), rt.router.clone())
-            .with_sources(sources_restart)
-            .with_sinks(rt.sinks.clone());
+        let restarter = crate::restart::Restarter::new(
+            st.pool.clone(),
+            p.clone(),
+            cfg.postgres.clone(),
+            cfg.objects.clone(),
+        );
         let restart_worker = crate::restart::spawn_worker(
             restarter.clone(),
             cfg.postgres.url.clone(),
             Duration::from_secs(cfg.admin.restart_poll_secs.max(1)),
         );
-        let (hosted, hosted_task) = start_hosted(&cfg, rt.pool.clone(), secret_key.clone())?;
-        let admin = admin_state(&cfg, &rt, &prometheus, restarter, commands, links, hosted)?;
+        let (hosted, hosted_task) = start_hosted(&cfg, st.pool.clone(), secret_key.clone())?;
+        let admin = admin_state(&cfg, &st, &p, &prometheus, restarter, commands, hosted)?;
         let admin = crate::admin::AdminState {
             secret_key,
             ..admin
         };
         let (http_addr, http_task) =
-            serve_http(&cfg, &rt, prometheus, sources_connected, admin).await?;
+            serve_http(&cfg, &st, prometheus, p.connected(), admin).await?;
         let stats_task = crate::fleet_stats::spawn(
-            rt.pool.clone(),
+            st.pool.clone(),
             Duration::from_millis(cfg.http.fleet_stats_interval_ms),
         );
         tracing::info!(
@@ -141,20 +124,14 @@ impl Engine {
             postgres = %redact_url(&cfg.postgres.url),
             objects = %cfg.objects.url,
             http = %http_addr,
-            arbiters = rt.arbiters.len(),
             "fleetflow engine started"
         );
         Ok(Self {
-            pg: rt.pg,
-            sources,
-            sources_task,
-            admin_source,
-            router: rt.router,
-            arbiters: rt.arbiters,
+            pipeline,
             http_task,
             stats_task,
             restart_worker,
-            control_tasks: [rt.schedules_task, commands_task],
+            control_tasks: [st.schedules_task, commands_task],
             hosted_task,
             deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
             http_addr,
@@ -162,94 +139,36 @@ impl Engine {
     }
 }
 
-/// Storage (migrations, pool, object store), the sinks, the schedule book and the router with
-/// its device arbiters.
-async fn start_runtime(
-    cfg: &Config,
-    rx: mpsc::Receiver<RawPublish>,
-) -> Result<Runtime, EngineError> {
+/// Migrations, the pool, the object store and the wake-schedule book (loaded, then kept
+/// current by its reloader).
+async fn start_storage(cfg: &Config) -> Result<Storage, EngineError> {
     if cfg.postgres.migrate_on_start {
         let n = db::migrate(&cfg.postgres).await?;
         tracing::info!(applied = n, "database schema is up to date");
     }
     let pool = db::pool(&cfg.postgres)?;
     let store = objects::build(&cfg.objects)?;
-    let (sinks_cfg, pg_pool) = (cfg.sinks.clone(), pool.clone());
-    let pg = PgSink::create(move |_| PgSink::new(pg_pool, sinks_cfg));
-    let (obj_store, obj_pg, obj_cfg) = (store.clone(), pg.clone(), cfg.objects.clone());
-    let objects = ObjectSink::create(move |_| ObjectSink::new(obj_store, obj_pg, obj_cfg));
-    let sinks = crate::restart::Sinks {
-        pg: pg.clone(),
-        objects: objects.clone(),
-        postgres: cfg.postgres.clone(),
-        objects_cfg: cfg.objects.clone(),
-    };
     let book = Arc::new(ScheduleBook::new());
     let schedules_task =
         crate::schedules::spawn(pool.clone(), cfg.postgres.url.clone(), book.clone())
             .await
             .map_err(|e| EngineError::Admin(format!("loading wake schedules: {e}")))?;
-    let arbiters = match cfg.devices.arbiters {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
-        n => n,
-    };
-    let arbiters: Arc<Vec<ArbiterHandle>> =
-        Arc::new((0..arbiters).map(|_| Arbiter::new().handle()).collect());
-    let router = start_router(cfg, rx, &pg, objects, &book, arbiters.clone());
-    Ok(Runtime {
+    Ok(Storage {
         pool,
         store,
-        pg,
-        sinks,
-        router,
-        arbiters,
         book,
         schedules_task,
-    })
-}
-
-/// The device router, fed by the sources' queue, with what every device actor shares.
-fn start_router(
-    cfg: &Config,
-    rx: mpsc::Receiver<RawPublish>,
-    pg: &Addr<PgSink>,
-    objects: Addr<ObjectSink>,
-    book: &Arc<ScheduleBook>,
-    arbiters: Arc<Vec<ArbiterHandle>>,
-) -> Addr<DeviceRouter> {
-    let budget = Arc::new(GlobalBudget::new(cfg.assembly.global_budget_bytes));
-    let assembly = Arc::new(cfg.assembly.clone());
-    let devices = Arc::new(cfg.devices.clone());
-    let (pg, book) = (pg.clone(), book.clone());
-    DeviceRouter::create(move |ctx| {
-        let deps = DeviceDeps {
-            assembly,
-            devices,
-            budget,
-            pg,
-            objects,
-            router: ctx.address(),
-            book,
-        };
-        let stream =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        ctx.add_stream(stream);
-        let mut r = DeviceRouter::new(arbiters);
-        r.set_deps(deps);
-        r
     })
 }
 
 /// The admin API's state (without the secret key, which the caller moves in).
 fn admin_state(
     cfg: &Config,
-    rt: &Runtime,
+    st: &Storage,
+    pipeline: &Pipeline,
     prometheus: &PrometheusHandle,
     restarter: crate::restart::Restarter,
     commands: crate::command_queue::CommandSender,
-    links: fleetflow_actors::source_manager::Links,
     hosted: Option<crate::hosted::Hosted>,
 ) -> Result<crate::admin::AdminState, EngineError> {
     let token = cfg.admin.resolve_token()?;
@@ -258,9 +177,9 @@ fn admin_state(
         tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
     }
     Ok(crate::admin::AdminState {
-        pool: rt.pool.clone(),
-        store: rt.store.clone(),
-        router: rt.router.clone(),
+        pool: st.pool.clone(),
+        store: st.store.clone(),
+        pipeline: pipeline.clone(),
         token: token.map(Arc::from),
         prometheus: prometheus.clone(),
         restarter,
@@ -268,9 +187,8 @@ fn admin_state(
         restart_max: cfg.admin.restart_max_per_window,
         restart_token: restart_token.map(Arc::from),
         commands,
-        book: rt.book.clone(),
+        book: st.book.clone(),
         secret_key: None,
-        links,
         hosted,
     })
 }
@@ -278,7 +196,7 @@ fn admin_state(
 /// Binds `[http] bind` and serves `/metrics`, `/health`, `/ready`, the admin API and console.
 async fn serve_http(
     cfg: &Config,
-    rt: &Runtime,
+    st: &Storage,
     prometheus: PrometheusHandle,
     mqtt_connected: Arc<std::sync::atomic::AtomicBool>,
     admin: crate::admin::AdminState,
@@ -291,8 +209,8 @@ async fn serve_http(
         .map_err(|e| EngineError::Bind(cfg.http.bind.clone(), e))?;
     let app = http::router(http::HttpState {
         prometheus,
-        pool: rt.pool.clone(),
-        store: rt.store.clone(),
+        pool: st.pool.clone(),
+        store: st.store.clone(),
         mqtt_connected,
     })
     .merge(crate::admin::routes(admin));
@@ -358,51 +276,17 @@ fn start_hosted(
 }
 
 impl Engine {
-    /// The router, for admin queries.
-    pub fn router(&self) -> &Addr<DeviceRouter> {
-        &self.router
-    }
-
-    /// Graceful shutdown: stop forwarding, drain device actors, flush sinks (acks follow each
-    /// commit), disconnect. Whatever is left after the deadline is logged and abandoned; the
-    /// broker redelivers everything that was not acknowledged.
+    /// Graceful shutdown: the runtime stops in order (stop forwarding, drain device actors,
+    /// flush sinks so that acks follow each commit, disconnect), then the control plane's tasks.
+    /// Whatever is left after the deadline is logged and abandoned; the broker redelivers
+    /// everything that was not acknowledged.
     pub async fn shutdown(self) -> bool {
         let started = tokio::time::Instant::now();
-        let deadline = started + self.deadline;
         tracing::info!(
             deadline_ms = self.deadline.as_millis() as u64,
             "shutting down"
         );
-        let _ = self
-            .sources
-            .send(fleetflow_actors::source_manager::ManagerControl::Drain);
-        let mut clean = true;
-        match tokio::time::timeout_at(deadline, self.router.send(StopAll)).await {
-            Ok(Ok(n)) => tracing::info!(device_actors = n, "device actors drained"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "router unavailable during shutdown"),
-            Err(_) => {
-                clean = false;
-                tracing::warn!("device actors did not drain before the deadline");
-            }
-        }
-        match tokio::time::timeout_at(deadline, self.pg.send(Flush)).await {
-            Ok(_) => tracing::info!("postgres sink flushed"),
-            Err(_) => {
-                clean = false;
-                tracing::warn!("postgres sink did not flush before the deadline; unacknowledged messages will be redelivered");
-            }
-        }
-        let _ = self
-            .sources
-            .send(fleetflow_actors::source_manager::ManagerControl::Stop);
-        let _ = self.admin_source.control.send(source::SourceControl::Stop);
-        if tokio::time::timeout_at(deadline + Duration::from_secs(3), self.sources_task)
-            .await
-            .is_err()
-        {
-            clean = false;
-            tracing::warn!("MQTT source did not stop before the deadline");
-        }
+        let clean = self.pipeline.shutdown(started + self.deadline).await;
         self.http_task.abort();
         self.stats_task.abort();
         self.restart_worker.abort();
@@ -411,9 +295,6 @@ impl Engine {
         }
         if let Some(t) = self.hosted_task {
             t.abort();
-        }
-        for a in self.arbiters.iter() {
-            a.stop();
         }
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -60,11 +60,17 @@ pub async fn load(
     let c = pool.get().await?;
     let mut newest = since;
     for r in c.query(SELECT, &[&since]).await? {
-        let raw: String = r.get(0);
+        let raw: String = r.get("device_id");
         let Ok(id) = DeviceId::parse(&raw) else {
             continue;
         };
-        let schedule = from_columns(r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let schedule = from_columns(
+            r.get("mode"),
+            r.get("captures_per_day"),
+            r.get("wake_times"),
+            r.get("every_minutes"),
+            r.get("timezone"),
+        );
         let compiled = match schedule.map(Schedule::compile).transpose() {
             Ok(s) => s,
             Err(e) => {
@@ -72,8 +78,8 @@ pub async fn load(
                 None
             }
         };
-        book.set(&id, compiled, r.get(6));
-        newest = newest.max(r.get(7));
+        book.set(&id, compiled, r.get("next_wake_at"));
+        newest = newest.max(r.get("updated_at"));
     }
     Ok(newest)
 }

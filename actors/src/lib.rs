@@ -20,6 +20,9 @@
 //! - [`sinks`]: the Postgres sink (batches per table via [`batcher`], one statement per batch,
 //!   acks the broker after commit), the object sink (uploads, then the captures row), the
 //!   object-store builder and the dead-letter directory.
+//! - [`pipeline`]: starts all of the above in order and hands the control plane its one handle,
+//!   [`pipeline::Pipeline`] (device queries and restarts, reply routes, source and sink
+//!   restarts, drain and flush); [`pipeline::RunningPipeline::shutdown`] stops it in order.
 //! - [`link`]: ack tokens and the publishing half of a connection.
 //! - [`transport`]: mqtt, mqtts, ws and wss options.
 //! - [`pg_listen`]: a reconnecting Postgres LISTEN.
@@ -38,6 +41,7 @@ pub mod device;
 pub mod link;
 pub mod metrics;
 pub mod pg_listen;
+pub mod pipeline;
 pub mod router;
 pub mod sinks;
 pub mod source;

@@ -6,7 +6,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use fleetflow_actors::router::{QueryDevice, QueryDevices};
 use fleetflow_protocol::ids::{is_valid_capture_id, DeviceId};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -63,11 +62,7 @@ pub async fn list(
         .iter()
         .filter_map(|r| DeviceId::parse(r.get::<_, &str>("device_id")).ok())
         .collect();
-    let states = s
-        .router
-        .send(QueryDevices(ids))
-        .await
-        .map_err(ApiError::internal)?;
+    let states = s.pipeline.devices(ids).await.map_err(ApiError::internal)?;
     let devices: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -141,11 +136,7 @@ pub async fn detail(
         .map(|r| json!({"error_code": r.get::<_, i32>("error_code"), "message": r.get::<_, String>("message"),
                         "details": r.get::<_, Option<Value>>("details"), "occurred_at": r.get::<_, DateTime<Utc>>("occurred_at")}))
         .collect();
-    let snapshot = s
-        .router
-        .send(QueryDevice(id.clone()))
-        .await
-        .map_err(ApiError::internal)?;
+    let snapshot = s.pipeline.device(&id).await.map_err(ApiError::internal)?;
     Ok(Json(json!({
         "device_id": id.as_str(),
         "last_seen_at": dev.get::<_, DateTime<Utc>>("last_seen_at"),

@@ -22,11 +22,10 @@ mod subscriptions;
 
 use std::sync::Arc;
 
-use actix::Addr;
 use axum::routing::{get, post};
 use axum::Router;
 use deadpool_postgres::Pool;
-use fleetflow_actors::router::DeviceRouter;
+use fleetflow_actors::pipeline::Pipeline;
 use metrics_exporter_prometheus::PrometheusHandle;
 use object_store::ObjectStore;
 
@@ -39,8 +38,8 @@ pub struct AdminState {
     pub pool: Pool,
     /// Images and the thumbnail cache.
     pub store: Arc<dyn ObjectStore>,
-    /// Live actor state and restarts.
-    pub router: Addr<DeviceRouter>,
+    /// The runtime: live actor state, the sources' connections.
+    pub pipeline: Pipeline,
     /// The token, if configured.
     pub token: Option<Arc<str>>,
     /// Totals for the console.
@@ -59,8 +58,6 @@ pub struct AdminState {
     pub book: Arc<fleetflow_protocol::schedule::ScheduleBook>,
     /// Seals broker passwords (`FLEETFLOW_SECRET_KEY`).
     pub secret_key: Option<crate::secrets::SecretKey>,
-    /// The running sources' connections (publish API).
-    pub links: fleetflow_actors::source_manager::Links,
     /// The hosted broker, when configured.
     pub hosted: Option<crate::hosted::Hosted>,
 }

@@ -20,19 +20,13 @@ pub async fn product_publish(
     let product_id = product(&raw)?;
     let Json(b) = body.map_err(|e| ApiError::bad_field("body", e.body_text()))?;
     let p = validate_publish(b)?;
-    let link = s
-        .links
-        .read()
-        .expect("links lock")
-        .get(&product_id)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no_source",
-                format!("product {product_id} has no running MQTT source"),
-            )
-        })?;
+    let link = s.pipeline.link(&product_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_source",
+            format!("product {product_id} has no running MQTT source"),
+        )
+    })?;
     let bytes = p.payload.len();
     link.publish_with(p.topic.clone(), p.payload, p.qos, p.retain, "publish")
         .map_err(|e| {

@@ -1,6 +1,6 @@
-//! `POST /api/v1/restarts`: records the request through `request_service_restart` (which
-//! enforces the per-target cooldown in the database: 429 with `Retry-After` here), executes it
-//! in process and returns the row's final status and result. The row is the audit trail.
+//! `POST /api/v1/restarts`: the HTTP face of [`crate::restart::request`]. Parses the body,
+//! records and runs the restart there, and maps its outcome: the row's final status and result,
+//! 429 with `Retry-After` within the cooldown, 400 for a bad target. The row is the audit trail.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -10,12 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{AdminState, ApiError};
-use crate::restart::RestartTarget;
-
-/// SQLSTATE of the cooldown refusal (`RAISE EXCEPTION` without a code).
-const COOLDOWN: &str = "P0001";
-/// SQLSTATE of the database's own target check (`invalid_parameter_value`).
-const INVALID_TARGET: &str = "22023";
+use crate::restart::{RequestError, RestartRequest, RestartTarget};
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -37,73 +32,48 @@ pub async fn create(
         ApiError::bad_field("target", "target is required, e.g. \"device:AABBCCDDEEFF\"")
     })?;
     let target: RestartTarget = text.parse().map_err(|e| ApiError::bad_field("target", e))?;
-    run(&s, &target, body.reason, s.cooldown_secs).await
+    run(&s, target, body.reason, s.cooldown_secs).await
 }
 
-/// Records a restart of `target` through the SQL function (cooldown), runs it, returns the row.
+/// Records a restart of `target` (the limit from `[admin]`), runs it, returns the row.
 pub async fn run(
     s: &AdminState,
-    target: &RestartTarget,
+    target: RestartTarget,
     reason: Option<String>,
     cooldown_secs: u64,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let key = target.to_string();
-    let request_id = record(s, &key, &reason, cooldown_secs).await?;
-    let (outcome, result) = s
-        .restarter
-        .execute(request_id, target)
-        .await
-        .map_err(ApiError::internal)?;
-    tracing::info!(target = %key, request_id, reason = reason.as_deref().unwrap_or(""), "restart requested over HTTP");
+    let req = RestartRequest {
+        target,
+        reason,
+        requested_by: "admin-api".into(),
+        cooldown_secs,
+        max_per_window: s.restart_max,
+    };
+    let done = s.restarter.request(&req).await.map_err(api_error)?;
     Ok((
         StatusCode::OK,
-        Json(
-            json!({"id": request_id, "target": key, "status": outcome.as_str(), "result": result, "reason": reason}),
-        ),
+        Json(json!({
+            "id": done.id,
+            "target": req.target.to_string(),
+            "status": done.outcome.as_str(),
+            "result": done.result,
+            "reason": req.reason,
+        })),
     ))
 }
 
-/// Inserts the request row as `running` (this process executes it) unless the rate limit
-/// refuses it; returns the row's id.
-async fn record(
-    s: &AdminState,
-    key: &str,
-    reason: &Option<String>,
-    cooldown_secs: u64,
-) -> Result<i64, ApiError> {
-    let max = i32::try_from(s.restart_max.max(1)).unwrap_or(i32::MAX);
-    let c = s.pool.get().await.map_err(ApiError::internal)?;
-    let row = c
-        .query_one(
-            "SELECT request_service_restart($1, $2, 'admin-api', make_interval(secs => $3), true, $4) AS id",
-            &[&key, reason, &(cooldown_secs as f64), &max],
-        )
-        .await;
-    match row {
-        Ok(r) => Ok(r.get("id")),
-        Err(e) => Err(refusal(s, &e).unwrap_or_else(|| ApiError::internal(e))),
-    }
-}
-
-/// The API error for the database's refusals: the cooldown (429 with `Retry-After`, from the
-/// error's detail) or its own target check (400). `None` for any other failure.
-fn refusal(s: &AdminState, e: &tokio_postgres::Error) -> Option<ApiError> {
-    let db = e.as_db_error()?;
-    match db.code().code() {
-        COOLDOWN => {
-            let wait: u64 = db
-                .detail()
-                .and_then(|d| d.parse().ok())
-                .unwrap_or(s.cooldown_secs);
-            let mut err = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "cooldown",
-                db.message().to_string(),
-            );
-            err.retry_after = Some(wait.max(1));
-            Some(err)
+/// The HTTP answer for a restart that was not executed.
+fn api_error(e: RequestError) -> ApiError {
+    match e {
+        RequestError::Cooldown {
+            message,
+            retry_after_secs,
+        } => {
+            let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "cooldown", message);
+            err.retry_after = Some(retry_after_secs);
+            err
         }
-        INVALID_TARGET => Some(ApiError::bad_field("target", db.message().to_string())),
-        _ => None,
+        RequestError::InvalidTarget(m) => ApiError::bad_field("target", m),
+        RequestError::Store(e) => ApiError::internal(e),
     }
 }

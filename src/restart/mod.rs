@@ -5,10 +5,10 @@
 //! # Layout
 //! - [`target`]: [`RestartTarget`], the one parser of target texts, and its canonical text.
 //! - [`restarter`]: executes a target with its health check and records the outcome; the
-//!   worker that claims pending rows.
-//!
-//! The HTTP entry point, `POST /api/v1/restarts`, is `crate::admin::restarts`: the admin API
-//! depends on this module, never the reverse.
+//!   worker that claims pending rows (the entry point for rows).
+//! - [`request`]: the entry point for a restart requested now (over HTTP): recorded through
+//!   the SQL function's cooldown, then executed. `crate::admin::restarts` maps it to HTTP; the
+//!   admin API depends on this module, never the reverse.
 //!
 //! Targets, each followed by a health check recorded in `result`:
 //! - `device:<id>`: a fresh actor (in-flight assemblies resync through NACKs); it must answer;
@@ -18,8 +18,10 @@
 //! - `pipeline`: everything, in graceful-shutdown order (sources stop forwarding, device actors
 //!   drain, the Postgres sink flushes), then new sinks and reconnected sources; all checks.
 
+pub mod request;
 pub mod restarter;
 pub mod target;
 
-pub use restarter::{spawn_worker, Outcome, RestartError, Restarter, Sinks};
+pub use request::{Executed, RequestError, RestartRequest};
+pub use restarter::{spawn_worker, Outcome, RestartError, Restarter};
 pub use target::{RestartTarget, TargetError};

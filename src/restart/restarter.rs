@@ -6,16 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use actix::{Addr, MailboxError};
 use deadpool_postgres::Pool;
-use fleetflow_actors::router::{DeviceRouter, QueryDevice, RestartDevice, StopAll};
+use fleetflow_actors::pipeline::{Pipeline, PipelineError};
 use fleetflow_actors::sinks::object_store::{self, ObjectsError};
-use fleetflow_actors::sinks::objects::{ObjectSink, ProbeStore, ReplaceStore};
-use fleetflow_actors::sinks::pg::{Flush, PgSink, Probe, ReplacePool};
-use fleetflow_actors::source_manager::{ManagerError, SourceCommand};
 use fleetflow_protocol::ids::DeviceId;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
 
 use super::target::RestartTarget;
 use crate::config::{ObjectsConfig, PostgresConfig};
@@ -72,34 +67,9 @@ enum SinkCheckError {
     /// A new object-store client could not be built.
     #[error(transparent)]
     Store(#[from] ObjectsError),
-    /// The sink actor did not take the message.
-    #[error("{sink} unavailable")]
-    Unavailable {
-        /// Which sink.
-        sink: &'static str,
-        /// The mailbox's answer.
-        #[source]
-        source: MailboxError,
-    },
-    /// The Postgres sink's probe failed.
+    /// The sink refused the new client or failed its probe.
     #[error(transparent)]
-    PgProbe(#[from] fleetflow_actors::sinks::pg::PgProbeError),
-    /// The object sink's probe failed.
-    #[error(transparent)]
-    StoreProbe(#[from] fleetflow_actors::sinks::objects::StoreProbeError),
-}
-
-/// The sinks and the settings to rebuild them from.
-#[derive(Clone)]
-pub struct Sinks {
-    /// The Postgres sink.
-    pub pg: Addr<PgSink>,
-    /// The object sink.
-    pub objects: Addr<ObjectSink>,
-    /// To build a new pool.
-    pub postgres: PostgresConfig,
-    /// To build a new store client.
-    pub objects_cfg: ObjectsConfig,
+    Pipeline(#[from] PipelineError),
 }
 
 /// Executes restart targets and records the outcome.
@@ -107,35 +77,33 @@ pub struct Sinks {
 pub struct Restarter {
     /// The audit rows.
     pool: Pool,
-    /// Restarts and queries device actors; drains them all for `pipeline`.
-    router: Addr<DeviceRouter>,
-    /// The source manager, for `source:` and `pipeline`.
-    sources: Option<mpsc::Sender<SourceCommand>>,
-    /// The sinks, for `sink:` and `pipeline`.
-    sinks: Option<Sinks>,
+    /// The runtime: device actors, sources and sinks.
+    pipeline: Pipeline,
+    /// To build a new pool for `sink:postgres`.
+    postgres: PostgresConfig,
+    /// To build a new store client for `sink:objects`.
+    objects: ObjectsConfig,
 }
 
 impl Restarter {
-    /// A restarter over the pool and the device router.
-    pub fn new(pool: Pool, router: Addr<DeviceRouter>) -> Self {
+    /// A restarter over the audit pool and the runtime, rebuilding sinks from these settings.
+    pub fn new(
+        pool: Pool,
+        pipeline: Pipeline,
+        postgres: PostgresConfig,
+        objects: ObjectsConfig,
+    ) -> Self {
         Self {
             pool,
-            router,
-            sources: None,
-            sinks: None,
+            pipeline,
+            postgres,
+            objects,
         }
     }
 
-    /// Also restarts `source:<product_id>` targets through the source manager.
-    pub fn with_sources(mut self, sources: mpsc::Sender<SourceCommand>) -> Self {
-        self.sources = Some(sources);
-        self
-    }
-
-    /// Also restarts `sink:postgres`, `sink:objects` and `pipeline`.
-    pub fn with_sinks(mut self, sinks: Sinks) -> Self {
-        self.sinks = Some(sinks);
-        self
+    /// The audit table's pool.
+    pub(super) fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Runs the target of a `running` row and records its outcome.
@@ -190,32 +158,24 @@ impl Restarter {
     }
 
     async fn run_target(&self, target: &RestartTarget) -> (Outcome, Value) {
-        match (target, &self.sinks) {
-            (RestartTarget::Device(id), _) => self.restart_device(id).await,
-            (RestartTarget::Source(product), _) => self.restart_source(product).await,
-            (RestartTarget::SinkPostgres, Some(s)) => restart_pg(s).await,
-            (RestartTarget::SinkObjects, Some(s)) => restart_objects(s).await,
-            (RestartTarget::Pipeline, Some(s)) => self.restart_pipeline(s).await,
-            (_, None) => (
-                Outcome::Rejected,
-                json!({"error": format!("{target} cannot be restarted: this process has no sinks to rebuild")}),
-            ),
+        match target {
+            RestartTarget::Device(id) => self.restart_device(id).await,
+            RestartTarget::Source(product) => {
+                sources_outcome(self.pipeline.restart_source(product).await)
+            }
+            RestartTarget::SinkPostgres => health(self.rebuild_pg().await),
+            RestartTarget::SinkObjects => health(self.rebuild_objects().await),
+            RestartTarget::Pipeline => self.restart_pipeline().await,
         }
     }
 
     /// `device:<id>`: a fresh actor, which must answer a snapshot.
     async fn restart_device(&self, id: &DeviceId) -> (Outcome, Value) {
-        let was_running = match self.router.send(RestartDevice(id.clone())).await {
+        let was_running = match self.pipeline.restart_device(id).await {
             Ok(w) => w,
-            Err(e) => {
-                return (
-                    Outcome::Failed,
-                    json!({"error": format!("router unavailable: {e}")}),
-                )
-            }
+            Err(e) => return (Outcome::Failed, json!({"error": e.to_string()})),
         };
-        let snapshot =
-            tokio::time::timeout(DEVICE_ANSWER, self.router.send(QueryDevice(id.clone()))).await;
+        let snapshot = tokio::time::timeout(DEVICE_ANSWER, self.pipeline.device(id)).await;
         match snapshot {
             Ok(Ok(Some(s))) => (
                 Outcome::Completed,
@@ -228,69 +188,19 @@ impl Restarter {
         }
     }
 
-    /// `source:<product_id>`: a reconnect, which must be connected within 5 s.
-    async fn restart_source(&self, product: &str) -> (Outcome, Value) {
-        self.ask_sources(|reply| SourceCommand::Restart {
-            product: product.to_string(),
-            reply,
-        })
-        .await
-    }
-
-    /// Sends a command to the source manager and reads its answer as an outcome.
-    async fn ask_sources(
-        &self,
-        cmd: impl FnOnce(oneshot::Sender<Result<bool, ManagerError>>) -> SourceCommand,
-    ) -> (Outcome, Value) {
-        let Some(tx) = &self.sources else {
-            return (Outcome::Rejected, json!({"error": "no source manager"}));
-        };
-        let (reply, rx) = oneshot::channel();
-        if tx.send(cmd(reply)).await.is_err() {
-            return (
-                Outcome::Failed,
-                json!({"error": "source manager unavailable"}),
-            );
-        }
-        match rx.await {
-            Ok(Ok(true)) => (
-                Outcome::Completed,
-                json!({"healthy": true, "connected": true}),
-            ),
-            Ok(Ok(false)) => (
-                Outcome::Failed,
-                json!({"healthy": false, "connected": false}),
-            ),
-            Ok(Err(e)) => (Outcome::Rejected, json!({"error": e.to_string()})),
-            Err(_) => (
-                Outcome::Failed,
-                json!({"error": "source manager dropped the request"}),
-            ),
-        }
-    }
-
     /// `pipeline`: the graceful-shutdown order inside the running process, then everything
     /// rebuilt and checked. What the broker delivered meanwhile and was not acknowledged is
     /// redelivered after the sources reconnect.
-    async fn restart_pipeline(&self, s: &Sinks) -> (Outcome, Value) {
-        let Some(tx) = &self.sources else {
-            return (Outcome::Rejected, json!({"error": "no source manager"}));
-        };
-        let (reply, rx) = oneshot::channel();
-        let _ = tx.send(SourceCommand::DrainAll { reply }).await;
-        let _ = rx.await;
-        let drained = tokio::time::timeout(PIPELINE_STEP, self.router.send(StopAll))
-            .await
-            .ok()
-            .and_then(Result::ok);
-        let flushed = tokio::time::timeout(PIPELINE_STEP, s.pg.send(Flush))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        let (pg, pg_result) = restart_pg(s).await;
-        let (objects, objects_result) = restart_objects(s).await;
-        let (sources, sources_result) = self
-            .ask_sources(|reply| SourceCommand::RestartAll { reply })
-            .await;
+    async fn restart_pipeline(&self) -> (Outcome, Value) {
+        let p = &self.pipeline;
+        if let Err(e) = p.drain_sources().await {
+            return (Outcome::Failed, json!({"error": e.to_string()}));
+        }
+        let drained = p.stop_devices(PIPELINE_STEP).await.ok();
+        let flushed = p.flush(PIPELINE_STEP).await.is_ok();
+        let (pg, pg_result) = health(self.rebuild_pg().await);
+        let (objects, objects_result) = health(self.rebuild_objects().await);
+        let (sources, sources_result) = sources_outcome(p.restart_sources().await);
         let healthy = drained.is_some()
             && flushed
             && [pg, objects, sources]
@@ -313,6 +223,18 @@ impl Restarter {
         )
     }
 
+    /// `sink:postgres`: a new pool, then a round trip through it.
+    async fn rebuild_pg(&self) -> Result<Duration, SinkCheckError> {
+        let pool = crate::db::pool(&self.postgres)?;
+        Ok(self.pipeline.replace_pool(pool).await?)
+    }
+
+    /// `sink:objects`: a new store client, then a probe object written, read back and deleted.
+    async fn rebuild_objects(&self) -> Result<Duration, SinkCheckError> {
+        let store = object_store::build(&self.objects)?;
+        Ok(self.pipeline.replace_store(store).await?)
+    }
+
     /// Claims and executes pending rows until none is left.
     pub async fn drain(&self) -> Result<usize, RestartError> {
         let mut n = 0;
@@ -331,44 +253,20 @@ impl Restarter {
     }
 }
 
-/// `sink:postgres`: a new pool, then a round trip through it.
-async fn restart_pg(s: &Sinks) -> (Outcome, Value) {
-    health(rebuild_pg(s).await)
-}
-
-async fn rebuild_pg(s: &Sinks) -> Result<Duration, SinkCheckError> {
-    let unavailable = |source| SinkCheckError::Unavailable {
-        sink: "postgres sink",
-        source,
-    };
-    let pool = crate::db::pool(&s.postgres)?;
-    s.pg.send(ReplacePool(pool)).await.map_err(unavailable)?;
-    s.pg.send(Probe)
-        .await
-        .map_err(unavailable)?
-        .map_err(SinkCheckError::from)
-}
-
-/// `sink:objects`: a new store client, then a probe object written, read back and deleted.
-async fn restart_objects(s: &Sinks) -> (Outcome, Value) {
-    health(rebuild_objects(s).await)
-}
-
-async fn rebuild_objects(s: &Sinks) -> Result<Duration, SinkCheckError> {
-    let unavailable = |source| SinkCheckError::Unavailable {
-        sink: "object sink",
-        source,
-    };
-    let store = object_store::build(&s.objects_cfg)?;
-    s.objects
-        .send(ReplaceStore(store))
-        .await
-        .map_err(unavailable)?;
-    s.objects
-        .send(ProbeStore)
-        .await
-        .map_err(unavailable)?
-        .map_err(SinkCheckError::from)
+/// The outcome of a source restart: connected again within 5 s, or not, or refused.
+fn sources_outcome(r: Result<bool, PipelineError>) -> (Outcome, Value) {
+    match r {
+        Ok(true) => (
+            Outcome::Completed,
+            json!({"healthy": true, "connected": true}),
+        ),
+        Ok(false) => (
+            Outcome::Failed,
+            json!({"healthy": false, "connected": false}),
+        ),
+        Err(e @ PipelineError::Sources(_)) => (Outcome::Rejected, json!({"error": e.to_string()})),
+        Err(e) => (Outcome::Failed, json!({"error": e.to_string()})),
+    }
 }
 
 /// The outcome of a sink rebuild from its probe's round trip.

@@ -242,7 +242,7 @@ pub async fn reconnect(
     }
     crate::admin::restarts::run(
         &s,
-        &RestartTarget::Source(product_id),
+        RestartTarget::Source(product_id),
         Some("reconnect requested over HTTP".into()),
         0,
     )

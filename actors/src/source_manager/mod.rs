@@ -22,6 +22,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::subscriptions::{self, StatsRegistry, SubscriptionRow, SubscriptionSet};
 
+mod status;
+mod wanted;
+
+pub use wanted::broker_url;
+use wanted::{settings_fingerprint, share, WantedSource};
+
 /// The name of the file/environment source.
 pub const DEFAULT_SOURCE: &str = "default";
 
@@ -64,64 +70,6 @@ struct RunningSource {
     set: Option<watch::Sender<Arc<SubscriptionSet>>>,
     /// Messages counted into `mqtt_connection_status` so far.
     reported: u64,
-}
-
-/// A source's connection settings as one string, to notice a change. In memory only (it
-/// holds the password, to notice a change of it); never logged.
-fn settings_fingerprint(c: &MqttConfig) -> String {
-    format!(
-        "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}",
-        c.url,
-        c.verify_cert,
-        c.ca_pem,
-        c.client_id,
-        c.topic_prefix,
-        c.qos,
-        c.clean_start,
-        c.keep_alive_secs,
-        c.username,
-        c.password,
-        c.gxp
-    )
-}
-
-/// A source's stored password could not be opened (already recorded and logged).
-struct PasswordUnavailable;
-
-/// The subscription rows, grouped by the `mqtt_configs` row they belong to.
-async fn subscriptions_by_config(
-    c: &deadpool_postgres::Client,
-) -> Result<HashMap<i64, Vec<SubscriptionRow>>, ManagerError> {
-    let sub_rows = c
-        .query(
-            "SELECT mqtt_config_id, id, name, topic, enabled, actions FROM mqtt_subscriptions ORDER BY mqtt_config_id, id",
-            &[],
-        )
-        .await?;
-    let mut subs_by_config: HashMap<i64, Vec<SubscriptionRow>> = HashMap::new();
-    for r in sub_rows {
-        subs_by_config
-            .entry(r.get(0))
-            .or_default()
-            .push(SubscriptionRow {
-                id: r.get(1),
-                name: r.get(2),
-                topic: r.get(3),
-                enabled: r.get(4),
-                actions: r.get(5),
-            });
-    }
-    Ok(subs_by_config)
-}
-
-/// One wanted source: its connection settings and its subscriptions.
-struct WantedSource {
-    cfg: MqttConfig,
-    subs: Vec<SubscriptionRow>,
-    shared_group: Option<String>,
-    /// With no subscription rows: the one filter of the camera profile, instead of the four
-    /// `{prefix}/+/...` ones.
-    pattern: Option<String>,
 }
 
 /// Each running source's connection, by product (`default` for the `[mqtt]` source), for the
@@ -212,120 +160,6 @@ impl SourceManager {
         self.router = Some(router);
     }
 
-    /// The sources wanted now: enabled database rows, or the default source.
-    async fn desired(&self) -> Result<HashMap<String, WantedSource>, ManagerError> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query(
-                "SELECT product_id, host, port, protocol, username, password_encrypted, client_id, keep_alive_secs, clean_session, prefix, qos,
-                        id, use_shared, shared_group, use_tls, verify_cert, ca_cert_pem, ws_path, pattern, gxp
-                 FROM mqtt_configs WHERE enabled ORDER BY product_id",
-                &[],
-            )
-            .await?;
-        let mut subs_by_config = subscriptions_by_config(&c).await?;
-        let mut out = HashMap::new();
-        let configured = !rows.is_empty();
-        for r in rows {
-            let product: String = r.get(0);
-            let Ok(password) = self.open_password(&product, r.get(5)).await else {
-                continue;
-            };
-            let config_id: i64 = r.get(11);
-            let subs = subs_by_config.remove(&config_id).unwrap_or_default();
-            let desired = self.desired_from_row(&product, &r, password, subs);
-            out.insert(product, desired);
-        }
-        if !configured {
-            out.insert(
-                DEFAULT_SOURCE.to_string(),
-                WantedSource {
-                    cfg: self.default_cfg.clone(),
-                    subs: Vec::new(),
-                    shared_group: None,
-                    pattern: None,
-                },
-            );
-        }
-        Ok(out)
-    }
-
-    /// Opens a product's sealed broker password (`None` when it has none). A password that
-    /// cannot be opened (no key, or a wrong one) is recorded as the source's error and logged;
-    /// the source is then not started.
-    async fn open_password(
-        &self,
-        product: &str,
-        sealed: Option<Vec<u8>>,
-    ) -> Result<Option<String>, PasswordUnavailable> {
-        let Some(sealed) = sealed else {
-            return Ok(None);
-        };
-        match &self.secret_key {
-            None => {
-                self.write_error(
-                    product,
-                    "cannot decrypt the stored password: FLEETFLOW_SECRET_KEY is not set",
-                )
-                .await;
-                tracing::error!(product = %product, "source not started: FLEETFLOW_SECRET_KEY is not set");
-                Err(PasswordUnavailable)
-            }
-            Some(k) => match k.open(&sealed, &format!("product:{product}")) {
-                Ok(p) => Ok(Some(p)),
-                Err(e) => {
-                    self.write_error(product, &e.to_string()).await;
-                    tracing::error!(product = %product, error = %e, "source not started");
-                    Err(PasswordUnavailable)
-                }
-            },
-        }
-    }
-
-    /// One `mqtt_configs` row (the columns of [`SourceManager::desired`]'s query) as a wanted
-    /// source: its connection settings over the `[mqtt]` defaults, and its subscriptions.
-    fn desired_from_row(
-        &self,
-        product: &str,
-        r: &tokio_postgres::Row,
-        password: Option<String>,
-        subs: Vec<SubscriptionRow>,
-    ) -> WantedSource {
-        let url = broker_url(
-            &r.get::<_, String>(3),
-            r.get(14),
-            &r.get::<_, String>(1),
-            r.get(2),
-            &r.get::<_, String>(17),
-        );
-        let qos: i16 = r.get(10);
-        let cfg = MqttConfig {
-            url,
-            verify_cert: r.get(15),
-            ca_pem: r.get(16),
-            ca_file: None,
-            client_id: r.get(6),
-            topic_prefix: r.get(9),
-            qos: qos.clamp(0, 1) as u8,
-            keep_alive_secs: r.get::<_, i32>(7) as u64,
-            clean_start: r.get(8),
-            username: r.get(4),
-            password,
-            gxp: gxp_settings(product, r.get(19), &self.default_cfg.gxp),
-            ..self.default_cfg.clone()
-        };
-        let shared_group = r.get::<_, bool>(12).then(|| {
-            r.get::<_, Option<String>>(13)
-                .unwrap_or_else(|| "fleetflow".into())
-        });
-        WantedSource {
-            cfg,
-            subs,
-            shared_group,
-            pattern: r.get(18),
-        }
-    }
-
     /// Starts one source (with its dispatcher when it has subscription rows). `forget` are
     /// filters a previous connection of this product held (see `source::spawn_with_filters`).
     fn start(
@@ -371,18 +205,6 @@ impl SourceManager {
             set,
             reported: 0,
         })
-    }
-
-    async fn write_error(&self, product: &str, error: &str) {
-        if let Ok(c) = self.pool.get().await {
-            let _ = c
-                .execute(
-                    "INSERT INTO mqtt_connection_status (product_id, connected, connection_error) VALUES ($1, false, $2)
-                     ON CONFLICT (product_id) DO UPDATE SET connected = false, connection_error = EXCLUDED.connection_error",
-                    &[&product, &error],
-                )
-                .await;
-        }
     }
 
     /// Starts and stops sources to match the database.
@@ -495,51 +317,6 @@ impl SourceManager {
         *self.links.write().expect("links lock") = map;
     }
 
-    async fn write_broker_info(&self, product: &str, info: serde_json::Value) {
-        if let Ok(c) = self.pool.get().await {
-            let _ = c
-                .execute(
-                    "UPDATE mqtt_connection_status SET broker_info = $2 WHERE product_id = $1",
-                    &[&product, &info],
-                )
-                .await;
-        }
-    }
-
-    async fn write_topics_count(&self, product: &str, count: i32) {
-        if let Ok(c) = self.pool.get().await {
-            let _ = c
-                .execute(
-                    "UPDATE mqtt_connection_status SET subscribed_topics_count = $2 WHERE product_id = $1",
-                    &[&product, &count],
-                )
-                .await;
-        }
-    }
-
-    async fn write_status(
-        &self,
-        product: &str,
-        connected: bool,
-        client_id: Option<&str>,
-        topics: Option<i32>,
-    ) {
-        if let Ok(c) = self.pool.get().await {
-            let _ = c
-                .execute(
-                    "INSERT INTO mqtt_connection_status (product_id, connected, client_id, subscribed_topics_count, last_connected_at, last_disconnected_at, connection_error)
-                     VALUES ($1, $2, $3, COALESCE($4, 0), CASE WHEN $2 THEN now() END, CASE WHEN NOT $2 THEN now() END, NULL)
-                     ON CONFLICT (product_id) DO UPDATE SET connected = $2, client_id = COALESCE($3, mqtt_connection_status.client_id),
-                       subscribed_topics_count = COALESCE($4, mqtt_connection_status.subscribed_topics_count),
-                       last_connected_at = CASE WHEN $2 THEN now() ELSE mqtt_connection_status.last_connected_at END,
-                       last_disconnected_at = CASE WHEN NOT $2 THEN now() ELSE mqtt_connection_status.last_disconnected_at END,
-                       connection_error = NULL",
-                    &[&product, &connected, &client_id, &topics],
-                )
-                .await;
-        }
-    }
-
     /// Reconnects one source (stop, start from its current settings) and waits up to 5 s for it.
     async fn restart_one(&mut self, product: &str) -> Result<bool, ManagerError> {
         let Some(r) = self.running.remove(product) else {
@@ -560,47 +337,6 @@ impl SourceManager {
         }
         self.refresh_status().await;
         Ok(false)
-    }
-
-    /// Records connection changes, message counts and the aggregate readiness flag.
-    async fn refresh_status(&mut self) {
-        let mut all = !self.running.is_empty();
-        let mut changes = Vec::new();
-        let mut counts = Vec::new();
-        for (name, r) in self.running.iter_mut() {
-            let now = r.handle.connected.load(Ordering::Acquire);
-            all &= now;
-            if now != r.was_connected {
-                r.was_connected = now;
-                let topics = r.handle.filters.borrow().len() as i32;
-                let info = r.handle.broker_info.borrow().clone();
-                changes.push((name.clone(), now, topics, info));
-            }
-            let received = r.handle.received.load(Ordering::Relaxed);
-            if received != r.reported {
-                counts.push((name.clone(), (received - r.reported) as i64));
-                r.reported = received;
-            }
-        }
-        self.connected.store(all, Ordering::Release);
-        for (name, now, topics, info) in changes {
-            self.write_status(&name, now, None, Some(topics)).await;
-            if let (true, Some(info)) = (now, info) {
-                self.write_broker_info(&name, info).await;
-            }
-        }
-        if !counts.is_empty() {
-            if let Ok(c) = self.pool.get().await {
-                let (names, deltas): (Vec<String>, Vec<i64>) = counts.into_iter().unzip();
-                let _ = c
-                    .execute(
-                        "UPDATE mqtt_connection_status s SET messages_received = s.messages_received + x.n
-                         FROM UNNEST($1::text[], $2::int8[]) AS x(p, n) WHERE s.product_id = x.p",
-                        &[&names, &deltas],
-                    )
-                    .await;
-            }
-        }
     }
 
     /// Runs the manager: reconcile at start, on every NOTIFY and every `poll_every`.
@@ -739,52 +475,9 @@ impl SourceManager {
     }
 }
 
-/// The broker URL of a `mqtt_configs` row: `protocol` (upgraded to TLS by `use_tls`), host,
-/// port and, for websockets, the path.
-pub fn broker_url(protocol: &str, use_tls: bool, host: &str, port: i32, ws_path: &str) -> String {
-    let scheme = match (protocol, use_tls) {
-        ("mqtt", true) => "mqtts",
-        ("ws", true) => "wss",
-        (p, _) => p,
-    };
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
-    match scheme {
-        "ws" | "wss" => format!("{scheme}://{host}:{port}{ws_path}"),
-        _ => format!("{scheme}://{host}:{port}"),
-    }
-}
-
-/// `$share/<group>/<filter>` when the config uses shared subscriptions.
-fn share(group: &Option<String>, filter: String) -> String {
-    match group {
-        Some(g) => format!("$share/{g}/{filter}"),
-        None => filter,
-    }
-}
-
 /// Drain, then stop and wait for a source.
 async fn stop(h: SourceHandle) {
     let _ = h.control.send(SourceControl::Drain);
     let _ = h.control.send(SourceControl::Stop);
     let _ = tokio::time::timeout(Duration::from_secs(5), h.task).await;
-}
-
-/// A product's GXP profile settings: its `mqtt_configs.gxp` JSON over the file defaults; a
-/// bad value is logged and the defaults are used.
-fn gxp_settings(
-    product: &str,
-    raw: Option<serde_json::Value>,
-    default: &fleetflow_protocol::gxp::GxpSettings,
-) -> fleetflow_protocol::gxp::GxpSettings {
-    match raw {
-        None => default.clone(),
-        Some(v) => serde_json::from_value(v).unwrap_or_else(|e| {
-            tracing::error!(product, error = %e, "mqtt_configs.gxp is invalid; using the defaults");
-            default.clone()
-        }),
-    }
 }

@@ -1,0 +1,387 @@
+//! The runtime's one door for the control plane.
+//!
+//! [`Pipeline::start`] builds the data path in dependency order: the Postgres sink, the object
+//! sink, the device router with its arbiters, the source manager (which starts the sources that
+//! feed the router), and the `[mqtt]` publisher that carries commands for devices with no live
+//! actor. It returns a [`RunningPipeline`], which owns the tasks and threads and shuts them down
+//! in order, and hands out [`Pipeline`], a cheap, cloneable handle with typed requests: device
+//! snapshots and restarts, a device's reply route, a product's connection, source restarts,
+//! sink rebuilds and the drain/flush steps of a `pipeline` restart.
+//!
+//! The control plane (`fleetflow`: admin API, restarts, command queue) holds only this handle;
+//! it never sees the actors' addresses or the manager's channels.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use deadpool_postgres::Pool;
+use fleetflow_protocol::budget::GlobalBudget;
+use fleetflow_protocol::ids::DeviceId;
+use fleetflow_protocol::schedule::ScheduleBook;
+use object_store::ObjectStore;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, SinksConfig};
+use crate::device::{DeviceDeps, DeviceSnapshot};
+use crate::link::{MqttLink, ReplyRoute};
+use crate::router::{
+    DeviceRouter, QueryDevice, QueryDevices, RawPublish, ReplyRouteOf, RestartDevice, StopAll,
+};
+use crate::sinks::objects::{ObjectSink, ProbeStore, ReplaceStore, StoreProbeError};
+use crate::sinks::pg::{Flush, PgProbeError, PgSink, Probe, ReplacePool};
+use crate::source::{self, SourceControl, SourceError, SourceHandle};
+use crate::source_manager::{
+    Links, ManagerControl, ManagerError, PasswordOpener, SourceCommand, SourceManager,
+};
+
+/// What the runtime needs to start: storage clients built by the caller, and its config sections.
+pub struct PipelineSettings {
+    /// The Postgres pool the sinks and the source manager use.
+    pub pool: Pool,
+    /// The connection string, for the source manager's LISTEN.
+    pub pg_url: String,
+    /// The object store the object sink writes to.
+    pub store: Arc<dyn ObjectStore>,
+    /// `[mqtt]`: the default source, and the publisher for commands.
+    pub mqtt: MqttConfig,
+    /// `[sinks]`.
+    pub sinks: SinksConfig,
+    /// `[objects]`.
+    pub objects: ObjectsConfig,
+    /// `[assembly]`.
+    pub assembly: AssemblyConfig,
+    /// `[devices]` (arbiters: 0 = one per core).
+    pub devices: DevicesConfig,
+    /// Wake schedules, shared with whoever keeps them current.
+    pub book: Arc<ScheduleBook>,
+    /// Opens sealed broker passwords from `mqtt_configs`.
+    pub passwords: Option<Arc<dyn PasswordOpener>>,
+    /// How often the source manager re-reads `mqtt_configs` besides NOTIFY.
+    pub reconcile_every: Duration,
+}
+
+/// Why a request through the handle failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// An actor of the pipeline did not take the request (it stopped).
+    #[error("{part} unavailable")]
+    Unavailable {
+        /// Which part.
+        part: &'static str,
+        /// The mailbox's answer.
+        #[source]
+        source: MailboxError,
+    },
+    /// The source manager has stopped.
+    #[error("source manager unavailable")]
+    ManagerGone,
+    /// The source manager refused the request.
+    #[error(transparent)]
+    Sources(#[from] ManagerError),
+    /// The Postgres sink's probe failed.
+    #[error(transparent)]
+    PgProbe(#[from] PgProbeError),
+    /// The object sink's probe failed.
+    #[error(transparent)]
+    StoreProbe(#[from] StoreProbeError),
+    /// A step did not finish in time.
+    #[error("{0} did not finish in time")]
+    TimedOut(&'static str),
+}
+
+/// The control plane's handle on the running data path.
+#[derive(Clone)]
+pub struct Pipeline {
+    router: Addr<DeviceRouter>,
+    pg: Addr<PgSink>,
+    objects: Addr<ObjectSink>,
+    sources: mpsc::Sender<SourceCommand>,
+    links: Links,
+    connected: Arc<AtomicBool>,
+    default_link: MqttLink,
+}
+
+/// The started runtime: the handle, plus what only shutdown touches.
+pub struct RunningPipeline {
+    /// The handle to give to the control plane.
+    pub handle: Pipeline,
+    control: watch::Sender<ManagerControl>,
+    manager_task: tokio::task::JoinHandle<()>,
+    publisher: SourceHandle,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+}
+
+/// An error of the mailbox kind, named for the part that raised it.
+fn gone(part: &'static str) -> impl FnOnce(MailboxError) -> PipelineError {
+    move |source| PipelineError::Unavailable { part, source }
+}
+
+impl Pipeline {
+    /// Starts the data path; must run inside an actix `System`. Fails only on bad `[mqtt]`
+    /// settings for the command publisher.
+    pub fn start(s: PipelineSettings) -> Result<RunningPipeline, SourceError> {
+        let publisher = start_publisher(&s.mqtt)?;
+        let pg = {
+            let (pool, cfg) = (s.pool.clone(), s.sinks.clone());
+            PgSink::create(move |_| PgSink::new(pool, cfg))
+        };
+        let objects = {
+            let (store, pg, cfg) = (s.store.clone(), pg.clone(), s.objects.clone());
+            ObjectSink::create(move |_| ObjectSink::new(store, pg, cfg))
+        };
+        let arbiters = start_arbiters(s.devices.arbiters);
+        let (tx, rx) = mpsc::channel::<RawPublish>(source::ROUTER_QUEUE_CAPACITY);
+        let router = start_router(&s, rx, &pg, objects.clone(), arbiters.clone());
+        let mut manager = SourceManager::new(s.pool, s.pg_url, s.mqtt, tx, pg.clone(), s.passwords);
+        manager.set_router(router.clone());
+        let links = manager.links.clone();
+        let (control, sources, connected, manager_task) = manager.spawn(s.reconcile_every);
+        let handle = Pipeline {
+            router,
+            pg,
+            objects,
+            sources,
+            links,
+            connected,
+            default_link: publisher.link.clone(),
+        };
+        Ok(RunningPipeline {
+            handle,
+            control,
+            manager_task,
+            publisher,
+            arbiters,
+        })
+    }
+
+    /// True while every source is connected (for `/ready`).
+    pub fn connected(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
+    }
+
+    /// Whether every source is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// A device's actor state (`None` when it has no live actor).
+    pub async fn device(&self, id: &DeviceId) -> Result<Option<DeviceSnapshot>, PipelineError> {
+        self.router
+            .send(QueryDevice(id.clone()))
+            .await
+            .map_err(gone("device router"))
+    }
+
+    /// The actor state of several devices, by id (those without a live actor are left out).
+    pub async fn devices(
+        &self,
+        ids: Vec<DeviceId>,
+    ) -> Result<HashMap<String, DeviceSnapshot>, PipelineError> {
+        self.router
+            .send(QueryDevices(ids))
+            .await
+            .map_err(gone("device router"))
+    }
+
+    /// Restarts a device's actor; answers whether one was running.
+    pub async fn restart_device(&self, id: &DeviceId) -> Result<bool, PipelineError> {
+        self.router
+            .send(RestartDevice(id.clone()))
+            .await
+            .map_err(gone("device router"))
+    }
+
+    /// The connection and topic layout a device's latest message came from, if it has a live
+    /// actor and answers within `within`.
+    pub async fn reply_route(&self, id: &DeviceId, within: Duration) -> Option<Arc<ReplyRoute>> {
+        let ask = self.router.send(ReplyRouteOf(id.clone()));
+        tokio::time::timeout(within, ask)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+    }
+
+    /// The `[mqtt]` broker's publisher, for devices with no live actor.
+    pub fn default_link(&self) -> &MqttLink {
+        &self.default_link
+    }
+
+    /// A running source's connection (`default` for the `[mqtt]` source).
+    pub fn link(&self, product: &str) -> Option<MqttLink> {
+        self.links
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(product)
+            .cloned()
+    }
+
+    /// Reconnects one source (`default` or a product id); answers whether it came back
+    /// connected within 5 s.
+    pub async fn restart_source(&self, product: &str) -> Result<bool, PipelineError> {
+        let product = product.to_string();
+        self.ask_sources(|reply| SourceCommand::Restart { product, reply })
+            .await?
+            .map_err(PipelineError::from)
+    }
+
+    /// Reconnects every source; answers whether all came back connected within 5 s.
+    pub async fn restart_sources(&self) -> Result<bool, PipelineError> {
+        self.ask_sources(|reply| SourceCommand::RestartAll { reply })
+            .await?
+            .map_err(PipelineError::from)
+    }
+
+    /// Stops forwarding on every source (connections stay up so acks still go out).
+    pub async fn drain_sources(&self) -> Result<(), PipelineError> {
+        self.ask_sources(|reply| SourceCommand::DrainAll { reply })
+            .await
+    }
+
+    async fn ask_sources<T>(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<T>) -> SourceCommand,
+    ) -> Result<T, PipelineError> {
+        let (reply, rx) = oneshot::channel();
+        self.sources
+            .send(cmd(reply))
+            .await
+            .map_err(|_| PipelineError::ManagerGone)?;
+        rx.await.map_err(|_| PipelineError::ManagerGone)
+    }
+
+    /// Stops every device actor after its mailbox drained; answers how many there were.
+    pub async fn stop_devices(&self, within: Duration) -> Result<usize, PipelineError> {
+        tokio::time::timeout(within, self.router.send(StopAll))
+            .await
+            .map_err(|_| PipelineError::TimedOut("draining the device actors"))?
+            .map_err(gone("device router"))
+    }
+
+    /// Writes every buffered row now (their acks follow the commit).
+    pub async fn flush(&self, within: Duration) -> Result<(), PipelineError> {
+        tokio::time::timeout(within, self.pg.send(Flush))
+            .await
+            .map_err(|_| PipelineError::TimedOut("flushing the postgres sink"))?
+            .map_err(gone("postgres sink"))
+    }
+
+    /// Gives the Postgres sink a new pool, then probes it; answers the probe's round trip.
+    pub async fn replace_pool(&self, pool: Pool) -> Result<Duration, PipelineError> {
+        let unavailable = gone("postgres sink");
+        self.pg
+            .send(ReplacePool(pool))
+            .await
+            .map_err(gone("postgres sink"))?;
+        Ok(self.pg.send(Probe).await.map_err(unavailable)??)
+    }
+
+    /// Gives the object sink a new store client, then writes, reads back and deletes a probe
+    /// object; answers the round trip.
+    pub async fn replace_store(
+        &self,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Duration, PipelineError> {
+        let unavailable = gone("object sink");
+        self.objects
+            .send(ReplaceStore(store))
+            .await
+            .map_err(gone("object sink"))?;
+        Ok(self.objects.send(ProbeStore).await.map_err(unavailable)??)
+    }
+}
+
+impl RunningPipeline {
+    /// Graceful shutdown before `deadline`: stop forwarding, drain device actors, flush the
+    /// Postgres sink (acks follow each commit), disconnect. Answers whether every step finished
+    /// in time; what was not acknowledged is redelivered by the broker.
+    pub async fn shutdown(self, deadline: tokio::time::Instant) -> bool {
+        let p = &self.handle;
+        let _ = self.control.send(ManagerControl::Drain);
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut clean = true;
+        match p.stop_devices(left()).await {
+            Ok(n) => tracing::info!(device_actors = n, "device actors drained"),
+            Err(e) => {
+                clean = false;
+                tracing::warn!(error = %e, "device actors not drained");
+            }
+        }
+        match p.flush(left()).await {
+            Ok(()) => tracing::info!("postgres sink flushed"),
+            Err(e) => {
+                clean = false;
+                tracing::warn!(error = %e, "postgres sink not flushed; unacknowledged messages will be redelivered");
+            }
+        }
+        let _ = self.control.send(ManagerControl::Stop);
+        let _ = self.publisher.control.send(SourceControl::Stop);
+        let stop_by = deadline + Duration::from_secs(3);
+        if tokio::time::timeout_at(stop_by, self.manager_task)
+            .await
+            .is_err()
+        {
+            clean = false;
+            tracing::warn!("MQTT sources did not stop before the deadline");
+        }
+        for a in self.arbiters.iter() {
+            a.stop();
+        }
+        clean
+    }
+}
+
+/// The `[mqtt]` publisher: a connection of its own (clean start, `-admin` client id) that
+/// carries commands for devices with no live actor.
+fn start_publisher(mqtt: &MqttConfig) -> Result<SourceHandle, SourceError> {
+    source::options(mqtt)?;
+    let mut cfg = mqtt.clone();
+    cfg.client_id = format!("{}-admin", mqtt.client_id);
+    cfg.clean_start = true;
+    source::spawn_publisher(&cfg)
+}
+
+/// One arbiter (thread) per core, or `n` when set, for the device actors.
+fn start_arbiters(n: usize) -> Arc<Vec<ArbiterHandle>> {
+    let n = match n {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        n => n,
+    };
+    Arc::new((0..n).map(|_| Arbiter::new().handle()).collect())
+}
+
+/// The device router, fed by the sources' queue, with what every device actor shares.
+fn start_router(
+    s: &PipelineSettings,
+    rx: mpsc::Receiver<RawPublish>,
+    pg: &Addr<PgSink>,
+    objects: Addr<ObjectSink>,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+) -> Addr<DeviceRouter> {
+    let budget = Arc::new(GlobalBudget::new(s.assembly.global_budget_bytes));
+    let assembly = Arc::new(s.assembly.clone());
+    let devices = Arc::new(s.devices.clone());
+    let (pg, book) = (pg.clone(), s.book.clone());
+    DeviceRouter::create(move |ctx| {
+        let deps = DeviceDeps {
+            assembly,
+            devices,
+            budget,
+            pg,
+            objects,
+            router: ctx.address(),
+            book,
+        };
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        ctx.add_stream(stream);
+        let mut r = DeviceRouter::new(arbiters);
+        r.set_deps(deps);
+        r
+    })
+}
