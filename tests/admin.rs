@@ -110,6 +110,7 @@ async fn restarting_a_device_completes_then_a_second_request_within_the_cooldown
                     .await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            d.settle().await;
         })
     };
     drop(o);
@@ -429,6 +430,7 @@ async fn sink_and_pipeline_restarts_rebuild_in_process_with_health_checks_and_lo
                     .await;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            dev.settle().await;
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -474,19 +476,32 @@ async fn sink_and_pipeline_restarts_rebuild_in_process_with_health_checks_and_lo
     }
     assert_eq!(p["result"]["postgres_flushed"], true, "{p}");
     publisher.await.unwrap();
-    eventually(
-        Duration::from_secs(20),
-        "600 readings exactly once",
-        || async {
-            let n = env
-                .scalar_i64(&format!(
-                    "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
-                ))
-                .await;
-            (n == 600).then_some(())
-        },
-    )
-    .await;
+    let count = format!("SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = env.scalar_i64(&count).await;
+        if n == 600 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let missing = env
+                .db()
+                .await
+                .query_one(
+                    "SELECT array_agg(s)::text FROM generate_series(1, 600) s WHERE NOT EXISTS
+                     (SELECT 1 FROM sensor_readings r WHERE r.device_id = $1 AND r.seq = s)",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get::<_, Option<String>>(0);
+            panic!(
+                "{n} of 600 readings stored after 20 s, missing {missing:?}; engine log:\n{}",
+                env.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // After the pipeline restart a capture goes through the rebuilt object sink.
     let image = fleetflow_sim::image::jpeg_like(3000, 7).to_vec();
     let mut dev = dev;

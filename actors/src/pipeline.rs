@@ -374,7 +374,7 @@ fn start_router(
             budget,
             pg,
             objects,
-            router: ctx.address(),
+            router: ctx.address().recipient(),
             book,
         };
         let stream =

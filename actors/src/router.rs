@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::device::{
-    DeviceActor, DeviceDeps, DeviceSnapshot, GetReplyRoute, Inbound, Snapshot, Stop,
+    DeviceActor, DeviceDeps, DeviceExited, DeviceSnapshot, GetReplyRoute, Inbound, Snapshot, Stop,
 };
 use crate::link::{AckToken, ReplyRoute};
 use crate::metrics as m;
@@ -38,16 +38,6 @@ pub struct RawPublish {
     pub ack: Option<AckToken>,
     /// The source it came from: its topic layout, and where replies and acks go.
     pub reply_route: Arc<ReplyRoute>,
-}
-
-/// Sent by a device actor that wants to stop (idle), or by anyone to drop an entry.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct DeviceExited {
-    /// The device.
-    pub device_id: DeviceId,
-    /// The incarnation that asked.
-    pub generation: u64,
 }
 
 /// Asks the router for a device's actor state (`None` when it has no live actor).

@@ -90,7 +90,7 @@ impl Engine {
                 budget: Arc::new(GlobalBudget::new(64 << 20)),
                 pg,
                 objects,
-                router: ctx.address(),
+                router: ctx.address().recipient(),
                 book: Arc::new(ScheduleBook::new()),
             });
             r

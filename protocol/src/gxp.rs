@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::errors::ErrorCode;
 use crate::ids::is_valid_capture_id;
-use crate::message::{DecodeError, Measurements};
+use crate::payload::{DecodeError, Measurements};
 
 /// Largest chunk size a GXP capture may announce (a JSON chunk is at most 64 KiB).
 pub const MAX_GXP_CHUNK_BYTES: u32 = 48 * 1024;
@@ -223,7 +223,7 @@ fn image_name(name: Option<&str>, id: Option<i64>) -> Result<String, DecodeError
 
 /// Decodes a GXP chunk: 2102 without payload, 2103 for bad base64, 2105 for bad fields.
 pub fn decode_chunk(payload: &[u8]) -> Result<GxpChunk, DecodeError> {
-    let w: ChunkWire<'_> = serde_json::from_slice(payload).map_err(crate::message::json_error)?;
+    let w: ChunkWire<'_> = serde_json::from_slice(payload).map_err(crate::payload::json_error)?;
     let name = image_name(w.image_name.as_deref(), w.image_id)?;
     let index = w
         .chunk_id
@@ -276,7 +276,7 @@ const KNOWN_META: &[&str] = &[
 /// Decodes GXP metadata. Metadata is one message per capture (or a few re-sent copies), so it
 /// is read through a `Value`, which makes every field variant easy to accept.
 pub fn decode_meta(payload: &[u8], gas: GasUnit) -> Result<GxpMeta, DecodeError> {
-    let v: Value = serde_json::from_slice(payload).map_err(crate::message::json_error)?;
+    let v: Value = serde_json::from_slice(payload).map_err(crate::payload::json_error)?;
     let Value::Object(mut o) = v else {
         return Err(bad(ErrorCode::BadField, "metadata is not a JSON object"));
     };

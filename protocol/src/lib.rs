@@ -11,6 +11,8 @@
 //!   telling fleetflow's protocol (`PROTOCOL.md`) and the GXP firmware's apart per message.
 //! - [`gxp`]: the GXP firmware's format: metadata variants, base64 chunks, its answer shapes
 //!   and commands, and the per-product settings of its firmware generations.
+//! - [`payload`]: what both decoders share: the measurements and the decode error with its §7
+//!   code.
 //! - [`assembler`]: one capture's chunk assembly in one buffer (strict v1 and lenient GXP modes).
 //! - [`state_machine`]: one device's state machine: captures, timers, NACK rounds, validation,
 //!   the wake handshake; messages and ticks in, [`state_machine::Effect`]s out.
@@ -36,6 +38,7 @@ pub mod ids;
 pub mod message;
 pub mod metric_names;
 pub mod nack;
+pub mod payload;
 pub mod rows;
 pub mod schedule;
 pub mod state_machine;

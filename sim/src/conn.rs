@@ -5,8 +5,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use bytes::Bytes;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
 use rumqttc::v5::mqttbytes::QoS;
@@ -14,177 +12,11 @@ use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::gxp::{self, Wake};
+use super::device::{period, Ctx, Device, Out, Wake};
+use super::gxp;
 use super::progress::Live;
-use super::report::{ConnReport, SideCounts};
+use super::report::ConnReport;
 use super::{device_id, image, v1, DeviceKind, Mode, SimConfig};
-
-/// A capture the device keeps until its ACK_OK.
-pub(super) struct Capture {
-    /// Its metadata, resent by the retry timer.
-    pub meta: Bytes,
-    /// When its last chunk went out (latency starts here).
-    pub last_chunk_at: Instant,
-    /// When the engine last said anything about it.
-    pub last_heard: Instant,
-    /// Gone silent: ignores NACKs, never completes.
-    pub silent: bool,
-}
-
-/// One simulated device.
-pub(super) struct Device {
-    /// Its id (12 hex digits).
-    pub id: String,
-    /// Its firmware.
-    pub kind: DeviceKind,
-    /// Last reading's sequence number (v1).
-    pub seq: u64,
-    /// When the next reading is due (v1).
-    pub next_reading: Instant,
-    /// When the next status heartbeat is due (v1).
-    pub next_status: Instant,
-    /// When the next capture is due on the simulator's own schedule.
-    pub next_capture: Instant,
-    /// Captures announced so far.
-    pub captures_sent: u32,
-    /// Captures awaiting ACK_OK, by capture id (v1) or image name (GXP).
-    pub inflight: HashMap<String, Capture>,
-    /// Where a GXP device is in its wake cycle.
-    pub wake: Wake,
-}
-
-impl Device {
-    /// Captures still waiting for an answer (not abandoned on purpose).
-    pub fn live_captures(&self) -> usize {
-        self.inflight.values().filter(|c| !c.silent).count()
-    }
-
-    /// What the device holds of the `Max` mode capture window: its captures in flight, and a
-    /// GXP wake waiting for its answer (which will likely start one).
-    pub fn window_slots(&self) -> usize {
-        self.inflight.len() + usize::from(matches!(self.wake, Wake::Waiting { .. }))
-    }
-}
-
-/// Publishes and remembers which were readings, so PUBACKs can be matched to them.
-pub(super) struct Out<'a> {
-    client: &'a AsyncClient,
-    /// In rumqttc's send order: `Some(device index, seq)` for readings.
-    order: VecDeque<Option<(usize, u64)>>,
-    /// Readings sent, by packet id, until their PUBACK.
-    by_pkid: HashMap<u16, (usize, u64)>,
-    /// Publishes sent and not yet PUBACKed.
-    pub unacked: usize,
-    live: Live,
-}
-
-impl Out<'_> {
-    /// Queues a QoS 1 publish, counted on `side`.
-    pub fn publish(
-        &mut self,
-        topic: String,
-        payload: Bytes,
-        reading: Option<(usize, u64)>,
-        side: &mut SideCounts,
-    ) {
-        side.messages += 1;
-        side.bytes += payload.len() as u64;
-        match self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload)
-        {
-            Ok(()) => {
-                self.order.push_back(reading);
-                self.unacked += 1;
-                self.live.published();
-            }
-            Err(e) => {
-                side.publish_errors += 1;
-                tracing::warn!(error = %e, "simulator publish not queued");
-            }
-        }
-    }
-
-    fn puback_pending(&self) -> bool {
-        !self.by_pkid.is_empty() || self.order.iter().any(Option::is_some)
-    }
-}
-
-/// What every device handler needs: settings, the image, the publisher, randomness, counts.
-pub(super) struct Ctx<'a> {
-    /// The run's settings.
-    pub cfg: &'a SimConfig,
-    /// This connection's JPEG (every capture sends it).
-    pub image: Bytes,
-    /// Its sha256, hex.
-    pub sha: String,
-    /// The connection's publisher.
-    pub out: Out<'a>,
-    /// Seeded per connection.
-    pub rng: rand::rngs::StdRng,
-    /// This connection's counts.
-    pub report: ConnReport,
-    /// Counters for the progress line.
-    pub live: Live,
-    /// Time between a v1 device's captures in `Rate` mode.
-    pub capture_every: Duration,
-    /// How long a GXP device sleeps between wakes.
-    pub gxp_sleep: Duration,
-}
-
-impl Ctx<'_> {
-    /// The counts of a device's firmware.
-    pub fn side(&mut self, kind: DeviceKind) -> &mut SideCounts {
-        match kind {
-            DeviceKind::V1 => &mut self.report.v1,
-            DeviceKind::Gxp => &mut self.report.gxp,
-        }
-    }
-}
-
-/// The order a capture's chunks go out in, after loss, reordering, duplication and silence.
-pub(super) struct ChunkPlan {
-    /// Chunk indexes in send order; `true` when the chunk is sent twice.
-    pub order: Vec<(usize, bool)>,
-    /// The device goes silent after these.
-    pub silent: bool,
-}
-
-/// Draws a capture's [`ChunkPlan`] and counts its drops and duplicates on `side`.
-pub(super) fn plan_chunks(cx: &mut Ctx<'_>, total: usize, kind: DeviceKind) -> ChunkPlan {
-    let cfg = cx.cfg;
-    let silent = cfg.silent_rate > 0.0 && cx.rng.random_bool(cfg.silent_rate.min(1.0));
-    let mut idx: Vec<usize> = (0..total).collect();
-    if cfg.reorder {
-        idx.shuffle(&mut cx.rng);
-    }
-    if silent {
-        idx.truncate(total / 2);
-    }
-    let mut order = Vec::with_capacity(idx.len());
-    let (mut dropped, mut dups) = (0, 0);
-    for i in idx {
-        if cfg.loss_rate > 0.0 && cx.rng.random_bool(cfg.loss_rate.min(1.0)) {
-            dropped += 1;
-            continue;
-        }
-        let dup = cfg.duplicate_rate > 0.0 && cx.rng.random_bool(cfg.duplicate_rate.min(1.0));
-        dups += u64::from(dup);
-        order.push((i, dup));
-    }
-    let side = cx.side(kind);
-    side.chunks_dropped += dropped;
-    side.duplicates_sent += dups;
-    ChunkPlan { order, silent }
-}
-
-/// What one `Max` mode step of a device did.
-pub(super) struct Step {
-    /// It published something.
-    pub did: bool,
-    /// It took a slot of the capture window (a capture or a wake).
-    pub took_slot: bool,
-}
 
 /// Where the connection is: subscribed yet, and when the drain must end.
 struct Phase {
@@ -196,15 +28,6 @@ struct Phase {
 
 fn far(now: Instant) -> Instant {
     now + Duration::from_secs(86_400 * 365)
-}
-
-/// The period of a per-second rate (`Duration::MAX` for 0).
-pub(super) fn period(per_sec: f64) -> Duration {
-    if per_sec > 0.0 {
-        Duration::from_secs_f64(1.0 / per_sec)
-    } else {
-        Duration::MAX
-    }
 }
 
 pub(super) async fn run_connection(

@@ -21,6 +21,7 @@
 //! - [`url`]: the plain-TCP broker URL the binaries take.
 
 mod conn;
+mod device;
 pub mod gxp;
 pub mod image;
 pub mod progress;

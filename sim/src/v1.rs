@@ -7,8 +7,8 @@ use rand::Rng;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::conn::{period, plan_chunks, Capture, Ctx, Device, Step};
 use super::{image, ChunkForm, DeviceKind};
+use crate::device::{period, plan_chunks, Capture, Ctx, Device, Step};
 
 #[derive(Deserialize)]
 struct AckMsg {

@@ -4,10 +4,16 @@
 //! - `devices`: device list and detail, capture thumbnails.
 //! - `commands`: device commands (§6).
 //! - `mqtt_config`: broker config per product (sealed passwords, masked output, connection test).
+//! - `subscriptions`: a product's subscriptions and their actions.
+//! - `publish`: publishing through a product's own connection.
+//! - `organizations`: hosted-broker credentials per organisation, organisation tokens and
+//!   publishing.
+//! - `schedules`: a device's wake schedule.
+//! - `restarts`: `POST /api/v1/restarts`, the HTTP face of [`crate::restart::request`].
+//! - `params`: checks several handlers share (product ids, topic filters).
 //! - `console`: the embedded web page.
 //!
-//! `POST /api/v1/restarts` is [`restarts`]; the `[admin]` settings are
-//! [`crate::config::AdminConfig`].
+//! The `[admin]` settings are [`crate::config::AdminConfig`].
 
 mod auth;
 mod commands;
@@ -15,6 +21,7 @@ mod console;
 mod devices;
 mod mqtt_config;
 mod organizations;
+mod params;
 mod publish;
 mod restarts;
 mod schedules;

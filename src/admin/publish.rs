@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::mqtt_config::product;
 use super::organizations::{validate_publish, PublishBody};
+use super::params::product;
 use super::{AdminState, ApiError};
 
 /// The handler.

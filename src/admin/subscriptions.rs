@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::mqtt_config::{product, validate_filter};
+use super::params::{product, validate_filter};
 use super::{AdminState, ApiError};
 use fleetflow_actors::subscriptions::model::{mask_secrets, parse_actions, restore_masked};
 

@@ -1,6 +1,8 @@
 //! `TestDevice`: a raw MQTT client for one device that publishes what the test says (v1 wire
 //! protocol) and collects what the engine answers on `/ack` and `/cmd`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +21,9 @@ pub struct TestDevice {
     client: AsyncClient,
     acks: mpsc::UnboundedReceiver<Value>,
     task: tokio::task::JoinHandle<()>,
+    /// QoS 1 publishes handed to the client, and PUBACKs received, for [`TestDevice::settle`].
+    published: Arc<AtomicUsize>,
+    pubacked: Arc<AtomicUsize>,
 }
 
 impl TestDevice {
@@ -43,6 +48,8 @@ impl TestDevice {
         let (client, mut el) = AsyncClient::new(o, 10_000);
         let (tx, acks) = mpsc::unbounded_channel();
         let (sub_tx, mut sub_rx) = mpsc::unbounded_channel();
+        let pubacked = Arc::new(AtomicUsize::new(0));
+        let counted = pubacked.clone();
         let task = tokio::spawn(async move {
             loop {
                 match el.poll().await {
@@ -53,6 +60,9 @@ impl TestDevice {
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = sub_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        counted.fetch_add(1, Ordering::Release);
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -82,6 +92,23 @@ impl TestDevice {
             client,
             acks,
             task,
+            published: Arc::new(AtomicUsize::new(0)),
+            pubacked,
+        }
+    }
+
+    /// Waits until the broker acknowledged every publish so far. `publish` only queues in the
+    /// client: dropping the device before this aborts its connection with the tail unsent.
+    pub async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.pubacked.load(Ordering::Acquire) < self.published.load(Ordering::Acquire) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broker did not acknowledge {} of {} publishes within 20 s",
+                self.published.load(Ordering::Acquire) - self.pubacked.load(Ordering::Acquire),
+                self.published.load(Ordering::Acquire)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -91,6 +118,7 @@ impl TestDevice {
     }
 
     pub async fn publish_raw(&self, topic: &str, payload: impl Into<Bytes>) {
+        self.published.fetch_add(1, Ordering::Release);
         self.client
             .publish(topic.to_string(), QoS::AtLeastOnce, false, payload.into())
             .await

@@ -18,11 +18,11 @@ fn clock() -> std::time::Instant {
     Instant::now().into_std()
 }
 
+use super::DeviceExited;
 use super::{DeviceSnapshot, GetReplyRoute, Inbound, Snapshot, Stop};
 use crate::config::{AssemblyConfig, DevicesConfig};
 use crate::link::{AckToken, ReplyRoute};
 use crate::metrics as m;
-use crate::router::{DeviceExited, DeviceRouter};
 use crate::sinks::objects::{ObjectSink, Store};
 use crate::sinks::pg::PgSink;
 use crate::sinks::rows::{PendingRow, Row};
@@ -45,8 +45,8 @@ pub struct DeviceDeps {
     pub pg: Addr<PgSink>,
     /// Images.
     pub objects: Addr<ObjectSink>,
-    /// Told when this actor passivates.
-    pub router: Addr<DeviceRouter>,
+    /// Told when this actor passivates (the router that placed it).
+    pub router: Recipient<DeviceExited>,
     /// Wake schedules and next wakes (the GXP handshake answers from memory).
     pub book: Arc<fleetflow_protocol::schedule::ScheduleBook>,
 }

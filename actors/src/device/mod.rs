@@ -7,11 +7,23 @@ pub mod actor;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use fleetflow_protocol::ids::DeviceId;
 
 use crate::link::AckToken;
 use fleetflow_protocol::topic::TopicKind;
 
 pub use actor::{DeviceActor, DeviceDeps};
+
+/// Sent by a device actor that wants to stop (idle) to whoever placed it (the router, which
+/// drops its entry).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeviceExited {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The incarnation that asked.
+    pub generation: u64,
+}
 
 /// One message for a device, as routed from MQTT.
 #[derive(Debug, Message)]

@@ -5,6 +5,10 @@
 //! then restarts exactly the sources whose settings changed, in process, and keeps the others and
 //! the device actors running. It also polls, in case a notification is missed, and writes each
 //! source's state to `mqtt_connection_status`.
+//!
+//! - this file: the manager's task, its commands, starting and stopping sources;
+//! - `wanted`: the sources the database wants, and the fingerprint that tells a change;
+//! - `status`: what is recorded in `mqtt_connection_status`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -13,26 +13,9 @@ pub mod wire;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::conn::{plan_chunks, Capture, Ctx, Device, Step};
 use super::{image, DeviceKind};
+use crate::device::{plan_chunks, Capture, Ctx, Device, Step, Wake};
 use wire::Inbound;
-
-/// Where a GXP device is in its wake cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Wake {
-    /// Sleeping until then.
-    Asleep {
-        /// When it wakes.
-        until: Instant,
-    },
-    /// Sent Alive at `since`, waiting for `capture_image` or `next_wake`.
-    Waiting {
-        /// When the Alive went out.
-        since: Instant,
-    },
-    /// Sending a capture the engine asked for; sleeps once it is acknowledged.
-    Capturing,
-}
 
 /// Wakes due devices (when `may_wake`), gives up on unanswered Alives, and puts a device whose
 /// capture is done back to sleep.

@@ -14,8 +14,9 @@ use rumqttc::v5::{AsyncClient, ConnectionError, Event};
 use serde_json::{json, Value};
 use tokio_postgres::Row;
 
+use super::super::params::product;
 use super::super::{AdminState, ApiError};
-use super::validate::{product, validate, ConfigBody};
+use super::validate::{validate, ConfigBody};
 
 /// How long the test may take to get a CONNACK.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

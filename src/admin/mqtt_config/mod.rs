@@ -18,10 +18,11 @@ use fleetflow_actors::source_manager::broker_url;
 use serde_json::{json, Value};
 use tokio_postgres::Row;
 
+use super::params::product;
 use super::{AdminState, ApiError};
 use crate::restart::RestartTarget;
 pub use connect_test::test;
-pub use validate::{product, validate_filter, ConfigBody};
+pub use validate::ConfigBody;
 use validate::{validate, Valid};
 
 /// How long `PUT` waits for the source to report its reconnection.

@@ -1,11 +1,11 @@
 //! The body of `PUT` (and the connection test) checked field by field, in a fixed order, into a
-//! [`Valid`] config; product ids from the URL; MQTT topic filters.
+//! [`Valid`] config.
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::super::params::validate_filter;
 use super::super::ApiError;
-use crate::restart::target::is_product_id;
 
 /// The PUT (and test) body. Absent fields take their defaults; an absent or `"***"` password
 /// keeps the stored one.
@@ -45,48 +45,6 @@ impl ConfigBody {
     pub(super) fn keeps_stored_password(&self) -> bool {
         self.password.is_none() || self.password.as_deref() == Some("***")
     }
-}
-
-/// Why a text is not an MQTT topic filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FilterError {
-    /// Empty, longer than 65535 bytes, or holding a NUL.
-    #[error("a topic filter is 1..65535 bytes without NUL")]
-    Size,
-    /// `#` inside a level, or not in the last one.
-    #[error("`#` must be a whole level and the last one")]
-    MultiLevel,
-    /// `+` inside a level.
-    #[error("`+` must be a whole level")]
-    SingleLevel,
-}
-
-/// Checks an MQTT topic filter: `+` and `#` only as whole levels, `#` only last.
-pub fn validate_filter(f: &str) -> Result<(), FilterError> {
-    if f.is_empty() || f.len() > 65_535 || f.contains('\0') {
-        return Err(FilterError::Size);
-    }
-    let levels: Vec<&str> = f.split('/').collect();
-    for (i, l) in levels.iter().enumerate() {
-        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
-            return Err(FilterError::MultiLevel);
-        }
-        if l.contains('+') && *l != "+" {
-            return Err(FilterError::SingleLevel);
-        }
-    }
-    Ok(())
-}
-
-/// Checks a product id from the URL.
-pub fn product(raw: &str) -> Result<String, ApiError> {
-    if !is_product_id(raw) {
-        return Err(ApiError::bad_field(
-            "product_id",
-            "product id must be 1-64 characters of [A-Za-z0-9._-]",
-        ));
-    }
-    Ok(raw.to_string())
 }
 
 /// A validated config ready to store or test.
@@ -295,19 +253,6 @@ fn gxp(gxp: Option<&Value>) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topic_filters_allow_wildcards_only_as_whole_levels() {
-        use super::validate_filter as v;
-        assert!(v("ESP32CAM/+/data").is_ok());
-        assert!(v("org_1/devices/#").is_ok());
-        assert!(v("#").is_ok());
-        assert_eq!(v("a/#/b"), Err(FilterError::MultiLevel));
-        assert_eq!(v("a/b#"), Err(FilterError::MultiLevel));
-        assert_eq!(v("a/x+/b"), Err(FilterError::SingleLevel));
-        assert_eq!(v(""), Err(FilterError::Size));
-        assert_eq!(v("a\0b"), Err(FilterError::Size));
-    }
 
     fn body(json: serde_json::Value) -> ConfigBody {
         serde_json::from_value(json).unwrap()

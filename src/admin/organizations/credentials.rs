@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::super::mqtt_config::validate_filter;
+use super::super::params::validate_filter;
 use super::super::{AdminState, ApiError};
 use super::{broker_error, hosted, org_id};
 use crate::hosted::credentials::{self, deprovision, provision, seal_context, set_password};
