@@ -47,6 +47,8 @@ pub struct Engine {
     stats_task: tokio::task::JoinHandle<()>,
     restart_worker: tokio::task::JoinHandle<()>,
     hosted_task: Option<tokio::task::JoinHandle<()>>,
+    /// The old restart webhook's listener, when `[restart_webhook] bind` is set.
+    webhook_task: Option<tokio::task::JoinHandle<()>>,
     /// The wake-schedule reloader and the device-command queue.
     control_tasks: [tokio::task::JoinHandle<()>; 2],
     deadline: Duration,
@@ -112,11 +114,13 @@ impl Engine {
             secret_key,
             ..admin
         };
+        let webhook_task = serve_restart_webhook(&cfg, &admin).await?;
         let (http_addr, http_task) =
             serve_http(&cfg, &st, prometheus, p.connected(), admin).await?;
         let stats_task = crate::fleet_stats::spawn(
             st.pool.clone(),
             Duration::from_millis(cfg.http.fleet_stats_interval_ms),
+            cfg.alerts.clone(),
         );
         tracing::info!(
             mqtt = %cfg.mqtt.url,
@@ -133,6 +137,7 @@ impl Engine {
             restart_worker,
             control_tasks: [st.schedules_task, commands_task],
             hosted_task,
+            webhook_task,
             deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
             http_addr,
         })
@@ -222,6 +227,35 @@ async fn serve_http(
     Ok((http_addr, task))
 }
 
+/// Serves the old restart webhook's calls on `[restart_webhook] bind`, when set; it needs the
+/// restart token.
+async fn serve_restart_webhook(
+    cfg: &Config,
+    admin: &crate::admin::AdminState,
+) -> Result<Option<tokio::task::JoinHandle<()>>, EngineError> {
+    let Some(bind) = &cfg.restart_webhook.bind else {
+        return Ok(None);
+    };
+    if admin.restart_token.is_none() {
+        return Err(EngineError::Admin(
+            "restart_webhook.bind is set but admin.restart_token (FLEETFLOW_ADMIN__RESTART_TOKEN or admin.restart_token_file) is not".into(),
+        ));
+    }
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| EngineError::Bind(bind.clone(), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| EngineError::Bind(bind.clone(), e))?;
+    let app = crate::admin::restart_webhook::routes(admin.clone());
+    tracing::info!(%addr, "restart webhook listening (GET /health, POST /restart)");
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "restart webhook server failed");
+        }
+    })))
+}
+
 /// Connects to the hosted broker as its admin and starts the reconcile loop, when
 /// `[hosted] broker_url` is set.
 #[allow(clippy::type_complexity)]
@@ -293,7 +327,7 @@ impl Engine {
         for t in &self.control_tasks {
             t.abort();
         }
-        if let Some(t) = self.hosted_task {
+        for t in [self.hosted_task, self.webhook_task].into_iter().flatten() {
             t.abort();
         }
         tracing::info!(

@@ -42,7 +42,8 @@ async fn put(env: &TestEnv, product: &str, body: Value) -> (u16, Value) {
 }
 
 #[tokio::test]
-async fn invalid_configs_are_refused_naming_the_field_and_unknown_products_are_not_configured() {
+async fn invalid_configs_are_refused_naming_the_field_and_unknown_products_read_as_not_configured()
+{
     let env = env(true).await;
     for (body, field) in [
         (json!({"port": 1883}), "host"),
@@ -71,11 +72,15 @@ async fn invalid_configs_are_refused_naming_the_field_and_unknown_products_are_n
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "not_configured"
+    // The old API's answer for an unconfigured product: 200 with nulls and a message.
+    assert_eq!(r.status(), 200);
+    let body = r.json::<Value>().await.unwrap();
+    assert_eq!(body["product_id"], "nope", "{body}");
+    assert!(
+        body["mqtt_config"].is_null() && body["config"].is_null(),
+        "{body}"
     );
+    assert_eq!(body["message"], "MQTT not configured for this product");
 }
 
 #[tokio::test]

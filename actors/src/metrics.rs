@@ -11,7 +11,7 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (MQTT_ACKS_STALE_TOTAL, "counter", "Acknowledgements skipped because the connection they belonged to had closed (the broker redelivers)."),
     (MQTT_UNACKED, "gauge", "QoS 1 messages received and not yet acknowledged to the broker (bounded by the receive maximum)."),
     (MQTT_DROPPED_TOTAL, "counter", "QoS 0 messages dropped because the router queue was full."),
-    (MQTT_CONNECTED, "gauge", "1 while the MQTT source is connected, else 0."),
+    (MQTT_CONNECTED, "gauge", "1 while the MQTT source is connected, else 0, by source (a product id, default: the [mqtt] file source, admin: the [mqtt] command publisher). A source stopped for good keeps 0."),
     (MQTT_RECONNECTS_TOTAL, "counter", "MQTT connection attempts after a failure."),
     (MQTT_PUBLISHES_TOTAL, "counter", "Messages the engine published, by kind (ack, nack, command, republish, publish)."),
     (SUBSCRIPTION_MESSAGES_TOTAL, "counter", "Messages on a database-configured source, by outcome: matched an enabled subscription, or unmatched (acknowledged and skipped)."),
@@ -22,6 +22,8 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (DEVICE_MAILBOX_PUSHED_TOTAL, "counter", "Messages put into device actor mailboxes (depth = pushed - popped)."),
     (DEVICE_MAILBOX_POPPED_TOTAL, "counter", "Messages taken from device actor mailboxes."),
     (DEVICES_LAST_SEEN, "gauge", "Known devices by time since their last message: lt_1h, 1h_24h, gt_24h (refreshed every minute)."),
+    (DEVICES_LOW_BATTERY, "gauge", "Known devices whose latest battery_v is below [alerts] low_battery_v (label below_v: that threshold), refreshed every http.fleet_stats_interval_ms."),
+    (CAPTURES_STORED_BYTES, "gauge", "Image bytes of the stored captures in the database (ingest_status stored), refreshed every http.fleet_stats_interval_ms; delta() over 24h is the daily storage growth."),
     (SINK_BYTES_TOTAL, "counter", "Estimated bytes of rows written, by sink table."),
     (ROUTER_MAILBOX_WAITS_TOTAL, "counter", "Times the router waited for room in a full device mailbox."),
     (DEVICE_ACTORS, "gauge", "Live device actors."),
@@ -70,7 +72,7 @@ pub const MQTT_ACKS_STALE_TOTAL: &str = "fleetflow_mqtt_stale_acks_total";
 pub const MQTT_UNACKED: &str = "fleetflow_mqtt_unacked";
 /// Counter.
 pub const MQTT_DROPPED_TOTAL: &str = "fleetflow_mqtt_dropped_total";
-/// Gauge.
+/// Gauge; label `source`.
 pub const MQTT_CONNECTED: &str = "fleetflow_mqtt_connected";
 /// Counter.
 pub const MQTT_RECONNECTS_TOTAL: &str = "fleetflow_mqtt_reconnects_total";
@@ -84,6 +86,10 @@ pub const DEVICE_MAILBOX_PUSHED_TOTAL: &str = "fleetflow_device_mailbox_pushed_t
 pub const DEVICE_MAILBOX_POPPED_TOTAL: &str = "fleetflow_device_mailbox_popped_total";
 /// Gauge; label `bucket`.
 pub const DEVICES_LAST_SEEN: &str = "fleetflow_devices_last_seen";
+/// Gauge; label `below_v` (the configured threshold).
+pub const DEVICES_LOW_BATTERY: &str = "fleetflow_devices_low_battery";
+/// Gauge.
+pub const CAPTURES_STORED_BYTES: &str = "fleetflow_captures_stored_bytes";
 /// Counter; label `table`.
 pub const SINK_BYTES_TOTAL: &str = "fleetflow_sink_bytes_total";
 /// Counter.
@@ -208,6 +214,13 @@ const LABELS: &[(&str, &str, &[&str])] = &[
     (SINK_QUEUE_ROWS, "sink", &["postgres"]),
 ];
 
+/// Gauges that are not exported at 0 from the start. `MQTT_CONNECTED` and
+/// `DEVICES_LOW_BATTERY` carry a label known only at run time (the source's name, the
+/// threshold): an unlabelled 0 next to them would read as a disconnected source. A 0 for
+/// `CAPTURES_STORED_BYTES` would be false: `delta()` over a day would see every stored byte
+/// appear at once after each restart. Each appears on its first update instead.
+const NOT_AT_ZERO: &[&str] = &[MQTT_CONNECTED, DEVICES_LOW_BATTERY, CAPTURES_STORED_BYTES];
+
 /// Subscription action types (`type` label).
 pub const ACTION_TYPES: &[&str] = &["device_profile", "store_json", "republish", "webhook"];
 
@@ -234,7 +247,7 @@ pub fn describe_all() {
         }
     }
     for (name, kind, _) in SPEC {
-        if LABELS.iter().any(|(n, _, _)| n == name) {
+        if LABELS.iter().any(|(n, _, _)| n == name) || NOT_AT_ZERO.contains(name) {
             continue;
         }
         match *kind {

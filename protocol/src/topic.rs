@@ -149,6 +149,34 @@ impl TopicParser {
     }
 }
 
+/// The topic filter a configured `pattern` subscribes to. A pattern without placeholders is a
+/// filter as written (`org_1/devices/+/#`). A pattern with `{name}` placeholders is the old
+/// config API's form, relative to the prefix: each placeholder level becomes `+`, and the
+/// prefix is put in front unless the pattern already starts with it, so
+/// `{application_id}/business-events` under `/v3/applications` is
+/// `/v3/applications/+/business-events`.
+pub fn pattern_filter(prefix: &str, pattern: &str) -> String {
+    if !pattern.contains('{') {
+        return pattern.to_string();
+    }
+    let levels: Vec<&str> = pattern
+        .split('/')
+        .map(|l| {
+            if l.starts_with('{') && l.ends_with('}') {
+                "+"
+            } else {
+                l
+            }
+        })
+        .collect();
+    let filter = levels.join("/");
+    if filter == prefix || filter.starts_with(&format!("{prefix}/")) {
+        filter
+    } else {
+        format!("{prefix}/{}", filter.trim_start_matches('/'))
+    }
+}
+
 fn parse_chunk_suffix(s: &[u8]) -> Result<TopicKind, TopicError> {
     let slash = s
         .iter()
@@ -177,6 +205,33 @@ mod tests {
 
     fn p() -> TopicParser {
         TopicParser::new("ESP32CAM")
+    }
+
+    #[test]
+    fn a_pattern_with_placeholders_becomes_plus_levels_under_the_prefix() {
+        let f = |prefix, pattern| pattern_filter(prefix, pattern);
+        assert_eq!(
+            f("/v3/applications", "{application_id}/business-events"),
+            "/v3/applications/+/business-events"
+        );
+        assert_eq!(
+            f("/v3/applications", "/v3/applications/{app}/{device}/up"),
+            "/v3/applications/+/+/up"
+        );
+        // Without placeholders, a pattern is a filter as written.
+        assert_eq!(f("org_1/devices", "org_1/devices/+/#"), "org_1/devices/+/#");
+        assert_eq!(f("ESP32CAM", "other/#"), "other/#");
+        // A placeholder inside a level is not a whole level: left for the filter check to refuse.
+        assert_eq!(f("p", "a{b}/c"), "p/a{b}/c");
+    }
+
+    #[test]
+    fn a_prefix_with_a_leading_slash_routes_its_topics() {
+        let p = TopicParser::new("/v3/applications");
+        let t = p.parse(b"/v3/applications/AABBCCDDEEFF/data").unwrap();
+        assert_eq!(t.device_id.as_str(), "AABBCCDDEEFF");
+        assert_eq!(t.kind, TopicKind::Data);
+        assert_eq!(p.subscriptions()[0], "/v3/applications/+/status");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::{AdminState, ApiError};
 /// Thumbnail width in pixels.
 const THUMB_PX: u32 = 160;
 
-/// `?limit=&offset=&status=`
+/// `?limit=&offset=&status=&battery_below=&not_seen_for_s=`
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     #[serde(default)]
@@ -26,6 +26,14 @@ pub struct ListQuery {
     offset: Option<i64>,
     #[serde(default)]
     status: Option<String>,
+    /// Only devices whose latest `battery_v` is below this many volts (the low-battery alert's
+    /// listing).
+    #[serde(default)]
+    battery_below: Option<f64>,
+    /// Only devices not heard from for at least this many seconds (the offline alert's
+    /// listing: 86400).
+    #[serde(default)]
+    not_seen_for_s: Option<i64>,
 }
 
 /// `GET /api/v1/devices`: newest first, with the live actor state.
@@ -41,19 +49,35 @@ pub async fn list(
         ));
     }
     let offset = q.offset.unwrap_or(0).max(0);
+    if q.battery_below.is_some_and(|v| !v.is_finite()) {
+        return Err(ApiError::bad_field(
+            "battery_below",
+            "battery_below must be a number of volts",
+        ));
+    }
+    if q.not_seen_for_s.is_some_and(|s| s < 0) {
+        return Err(ApiError::bad_field(
+            "not_seen_for_s",
+            "not_seen_for_s must be 0 or more seconds",
+        ));
+    }
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let rows = c
         .query(
             "SELECT device_id, last_seen_at, status, battery_v, rssi, fw, first_seen_at FROM devices
-             WHERE ($3::text IS NULL OR status = $3) ORDER BY last_seen_at DESC LIMIT $1 OFFSET $2",
-            &[&limit, &offset, &q.status],
+             WHERE ($3::text IS NULL OR status = $3) AND ($4::float8 IS NULL OR battery_v < $4)
+               AND ($5::bigint IS NULL OR last_seen_at < now() - $5::bigint::float8 * interval '1 second')
+             ORDER BY last_seen_at DESC LIMIT $1 OFFSET $2",
+            &[&limit, &offset, &q.status, &q.battery_below, &q.not_seen_for_s],
         )
         .await
         .map_err(ApiError::internal)?;
     let total: i64 = c
         .query_one(
-            "SELECT count(*) FROM devices WHERE ($1::text IS NULL OR status = $1)",
-            &[&q.status],
+            "SELECT count(*) FROM devices
+             WHERE ($1::text IS NULL OR status = $1) AND ($2::float8 IS NULL OR battery_v < $2)
+               AND ($3::bigint IS NULL OR last_seen_at < now() - $3::bigint::float8 * interval '1 second')",
+            &[&q.status, &q.battery_below, &q.not_seen_for_s],
         )
         .await
         .map_err(ApiError::internal)?

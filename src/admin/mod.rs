@@ -10,6 +10,8 @@
 //!   publishing.
 //! - `schedules`: a device's wake schedule.
 //! - `restarts`: `POST /api/v1/restarts`, the HTTP face of [`crate::restart::request`].
+//! - [`restart_webhook`]: the old restart webhook's `GET /health` and `POST /restart`, on a
+//!   listener of their own (`[restart_webhook] bind`).
 //! - `params`: checks several handlers share (product ids, topic filters).
 //! - `console`: the embedded web page.
 //!
@@ -23,6 +25,7 @@ mod mqtt_config;
 mod organizations;
 mod params;
 mod publish;
+pub mod restart_webhook;
 mod restarts;
 mod schedules;
 mod subscriptions;

@@ -59,6 +59,17 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[restart_webhook]`: the old restart webhook's calls (`GET /health`, `POST /restart` with
+/// `X-Restart-Token`) on a listener of their own. Off unless `bind` is set; the token is
+/// `[admin] restart_token`, and the cooldown and limit are `[admin]`'s.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartWebhookConfig {
+    /// Where to listen, e.g. `0.0.0.0:9999` (the old webhook's port). Unset: off.
+    #[serde(default)]
+    pub bind: Option<String>,
+}
+
 /// A token or password that could not be read from its setting or file (the value itself is
 /// never part of the message).
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@
 //! - `sections`: `[postgres]`, `[http]`, `[log]`, `[shutdown]`.
 //! - `admin`: `[admin]`, the admin API's tokens and the restart rate limit.
 //! - `hosted`: `[hosted]`, the managed broker.
+//! - `alerts`: `[alerts]`, thresholds behind the alert gauges.
 //! - The runtime's sections (`[mqtt]`, `[objects]`, `[assembly]`, `[devices]`, `[sinks]`) are
 //!   the actor crate's, re-exported here.
 
@@ -18,10 +19,12 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 mod admin;
+mod alerts;
 mod hosted;
 mod sections;
 
-pub use admin::{AdminConfig, SecretFileError};
+pub use admin::{AdminConfig, RestartWebhookConfig, SecretFileError};
+pub use alerts::AlertsConfig;
 pub use fleetflow_actors::config::{
     AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, SinksConfig,
 };
@@ -65,6 +68,12 @@ pub struct Config {
     /// The hosted broker (dynamic security) and its device credentials.
     #[serde(default)]
     pub hosted: HostedConfig,
+    /// The old restart webhook's calls, on a listener of their own (off by default).
+    #[serde(default)]
+    pub restart_webhook: RestartWebhookConfig,
+    /// Thresholds behind the alert gauges (`fleet_stats`).
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 /// A config error, naming the field.

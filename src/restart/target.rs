@@ -1,7 +1,8 @@
 //! What a restart acts on, as a type: the canonical text (`device:<id>`, `source:<product_id>`,
 //! `sink:postgres`, `sink:objects`, `pipeline`) is parsed once, here, and written back by
 //! `Display`. The same forms are checked again by the database's own guard, the regex in
-//! `request_service_restart` (migrations V2 and V7), for rows written by other tools.
+//! `request_service_restart` (migrations V2, V7 and V9), for rows written by other tools. The old
+//! systems' service names map to a target in [`RestartTarget::for_service`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -90,6 +91,24 @@ impl FromStr for RestartTarget {
     }
 }
 
+/// The old systems' service names, all of which meant "restart the subscriber", that is the whole
+/// `pipeline` (the SQL twin is `restart_target_for_service`, migration V9).
+pub const OLD_SERVICE_NAMES: [&str; 4] = ["mqtt-subscriber", "mqtt", "all", "fleetflow"];
+
+impl RestartTarget {
+    /// The target an old service name (`mqtt-subscriber`, `mqtt`, `all`, compared without case)
+    /// stands for, or a target text itself; `None` when it names neither.
+    pub fn for_service(name: &str) -> Option<Self> {
+        if OLD_SERVICE_NAMES
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+        {
+            return Some(Self::Pipeline);
+        }
+        name.parse().ok()
+    }
+}
+
 impl fmt::Display for RestartTarget {
     /// The canonical text: what is recorded in `service_restart_requests.target` and what the
     /// cooldown is counted by (a MAC address id in upper case).
@@ -110,6 +129,22 @@ mod tests {
 
     fn parse(s: &str) -> Result<RestartTarget, TargetError> {
         s.parse()
+    }
+
+    #[test]
+    fn the_old_service_names_mean_the_pipeline_and_target_texts_pass_through() {
+        for name in ["mqtt-subscriber", "mqtt", "all", "MQTT", "fleetflow"] {
+            assert_eq!(
+                RestartTarget::for_service(name),
+                Some(RestartTarget::Pipeline)
+            );
+        }
+        assert_eq!(
+            RestartTarget::for_service("source:p1"),
+            Some(RestartTarget::Source("p1".into()))
+        );
+        assert_eq!(RestartTarget::for_service("database"), None);
+        assert_eq!(RestartTarget::for_service(""), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use super::{ManagerError, SourceManager, DEFAULT_SOURCE};
 use crate::config::MqttConfig;
 use crate::subscriptions::SubscriptionRow;
+use fleetflow_protocol::topic::pattern_filter;
 
 /// A source's connection settings as one string, to notice a change. In memory only (it
 /// holds the password, to notice a change of it); never logged.
@@ -160,13 +161,14 @@ impl SourceManager {
             r.get("ws_path"),
         );
         let qos: i16 = r.get("qos");
+        let prefix: String = r.get("prefix");
         let cfg = MqttConfig {
             url,
             verify_cert: r.get("verify_cert"),
             ca_pem: r.get("ca_cert_pem"),
             ca_file: None,
             client_id: r.get("client_id"),
-            topic_prefix: r.get("prefix"),
+            topic_prefix: prefix.clone(),
             qos: qos.clamp(0, 1) as u8,
             keep_alive_secs: r.get::<_, i32>("keep_alive_secs") as u64,
             clean_start: r.get("clean_session"),
@@ -183,7 +185,9 @@ impl SourceManager {
             cfg,
             subs,
             shared_group,
-            pattern: r.get("pattern"),
+            pattern: r
+                .get::<_, Option<String>>("pattern")
+                .map(|p| pattern_filter(&prefix, &p)),
         }
     }
 }

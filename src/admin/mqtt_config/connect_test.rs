@@ -34,11 +34,12 @@ struct Target {
 pub async fn test(
     State(s): State<AdminState>,
     UrlPath(raw): UrlPath<String>,
-    body: Option<Json<ConfigBody>>,
+    body: Option<Json<Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let product_id = product(&raw)?;
+    let body = body.map(|Json(b)| ConfigBody::from_json(b)).transpose()?;
     let saved = saved_config(&s, &product_id).await?;
-    let target = match (body.map(|Json(b)| b), saved) {
+    let target = match (body, saved) {
         (Some(b), saved) if b.names_a_broker() => from_body(&s, &product_id, b, saved)?,
         (_, Some(r)) => from_saved(&s, &product_id, &r)?,
         (_, None) => {
@@ -131,18 +132,29 @@ async fn connect(target: Target) -> Result<Value, ApiError> {
     .await;
     let latency_ms = started.elapsed().as_millis() as u64;
     let _ = client.try_disconnect();
-    Ok(match outcome {
+    let (connected, code, text) = match outcome {
         Ok(Ok(code)) => {
             let (n, text) = reason(code);
-            json!({"connected": code == ConnectReturnCode::Success, "reason_code": n, "reason": text, "latency_ms": latency_ms, "broker": host})
+            (
+                code == ConnectReturnCode::Success,
+                Some(n),
+                text.to_string(),
+            )
         }
-        Ok(Err(e)) => {
-            json!({"connected": false, "reason_code": null, "reason": format!("connection failed: {e}"), "latency_ms": latency_ms, "broker": host})
-        }
-        Err(_) => {
-            json!({"connected": false, "reason_code": null, "reason": "timed out after 10 s", "latency_ms": latency_ms, "broker": host})
-        }
-    })
+        Ok(Err(e)) => (false, None, format!("connection failed: {e}")),
+        Err(_) => (false, None, "timed out after 10 s".to_string()),
+    };
+    // Today's fields, and the old API's (`status`, `error`, `details`) beside them.
+    Ok(json!({
+        "connected": connected,
+        "reason_code": code,
+        "reason": text,
+        "latency_ms": latency_ms,
+        "broker": host,
+        "status": if connected { "success" } else { "error" },
+        "error": if connected { Value::Null } else { json!(text) },
+        "details": if connected { "Connected successfully".to_string() } else { text.clone() },
+    }))
 }
 
 /// Human-readable CONNACK reasons.

@@ -64,6 +64,27 @@ fn masked(product_id: &str, r: &Row) -> Value {
     })
 }
 
+/// The masked config in the old API's nested shape (`broker`, `topics`), for its clients.
+fn nested(flat: &Value) -> Value {
+    let f = |k: &str| flat[k].clone();
+    json!({
+        "id": f("id"),
+        "product_id": f("product_id"),
+        "broker": {
+            "host": f("host"), "port": f("port"), "protocol": f("protocol"), "use_tls": f("use_tls"),
+            "verify_cert": f("verify_cert"), "username": f("username"), "password": f("password"),
+            "client_id": f("client_id"), "keep_alive": f("keep_alive_secs"), "clean_session": f("clean_session"),
+        },
+        "topics": {
+            "prefix": f("prefix"), "pattern": f("pattern"), "use_shared": f("use_shared"),
+            "shared_group": f("shared_group"), "qos": f("qos"),
+        },
+        "enabled": f("enabled"),
+        "created_at": f("created_at"),
+        "updated_at": f("updated_at"),
+    })
+}
+
 /// `GET /api/v1/products/{id}/mqtt-config`
 pub async fn get(
     State(s): State<AdminState>,
@@ -76,11 +97,15 @@ pub async fn get(
         .await
         .map_err(ApiError::internal)?
     else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_configured",
-            format!("product {product_id} has no MQTT config; PUT one to create it"),
-        ));
+        // The old API's answer: 200 with nulls, so clients can tell "not yet" from an error.
+        return Ok(Json(json!({
+            "product_id": product_id,
+            "config": null,
+            "mqtt_config": null,
+            "subscriptions": null,
+            "status": null,
+            "message": "MQTT not configured for this product",
+        })));
     };
     let config_id: i64 = r.get("id");
     let subs = super::subscriptions::list_for(&c, config_id).await?;
@@ -91,20 +116,26 @@ pub async fn get(
         .map(|r| json!({"connected": r.get::<_, bool>("connected"), "last_connected_at": r.get::<_, Option<DateTime<Utc>>>("last_connected_at"),
                         "last_disconnected_at": r.get::<_, Option<DateTime<Utc>>>("last_disconnected_at"), "messages_received": r.get::<_, i64>("messages_received"),
                         "connection_error": r.get::<_, Option<String>>("connection_error")}));
-    Ok(Json(
-        json!({"config": masked(&product_id, &r), "default_profile_active": subs.is_empty(), "subscriptions": subs, "status": status}),
-    ))
+    let config = masked(&product_id, &r);
+    Ok(Json(json!({
+        "product_id": product_id,
+        "mqtt_config": nested(&config),
+        "config": config,
+        "default_profile_active": subs.is_empty(),
+        "subscriptions": subs,
+        "status": status,
+    })))
 }
 
 /// `PUT /api/v1/products/{id}/mqtt-config`: create or update; returns the masked config.
 pub async fn put(
     State(s): State<AdminState>,
     UrlPath(raw): UrlPath<String>,
-    body: Result<Json<ConfigBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let product_id = product(&raw)?;
     let Json(body) = body.map_err(|e| ApiError::bad_field("body", e.body_text()))?;
-    let v = validate(&product_id, body)?;
+    let v = validate(&product_id, ConfigBody::from_json(body)?)?;
     let sealed = seal_password(&s, &product_id, v.password.as_deref())?;
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     upsert(&c, &product_id, &v, &sealed).await?;
@@ -116,9 +147,17 @@ pub async fn put(
     // connection status to say how that went.
     let live_reconnect =
         v.enabled && reconnected_since(&c, &product_id, r.get("updated_at")).await?;
-    Ok(Json(
-        json!({"config": masked(&product_id, &r), "live_reconnect": live_reconnect}),
-    ))
+    let config = masked(&product_id, &r);
+    // The old API's fields beside today's: the source is reconnected in process, so no restart
+    // is ever required.
+    Ok(Json(json!({
+        "status": "success",
+        "message": "MQTT configuration updated successfully",
+        "requires_restart": false,
+        "mqtt_config": nested(&config),
+        "config": config,
+        "live_reconnect": live_reconnect,
+    })))
 }
 
 /// The new password sealed under the secret key (400 naming `password` without one).

@@ -2,7 +2,9 @@
 //! [`Valid`] config.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use fleetflow_protocol::topic::pattern_filter;
 
 use super::super::params::validate_filter;
 use super::super::ApiError;
@@ -35,16 +37,71 @@ pub struct ConfigBody {
     gxp: Option<Value>,
 }
 
+/// The old config API's nested sections; their fields join the flat body.
+const SECTIONS: [&str; 3] = ["broker", "connection", "topics"];
+
 impl ConfigBody {
+    /// Reads today's flat body or the old nested one (`broker`, `connection`, `topics`, and a
+    /// top-level `keep_alive`), naming the first bad field. A field given twice is refused.
+    pub fn from_json(body: Value) -> Result<Self, ApiError> {
+        let flat = flatten(body)?;
+        serde_json::from_value(Value::Object(flat))
+            .map_err(|e| ApiError::bad_field("body", e.to_string()))
+    }
+
     /// Whether the body names a broker (else a connection test uses the saved config).
     pub(super) fn names_a_broker(&self) -> bool {
         self.host.is_some()
     }
 
-    /// Whether the stored password stays (none given, or the mask `"***"`).
+    /// Whether the stored password stays (none given, blank as in the old API, or the mask
+    /// `"***"`).
     pub(super) fn keeps_stored_password(&self) -> bool {
-        self.password.is_none() || self.password.as_deref() == Some("***")
+        matches!(self.password.as_deref(), None | Some("" | "***"))
     }
+}
+
+/// The nested sections' fields moved to the top level, `keep_alive` renamed `keep_alive_secs`.
+fn flatten(body: Value) -> Result<Map<String, Value>, ApiError> {
+    let Value::Object(mut top) = body else {
+        return Err(ApiError::bad_field(
+            "body",
+            "the body must be a JSON object",
+        ));
+    };
+    let mut flat = Map::new();
+    for section in SECTIONS {
+        match top.remove(section) {
+            None => {}
+            Some(Value::Object(fields)) => {
+                for (k, v) in fields {
+                    put(&mut flat, &k, v, &format!("{section}.{k}"))?;
+                }
+            }
+            Some(_) => {
+                return Err(ApiError::bad_field(
+                    section,
+                    format!("{section} must be an object"),
+                ))
+            }
+        }
+    }
+    for (k, v) in top {
+        put(&mut flat, &k, v, &k)?;
+    }
+    Ok(flat)
+}
+
+/// Adds one field, under its current name; refuses a second value for it.
+fn put(flat: &mut Map<String, Value>, key: &str, v: Value, path: &str) -> Result<(), ApiError> {
+    let key = match key {
+        "keep_alive" => "keep_alive_secs",
+        k => k,
+    };
+    if flat.insert(key.to_string(), v).is_some() {
+        return Err(ApiError::bad_field(path, format!("{key} is given twice")));
+    }
+    Ok(())
 }
 
 /// A validated config ready to store or test.
@@ -79,7 +136,8 @@ pub(super) fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiErro
     let keep_alive_secs = keep_alive(b.keep_alive_secs)?;
     let prefix = prefix(b.prefix)?;
     if let Some(p) = &b.pattern {
-        validate_filter(p).map_err(|e| ApiError::bad_field("pattern", e))?;
+        validate_filter(&pattern_filter(&prefix, p))
+            .map_err(|e| ApiError::bad_field("pattern", e))?;
     }
     let use_shared = b.use_shared.unwrap_or(false);
     shared_group(b.shared_group.as_deref(), use_shared)?;
@@ -98,7 +156,7 @@ pub(super) fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiErro
         protocol,
         verify_cert: b.verify_cert.unwrap_or(true),
         username: b.username.filter(|u| !u.is_empty()),
-        password: b.password.filter(|p| p != "***"),
+        password: b.password.filter(|p| !p.is_empty() && p != "***"),
         client_id: b
             .client_id
             .unwrap_or_else(|| format!("fleetflow-{product_id}")),
@@ -173,17 +231,17 @@ fn keep_alive(secs: Option<i64>) -> Result<i32, ApiError> {
     Ok(secs as i32)
 }
 
-/// The topic prefix, default `ESP32CAM`: no wildcards, no leading or trailing `/`.
+/// The topic prefix, default `ESP32CAM`: no wildcards, no trailing `/`. A leading `/` (the old
+/// API's `/v3/applications`) is an empty first level, which MQTT allows.
 fn prefix(prefix: Option<String>) -> Result<String, ApiError> {
     let prefix = prefix.unwrap_or_else(|| "ESP32CAM".into());
-    if prefix.is_empty()
+    if prefix.trim_start_matches('/').is_empty()
         || prefix.contains(['+', '#', '\0'])
-        || prefix.starts_with('/')
         || prefix.ends_with('/')
     {
         return Err(ApiError::bad_field(
             "prefix",
-            "prefix must be non-empty, without wildcards or leading/trailing '/'",
+            "prefix must be non-empty, without wildcards or a trailing '/'",
         ));
     }
     Ok(prefix)
