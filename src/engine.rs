@@ -47,6 +47,8 @@ pub struct Engine {
     stats_task: tokio::task::JoinHandle<()>,
     restart_worker: tokio::task::JoinHandle<()>,
     hosted_task: Option<tokio::task::JoinHandle<()>>,
+    /// The retention task, when `[retention]` sets any period.
+    retention_task: Option<tokio::task::JoinHandle<()>>,
     /// The old restart webhook's listener, when `[restart_webhook] bind` is set.
     webhook_task: Option<tokio::task::JoinHandle<()>>,
     /// The wake-schedule reloader and the device-command queue.
@@ -81,6 +83,7 @@ impl Engine {
             objects: cfg.objects.clone(),
             assembly: cfg.assembly.clone(),
             devices: cfg.devices.clone(),
+            publish_log: cfg.publish_log.clone(),
             book: st.book.clone(),
             passwords: secret_key
                 .clone()
@@ -117,6 +120,8 @@ impl Engine {
         let webhook_task = serve_restart_webhook(&cfg, &admin).await?;
         let (http_addr, http_task) =
             serve_http(&cfg, &st, prometheus, p.connected(), admin).await?;
+        let retention_task =
+            crate::retention::spawn(st.pool.clone(), st.store.clone(), cfg.retention.clone());
         let stats_task = crate::fleet_stats::spawn(
             st.pool.clone(),
             Duration::from_millis(cfg.http.fleet_stats_interval_ms),
@@ -138,6 +143,7 @@ impl Engine {
             control_tasks: [st.schedules_task, commands_task],
             hosted_task,
             webhook_task,
+            retention_task,
             deadline: Duration::from_millis(cfg.shutdown.deadline_ms),
             http_addr,
         })
@@ -184,6 +190,7 @@ fn admin_state(
     Ok(crate::admin::AdminState {
         pool: st.pool.clone(),
         store: st.store.clone(),
+        signer: fleetflow_actors::sinks::signer::build(&cfg.objects)?,
         pipeline: pipeline.clone(),
         token: token.map(Arc::from),
         prometheus: prometheus.clone(),
@@ -327,7 +334,10 @@ impl Engine {
         for t in &self.control_tasks {
             t.abort();
         }
-        for t in [self.hosted_task, self.webhook_task].into_iter().flatten() {
+        for t in [self.hosted_task, self.webhook_task, self.retention_task]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
         tracing::info!(

@@ -55,11 +55,7 @@ pub async fn refresh(pool: &Pool, alerts: &AlertsConfig) -> Result<(), StatsErro
 
 /// Refreshes the gauges every `every`, with the thresholds of `alerts`, until the task is
 /// aborted.
-pub fn spawn(
-    pool: Pool,
-    every: Duration,
-    alerts: AlertsConfig,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn(pool: Pool, every: Duration, alerts: AlertsConfig) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {

@@ -20,6 +20,8 @@
 //! - [`fleet_stats`]: fleet-level gauges from the database (devices by last seen).
 //! - [`secrets`]: AEAD sealing of broker passwords at rest (it opens them for the runtime's
 //!   source manager through `PasswordOpener`).
+//! - [`retention`]: deletes old images (marking their `captures` rows) and old rows, per
+//!   `[retention]`.
 //! - [`rotate`]: re-seals stored broker passwords under a new key.
 //! - [`replay`]: re-uploads images kept in the dead-letter directory.
 //! - [`telemetry`]: logging and the Prometheus recorder.
@@ -36,6 +38,7 @@ pub mod hosted;
 pub mod http;
 pub mod replay;
 pub mod restart;
+pub mod retention;
 pub mod rotate;
 pub mod schedules;
 pub mod secrets;

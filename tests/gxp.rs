@@ -132,6 +132,117 @@ async fn scrambled_delivery_gives_one_ack_ok(
 }
 
 #[tokio::test]
+async fn the_message_log_shows_a_gxp_captures_messages_in_and_its_ack_out() {
+    let token = "log-test-token-0123456789abcdef";
+    let env = TestEnv::start(Options {
+        extra: format!("[admin]\ntoken = \"{token}\"\n[publish_log]\nchunk_sample_every = 2\n"),
+        ..Options::default()
+    })
+    .await;
+    let id = random_device();
+    let name = "log_me.jpg";
+    let mut dev = GxpDevice::connect(&env, &id).await;
+    dev.status(&json!({"device_id": id, "status": "Alive", "pendingImg": 1}))
+        .await;
+    let image = jpeg(3000, 3);
+    dev.send_image(name, &image, 1000, WORKER_TS).await;
+    assert_ack_ok(&dev.ack_ok_for(name, T).await, &id, name);
+
+    // The old guide's first troubleshooting query, as written (for this device).
+    let q = format!(
+        "SELECT topic, direction, payload->>'image_name', payload->>'chunk_id', payload ? 'payload', payload->>'payload_length'
+         FROM device_publish_log WHERE device_id = '{id}' ORDER BY id"
+    );
+    let rows = common::eventually(T, "the ACK_OK in the message log", || async {
+        let rows = env.db().await.query(&q, &[]).await.unwrap();
+        rows.iter()
+            .any(|r| r.get::<_, &str>(1) == "out")
+            .then_some(rows)
+    })
+    .await;
+    let seen: Vec<(String, String, Option<String>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let data = format!("{}/{id}/data", env.prefix);
+    let topic_in = |suffix: &str| format!("{}/{id}/{suffix}", env.prefix);
+    // In: the wake hello, the metadata, and chunks 0 and 2 of 0..=2 (1 in 2); out: ACK_OK.
+    assert_eq!(seen[0].0, topic_in("status"));
+    assert!(
+        seen.contains(&(data.clone(), "in".into(), Some(name.into()), None)),
+        "{seen:?}"
+    );
+    for chunk in ["0", "2"] {
+        assert!(
+            seen.contains(&(
+                data.clone(),
+                "in".into(),
+                Some(name.into()),
+                Some(chunk.into())
+            )),
+            "chunk {chunk}: {seen:?}"
+        );
+    }
+    assert!(
+        !seen.iter().any(|s| s.3.as_deref() == Some("1")),
+        "chunk 1 is sampled out: {seen:?}"
+    );
+    assert!(
+        seen.contains(&(topic_in("ack"), "out".into(), Some(name.into()), None)),
+        "{seen:?}"
+    );
+    // Chunks are logged without their data, with its length.
+    for r in rows
+        .iter()
+        .filter(|r| r.get::<_, Option<String>>(3).is_some())
+    {
+        assert!(!r.get::<_, bool>(4), "a logged chunk keeps no payload");
+        assert!(
+            r.get::<_, Option<String>>(5)
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+                > 1000
+        );
+    }
+
+    // The API pages through the same rows, newest first.
+    let page: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/devices/{id}/messages?limit=2", env.http))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let msgs = page["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "{page}");
+    assert_eq!(msgs[0]["direction"], "out");
+    assert!(msgs[0]["id"].as_i64() > msgs[1]["id"].as_i64());
+    let next = page["next_before_id"].as_i64().unwrap();
+    let older: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/devices/{id}/messages?before_id={next}&direction=in",
+            env.http
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let older = older["messages"].as_array().unwrap();
+    assert!(
+        !older.is_empty()
+            && older
+                .iter()
+                .all(|m| m["direction"] == "in" && m["id"].as_i64().unwrap() < next)
+    );
+}
+
+#[tokio::test]
 async fn duplicated_and_out_of_order_chunks_give_one_ack_ok_and_a_byte_identical_object() {
     let env = TestEnv::start(Options::default()).await;
     // test_duplicate_chunks.py: 10 bytes in 5 chunks; 1 and 4 twice, 2 three times.

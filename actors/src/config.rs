@@ -203,6 +203,49 @@ impl Default for DevicesConfig {
     }
 }
 
+/// `[publish_log]`: the message log, `device_publish_log` (what devices published and what the
+/// engine answered), written through the Postgres sink in batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishLogConfig {
+    /// Write the log at all. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Log 1 in N image chunks (by chunk index, so chunk 0 of every image is logged), each
+    /// without its data: `payload_length` instead. Default 50.
+    #[serde(default = "default_chunk_sample_every")]
+    pub chunk_sample_every: u32,
+    /// Log 1 in N readings (by `seq`; readings without one are always logged). Status,
+    /// metadata, command results and everything the engine sends are always logged. Default 1.
+    #[serde(default = "default_one")]
+    pub readings_sample_every: u32,
+    /// Payloads larger than this, in bytes, are logged as a summary (`payload_length` and their
+    /// identifying fields). Default 8192.
+    #[serde(default = "default_log_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+}
+
+fn default_one() -> u32 {
+    1
+}
+fn default_chunk_sample_every() -> u32 {
+    50
+}
+fn default_log_max_payload_bytes() -> usize {
+    8192
+}
+
+impl Default for PublishLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            chunk_sample_every: default_chunk_sample_every(),
+            readings_sample_every: default_one(),
+            max_payload_bytes: default_log_max_payload_bytes(),
+        }
+    }
+}
+
 /// `[sinks]`: batching and retries of the Postgres sink.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -19,6 +19,7 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (ACTIONS_EXECUTED_TOTAL, "counter", "Subscription actions carried out, by action type."),
     (ACTIONS_FAILED_TOTAL, "counter", "Subscription actions that failed (bad payload, full queue, webhook given up after retries), by action type."),
     (ROUTER_ROUTED_TOTAL, "counter", "Messages routed to device actors."),
+    (PUBLISH_LOG_DROPPED_TOTAL, "counter", "Message-log rows dropped because the Postgres sink was full (the log never holds up data)."),
     (DEVICE_MAILBOX_PUSHED_TOTAL, "counter", "Messages put into device actor mailboxes (depth = pushed - popped)."),
     (DEVICE_MAILBOX_POPPED_TOTAL, "counter", "Messages taken from device actor mailboxes."),
     (DEVICES_LAST_SEEN, "gauge", "Known devices by time since their last message: lt_1h, 1h_24h, gt_24h (refreshed every minute)."),
@@ -55,10 +56,16 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (OBJECT_FAILURES_TOTAL, "counter", "Objects that failed after every retry."),
     (CAPTURE_E2E_SECONDS, "histogram", "Time from a capture's last chunk to its committed captures row."),
     (DEAD_LETTERS_TOTAL, "counter", "Images kept in the dead-letter directory after every upload attempt failed."),
+    (RETENTION_DELETED_TOTAL, "counter", "What the retention task deleted, by kind: capture_objects (images deleted from object storage, their rows marked deleted_at; an object already gone counts), readings, device_errors, publish_log (rows deleted)."),
+    (RETENTION_FAILURES_TOTAL, "counter", "Retention steps that failed and are retried next round, by kind: capture_objects (one object delete), or a table's batch statement."),
 ];
 
 /// Counter.
 pub const DEAD_LETTERS_TOTAL: &str = "fleetflow_dead_letters_total";
+/// Counter; label `kind` ([`RETENTION_KINDS`]).
+pub const RETENTION_DELETED_TOTAL: &str = "fleetflow_retention_deleted_total";
+/// Counter; label `kind` ([`RETENTION_KINDS`]).
+pub const RETENTION_FAILURES_TOTAL: &str = "fleetflow_retention_failures_total";
 
 /// Counter; label `kind`.
 pub const MQTT_MESSAGES_TOTAL: &str = "fleetflow_mqtt_messages_total";
@@ -80,6 +87,8 @@ pub const MQTT_RECONNECTS_TOTAL: &str = "fleetflow_mqtt_reconnects_total";
 pub const MQTT_PUBLISHES_TOTAL: &str = "fleetflow_mqtt_publishes_total";
 /// Counter.
 pub const ROUTER_ROUTED_TOTAL: &str = "fleetflow_router_routed_total";
+/// Counter.
+pub const PUBLISH_LOG_DROPPED_TOTAL: &str = "fleetflow_publish_log_dropped_total";
 /// Counter.
 pub const DEVICE_MAILBOX_PUSHED_TOTAL: &str = "fleetflow_device_mailbox_pushed_total";
 /// Counter.
@@ -179,6 +188,8 @@ const LABELS: &[(&str, &str, &[&str])] = &[
         &["capture_image", "next_wake"],
     ),
     (COMMANDS_SENT_TOTAL, "format", &["gxp", "v1"]),
+    (RETENTION_DELETED_TOTAL, "kind", RETENTION_KINDS),
+    (RETENTION_FAILURES_TOTAL, "kind", RETENTION_KINDS),
     (
         NACKS_TOTAL,
         "reason",
@@ -220,6 +231,14 @@ const LABELS: &[(&str, &str, &[&str])] = &[
 /// `CAPTURES_STORED_BYTES` would be false: `delta()` over a day would see every stored byte
 /// appear at once after each restart. Each appears on its first update instead.
 const NOT_AT_ZERO: &[&str] = &[MQTT_CONNECTED, DEVICES_LOW_BATTERY, CAPTURES_STORED_BYTES];
+
+/// What the retention task deletes (`kind` label of the retention counters).
+pub const RETENTION_KINDS: &[&str] = &[
+    "capture_objects",
+    "readings",
+    "device_errors",
+    "publish_log",
+];
 
 /// Subscription action types (`type` label).
 pub const ACTION_TYPES: &[&str] = &["device_profile", "store_json", "republish", "webhook"];

@@ -24,7 +24,9 @@ use fleetflow_protocol::schedule::ScheduleBook;
 use object_store::ObjectStore;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, SinksConfig};
+use crate::config::{
+    AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, PublishLogConfig, SinksConfig,
+};
 use crate::device::{DeviceDeps, DeviceSnapshot};
 use crate::link::{MqttLink, ReplyRoute};
 use crate::router::{
@@ -55,6 +57,8 @@ pub struct PipelineSettings {
     pub assembly: AssemblyConfig,
     /// `[devices]` (arbiters: 0 = one per core).
     pub devices: DevicesConfig,
+    /// `[publish_log]`: the message log.
+    pub publish_log: PublishLogConfig,
     /// Wake schedules, shared with whoever keeps them current.
     pub book: Arc<ScheduleBook>,
     /// Opens sealed broker passwords from `mqtt_configs`.
@@ -366,6 +370,7 @@ fn start_router(
     let budget = Arc::new(GlobalBudget::new(s.assembly.global_budget_bytes));
     let assembly = Arc::new(s.assembly.clone());
     let devices = Arc::new(s.devices.clone());
+    let publish_log = Arc::new(s.publish_log.clone());
     let (pg, book) = (pg.clone(), s.book.clone());
     DeviceRouter::create(move |ctx| {
         let deps = DeviceDeps {
@@ -376,6 +381,7 @@ fn start_router(
             objects,
             router: ctx.address().recipient(),
             book,
+            publish_log,
         };
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });

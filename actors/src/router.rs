@@ -273,6 +273,7 @@ impl DeviceRouter {
         metrics::counter!(m::MQTT_MESSAGES_TOTAL, "kind" => parsed.kind.label()).increment(1);
         metrics::counter!(m::ROUTER_ROUTED_TOTAL).increment(1);
         let inbound = Inbound {
+            topic: msg.topic,
             kind: parsed.kind,
             payload: msg.payload,
             ack: msg.ack,
@@ -283,7 +284,7 @@ impl DeviceRouter {
             Some(e) if !e.owner.is_empty() && *e.owner != **owner => {
                 let claimed = TopicError::Claimed(e.owner.to_string());
                 let msg = RawPublish {
-                    topic: msg.topic,
+                    topic: inbound.topic,
                     payload: inbound.payload,
                     ack: inbound.ack,
                     reply_route: inbound.reply_route,

@@ -92,6 +92,7 @@ impl Engine {
                 objects,
                 router: ctx.address().recipient(),
                 book: Arc::new(ScheduleBook::new()),
+                publish_log: Arc::new(Default::default()),
             });
             r
         });

@@ -146,6 +146,49 @@ pub struct TelemetryRow {
     pub received_at: DateTime<Utc>,
 }
 
+/// Which way a logged message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Published by the device.
+    In,
+    /// Published by the engine to the device (ACK, NACK, command).
+    Out,
+}
+
+impl Direction {
+    /// `in` or `out`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+/// What is stored of a logged message's payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogPayload {
+    /// The payload itself: UTF-8 JSON that PostgreSQL's `jsonb` accepts (shared, not copied).
+    Json(bytes::Bytes),
+    /// A summary in its place: a chunk without its data, or a payload too large or not JSON.
+    Summary(Value),
+}
+
+/// One `device_publish_log` row: a message in or out, as the message log shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishLogRow {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The full topic.
+    pub topic: String,
+    /// In or out.
+    pub direction: Direction,
+    /// The payload or its summary.
+    pub payload: LogPayload,
+    /// When it was received or sent.
+    pub at: DateTime<Utc>,
+}
+
 /// Any row the sink writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
@@ -163,6 +206,8 @@ pub enum Row {
     Telemetry(TelemetryRow),
     /// `device_schedules.next_wake_at`.
     Wake(WakeRow),
+    /// `device_publish_log`.
+    PublishLog(PublishLogRow),
 }
 
 /// The sink's tables, for batching and metric labels.
@@ -182,11 +227,13 @@ pub enum Table {
     Telemetry,
     /// `device_schedules`
     Schedules,
+    /// `device_publish_log`
+    PublishLog,
 }
 
 impl Table {
     /// Every table, in flush order.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Status,
         Table::Readings,
         Table::Captures,
@@ -194,6 +241,7 @@ impl Table {
         Table::Commands,
         Table::Telemetry,
         Table::Schedules,
+        Table::PublishLog,
     ];
 
     /// Metric label.
@@ -206,6 +254,7 @@ impl Table {
             Table::Commands => "device_commands",
             Table::Telemetry => "telemetry",
             Table::Schedules => "device_schedules",
+            Table::PublishLog => "device_publish_log",
         }
     }
 
@@ -226,6 +275,7 @@ impl Row {
             Row::CommandResult(_) => Table::Commands,
             Row::Telemetry(_) => Table::Telemetry,
             Row::Wake(_) => Table::Schedules,
+            Row::PublishLog(_) => Table::PublishLog,
         }
     }
 
@@ -240,6 +290,13 @@ impl Row {
             Row::CommandResult(_) => 256,
             Row::Telemetry(t) => 128 + t.topic.len() + 2 * t.payload_bytes,
             Row::Wake(_) => 64,
+            Row::PublishLog(l) => {
+                96 + l.topic.len()
+                    + match &l.payload {
+                        LogPayload::Json(b) => 2 * b.len(),
+                        LogPayload::Summary(_) => 256,
+                    }
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - `auth`: bearer-token check in constant time, and the JSON error shape.
 //! - `devices`: device list and detail, capture thumbnails.
+//! - `images`: a capture's full-size image, and links to it (presigned on S3).
 //! - `commands`: device commands (§6).
 //! - `mqtt_config`: broker config per product (sealed passwords, masked output, connection test).
 //! - `subscriptions`: a product's subscriptions and their actions.
@@ -9,11 +10,14 @@
 //! - `organizations`: hosted-broker credentials per organisation, organisation tokens and
 //!   publishing.
 //! - `schedules`: a device's wake schedule.
+//! - `messages`: a device's message log (`device_publish_log`), paged.
 //! - `restarts`: `POST /api/v1/restarts`, the HTTP face of [`crate::restart::request`].
 //! - [`restart_webhook`]: the old restart webhook's `GET /health` and `POST /restart`, on a
 //!   listener of their own (`[restart_webhook] bind`).
 //! - `params`: checks several handlers share (product ids, topic filters).
 //! - `console`: the embedded web page.
+//! - `readings`: a device's sensor trends and the fleet's captures per day or week.
+//! - `vendor`: uPlot, embedded for the console's charts.
 //!
 //! The `[admin]` settings are [`crate::config::AdminConfig`].
 
@@ -21,14 +25,18 @@ mod auth;
 mod commands;
 mod console;
 mod devices;
+mod images;
+mod messages;
 mod mqtt_config;
 mod organizations;
 mod params;
 mod publish;
+mod readings;
 pub mod restart_webhook;
 mod restarts;
 mod schedules;
 mod subscriptions;
+mod vendor;
 
 use std::sync::Arc;
 
@@ -48,6 +56,8 @@ pub struct AdminState {
     pub pool: Pool,
     /// Images and the thumbnail cache.
     pub store: Arc<dyn ObjectStore>,
+    /// Signs image links when the store can (S3); `None` on the local filesystem.
+    pub signer: Option<Arc<dyn object_store::signer::Signer>>,
     /// The runtime: live actor state, the sources' connections.
     pub pipeline: Pipeline,
     /// The token, if configured.
@@ -80,13 +90,27 @@ pub fn routes(state: AdminState) -> Router {
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/{device_id}", get(devices::detail))
         .route(
+            "/api/v1/devices/{device_id}/readings",
+            get(readings::device_readings),
+        )
+        .route("/api/v1/stats/captures", get(readings::captures))
+        .route(
             "/api/v1/devices/{device_id}/captures/{capture_id}/thumbnail",
             get(devices::thumbnail),
+        )
+        .route(
+            "/api/v1/devices/{device_id}/captures/{capture_id}/image",
+            get(images::image),
+        )
+        .route(
+            "/api/v1/devices/{device_id}/captures/{capture_id}/link",
+            get(images::link),
         )
         .route(
             "/api/v1/devices/{device_id}/schedule",
             get(schedules::get).put(schedules::put),
         )
+        .route("/api/v1/devices/{device_id}/messages", get(messages::list))
         .route(
             "/api/v1/devices/{device_id}/commands",
             post(commands::create),
@@ -162,4 +186,7 @@ pub fn routes(state: AdminState) -> Router {
         .merge(orgs)
         .merge(restart)
         .route("/", get(console::page))
+        .route("/vendor/uPlot.iife.min.js", get(vendor::uplot_js))
+        .route("/vendor/uPlot.min.css", get(vendor::uplot_css))
+        .route("/vendor/uPlot.LICENSE", get(vendor::uplot_license))
 }

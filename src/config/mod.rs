@@ -9,6 +9,7 @@
 //! - `admin`: `[admin]`, the admin API's tokens and the restart rate limit.
 //! - `hosted`: `[hosted]`, the managed broker.
 //! - `alerts`: `[alerts]`, thresholds behind the alert gauges.
+//! - `retention`: `[retention]`, how long images and rows are kept.
 //! - The runtime's sections (`[mqtt]`, `[objects]`, `[assembly]`, `[devices]`, `[sinks]`) are
 //!   the actor crate's, re-exported here.
 
@@ -21,14 +22,16 @@ use serde::{Deserialize, Serialize};
 mod admin;
 mod alerts;
 mod hosted;
+mod retention;
 mod sections;
 
 pub use admin::{AdminConfig, RestartWebhookConfig, SecretFileError};
 pub use alerts::AlertsConfig;
 pub use fleetflow_actors::config::{
-    AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, SinksConfig,
+    AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, PublishLogConfig, SinksConfig,
 };
 pub use hosted::HostedConfig;
+pub use retention::RetentionConfig;
 pub use sections::{HttpConfig, LogConfig, LogFormat, PostgresConfig, ShutdownConfig};
 
 /// The whole config file.
@@ -53,6 +56,9 @@ pub struct Config {
     /// Postgres batching.
     #[serde(default)]
     pub sinks: SinksConfig,
+    /// The message log (`device_publish_log`).
+    #[serde(default)]
+    pub publish_log: PublishLogConfig,
     /// Metrics and health endpoints.
     #[serde(default)]
     pub http: HttpConfig,
@@ -74,6 +80,9 @@ pub struct Config {
     /// Thresholds behind the alert gauges (`fleet_stats`).
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// How long images and rows are kept (off by default; `crate::retention`).
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 /// A config error, naming the field.

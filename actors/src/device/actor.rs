@@ -18,9 +18,10 @@ fn clock() -> std::time::Instant {
     Instant::now().into_std()
 }
 
+use super::publish_log;
 use super::DeviceExited;
 use super::{DeviceSnapshot, GetReplyRoute, Inbound, Snapshot, Stop};
-use crate::config::{AssemblyConfig, DevicesConfig};
+use crate::config::{AssemblyConfig, DevicesConfig, PublishLogConfig};
 use crate::link::{AckToken, ReplyRoute};
 use crate::metrics as m;
 use crate::sinks::objects::{ObjectSink, Store};
@@ -49,6 +50,8 @@ pub struct DeviceDeps {
     pub router: Recipient<DeviceExited>,
     /// Wake schedules and next wakes (the GXP handshake answers from memory).
     pub book: Arc<fleetflow_protocol::schedule::ScheduleBook>,
+    /// The message log's settings.
+    pub publish_log: Arc<PublishLogConfig>,
 }
 
 enum Health {
@@ -303,6 +306,15 @@ impl Handler<Inbound> for DeviceActor {
         }
         let wall = Utc::now();
         let now = clock();
+        let logged = publish_log::inbound(
+            &self.deps.publish_log,
+            self.core.id(),
+            &msg.topic,
+            &msg.kind,
+            &msg.payload,
+            wall,
+        );
+        self.log(logged);
         let ack = msg.ack.as_ref().map(|_| MessageAck);
         self.msg_ack = msg.ack;
         self.guarded(ctx, |core, out| {
@@ -334,15 +346,42 @@ impl DeviceActor {
 
     fn publish(&self, payload: bytes::Bytes, kind: &'static str) {
         match &self.reply_route {
-            Some((r, topic, _)) => r.link.publish(topic.clone(), payload, kind),
+            Some((r, topic, _)) => self.send_logged(r, topic, payload, kind),
             None => tracing::warn!(device = %self.core.id(), "no source to reply on"),
         }
     }
 
     fn publish_command(&self, payload: bytes::Bytes, kind: &'static str) {
         match &self.reply_route {
-            Some((r, _, topic)) => r.link.publish(topic.clone(), payload, kind),
+            Some((r, _, topic)) => self.send_logged(r, topic, payload, kind),
             None => tracing::warn!(device = %self.core.id(), "no source to send commands on"),
+        }
+    }
+
+    /// Publishes to the device and logs what was sent.
+    fn send_logged(&self, r: &ReplyRoute, topic: &str, payload: bytes::Bytes, kind: &'static str) {
+        let row = publish_log::outbound(
+            &self.deps.publish_log,
+            self.core.id(),
+            topic,
+            &payload,
+            Utc::now(),
+        );
+        self.log(row);
+        r.link.publish(topic.to_string(), payload, kind);
+    }
+
+    /// Hands a message-log row to the Postgres sink, without waiting: a full sink drops it
+    /// (counted), since the log must never hold up the data.
+    fn log(&self, row: Option<fleetflow_protocol::rows::PublishLogRow>) {
+        let Some(row) = row else { return };
+        if self
+            .deps
+            .pg
+            .try_send(PendingRow::new(Row::PublishLog(row), None))
+            .is_err()
+        {
+            metrics::counter!(m::PUBLISH_LOG_DROPPED_TOTAL).increment(1);
         }
     }
 

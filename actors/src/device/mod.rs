@@ -2,8 +2,10 @@
 //!
 //! - `actor`: the actix actor that runs the device state machine
 //!   ([`fleetflow_protocol::state_machine`]), carries out its effects and supervises it.
+//! - [`publish_log`]: the message log's rows for what a device published and was sent.
 
 pub mod actor;
+pub mod publish_log;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -29,6 +31,8 @@ pub struct DeviceExited {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Inbound {
+    /// The topic as received (for the message log).
+    pub topic: Bytes,
     /// What the topic said it is.
     pub kind: TopicKind,
     /// The raw payload (shared with the MQTT buffer: no copy).

@@ -5,6 +5,7 @@
 //! - `pg_write`: one-round-trip batch statements per table.
 //! - `objects`: the object-storage sink actor.
 //! - `object_store`: builds the store it writes to from `[objects]` (local filesystem or S3).
+//! - `signer`: signs object URLs (presigned GETs) when the store is S3.
 //! - `dead_letter`: images kept on disk when every upload attempt failed.
 //!
 //! Retry rules: Postgres connection, pool and transient server errors are retried with backoff
@@ -18,6 +19,7 @@ pub mod objects;
 pub mod pg;
 pub mod pg_write;
 pub mod rows;
+pub mod signer;
 
 /// A sink error, classified for the retry rule when it is built (from the Postgres error or
 /// the pool's), keeping that error as its source.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
 
@@ -37,22 +37,31 @@ pub fn build(cfg: &ObjectsConfig) -> Result<Arc<dyn ObjectStore>, ObjectsError> 
             .map_err(|e| ObjectsError::Dir(root.display().to_string(), e))?;
         return Ok(Arc::new(LocalFileSystem::new_with_prefix(root)?));
     }
-    if let Some(bucket) = cfg.url.strip_prefix("s3://") {
-        let bucket = bucket.trim_end_matches('/');
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_region(&cfg.region)
-            .with_allow_http(cfg.allow_http);
-        if let Some(ep) = &cfg.endpoint {
-            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
-        }
-        if let Some(k) = &cfg.access_key_id {
-            b = b.with_access_key_id(k);
-        }
-        if let Some(s) = &cfg.secret_access_key {
-            b = b.with_secret_access_key(s);
-        }
-        return Ok(Arc::new(b.build()?));
+    if let Some(s3) = s3(cfg)? {
+        return Ok(Arc::new(s3));
     }
     Err(ObjectsError::Scheme(cfg.url.clone()))
+}
+
+/// The S3 client for an `s3://` URL, `None` for any other scheme. [`build`] makes the store
+/// from it, and [`super::signer`] the URL signer, so both see the same bucket and credentials.
+pub fn s3(cfg: &ObjectsConfig) -> Result<Option<AmazonS3>, ObjectsError> {
+    let Some(bucket) = cfg.url.strip_prefix("s3://") else {
+        return Ok(None);
+    };
+    let bucket = bucket.trim_end_matches('/');
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(&cfg.region)
+        .with_allow_http(cfg.allow_http);
+    if let Some(ep) = &cfg.endpoint {
+        b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+    }
+    if let Some(k) = &cfg.access_key_id {
+        b = b.with_access_key_id(k);
+    }
+    if let Some(s) = &cfg.secret_access_key {
+        b = b.with_secret_access_key(s);
+    }
+    Ok(Some(b.build()?))
 }

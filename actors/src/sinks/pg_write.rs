@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
 use serde_json::Value;
 
-use super::rows::{CaptureRow, IngestStatus, PendingRow, Row, Table};
+use super::rows::{CaptureRow, IngestStatus, LogPayload, PendingRow, Row, Table};
 use super::SinkError;
 
 const INSERT_STATUS: &str = "INSERT INTO device_status (device_id, status, pending_count, battery_v, rssi, uptime_s, extra, created_at)
@@ -55,6 +55,10 @@ const UPDATE_COMMANDS: &str = "UPDATE device_commands c SET status = CASE WHEN x
    result = x.result, completed_at = x.t
  FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::jsonb[], $5::timestamptz[]) AS x(d, id, ok, result, t)
  WHERE c.id = x.id AND c.device_id = x.d";
+
+/// Payloads go as text and become `jsonb` in the statement (the log keeps them as received).
+const INSERT_PUBLISH_LOG: &str = "INSERT INTO device_publish_log (device_id, topic, direction, payload, received_at)
+ SELECT d, t, dir, p::jsonb, at FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS x(d, t, dir, p, at)";
 
 const INSERT_TELEMETRY: &str = "INSERT INTO telemetry (device_id, product_id, subscription_id, topic, payload, received_at)
  SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::timestamptz[])";
@@ -237,6 +241,7 @@ pub async fn write_batch(
         Table::Errors => write_errors(&tx, batch).await?,
         Table::Commands => write_commands(&tx, batch).await?,
         Table::Telemetry => write_telemetry(&tx, batch).await?,
+        Table::PublishLog => write_publish_log(&tx, batch).await?,
     };
     tx.commit().await?;
     Ok(n)
@@ -411,4 +416,28 @@ async fn write_telemetry(
     Ok(tx
         .execute(&stmt, &[&ids, &prod, &sub, &topic, &body, &at])
         .await?)
+}
+
+/// The `PublishLog` batch.
+async fn write_publish_log(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[PendingRow],
+) -> Result<u64, SinkError> {
+    let (mut ids, mut topic, mut dir, mut body, mut at) = (vec![], vec![], vec![], vec![], vec![]);
+    for p in batch {
+        let Row::PublishLog(l) = &p.row else {
+            continue;
+        };
+        ids.push(l.device_id.as_str());
+        topic.push(l.topic.as_str());
+        dir.push(l.direction.as_str());
+        body.push(match &l.payload {
+            // Checked as UTF-8 JSON when the row was made.
+            LogPayload::Json(b) => String::from_utf8_lossy(b),
+            LogPayload::Summary(v) => std::borrow::Cow::Owned(v.to_string()),
+        });
+        at.push(l.at);
+    }
+    let stmt = tx.prepare_cached(INSERT_PUBLISH_LOG).await?;
+    Ok(tx.execute(&stmt, &[&ids, &topic, &dir, &body, &at]).await?)
 }

@@ -1,0 +1,282 @@
+//! The message log's rows (`device_publish_log`, `[publish_log]`): what a device published and
+//! what the engine sent it, as the old worker's troubleshooting guide reads them. Pure: the
+//! device actor hands the rows to the Postgres sink, which writes them in batches.
+//!
+//! - JSON payloads are kept as received, without a copy (`LogPayload::Json` shares the MQTT
+//!   buffer) when they are small enough and `jsonb` accepts them.
+//! - Image chunks are sampled (1 in `chunk_sample_every`, by index, so chunk 0 is always there)
+//!   and logged without their data: a GXP chunk keeps `image_name` and `chunk_id` and gets
+//!   `payload_length`; a v1 binary chunk is `{capture_id, index, payload_length}`.
+//! - Readings are sampled by `seq` (`readings_sample_every`, default every one).
+//! - Anything else too large or not JSON is a summary: `payload_length` and the identifying
+//!   fields it has (`type`, `image_name`, `capture_id`).
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::config::PublishLogConfig;
+use fleetflow_protocol::ids::DeviceId;
+use fleetflow_protocol::rows::{Direction, LogPayload, PublishLogRow};
+use fleetflow_protocol::topic::TopicKind;
+
+/// The fields a summary keeps, when present.
+const IDENTIFYING: [&str; 5] = ["type", "image_name", "image_id", "capture_id", "chunk_id"];
+
+/// What the sampler needs of a `/data` payload, read without building a tree.
+#[derive(Deserialize)]
+struct Keys {
+    #[serde(default)]
+    chunk_id: Option<u64>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+/// The row for a message a device published, or `None` when the log is off or the sampler
+/// leaves it out.
+pub fn inbound(
+    cfg: &PublishLogConfig,
+    device: &DeviceId,
+    topic: &[u8],
+    kind: &TopicKind,
+    payload: &Bytes,
+    at: DateTime<Utc>,
+) -> Option<PublishLogRow> {
+    if !cfg.enabled {
+        return None;
+    }
+    let logged = match kind {
+        TopicKind::Chunk { capture_id, index } => {
+            if !sampled(*index as u64, cfg.chunk_sample_every) {
+                return None;
+            }
+            LogPayload::Summary(
+                json!({"capture_id": capture_id, "index": index, "payload_length": payload.len()}),
+            )
+        }
+        TopicKind::Data => data_payload(cfg, payload)?,
+        _ => as_logged(cfg, payload),
+    };
+    Some(row(
+        device,
+        String::from_utf8_lossy(topic).into_owned(),
+        Direction::In,
+        logged,
+        at,
+    ))
+}
+
+/// The row for a message the engine sent a device (ACK, NACK, command).
+pub fn outbound(
+    cfg: &PublishLogConfig,
+    device: &DeviceId,
+    topic: &str,
+    payload: &Bytes,
+    at: DateTime<Utc>,
+) -> Option<PublishLogRow> {
+    cfg.enabled.then(|| {
+        row(
+            device,
+            topic.to_string(),
+            Direction::Out,
+            as_logged(cfg, payload),
+            at,
+        )
+    })
+}
+
+fn row(
+    device: &DeviceId,
+    topic: String,
+    direction: Direction,
+    payload: LogPayload,
+    at: DateTime<Utc>,
+) -> PublishLogRow {
+    PublishLogRow {
+        device_id: device.clone(),
+        topic,
+        direction,
+        payload,
+        at,
+    }
+}
+
+/// Whether item `n` of a 1-in-`every` sample is logged (0 or 1: every one).
+fn sampled(n: u64, every: u32) -> bool {
+    every <= 1 || n % u64::from(every) == 0
+}
+
+/// A `/data` payload: a GXP chunk (sampled, without its data), a reading (sampled by `seq`), or
+/// anything else as received.
+fn data_payload(cfg: &PublishLogConfig, payload: &Bytes) -> Option<LogPayload> {
+    let Ok(keys) = serde_json::from_slice::<Keys>(payload) else {
+        return Some(as_logged(cfg, payload));
+    };
+    if let Some(chunk) = keys.chunk_id {
+        if !sampled(chunk, cfg.chunk_sample_every) {
+            return None;
+        }
+        return Some(LogPayload::Summary(summary(payload, true)));
+    }
+    if keys.kind.as_deref() == Some("reading") {
+        if let Some(seq) = keys.seq {
+            if !sampled(seq, cfg.readings_sample_every) {
+                return None;
+            }
+        }
+    }
+    Some(as_logged(cfg, payload))
+}
+
+/// The payload as received when it is small JSON that `jsonb` takes, else its summary.
+fn as_logged(cfg: &PublishLogConfig, payload: &Bytes) -> LogPayload {
+    let storable = payload.len() <= cfg.max_payload_bytes
+        && std::str::from_utf8(payload).is_ok()
+        // jsonb refuses the NUL character, even escaped.
+        && !contains(payload, b"\\u0000")
+        && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok();
+    if storable {
+        LogPayload::Json(payload.clone())
+    } else {
+        LogPayload::Summary(summary(payload, false))
+    }
+}
+
+/// `payload_length` and the identifying fields of a JSON object (for a chunk: all of its
+/// fields but the data).
+fn summary(payload: &[u8], chunk: bool) -> Value {
+    let mut out = Map::new();
+    if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(payload) {
+        for (k, v) in fields {
+            let keep = if chunk {
+                k != "payload"
+            } else {
+                IDENTIFYING.contains(&k.as_str())
+            };
+            if keep && !matches!(&v, Value::String(s) if s.contains('\0')) {
+                out.insert(k, v);
+            }
+        }
+    } else {
+        out.insert("json".into(), Value::Bool(false));
+    }
+    out.insert("payload_length".into(), json!(payload.len()));
+    Value::Object(out)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> DeviceId {
+        DeviceId::parse("AABBCCDDEEFF").unwrap()
+    }
+
+    fn cfg() -> PublishLogConfig {
+        PublishLogConfig {
+            chunk_sample_every: 10,
+            readings_sample_every: 2,
+            ..PublishLogConfig::default()
+        }
+    }
+
+    fn log(kind: TopicKind, payload: &'static [u8]) -> Option<PublishLogRow> {
+        let p = Bytes::from_static(payload);
+        inbound(&cfg(), &id(), b"P/AABBCCDDEEFF/data", &kind, &p, Utc::now())
+    }
+
+    #[test]
+    fn a_gxp_chunk_is_logged_one_in_n_without_its_data_keeping_image_name() {
+        let chunk =
+            br#"{"image_name":"a.jpg","chunk_id":20,"payload":"AAAA","max_chunk_size":1024}"#;
+        let row = log(TopicKind::Data, chunk).unwrap();
+        assert_eq!(row.direction, Direction::In);
+        let LogPayload::Summary(v) = row.payload else {
+            panic!("a chunk is summarised")
+        };
+        assert_eq!(v["image_name"], "a.jpg");
+        assert_eq!(v["chunk_id"], 20);
+        assert!(v.get("payload").is_none());
+        assert_eq!(v["payload_length"], chunk.len());
+        assert!(log(
+            TopicKind::Data,
+            br#"{"image_name":"a.jpg","chunk_id":21,"payload":"AA"}"#
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn a_binary_chunk_is_its_capture_index_and_length() {
+        let kind = TopicKind::Chunk {
+            capture_id: "c1".into(),
+            index: 0,
+        };
+        let row = log(kind, b"\xff\xd8\x00\x01").unwrap();
+        assert_eq!(
+            row.payload,
+            LogPayload::Summary(json!({"capture_id": "c1", "index": 0, "payload_length": 4}))
+        );
+        let skipped = TopicKind::Chunk {
+            capture_id: "c1".into(),
+            index: 3,
+        };
+        assert!(log(skipped, b"\x00").is_none());
+    }
+
+    #[test]
+    fn json_is_kept_as_received_and_readings_are_sampled_by_seq() {
+        let meta = br#"{"image_name":"a.jpg","total_chunk_count":3}"#;
+        let row = log(TopicKind::Data, meta).unwrap();
+        assert_eq!(row.payload, LogPayload::Json(Bytes::from_static(meta)));
+        assert!(log(TopicKind::Data, br#"{"type":"reading","seq":4}"#).is_some());
+        assert!(log(TopicKind::Data, br#"{"type":"reading","seq":5}"#).is_none());
+    }
+
+    #[test]
+    fn bad_json_nul_escapes_and_large_payloads_become_summaries() {
+        for p in [&b"{not json"[..], br#"{"type":"x","s":"a\u0000b"}"#] {
+            let row = inbound(
+                &cfg(),
+                &id(),
+                b"t",
+                &TopicKind::Status,
+                &Bytes::copy_from_slice(p),
+                Utc::now(),
+            )
+            .unwrap();
+            assert!(matches!(row.payload, LogPayload::Summary(_)), "{p:?}");
+        }
+        let small = PublishLogConfig {
+            max_payload_bytes: 8,
+            ..cfg()
+        };
+        let p = Bytes::from_static(br#"{"type":"capture_meta","capture_id":"c9","w":1}"#);
+        let row = outbound(&small, &id(), "t/ack", &p, Utc::now()).unwrap();
+        assert_eq!(row.direction, Direction::Out);
+        assert_eq!(
+            row.payload,
+            LogPayload::Summary(
+                json!({"type": "capture_meta", "capture_id": "c9", "payload_length": p.len()})
+            )
+        );
+    }
+
+    #[test]
+    fn nothing_is_logged_when_the_log_is_off() {
+        let off = PublishLogConfig {
+            enabled: false,
+            ..cfg()
+        };
+        let p = Bytes::from_static(b"{}");
+        assert!(inbound(&off, &id(), b"t", &TopicKind::Status, &p, Utc::now()).is_none());
+        assert!(outbound(&off, &id(), "t", &p, Utc::now()).is_none());
+        assert!(outbound(&cfg(), &id(), "t", &p, Utc::now()).is_some());
+    }
+}

@@ -1,0 +1,34 @@
+-- Sensor trends and fleet analytics (docs/trends.md has the queries, the plans and their
+-- timings on a seeded table).
+--
+-- On a large existing database these statements lock out ingest while they build (a plain
+-- CREATE INDEX blocks inserts into its table). Build them first without a lock, e.g.
+--   CREATE INDEX CONCURRENTLY IF NOT EXISTS sensor_readings_trends_idx ON sensor_readings ...;
+-- with the same names and definitions as below; this migration then finds them and does nothing.
+
+-- GET /api/v1/devices/{id}/readings: one device's readings in a time range, aggregated. The
+-- INCLUDE columns make it an index-only scan: at 100M rows a device's readings are spread over
+-- as many heap pages as there are readings (ingest interleaves devices), and reading those pages
+-- is what costs, not the index. sensor_readings_latest_idx (device_id, measured_at DESC) stays
+-- for the latest-reading lookups of the data path.
+CREATE INDEX IF NOT EXISTS sensor_readings_trends_idx
+    ON sensor_readings (device_id, measured_at)
+    INCLUDE (temperature_c, humidity_pct, pressure_hpa, gas_kohm);
+
+-- The same for the status history (battery and RSSI trends); device_status_latest_idx
+-- (device_id, created_at DESC) finds the rows but needs a heap page per row.
+CREATE INDEX IF NOT EXISTS device_status_trends_idx
+    ON device_status (device_id, created_at)
+    INCLUDE (battery_v, rssi);
+
+-- Fleet-wide queries by time (Grafana's fleet panels): readings arrive roughly in measured_at
+-- order, so a BRIN of a few hundred kilobytes at 100M rows narrows a day's query to that day's
+-- pages instead of a sequential scan of the table.
+CREATE INDEX IF NOT EXISTS sensor_readings_measured_brin
+    ON sensor_readings USING brin (measured_at) WITH (pages_per_range = 32);
+
+-- GET /api/v1/stats/captures: captures per day or week over the whole fleet, by status, as an
+-- index-only scan. captured_at is the device's clock, so order on disk is not guaranteed and a
+-- BRIN would not do.
+CREATE INDEX IF NOT EXISTS captures_captured_at_idx
+    ON captures (captured_at) INCLUDE (ingest_status);
