@@ -182,22 +182,30 @@ fn admin_state(
     commands: crate::command_queue::CommandSender,
     hosted: Option<crate::hosted::Hosted>,
 ) -> Result<crate::admin::AdminState, EngineError> {
-    let token = cfg.admin.resolve_token()?;
-    let restart_token = cfg.admin.resolve_restart_token()?;
-    if token.is_none() {
-        tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN or admin.token_file): the admin API and console are disabled");
+    let admin_tokens = cfg.admin.resolve_named_tokens()?;
+    let restart_tokens: Vec<(String, String)> = cfg
+        .admin
+        .resolve_restart_token()?
+        .map(|t| ("restart".to_string(), t))
+        .into_iter()
+        .collect();
+    if admin_tokens.is_empty() {
+        tracing::warn!("no admin token configured (FLEETFLOW_ADMIN__TOKEN, admin.token_file or admin.tokens_file): the admin API and console are disabled");
     }
     Ok(crate::admin::AdminState {
         pool: st.pool.clone(),
         store: st.store.clone(),
         signer: fleetflow_actors::sinks::signer::build(&cfg.objects)?,
         pipeline: pipeline.clone(),
-        token: token.map(Arc::from),
+        tokens: Arc::new(crate::admin::tokens::AdminTokens::new(
+            admin_tokens,
+            restart_tokens,
+        )),
+        audit: Arc::new(crate::admin::audit::Audit::new(st.pool.clone())),
         prometheus: prometheus.clone(),
         restarter,
         cooldown_secs: cfg.admin.restart_cooldown_secs,
         restart_max: cfg.admin.restart_max_per_window,
-        restart_token: restart_token.map(Arc::from),
         commands,
         book: st.book.clone(),
         secret_key: None,
@@ -227,6 +235,7 @@ async fn serve_http(
     })
     .merge(crate::admin::routes(admin));
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server failed");
         }
@@ -243,7 +252,7 @@ async fn serve_restart_webhook(
     let Some(bind) = &cfg.restart_webhook.bind else {
         return Ok(None);
     };
-    if admin.restart_token.is_none() {
+    if !admin.tokens.has_restart() {
         return Err(EngineError::Admin(
             "restart_webhook.bind is set but admin.restart_token (FLEETFLOW_ADMIN__RESTART_TOKEN or admin.restart_token_file) is not".into(),
         ));
@@ -257,6 +266,7 @@ async fn serve_restart_webhook(
     let app = crate::admin::restart_webhook::routes(admin.clone());
     tracing::info!(%addr, "restart webhook listening (GET /health, POST /restart)");
     Ok(Some(tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "restart webhook server failed");
         }

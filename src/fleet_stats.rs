@@ -19,7 +19,7 @@ const QUERY: &str = "SELECT count(*) FILTER (WHERE last_seen_at >= now() - inter
 /// Devices whose latest battery reading is below `$1` volts (no reading: not counted), and the
 /// bytes of the stored images. The sum reads every stored `captures` row once per refresh.
 const ALERT_QUERY: &str = "SELECT (SELECT count(*) FROM devices WHERE battery_v < $1) AS low_battery,
-        (SELECT coalesce(sum(image_bytes), 0)::float8 FROM captures WHERE ingest_status = 'stored') AS stored_bytes";
+        (SELECT coalesce(sum(image_bytes), 0)::float8 FROM captures WHERE ingest_status = 'stored' AND deleted_at IS NULL) AS stored_bytes";
 
 /// The gauge's `bucket` label values.
 const BUCKETS: [&str; 3] = ["lt_1h", "1h_24h", "gt_24h"];

@@ -141,7 +141,7 @@ async fn restarting_a_device_completes_then_a_second_request_within_the_cooldown
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "completed");
-    assert_eq!(row.get::<_, String>(1), "admin-api");
+    assert_eq!(row.get::<_, String>(1), "admin");
     assert!(row.get::<_, bool>(2) && row.get::<_, bool>(3));
     assert_eq!(row.get::<_, Value>(4)["healthy"], true);
     let again = c

@@ -51,12 +51,19 @@ async fn the_old_restart_webhook_calls_restart_the_pipeline_with_the_same_cooldo
         .unwrap();
     assert_eq!(health["status"], "healthy", "{health}");
 
-    // A wrong token gets the old 401, and nothing is recorded.
+    // A wrong token gets the old 401; the attempt is recorded, and no restart is.
     let (status, body, _) = curl_restart(&webhook, "wrong-token-0123456789abcdefgh", None).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (401, Some("Unauthorized"))
     );
+    eventually(Duration::from_secs(5), "the refused attempt recorded", || async {
+        let n = env
+            .scalar_i64("SELECT count(*) FROM admin_audit WHERE entry = 'restart_webhook' AND reason = 'unauthorized'")
+            .await;
+        (n == 1).then_some(())
+    })
+    .await;
     // An unknown service is refused before anything runs.
     let (status, body, _) = curl_restart(&webhook, RESTART, Some(r#"{"service":"db"}"#)).await;
     assert_eq!(status, 400, "{body}");
@@ -95,12 +102,13 @@ async fn the_old_restart_webhook_calls_restart_the_pipeline_with_the_same_cooldo
         )
         .await
         .unwrap();
-    assert_eq!(audit.len(), 2);
+    // Two restarts done, and the one refused by the cooldown recorded as rejected.
+    let statuses: Vec<&str> = audit.iter().map(|r| r.get("status")).collect();
+    assert_eq!(statuses, ["completed", "completed", "rejected"]);
     for r in &audit {
         assert_eq!(r.get::<_, &str>("target"), "pipeline");
         assert_eq!(r.get::<_, &str>("service_name"), "mqtt-subscriber");
-        assert_eq!(r.get::<_, &str>("requested_by"), "restart-webhook");
-        assert_eq!(r.get::<_, &str>("status"), "completed");
+        assert_eq!(r.get::<_, &str>("requested_by"), "restart-webhook:restart");
     }
 }
 
@@ -340,4 +348,104 @@ async fn the_old_nested_config_body_a_slash_prefix_and_a_placeholder_pattern_wor
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(env.scalar_i64(received).await - before, 3);
+}
+
+#[tokio::test]
+async fn named_tokens_say_who_restarted_and_refused_attempts_are_recorded_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "# operators\nops-alice alice-token-0123456789abcdef\nci-bot ci-bot-token-0123456789abcd\n",
+    )
+    .unwrap();
+    let env = TestEnv::start(Options {
+        extra: format!(
+            "[admin]\ntoken = \"{TOKEN}\"\ntokens_file = \"{}\"\nrestart_cooldown_secs = 300\n",
+            tokens.display()
+        ),
+        ..Options::default()
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let restart = |token: &'static str, target: &'static str| {
+        c.post(format!("{}/api/v1/restarts", env.http))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"target": target}))
+            .send()
+    };
+    // Alice restarts a sink: the audit row names her.
+    let r = restart("alice-token-0123456789abcdef", "sink:objects")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let db = env.db().await;
+    let by: String = db
+        .query_one(
+            "SELECT requested_by FROM service_restart_requests WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(by, "ops-alice");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM admin_audit").await,
+        0,
+        "an accepted request is not a refusal"
+    );
+
+    // The bot repeats it within the cooldown: refused, recorded as a rejected row, counted.
+    let r = restart("ci-bot-token-0123456789abcd", "sink:objects")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let rejected = db
+        .query_one(
+            "SELECT requested_by, result->>'refused' FROM service_restart_requests WHERE status = 'rejected'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejected.get::<_, String>(0), "ci-bot");
+    assert_eq!(
+        rejected.get::<_, Option<String>>(1).as_deref(),
+        Some("cooldown")
+    );
+
+    // A wrong token: 401, recorded with what was tried, counted.
+    let r = c
+        .get(format!("{}/api/v1/devices", env.http))
+        .bearer_auth("not-a-token-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let refusal = eventually(Duration::from_secs(5), "the refusal recorded", || async {
+        env.db()
+            .await
+            .query_opt(
+                "SELECT entry, reason, action, actor, remote FROM admin_audit",
+                &[],
+            )
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(refusal.get::<_, String>(0), "api");
+    assert_eq!(refusal.get::<_, String>(1), "unauthorized");
+    assert_eq!(refusal.get::<_, String>(2), "GET /api/v1/devices");
+    assert_eq!(refusal.get::<_, Option<String>>(3), None);
+    assert_eq!(
+        refusal.get::<_, Option<String>>(4).as_deref(),
+        Some("127.0.0.1")
+    );
+    let metrics = env.metrics().await;
+    for series in [
+        r#"fleetflow_admin_refused_total{entry="api",reason="unauthorized"} 1"#,
+        r#"fleetflow_admin_refused_total{entry="api",reason="cooldown"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing");
+    }
 }

@@ -91,3 +91,80 @@ fn the_compose_file_has_every_service_with_consistent_ports_volumes_and_dependen
     let env = &services[&Yaml::String("fleetflow".into())]["environment"];
     assert_eq!(env["FLEETFLOW_HTTP__BIND"].as_str(), Some("0.0.0.0:9464"));
 }
+
+/// The provisioned datasources, by uid: (type, url, database).
+fn provisioned_datasources() -> Vec<(String, String, String, String)> {
+    let dir = root().join("dashboards/provisioning/datasources");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let doc = &YamlLoader::load_from_str(&text).expect("valid YAML")[0];
+        for ds in doc["datasources"].as_vec().expect("datasources") {
+            let s = |y: &Yaml| y.as_str().unwrap_or_default().to_string();
+            out.push((
+                s(&ds["uid"]),
+                s(&ds["type"]),
+                s(&ds["url"]),
+                s(&ds["jsonData"]["database"]),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_trends_dashboard_uses_the_provisioned_postgres_datasource_of_the_compose_database() {
+    let sources = provisioned_datasources();
+    let uids: HashSet<&str> = sources.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(uids.len(), sources.len(), "datasource uids are unique");
+    let (uid, _, url, database) = sources
+        .iter()
+        .find(|s| s.1 == "grafana-postgresql-datasource" || s.1 == "postgres")
+        .expect("a PostgreSQL datasource is provisioned");
+    // It points at the compose postgres service and its database, and Grafana waits for it.
+    let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    let doc = &YamlLoader::load_from_str(&compose).unwrap()[0];
+    let services = &doc["services"];
+    assert_eq!(url, "postgres:5432");
+    assert_eq!(
+        Some(database.as_str()),
+        services["postgres"]["environment"]["POSTGRES_DB"].as_str()
+    );
+    assert!(strs(&services["grafana"]["depends_on"]).contains(&"postgres".to_string()));
+
+    let text =
+        std::fs::read_to_string(root().join("dashboards/grafana/fleet-trends.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 7, "readings, status and captures panels");
+    let mut refs = vec![&dash["templating"]["list"][0]["datasource"]];
+    for p in panels {
+        refs.push(&p["datasource"]);
+        for t in p["targets"].as_array().expect("targets") {
+            refs.push(&t["datasource"]);
+            let sql = t["rawSql"].as_str().expect("rawSql");
+            assert!(sql.contains("$__timeFilter("), "{sql}");
+        }
+    }
+    for r in refs {
+        assert_eq!(r["uid"].as_str(), Some(uid.as_str()), "{r}");
+    }
+    // Every other dashboard's datasource is provisioned too.
+    for entry in std::fs::read_dir(root().join("dashboards/grafana")).unwrap() {
+        let path = entry.unwrap().path();
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for p in d["panels"].as_array().into_iter().flatten() {
+            if let Some(u) = p["datasource"]["uid"].as_str() {
+                assert!(
+                    uids.contains(u),
+                    "{}: unknown datasource {u}",
+                    path.display()
+                );
+            }
+        }
+    }
+    // The device variable feeds the per-device panels.
+    assert_eq!(dash["templating"]["list"][0]["name"], "device_id");
+    assert!(text.contains("${device_id:sqlstring}"));
+}

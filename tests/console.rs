@@ -164,7 +164,9 @@ async fn the_console_lists_devices_and_shows_capture_thumbnails_in_a_real_browse
             page.contains(&format!("<div class=\"u-title\">{title}</div>")),
             "no title {title}:\n{page}"
         );
-        let at = page.find(&format!("data-plot=\"{key}\" data-points=\"")).unwrap();
+        let at = page
+            .find(&format!("data-plot=\"{key}\" data-points=\""))
+            .unwrap();
         let points: usize = page[at..]
             .split('"')
             .nth(3)

@@ -39,15 +39,24 @@ pub struct MqttConfig {
     /// Keep-alive interval in seconds. Default 30.
     #[serde(default = "default_keep_alive_secs")]
     pub keep_alive_secs: u64,
-    /// Start a new session on connect. Default false: the broker keeps the session and queues
-    /// QoS 1 messages while the engine is away.
+    /// MQTT protocol version spoken to the broker: `"5"` (the default) or `"3.1.1"`, for
+    /// brokers that speak only 3.1.1. Manual acks and persistent sessions work on both; with
+    /// 3.1.1 the v5-only settings (`session_expiry_secs`, `receive_maximum`) are not sent (the
+    /// broker's own session and in-flight limits apply) and `broker_info` holds only
+    /// `session_present`.
+    #[serde(default)]
+    pub protocol_version: MqttVersion,
+    /// Start a new session on connect (3.1.1: clean session). Default false: the broker keeps
+    /// the session and queues QoS 1 messages while the engine is away.
     #[serde(default)]
     pub clean_start: bool,
     /// How long the broker keeps the session after a disconnect, in seconds. Default 86400.
+    /// MQTT 5 only.
     #[serde(default = "default_session_expiry_secs")]
     pub session_expiry_secs: u32,
     /// MQTT v5 receive maximum: QoS 1 messages the broker may have unacknowledged with us.
-    /// Acks are held until data is durable, so this bounds the pipeline. Default 8192.
+    /// Acks are held until data is durable, so this bounds the pipeline. Default 8192. MQTT 5
+    /// only (3.1.1 has no flow control: the broker's own in-flight limit applies).
     #[serde(default = "default_receive_maximum")]
     pub receive_maximum: u16,
     /// Largest packet accepted, in bytes. Default 1 MiB.
@@ -72,6 +81,67 @@ pub struct MqttConfig {
     /// firmware generation's answer shapes to use). A product's `mqtt_configs.gxp` overrides it.
     #[serde(default)]
     pub gxp: fleetflow_protocol::gxp::GxpSettings,
+}
+
+/// The MQTT protocol version of a connection (`mqtt.protocol_version`, and a product's
+/// `mqtt_configs.protocol_version`): written `"5"` or `"3.1.1"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum MqttVersion {
+    /// MQTT 5 (the default).
+    #[default]
+    V5,
+    /// MQTT 3.1.1, for brokers that speak nothing newer.
+    V311,
+}
+
+impl MqttVersion {
+    /// How the setting is written: `"5"` or `"3.1.1"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MqttVersion::V5 => "5",
+            MqttVersion::V311 => "3.1.1",
+        }
+    }
+
+    /// Reads `"5"` or `"3.1.1"`; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "5" => Some(MqttVersion::V5),
+            "3.1.1" => Some(MqttVersion::V311),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for MqttVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttVersion {
+    /// A string, or the number 5 (an environment variable `FLEETFLOW_MQTT__PROTOCOL_VERSION=5`
+    /// arrives as a number).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MqttVersion;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#""5" or "3.1.1""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MqttVersion, E> {
+                MqttVersion::parse(v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MqttVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MqttVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn default_true() -> bool {
@@ -119,6 +189,7 @@ impl Default for MqttConfig {
             topic_prefix: default_prefix(),
             qos: default_qos(),
             keep_alive_secs: default_keep_alive_secs(),
+            protocol_version: MqttVersion::V5,
             clean_start: false,
             session_expiry_secs: default_session_expiry_secs(),
             receive_maximum: default_receive_maximum(),

@@ -2,14 +2,18 @@
 //! messages once what they produced is durable, and publishing ACK/NACK and commands to devices.
 //! Acks are tagged with the connection epoch, so a packet id from a closed connection is never
 //! acknowledged on a new one (the broker redelivers those instead).
+//!
+//! - `client`: [`MqttClient`], the v5 or the 3.1.1 client behind one type.
+
+pub mod client;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::AsyncClient;
+
+pub use client::MqttClient;
 
 use crate::metrics as m;
 
@@ -61,7 +65,7 @@ pub enum PublishError {
     NotConnected,
     /// The connection's request queue is full or closed.
     #[error(transparent)]
-    Queue(Box<rumqttc::v5::ClientError>),
+    Queue(client::ClientError),
 }
 
 /// Where replies to a device go: the connection its messages came from, and that source's
@@ -115,7 +119,8 @@ pub fn ack(token: Option<AckToken>) {
 pub struct MqttLink(Arc<LinkInner>);
 
 struct LinkInner {
-    client: Option<AsyncClient>,
+    /// Either protocol's client: acks and publishes do not depend on which.
+    client: Option<MqttClient>,
     epoch: AtomicU64,
     publish_qos: QoS,
     /// QoS 1 messages received and not yet acknowledged (or given up on).
@@ -131,10 +136,10 @@ impl std::fmt::Debug for MqttLink {
 }
 
 impl MqttLink {
-    /// A link over a connected client.
-    pub fn new(client: AsyncClient, publish_qos: QoS) -> Self {
+    /// A link over a connected client (v5 or 3.1.1).
+    pub fn new(client: impl Into<MqttClient>, publish_qos: QoS) -> Self {
         Self(Arc::new(LinkInner {
-            client: Some(client),
+            client: Some(client.into()),
             epoch: AtomicU64::new(0),
             publish_qos,
             unacked: AtomicI64::new(0),
@@ -177,9 +182,7 @@ impl MqttLink {
         if epoch != self.epoch() {
             return false;
         }
-        let mut p = Publish::new("", QoS::AtLeastOnce, Bytes::new(), None);
-        p.pkid = pkid;
-        match client.try_ack(&p) {
+        match client.ack(pkid) {
             Ok(()) => {
                 let left = self.0.unacked.fetch_sub(1, Ordering::AcqRel) - 1;
                 metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
@@ -213,8 +216,8 @@ impl MqttLink {
             QoS::AtLeastOnce
         };
         client
-            .try_publish(topic, qos, retain, payload)
-            .map_err(|e| PublishError::Queue(Box::new(e)))?;
+            .publish(topic, qos, retain, payload)
+            .map_err(PublishError::Queue)?;
         metrics::counter!(m::MQTT_PUBLISHES_TOTAL, "kind" => kind).increment(1);
         Ok(())
     }
@@ -222,7 +225,7 @@ impl MqttLink {
     /// Publishes to a device, without waiting. `kind` labels the metric.
     pub fn publish(&self, topic: String, payload: Bytes, kind: &'static str) {
         let Some(client) = &self.0.client else { return };
-        match client.try_publish(topic, self.0.publish_qos, false, payload) {
+        match client.publish(topic, self.0.publish_qos, false, payload) {
             Ok(()) => metrics::counter!(m::MQTT_PUBLISHES_TOTAL, "kind" => kind).increment(1),
             Err(e) => tracing::warn!(error = %e, kind, "could not queue an MQTT publish"),
         }

@@ -19,6 +19,7 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (ACTIONS_EXECUTED_TOTAL, "counter", "Subscription actions carried out, by action type."),
     (ACTIONS_FAILED_TOTAL, "counter", "Subscription actions that failed (bad payload, full queue, webhook given up after retries), by action type."),
     (ROUTER_ROUTED_TOTAL, "counter", "Messages routed to device actors."),
+    (ADMIN_REFUSED_TOTAL, "counter", "Admin requests refused: a missing or wrong token, a forbidden organisation, a restart within the cooldown."),
     (PUBLISH_LOG_DROPPED_TOTAL, "counter", "Message-log rows dropped because the Postgres sink was full (the log never holds up data)."),
     (DEVICE_MAILBOX_PUSHED_TOTAL, "counter", "Messages put into device actor mailboxes (depth = pushed - popped)."),
     (DEVICE_MAILBOX_POPPED_TOTAL, "counter", "Messages taken from device actor mailboxes."),
@@ -87,6 +88,9 @@ pub const MQTT_RECONNECTS_TOTAL: &str = "fleetflow_mqtt_reconnects_total";
 pub const MQTT_PUBLISHES_TOTAL: &str = "fleetflow_mqtt_publishes_total";
 /// Counter.
 pub const ROUTER_ROUTED_TOTAL: &str = "fleetflow_router_routed_total";
+/// Counter; labels `entry` (api, restart, restart_webhook, organization) and `reason`
+/// (unauthorized, forbidden, cooldown).
+pub const ADMIN_REFUSED_TOTAL: &str = "fleetflow_admin_refused_total";
 /// Counter.
 pub const PUBLISH_LOG_DROPPED_TOTAL: &str = "fleetflow_publish_log_dropped_total";
 /// Counter.

@@ -1,14 +1,18 @@
-//! Bearer-token authentication, compared in constant time, and JSON errors of the form
+//! Bearer-token authentication (named tokens, compared as digests in constant time: `tokens`),
+//! refused requests handed to the audit (`audit`), and JSON errors of the form
 //! `{"error": {"code", "message", "field"?}}`.
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
+use super::audit::Refusal;
+use super::tokens::Caller;
 use super::AdminState;
 
 /// An API error.
@@ -74,64 +78,61 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Whether `presented` equals the token, in time independent of where they differ.
-pub fn token_matches(token: &str, presented: &str) -> bool {
-    // Lengths are compared in constant time too (ct_eq on unequal lengths is false). An empty
-    // token never matches.
-    !token.is_empty() && bool::from(token.as_bytes().ct_eq(presented.as_bytes()))
-}
-
-/// Middleware: every API request needs `Authorization: Bearer <token>`.
-pub async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
-    let Some(token) = s.token.as_deref() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "admin_disabled",
-            "the admin API has no token: set FLEETFLOW_ADMIN__TOKEN or admin.token_file",
-        )
-        .into_response();
-    };
-    let presented = req
-        .headers()
+/// The bearer token of a request (empty when there is none).
+pub fn bearer(req: &Request) -> &str {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !token_matches(token, presented) {
+        .unwrap_or("")
+}
+
+/// A refused request, as the audit records it.
+pub fn refusal(req: &Request, entry: &'static str, reason: &'static str) -> Refusal {
+    Refusal {
+        entry,
+        reason,
+        action: format!("{} {}", req.method(), req.uri().path()),
+        actor: req.extensions().get::<Caller>().map(|c| c.0.to_string()),
+        remote: req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+    }
+}
+
+/// Middleware: every API request needs `Authorization: Bearer <token>`, one of the admin
+/// tokens; its name goes with the request as [`Caller`].
+pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
+    if !s.tokens.has_admin() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "admin_disabled",
+            "the admin API has no token: set FLEETFLOW_ADMIN__TOKEN, admin.token_file or admin.tokens_file",
+        )
+        .into_response();
+    }
+    let Some(caller) = s.tokens.admin(bearer(&req)) else {
+        s.audit.refused(refusal(&req, "api", "unauthorized"));
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong bearer token",
         )
         .into_response();
-    }
+    };
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
-/// Middleware for `POST /api/v1/restarts`: the admin bearer token, or the restart-only token in
-/// `X-Restart-Token` (both compared in constant time).
+/// Middleware for `POST /api/v1/restarts`: an admin bearer token, or a restart-only token in
+/// `X-Restart-Token`; the token's name goes with the request as [`Caller`].
 pub async fn require_restart_access(
     State(s): State<AdminState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let restart = req
-        .headers()
-        .get("x-restart-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let admin_ok = s.token.as_deref().is_some_and(|t| token_matches(t, bearer));
-    let restart_ok = s
-        .restart_token
-        .as_deref()
-        .is_some_and(|t| token_matches(t, restart));
-    if s.token.is_none() && s.restart_token.is_none() {
+    if !s.tokens.has_admin() && !s.tokens.has_restart() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "admin_disabled",
@@ -139,25 +140,24 @@ pub async fn require_restart_access(
         )
         .into_response();
     }
-    if !(admin_ok || restart_ok) {
+    let restart = req
+        .headers()
+        .get("x-restart-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let caller = s
+        .tokens
+        .admin(bearer(&req))
+        .or_else(|| s.tokens.restart(restart));
+    let Some(caller) = caller else {
+        s.audit.refused(refusal(&req, "restart", "unauthorized"));
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong bearer token or X-Restart-Token",
         )
         .into_response();
-    }
+    };
+    req.extensions_mut().insert(caller);
     next.run(req).await
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tokens_match_only_exactly() {
-        assert!(super::token_matches("s3cret-token", "s3cret-token"));
-        assert!(!super::token_matches("s3cret-token", "s3cret-tokeN"));
-        assert!(!super::token_matches("s3cret-token", "s3cret"));
-        assert!(!super::token_matches("s3cret-token", ""));
-        assert!(!super::token_matches("", ""));
-    }
 }

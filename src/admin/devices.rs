@@ -130,7 +130,7 @@ pub async fn detail(
         .ok_or_else(|| ApiError::not_found(format!("device {id} is unknown")))?;
     let captures: Vec<Value> = c
         .query(
-            "SELECT device_capture_id, captured_at, image_bytes, ingest_status, storage_path, nack_rounds, stored_at
+            "SELECT device_capture_id, captured_at, image_bytes, ingest_status, storage_path, nack_rounds, stored_at, deleted_at
              FROM captures WHERE device_id = $1 ORDER BY created_at DESC LIMIT 12",
             &[&id.as_str()],
         )
@@ -144,6 +144,7 @@ pub async fn detail(
                 "image_bytes": r.get::<_, i64>("image_bytes"),
                 "ingest_status": r.get::<_, String>("ingest_status"),
                 "storage_path": r.get::<_, Option<String>>("storage_path"),
+                "deleted_at": r.get::<_, Option<DateTime<Utc>>>("deleted_at"),
                 "nack_rounds": r.get::<_, i32>("nack_rounds"),
                 "stored_at": r.get::<_, Option<DateTime<Utc>>>("stored_at"),
             })
@@ -193,7 +194,7 @@ pub async fn thumbnail(
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let path: String = c
         .query_opt(
-            "SELECT storage_path FROM captures WHERE device_id = $1 AND device_capture_id = $2 AND ingest_status = 'stored'",
+            "SELECT storage_path FROM captures WHERE device_id = $1 AND device_capture_id = $2 AND ingest_status = 'stored' AND deleted_at IS NULL",
             &[&id.as_str(), &capture],
         )
         .await

@@ -1,6 +1,8 @@
 //! The token-protected admin API (`/api/v1/...`) and the operator console (`/`).
 //!
-//! - `auth`: bearer-token check in constant time, and the JSON error shape.
+//! - `auth`: the token checks, and the JSON error shape.
+//! - [`tokens`]: named tokens, compared as digests in constant time.
+//! - `audit`: refused requests, counted and recorded in `admin_audit`.
 //! - `devices`: device list and detail, capture thumbnails.
 //! - `images`: a capture's full-size image, and links to it (presigned on S3).
 //! - `commands`: device commands (§6).
@@ -21,6 +23,7 @@
 //!
 //! The `[admin]` settings are [`crate::config::AdminConfig`].
 
+pub mod audit;
 mod auth;
 mod commands;
 mod console;
@@ -36,6 +39,7 @@ pub mod restart_webhook;
 mod restarts;
 mod schedules;
 mod subscriptions;
+pub mod tokens;
 mod vendor;
 
 use std::sync::Arc;
@@ -60,8 +64,10 @@ pub struct AdminState {
     pub signer: Option<Arc<dyn object_store::signer::Signer>>,
     /// The runtime: live actor state, the sources' connections.
     pub pipeline: Pipeline,
-    /// The token, if configured.
-    pub token: Option<Arc<str>>,
+    /// The named admin and restart-only tokens.
+    pub tokens: Arc<tokens::AdminTokens>,
+    /// Refused requests, counted and recorded.
+    pub audit: Arc<audit::Audit>,
     /// Totals for the console.
     pub prometheus: PrometheusHandle,
     /// Executes restarts and records them.
@@ -70,8 +76,6 @@ pub struct AdminState {
     pub cooldown_secs: u64,
     /// Restarts allowed per target within the cooldown window.
     pub restart_max: u32,
-    /// The restart-only token, if configured.
-    pub restart_token: Option<Arc<str>>,
     /// Publishes commands in each device's format.
     pub commands: crate::command_queue::CommandSender,
     /// Wake schedules (shared with the device actors).

@@ -2,7 +2,7 @@
 //! default): `GET /health`, and `POST /restart` with `X-Restart-Token` and either no body or
 //! `{"service": "mqtt" | "all" | "mqtt-subscriber"}`. Every old service name means a `pipeline`
 //! restart, done in process through [`crate::restart::request`] with the same cooldown and the
-//! same audit row as `POST /api/v1/restarts` (`requested_by` is `restart-webhook`). Answers keep
+//! same audit row as `POST /api/v1/restarts` (`requested_by` is `restart-webhook:<token name>`). Answers keep
 //! the old shape: `{"success", "message", "details"}`, `401 {"error": "Unauthorized"}`.
 
 use axum::body::Bytes;
@@ -15,11 +15,15 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::token_matches;
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+
+use super::audit::Refusal;
 use super::AdminState;
 use crate::restart::{Outcome, RequestError, RestartRequest, RestartTarget};
 
-/// Who the audit row names.
+/// Who the audit row names (with the token's name: `restart-webhook:restart`).
 const REQUESTED_BY: &str = "restart-webhook";
 
 /// The old body; absent means `mqtt`.
@@ -53,22 +57,30 @@ async fn not_found() -> (StatusCode, Json<Value>) {
 }
 
 /// `POST /restart`.
-async fn restart(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn restart(
+    State(s): State<AdminState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let presented = headers
         .get("x-restart-token")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !s
-        .restart_token
-        .as_deref()
-        .is_some_and(|t| token_matches(t, presented))
-    {
+    let Some(caller) = s.tokens.restart(presented) else {
+        s.audit.refused(Refusal {
+            entry: "restart_webhook",
+            reason: "unauthorized",
+            action: "POST /restart".into(),
+            actor: None,
+            remote: Some(remote.ip().to_string()),
+        });
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"success": false, "error": "Unauthorized"})),
         )
             .into_response();
-    }
+    };
     let service = match service_of(&body) {
         Ok(s) => s,
         Err(message) => return refused(StatusCode::BAD_REQUEST, &message, "", Value::Null),
@@ -79,7 +91,7 @@ async fn restart(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -
         );
         return refused(StatusCode::BAD_REQUEST, &message, &service, Value::Null);
     };
-    run(&s, target, service).await
+    run(&s, target, service, &caller.0).await
 }
 
 /// The body's `service`: `mqtt` when the body is empty or has none.
@@ -94,11 +106,12 @@ fn service_of(body: &[u8]) -> Result<String, String> {
 }
 
 /// Records and runs the restart, and answers in the old shape.
-async fn run(s: &AdminState, target: RestartTarget, service: String) -> Response {
+async fn run(s: &AdminState, target: RestartTarget, service: String, token: &str) -> Response {
     let req = RestartRequest {
         target,
         reason: Some(format!("restart webhook, service {service:?}")),
-        requested_by: REQUESTED_BY.into(),
+        requested_by: format!("{REQUESTED_BY}:{token}"),
+        via: "restart_webhook",
         cooldown_secs: s.cooldown_secs,
         max_per_window: s.restart_max,
     };

@@ -5,10 +5,12 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::tokens::Caller;
 use super::{AdminState, ApiError};
 use crate::restart::{RequestError, RestartRequest, RestartTarget};
 
@@ -25,6 +27,7 @@ pub struct RestartBody {
 /// `POST /api/v1/restarts {"target": "device:<id>", "reason": "..."}`
 pub async fn create(
     State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<RestartBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_field("body", e.body_text()))?;
@@ -32,7 +35,7 @@ pub async fn create(
         ApiError::bad_field("target", "target is required, e.g. \"device:AABBCCDDEEFF\"")
     })?;
     let target: RestartTarget = text.parse().map_err(|e| ApiError::bad_field("target", e))?;
-    run(&s, target, body.reason, s.cooldown_secs).await
+    run(&s, target, body.reason, s.cooldown_secs, &caller).await
 }
 
 /// Records a restart of `target` (the limit from `[admin]`), runs it, returns the row.
@@ -41,11 +44,13 @@ pub async fn run(
     target: RestartTarget,
     reason: Option<String>,
     cooldown_secs: u64,
+    caller: &Caller,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = RestartRequest {
         target,
         reason,
-        requested_by: "admin-api".into(),
+        requested_by: caller.0.to_string(),
+        via: "api",
         cooldown_secs,
         max_per_window: s.restart_max,
     };

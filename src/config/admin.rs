@@ -10,9 +10,13 @@ pub struct AdminConfig {
     /// API answers 503 and the console cannot log in. Never logged.
     #[serde(default, skip_serializing)]
     pub token: Option<String>,
-    /// File holding the token.
+    /// File holding the token (named `admin` in the audit trail).
     #[serde(default)]
     pub token_file: Option<String>,
+    /// File of more admin tokens, one `name token` per line (`#` starts a comment), so that the
+    /// audit trail says who asked (`requested_by`). Names are 1-64 of `[A-Za-z0-9._@-]`.
+    #[serde(default)]
+    pub tokens_file: Option<String>,
     /// The restart rate limit's window per target, in seconds. Default 300.
     #[serde(default = "default_cooldown")]
     pub restart_cooldown_secs: u64,
@@ -50,6 +54,7 @@ impl Default for AdminConfig {
         Self {
             token: None,
             token_file: None,
+            tokens_file: None,
             restart_cooldown_secs: default_cooldown(),
             restart_max_per_window: default_restart_max(),
             restart_token: None,
@@ -88,6 +93,9 @@ pub enum SecretFileError {
     /// A token shorter than 16 characters (an empty one would match a request without one).
     #[error("{0} must be at least 16 characters")]
     TooShort(String),
+    /// A line of `admin.tokens_file` that is not `name token` (the line, not its content).
+    #[error("admin.tokens_file line {0}: expected `name token`, the name 1-64 of [A-Za-z0-9._@-]")]
+    TokensLine(usize),
 }
 
 impl AdminConfig {
@@ -103,6 +111,50 @@ impl AdminConfig {
             &self.restart_token_file,
             "admin.restart_token",
         )
+    }
+}
+
+impl AdminConfig {
+    /// The named admin tokens: `admin` (the token setting) and those of `tokens_file`.
+    pub fn resolve_named_tokens(&self) -> Result<Vec<(String, String)>, SecretFileError> {
+        let mut out: Vec<(String, String)> = self
+            .resolve_token()?
+            .map(|t| ("admin".to_string(), t))
+            .into_iter()
+            .collect();
+        let Some(path) = &self.tokens_file else {
+            return Ok(out);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| SecretFileError::Read {
+            setting: "admin.tokens_file".into(),
+            path: path.clone(),
+            source,
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = || SecretFileError::TokensLine(n + 1);
+            let (name, token) = line.split_once(char::is_whitespace).ok_or_else(bad)?;
+            let token = token.trim();
+            let name_ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+            if !name_ok || token.contains(char::is_whitespace) {
+                return Err(bad());
+            }
+            if token.len() < 16 {
+                return Err(SecretFileError::TooShort(format!(
+                    "admin.tokens_file line {}",
+                    n + 1
+                )));
+            }
+            out.push((name.to_string(), token.to_string()));
+        }
+        Ok(out)
     }
 }
 
@@ -128,4 +180,48 @@ fn resolve(
         return Err(SecretFileError::TooShort(name.to_string()));
     }
     Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str) -> (tempfile::TempDir, AdminConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, text).unwrap();
+        let cfg = AdminConfig {
+            token: Some("admin-token-0123456789".into()),
+            tokens_file: Some(path.display().to_string()),
+            ..AdminConfig::default()
+        };
+        (dir, cfg)
+    }
+
+    #[test]
+    fn the_tokens_file_names_each_token_after_the_admin_one() {
+        let (_d, cfg) = with_file(
+            "# who\n\nops-alice  alice-token-0123456789\nci.bot@x ci-token-0123456789abc\n",
+        );
+        let names: Vec<String> = cfg
+            .resolve_named_tokens()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["admin", "ops-alice", "ci.bot@x"]);
+    }
+
+    #[test]
+    fn a_bad_line_is_refused_by_its_number_without_its_content() {
+        let (_d, cfg) = with_file("ok-name ok-token-0123456789ab\nno_token_here\n");
+        let e = cfg.resolve_named_tokens().unwrap_err().to_string();
+        assert!(e.contains("line 2") && !e.contains("no_token_here"), "{e}");
+        let (_d, cfg) = with_file("short tiny\n");
+        assert!(cfg
+            .resolve_named_tokens()
+            .unwrap_err()
+            .to_string()
+            .contains("16"));
+    }
 }

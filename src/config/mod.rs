@@ -290,6 +290,27 @@ mod tests {
     }
 
     #[test]
+    fn the_mqtt_protocol_version_is_5_or_3_1_1_and_anything_else_names_the_field() {
+        use fleetflow_actors::config::MqttVersion;
+        assert_eq!(
+            Config::from_toml("").unwrap().mqtt.protocol_version,
+            MqttVersion::V5
+        );
+        let cfg = Config::from_toml("[mqtt]\nprotocol_version = \"3.1.1\"\n").unwrap();
+        assert_eq!(cfg.mqtt.protocol_version, MqttVersion::V311);
+        assert!(cfg
+            .to_redacted_toml()
+            .contains(r#"protocol_version = "3.1.1""#));
+        for bad in ["\"4\"", "\"3.1\"", "311", "true"] {
+            let e = Config::from_toml(&format!("[mqtt]\nprotocol_version = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("mqtt.protocol_version"), "{bad}: {e}");
+            assert!(e.contains(r#""5" or "3.1.1""#), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn the_admin_and_hosted_sections_live_here_with_their_defaults() {
         let cfg = Config::from_toml(
             "[admin]\nrestart_max_per_window = 3\n[hosted]\nreconcile_secs = 5\n",

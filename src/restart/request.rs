@@ -3,6 +3,7 @@
 //! the database, so it holds across engine processes), then executed in this process. The
 //! admin API (`crate::admin::restarts`) only maps its outcome to HTTP.
 
+use fleetflow_actors::metrics as m;
 use serde_json::Value;
 
 use super::restarter::{Outcome, RestartError, Restarter};
@@ -20,8 +21,10 @@ pub struct RestartRequest {
     pub target: RestartTarget,
     /// Why, for the audit row.
     pub reason: Option<String>,
-    /// Who asked, for the audit row (`admin-api`).
+    /// Who asked, for the audit row: the admin token's name, or `restart-webhook:<name>`.
     pub requested_by: String,
+    /// Which entry point it came through (`api`, `restart_webhook`), for the refusal count.
+    pub via: &'static str,
     /// Least time between two restarts of one target, in seconds.
     pub cooldown_secs: u64,
     /// Restarts of one target allowed within the cooldown window.
@@ -89,8 +92,37 @@ impl Restarter {
             .await;
         match row {
             Ok(r) => Ok(r.get("id")),
-            Err(e) => Err(refusal(&e, req.cooldown_secs)
-                .unwrap_or_else(|| RequestError::Store(RestartError::Db(e)))),
+            Err(e) => {
+                let refused = refusal(&e, req.cooldown_secs)
+                    .unwrap_or_else(|| RequestError::Store(RestartError::Db(e)));
+                if let RequestError::Cooldown { message, .. } = &refused {
+                    self.record_refused(req, message).await;
+                }
+                Err(refused)
+            }
+        }
+    }
+
+    /// A restart refused by the cooldown, recorded as a `rejected` row (which the cooldown does
+    /// not count) and counted.
+    async fn record_refused(&self, req: &RestartRequest, message: &str) {
+        metrics::counter!(m::ADMIN_REFUSED_TOTAL, "entry" => req.via, "reason" => "cooldown")
+            .increment(1);
+        let result = serde_json::json!({"error": message, "refused": "cooldown"});
+        let recorded = match self.pool().get().await {
+            Ok(c) => c
+                .execute(
+                    "INSERT INTO service_restart_requests (target, requested_by, reason, status, completed_at, result)
+                     VALUES ($1, $2, $3, 'rejected', now(), $4)",
+                    &[&req.target.to_string(), &req.requested_by, &req.reason, &result],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "refused restart not recorded");
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::{ManagerError, SourceManager, DEFAULT_SOURCE};
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, MqttVersion};
 use crate::subscriptions::SubscriptionRow;
 use fleetflow_protocol::topic::pattern_filter;
 
@@ -13,8 +13,9 @@ use fleetflow_protocol::topic::pattern_filter;
 /// holds the password, to notice a change of it); never logged.
 pub(super) fn settings_fingerprint(c: &MqttConfig) -> String {
     format!(
-        "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}",
+        "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}",
         c.url,
+        c.protocol_version.as_str(),
         c.verify_cert,
         c.ca_pem,
         c.client_id,
@@ -77,7 +78,7 @@ impl SourceManager {
         let rows = c
             .query(
                 "SELECT product_id, host, port, protocol, username, password_encrypted, client_id, keep_alive_secs, clean_session, prefix, qos,
-                        id, use_shared, shared_group, use_tls, verify_cert, ca_cert_pem, ws_path, pattern, gxp
+                        id, use_shared, shared_group, use_tls, verify_cert, ca_cert_pem, ws_path, pattern, gxp, protocol_version
                  FROM mqtt_configs WHERE enabled ORDER BY product_id",
                 &[],
             )
@@ -172,6 +173,8 @@ impl SourceManager {
             qos: qos.clamp(0, 1) as u8,
             keep_alive_secs: r.get::<_, i32>("keep_alive_secs") as u64,
             clean_start: r.get("clean_session"),
+            // The column's CHECK allows only '5' and '3.1.1'.
+            protocol_version: MqttVersion::parse(r.get("protocol_version")).unwrap_or_default(),
             username: r.get("username"),
             password,
             gxp: gxp_settings(product, r.get("gxp"), &self.default_cfg.gxp),

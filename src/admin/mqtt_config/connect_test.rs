@@ -1,16 +1,16 @@
 //! `POST /api/v1/products/{id}/mqtt-config/test`: connects with the given settings (or the
 //! saved ones, with the stored password) and reports the CONNACK; never touches the running
-//! source.
+//! source. It speaks the configured `protocol_version` (MQTT 5 or 3.1.1); a refusal's
+//! `reason_code` is in MQTT 5 numbering either way.
 
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::Json;
-use fleetflow_actors::config::MqttConfig;
+use fleetflow_actors::config::{MqttConfig, MqttVersion};
+use fleetflow_actors::source::SourceEvent;
 use fleetflow_actors::source_manager::broker_url;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
-use rumqttc::v5::{AsyncClient, ConnectionError, Event};
 use serde_json::{json, Value};
 use tokio_postgres::Row;
 
@@ -28,6 +28,7 @@ struct Target {
     password: Option<String>,
     verify_cert: bool,
     ca_pem: Option<String>,
+    protocol_version: MqttVersion,
 }
 
 /// `POST /api/v1/products/{id}/mqtt-config/test`
@@ -56,7 +57,7 @@ pub async fn test(
 /// The saved config's connection settings, if there is one.
 async fn saved_config(s: &AdminState, product_id: &str) -> Result<Option<Row>, ApiError> {
     let c = s.pool.get().await.map_err(ApiError::internal)?;
-    c.query_opt("SELECT host, port, protocol, username, password_encrypted, use_tls, verify_cert, ca_cert_pem, ws_path FROM mqtt_configs WHERE product_id = $1", &[&product_id])
+    c.query_opt("SELECT host, port, protocol, username, password_encrypted, use_tls, verify_cert, ca_cert_pem, ws_path, protocol_version FROM mqtt_configs WHERE product_id = $1", &[&product_id])
         .await
         .map_err(ApiError::internal)
 }
@@ -80,6 +81,7 @@ fn from_body(
         password,
         verify_cert: v.verify_cert,
         ca_pem: v.ca_cert_pem,
+        protocol_version: MqttVersion::parse(&v.protocol_version).unwrap_or_default(),
     })
 }
 
@@ -97,6 +99,7 @@ fn from_saved(s: &AdminState, product_id: &str, r: &Row) -> Result<Target, ApiEr
         password: open_saved(s, product_id, r.get("password_encrypted"))?,
         verify_cert: r.get("verify_cert"),
         ca_pem: r.get("ca_cert_pem"),
+        protocol_version: MqttVersion::parse(r.get("protocol_version")).unwrap_or_default(),
     })
 }
 
@@ -111,36 +114,28 @@ async fn connect(target: Target) -> Result<Value, ApiError> {
         ca_pem: target.ca_pem,
         clean_start: true,
         keep_alive_secs: 10,
+        protocol_version: target.protocol_version,
         ..MqttConfig::default()
     };
-    let mut o =
-        fleetflow_actors::source::options(&cfg).map_err(|e| ApiError::bad_field("host", e))?;
-    o.set_connection_timeout(CONNECT_TIMEOUT.as_secs());
+    let (client, mut el) =
+        fleetflow_actors::source::connect(&cfg, 10).map_err(|e| ApiError::bad_field("host", e))?;
+    el.set_connection_timeout(CONNECT_TIMEOUT.as_secs());
     let host = target.url;
-    let (client, mut el) = AsyncClient::new(o, 10);
     let started = Instant::now();
     let outcome = tokio::time::timeout(CONNECT_TIMEOUT, async {
         loop {
             match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(a))) => return Ok(a.code),
+                Ok(SourceEvent::ConnAck { .. }) => return Ok((0, "connected")),
                 Ok(_) => continue,
-                Err(ConnectionError::ConnectionRefused(code)) => return Ok(code),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return e.refusal().ok_or_else(|| e.to_string()),
             }
         }
     })
     .await;
     let latency_ms = started.elapsed().as_millis() as u64;
-    let _ = client.try_disconnect();
+    let _ = client.disconnect();
     let (connected, code, text) = match outcome {
-        Ok(Ok(code)) => {
-            let (n, text) = reason(code);
-            (
-                code == ConnectReturnCode::Success,
-                Some(n),
-                text.to_string(),
-            )
-        }
+        Ok(Ok((n, text))) => (n == 0, Some(n), text.to_string()),
         Ok(Err(e)) => (false, None, format!("connection failed: {e}")),
         Err(_) => (false, None, "timed out after 10 s".to_string()),
     };
@@ -155,22 +150,6 @@ async fn connect(target: Target) -> Result<Value, ApiError> {
         "error": if connected { Value::Null } else { json!(text) },
         "details": if connected { "Connected successfully".to_string() } else { text.clone() },
     }))
-}
-
-/// Human-readable CONNACK reasons.
-fn reason(code: ConnectReturnCode) -> (u8, &'static str) {
-    match code {
-        ConnectReturnCode::Success => (0, "connected"),
-        ConnectReturnCode::BadUserNamePassword => (134, "bad username or password"),
-        ConnectReturnCode::NotAuthorized => (135, "not authorized"),
-        ConnectReturnCode::ClientIdentifierNotValid => (133, "client identifier not valid"),
-        ConnectReturnCode::ServerUnavailable => (136, "server unavailable"),
-        ConnectReturnCode::ServerBusy => (137, "server busy"),
-        ConnectReturnCode::Banned => (138, "banned"),
-        ConnectReturnCode::BadAuthenticationMethod => (140, "bad authentication method"),
-        ConnectReturnCode::UnsupportedProtocolVersion => (132, "unsupported protocol version"),
-        _ => (128, "refused by the broker"),
-    }
 }
 
 /// Opens the stored password (409 without the key or when it does not open).

@@ -31,7 +31,7 @@ const RECONNECT_WAIT: Duration = Duration::from_secs(5);
 const SELECT: &str = "SELECT id, host, port, protocol, use_tls, verify_cert, username,
   password_encrypted IS NOT NULL AS has_password,
   client_id, keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, created_at, updated_at,
-  ca_cert_pem, ws_path, gxp
+  ca_cert_pem, ws_path, gxp, protocol_version
   FROM mqtt_configs WHERE product_id = $1";
 
 /// A row of [`SELECT`] as the API shows it: the password only as `"***"` when set.
@@ -42,6 +42,7 @@ fn masked(product_id: &str, r: &Row) -> Value {
         "host": r.get::<_, String>("host"),
         "port": r.get::<_, i32>("port"),
         "protocol": r.get::<_, String>("protocol"),
+        "protocol_version": r.get::<_, String>("protocol_version"),
         "use_tls": r.get::<_, bool>("use_tls"),
         "verify_cert": r.get::<_, bool>("verify_cert"),
         "username": r.get::<_, Option<String>>("username"),
@@ -74,6 +75,7 @@ fn nested(flat: &Value) -> Value {
             "host": f("host"), "port": f("port"), "protocol": f("protocol"), "use_tls": f("use_tls"),
             "verify_cert": f("verify_cert"), "username": f("username"), "password": f("password"),
             "client_id": f("client_id"), "keep_alive": f("keep_alive_secs"), "clean_session": f("clean_session"),
+            "protocol_version": f("protocol_version"),
         },
         "topics": {
             "prefix": f("prefix"), "pattern": f("pattern"), "use_shared": f("use_shared"),
@@ -183,18 +185,19 @@ async fn upsert(
 ) -> Result<(), ApiError> {
     c.execute(
         "INSERT INTO mqtt_configs (product_id, host, port, protocol, use_tls, verify_cert, username, password_encrypted, client_id,
-           keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, ca_cert_pem, ws_path, gxp)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+           keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, ca_cert_pem, ws_path, gxp, protocol_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
          ON CONFLICT (product_id) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol,
            use_tls = EXCLUDED.use_tls, verify_cert = EXCLUDED.verify_cert, username = EXCLUDED.username,
            password_encrypted = COALESCE(EXCLUDED.password_encrypted, mqtt_configs.password_encrypted),
            client_id = EXCLUDED.client_id, keep_alive_secs = EXCLUDED.keep_alive_secs, clean_session = EXCLUDED.clean_session,
            prefix = EXCLUDED.prefix, pattern = EXCLUDED.pattern, use_shared = EXCLUDED.use_shared,
            shared_group = EXCLUDED.shared_group, qos = EXCLUDED.qos, enabled = EXCLUDED.enabled,
-           ca_cert_pem = EXCLUDED.ca_cert_pem, ws_path = EXCLUDED.ws_path, gxp = EXCLUDED.gxp",
+           ca_cert_pem = EXCLUDED.ca_cert_pem, ws_path = EXCLUDED.ws_path, gxp = EXCLUDED.gxp,
+           protocol_version = EXCLUDED.protocol_version",
         &[&product_id, &v.host, &v.port, &v.protocol, &v.use_tls, &v.verify_cert, &v.username, sealed, &v.client_id,
           &v.keep_alive_secs, &v.clean_session, &v.prefix, &v.pattern, &v.use_shared, &v.shared_group, &v.qos, &v.enabled,
-          &v.ca_cert_pem, &v.ws_path, &v.gxp],
+          &v.ca_cert_pem, &v.ws_path, &v.gxp, &v.protocol_version],
     )
     .await
     .map_err(ApiError::internal)?;
@@ -260,6 +263,7 @@ pub async fn status(
 /// (recorded in `service_restart_requests` as `source:<id>`, without a cooldown).
 pub async fn reconnect(
     State(s): State<AdminState>,
+    axum::Extension(caller): axum::Extension<crate::admin::tokens::Caller>,
     UrlPath(raw): UrlPath<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let product_id = product(&raw)?;
@@ -285,6 +289,7 @@ pub async fn reconnect(
         RestartTarget::Source(product_id),
         Some("reconnect requested over HTTP".into()),
         0,
+        &caller,
     )
     .await
 }

@@ -32,6 +32,8 @@ pub struct ConfigBody {
     enabled: Option<bool>,
     ca_cert_pem: Option<String>,
     ws_path: Option<String>,
+    /// The MQTT protocol version the source speaks: `"5"` (the default) or `"3.1.1"`.
+    protocol_version: Option<String>,
     /// The GXP firmware profile's settings for this product (nack_topic, next_wake_format,
     /// gas_unit, resend_whole_image_after_retries, nack_max_bytes); absent keeps the file's.
     gxp: Option<Value>,
@@ -125,6 +127,8 @@ pub(super) struct Valid {
     pub(super) ca_cert_pem: Option<String>,
     pub(super) ws_path: String,
     pub(super) gxp: Option<Value>,
+    /// `"5"` or `"3.1.1"`.
+    pub(super) protocol_version: String,
 }
 
 /// Checks every field, the first bad one named in the 400, and fills in the defaults.
@@ -132,6 +136,7 @@ pub(super) fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiErro
     let host = host(b.host)?;
     let port = port(b.port)?;
     let protocol = protocol(b.protocol)?;
+    let protocol_version = protocol_version(b.protocol_version)?;
     let qos = qos(b.qos)?;
     let keep_alive_secs = keep_alive(b.keep_alive_secs)?;
     let prefix = prefix(b.prefix)?;
@@ -145,6 +150,7 @@ pub(super) fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiErro
     let ws_path = ws_path(b.ws_path)?;
     gxp(b.gxp.as_ref())?;
     Ok(Valid {
+        protocol_version,
         gxp: b.gxp,
         ca_cert_pem,
         ws_path,
@@ -208,6 +214,21 @@ fn protocol(protocol: Option<String>) -> Result<String, ApiError> {
         ));
     }
     Ok(protocol)
+}
+
+/// `"5"` (the default) or `"3.1.1"`.
+fn protocol_version(v: Option<String>) -> Result<String, ApiError> {
+    match v
+        .as_deref()
+        .map(fleetflow_actors::config::MqttVersion::parse)
+    {
+        None => Ok("5".into()),
+        Some(Some(v)) => Ok(v.as_str().into()),
+        Some(None) => Err(ApiError::bad_field(
+            "protocol_version",
+            r#"protocol_version must be "5" or "3.1.1""#,
+        )),
+    }
 }
 
 /// 0, 1 (the default) or 2.
@@ -329,6 +350,7 @@ mod tests {
             ("ESP32CAM", "/mqtt")
         );
         assert_eq!(v.client_id, "fleetflow-p1");
+        assert_eq!(v.protocol_version, "5");
         assert!(v.verify_cert && !v.clean_session && !v.use_shared);
     }
 
@@ -359,6 +381,28 @@ mod tests {
         assert_eq!(
             field(serde_json::json!({"host": "h", "ws_path": "mqtt"})),
             "ws_path"
+        );
+        assert_eq!(
+            field(serde_json::json!({"host": "h", "protocol_version": "4"})),
+            "protocol_version"
+        );
+    }
+
+    #[test]
+    fn the_protocol_version_is_read_flat_and_from_the_old_connection_section() {
+        let flat = ConfigBody::from_json(serde_json::json!(
+            {"host": "h", "protocol_version": "3.1.1"}
+        ))
+        .unwrap();
+        assert_eq!(validate("p", flat).unwrap().protocol_version, "3.1.1");
+        let nested = ConfigBody::from_json(serde_json::json!(
+            {"broker": {"host": "h"}, "connection": {"protocol_version": "3.1.1", "keep_alive": 60}}
+        ))
+        .unwrap();
+        let v = validate("p", nested).unwrap();
+        assert_eq!(
+            (v.protocol_version.as_str(), v.keep_alive_secs),
+            ("3.1.1", 60)
         );
     }
 }

@@ -23,7 +23,6 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::auth::token_matches;
 use super::{AdminState, ApiError};
 use crate::hosted::Hosted;
 pub use credentials::{create, list, revoke, rotate};
@@ -68,22 +67,20 @@ pub async fn require_org_access(
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
-    let caller = if s
-        .token
-        .as_deref()
-        .is_some_and(|t| token_matches(t, &presented))
-    {
+    let caller = if s.tokens.admin(&presented).is_some() {
         Some(Caller::Admin)
     } else if presented.starts_with("fft_") {
         match lookup_org_token(&s, &presented).await {
             Ok(Some(o)) if o == org => Some(Caller::Organization(o)),
             Ok(Some(_)) => {
+                s.audit
+                    .refused(super::auth::refusal(&req, "organization", "forbidden"));
                 return ApiError::new(
                     StatusCode::FORBIDDEN,
                     "forbidden",
                     "this organisation token belongs to another organisation",
                 )
-                .into_response()
+                .into_response();
             }
             Ok(None) => None,
             Err(e) => return e.into_response(),
@@ -92,6 +89,8 @@ pub async fn require_org_access(
         None
     };
     let Some(caller) = caller else {
+        s.audit
+            .refused(super::auth::refusal(&req, "organization", "unauthorized"));
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
