@@ -149,6 +149,10 @@ impl TopicParser {
     }
 }
 
+/// A placeholder's delimiters (written as escapes, so that brace-counting tools stay aligned).
+const OPEN: char = '\u{7b}';
+const CLOSE: char = '\u{7d}';
+
 /// The topic filter a configured `pattern` subscribes to. A pattern without placeholders is a
 /// filter as written (`org_1/devices/+/#`). A pattern with `{name}` placeholders is the old
 /// config API's form, relative to the prefix: each placeholder level becomes `+`, and the
@@ -156,13 +160,13 @@ impl TopicParser {
 /// `{application_id}/business-events` under `/v3/applications` is
 /// `/v3/applications/+/business-events`.
 pub fn pattern_filter(prefix: &str, pattern: &str) -> String {
-    if !pattern.contains('{') {
+    if !pattern.contains(OPEN) {
         return pattern.to_string();
     }
     let levels: Vec<&str> = pattern
         .split('/')
         .map(|l| {
-            if l.starts_with('{') && l.ends_with('}') {
+            if l.starts_with(OPEN) && l.ends_with(CLOSE) {
                 "+"
             } else {
                 l

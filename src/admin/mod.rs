@@ -6,6 +6,7 @@
 //! - `devices`: device list and detail, capture thumbnails.
 //! - `images`: a capture's full-size image, and links to it (presigned on S3).
 //! - `commands`: device commands (§6).
+//! - `command_history`: a device's commands and their status, newest first.
 //! - `mqtt_config`: broker config per product (sealed passwords, masked output, connection test).
 //! - `subscriptions`: a product's subscriptions and their actions.
 //! - `publish`: publishing through a product's own connection.
@@ -14,10 +15,12 @@
 //! - `schedules`: a device's wake schedule.
 //! - `messages`: a device's message log (`device_publish_log`), paged.
 //! - `restarts`: `POST /api/v1/restarts`, the HTTP face of [`crate::restart::request`].
+//! - `restart_history`: `GET /api/v1/restarts`, the restart audit trail, paged.
+//! - `products`: `GET /api/v1/products`, every product's config with its live status.
 //! - [`restart_webhook`]: the old restart webhook's `GET /health` and `POST /restart`, on a
 //!   listener of their own (`[restart_webhook] bind`).
 //! - `params`: checks several handlers share (product ids, topic filters).
-//! - `console`: the embedded web page.
+//! - `console`: the embedded web page and its scripts.
 //! - `readings`: a device's sensor trends and the fleet's captures per day or week.
 //! - `vendor`: uPlot, embedded for the console's charts.
 //!
@@ -25,6 +28,7 @@
 
 pub mod audit;
 mod auth;
+mod command_history;
 mod commands;
 mod console;
 mod devices;
@@ -33,8 +37,10 @@ mod messages;
 mod mqtt_config;
 mod organizations;
 mod params;
+mod products;
 mod publish;
 mod readings;
+mod restart_history;
 pub mod restart_webhook;
 mod restarts;
 mod schedules;
@@ -88,7 +94,42 @@ pub struct AdminState {
 
 /// The admin routes and the console.
 pub fn routes(state: AdminState) -> Router {
-    let api = Router::new()
+    let api = device_routes()
+        .merge(product_routes())
+        .route("/api/v1/restarts", get(restart_history::list))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .with_state(state.clone());
+    let orgs = organization_routes()
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            organizations::require_org_access,
+        ))
+        .with_state(state.clone());
+    let restart = Router::new()
+        .route("/api/v1/restarts", post(restarts::create))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_restart_access,
+        ))
+        .with_state(state);
+    Router::new()
+        .merge(api)
+        .merge(orgs)
+        .merge(restart)
+        .route("/", get(console::page))
+        .route("/console/pages.js", get(console::pages_js))
+        .route("/console/device.js", get(console::device_js))
+        .route("/vendor/uPlot.iife.min.js", get(vendor::uplot_js))
+        .route("/vendor/uPlot.min.css", get(vendor::uplot_css))
+        .route("/vendor/uPlot.LICENSE", get(vendor::uplot_license))
+}
+
+/// Devices, their captures, schedules, messages and commands, and fleet statistics (admin token).
+fn device_routes() -> Router<AdminState> {
+    Router::new()
         .route("/api/v1/stats", get(devices::stats))
         .route("/api/v1/sources", get(devices::sources))
         .route("/api/v1/devices", get(devices::list))
@@ -117,8 +158,14 @@ pub fn routes(state: AdminState) -> Router {
         .route("/api/v1/devices/{device_id}/messages", get(messages::list))
         .route(
             "/api/v1/devices/{device_id}/commands",
-            post(commands::create),
+            get(command_history::list).post(commands::create),
         )
+}
+
+/// Broker config, subscriptions and publishing per product (admin token).
+fn product_routes() -> Router<AdminState> {
+    Router::new()
+        .route("/api/v1/products", get(products::list))
         .route(
             "/api/v1/products/{product_id}/mqtt-config",
             get(mqtt_config::get).put(mqtt_config::put),
@@ -147,12 +194,11 @@ pub fn routes(state: AdminState) -> Router {
             "/api/v1/products/{product_id}/publish",
             post(publish::product_publish),
         )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ))
-        .with_state(state.clone());
-    let orgs = Router::new()
+}
+
+/// Hosted-broker credentials, organisation tokens and publishing (admin or organisation token).
+fn organization_routes() -> Router<AdminState> {
+    Router::new()
         .route(
             "/api/v1/organizations/{org_id}/mqtt-credentials",
             get(organizations::list).post(organizations::create),
@@ -173,24 +219,4 @@ pub fn routes(state: AdminState) -> Router {
             "/api/v1/organizations/{org_id}/publish",
             post(organizations::publish),
         )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            organizations::require_org_access,
-        ))
-        .with_state(state.clone());
-    let restart = Router::new()
-        .route("/api/v1/restarts", post(restarts::create))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_restart_access,
-        ))
-        .with_state(state);
-    Router::new()
-        .merge(api)
-        .merge(orgs)
-        .merge(restart)
-        .route("/", get(console::page))
-        .route("/vendor/uPlot.iife.min.js", get(vendor::uplot_js))
-        .route("/vendor/uPlot.min.css", get(vendor::uplot_css))
-        .route("/vendor/uPlot.LICENSE", get(vendor::uplot_license))
 }
