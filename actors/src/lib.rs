@@ -2,7 +2,9 @@
 //! pure device state machine of `fleetflow-protocol`.
 //!
 //! # Layout
-//! - [`source`]: one MQTT v5 event loop per broker connection. A pure forwarder: it turns PUBLISH
+//! - [`source`]: one MQTT event loop per broker connection, v5 or 3.1.1 (`protocol_version`,
+//!   chosen once in `source/options.rs`; `source/events.rs` turns either client's events into
+//!   the same ones, and [`link`] holds either client). A pure forwarder: it turns PUBLISH
 //!   packets into [`router::RawPublish`] on a bounded queue and sends acks and publishes queued
 //!   by others.
 //! - [`source_manager`]: runs one source per enabled `mqtt_configs` row (else the `[mqtt]` file

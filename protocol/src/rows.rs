@@ -179,8 +179,8 @@ pub enum LogPayload {
 pub struct PublishLogRow {
     /// The device.
     pub device_id: DeviceId,
-    /// The full topic.
-    pub topic: String,
+    /// The full topic, as received (shared, not copied).
+    pub topic: bytes::Bytes,
     /// In or out.
     pub direction: Direction,
     /// The payload or its summary.

@@ -1,10 +1,16 @@
-//! The operator console: one static page embedded in the binary (no build step), served at `/`.
-//! It logs in with the admin token (kept in `sessionStorage`) and calls the admin API.
+//! The operator console: one static page embedded in the binary (no build step), served at `/`,
+//! with two scripts beside it: `console-pages.js` (the control-plane pages: products and their
+//! broker config, subscriptions, hosted credentials, restarts) and `console-device.js` (the
+//! device page's commands and message log). It logs in with the admin token (kept in
+//! `sessionStorage`) and calls the admin API; the scripts hold no data, so they are served
+//! without a token. Data goes into the DOM through `textContent` and attributes only.
 
 use axum::http::header;
 use axum::response::IntoResponse;
 
 const PAGE: &str = include_str!("console.html");
+const PAGES_JS: &str = include_str!("console-pages.js");
+const DEVICE_JS: &str = include_str!("console-device.js");
 
 /// `GET /`
 pub async fn page() -> impl IntoResponse {
@@ -16,4 +22,26 @@ pub async fn page() -> impl IntoResponse {
         ],
         PAGE,
     )
+}
+
+/// A script of the page: not cached, so that it always matches the page the binary serves.
+fn script(body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+}
+
+/// `GET /console/pages.js`
+pub async fn pages_js() -> impl IntoResponse {
+    script(PAGES_JS)
+}
+
+/// `GET /console/device.js`
+pub async fn device_js() -> impl IntoResponse {
+    script(DEVICE_JS)
 }

@@ -9,11 +9,13 @@
 //! - `servers`: private PostgreSQL and S3 servers for the outage tests.
 //! - `broker`: a private Mosquitto with password auth.
 //! - `gxp`: the GXP firmware stand-in.
+//! - `browser`: headless Chromium, run once per page or driven over WebDriver.
 //!
 //! Everything is re-exported here, so tests name it `common::X`.
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod browser;
 pub mod db;
 pub mod device;
 pub mod engine;

@@ -24,15 +24,16 @@ use fleetflow_protocol::topic::TopicKind;
 /// The fields a summary keeps, when present.
 const IDENTIFYING: [&str; 5] = ["type", "image_name", "image_id", "capture_id", "chunk_id"];
 
-/// What the sampler needs of a `/data` payload, read without building a tree.
+/// What the sampler needs of a `/data` payload, read without building a tree (and, for an
+/// unescaped `type`, without allocating).
 #[derive(Deserialize)]
-struct Keys {
+struct Keys<'a> {
     #[serde(default)]
     chunk_id: Option<u64>,
     #[serde(default)]
     seq: Option<u64>,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The row for a message a device published, or `None` when the log is off or the sampler
@@ -40,7 +41,7 @@ struct Keys {
 pub fn inbound(
     cfg: &PublishLogConfig,
     device: &DeviceId,
-    topic: &[u8],
+    topic: &Bytes,
     kind: &TopicKind,
     payload: &Bytes,
     at: DateTime<Utc>,
@@ -58,15 +59,9 @@ pub fn inbound(
             )
         }
         TopicKind::Data => data_payload(cfg, payload)?,
-        _ => as_logged(cfg, payload),
+        _ => as_logged(cfg, payload, false),
     };
-    Some(row(
-        device,
-        String::from_utf8_lossy(topic).into_owned(),
-        Direction::In,
-        logged,
-        at,
-    ))
+    Some(row(device, topic.clone(), Direction::In, logged, at))
 }
 
 /// The row for a message the engine sent a device (ACK, NACK, command).
@@ -78,11 +73,12 @@ pub fn outbound(
     at: DateTime<Utc>,
 ) -> Option<PublishLogRow> {
     cfg.enabled.then(|| {
+        let topic = Bytes::copy_from_slice(topic.as_bytes());
         row(
             device,
-            topic.to_string(),
+            topic,
             Direction::Out,
-            as_logged(cfg, payload),
+            as_logged(cfg, payload, false),
             at,
         )
     })
@@ -90,7 +86,7 @@ pub fn outbound(
 
 fn row(
     device: &DeviceId,
-    topic: String,
+    topic: Bytes,
     direction: Direction,
     payload: LogPayload,
     at: DateTime<Utc>,
@@ -113,7 +109,7 @@ fn sampled(n: u64, every: u32) -> bool {
 /// anything else as received.
 fn data_payload(cfg: &PublishLogConfig, payload: &Bytes) -> Option<LogPayload> {
     let Ok(keys) = serde_json::from_slice::<Keys>(payload) else {
-        return Some(as_logged(cfg, payload));
+        return Some(as_logged(cfg, payload, false));
     };
     if let Some(chunk) = keys.chunk_id {
         if !sampled(chunk, cfg.chunk_sample_every) {
@@ -128,16 +124,18 @@ fn data_payload(cfg: &PublishLogConfig, payload: &Bytes) -> Option<LogPayload> {
             }
         }
     }
-    Some(as_logged(cfg, payload))
+    // Parsed above: valid JSON.
+    Some(as_logged(cfg, payload, true))
 }
 
 /// The payload as received when it is small JSON that `jsonb` takes, else its summary.
-fn as_logged(cfg: &PublishLogConfig, payload: &Bytes) -> LogPayload {
+/// `parsed`: already known to be valid JSON.
+fn as_logged(cfg: &PublishLogConfig, payload: &Bytes, parsed: bool) -> LogPayload {
     let storable = payload.len() <= cfg.max_payload_bytes
         && std::str::from_utf8(payload).is_ok()
         // jsonb refuses the NUL character, even escaped.
         && !contains(payload, b"\\u0000")
-        && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok();
+        && (parsed || serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok());
     if storable {
         LogPayload::Json(payload.clone())
     } else {
@@ -189,7 +187,8 @@ mod tests {
 
     fn log(kind: TopicKind, payload: &'static [u8]) -> Option<PublishLogRow> {
         let p = Bytes::from_static(payload);
-        inbound(&cfg(), &id(), b"P/AABBCCDDEEFF/data", &kind, &p, Utc::now())
+        let topic = Bytes::from_static(b"P/AABBCCDDEEFF/data");
+        inbound(&cfg(), &id(), &topic, &kind, &p, Utc::now())
     }
 
     #[test]
@@ -245,7 +244,7 @@ mod tests {
             let row = inbound(
                 &cfg(),
                 &id(),
-                b"t",
+                &Bytes::from_static(b"t"),
                 &TopicKind::Status,
                 &Bytes::copy_from_slice(p),
                 Utc::now(),
@@ -275,7 +274,8 @@ mod tests {
             ..cfg()
         };
         let p = Bytes::from_static(b"{}");
-        assert!(inbound(&off, &id(), b"t", &TopicKind::Status, &p, Utc::now()).is_none());
+        let t = Bytes::from_static(b"t");
+        assert!(inbound(&off, &id(), &t, &TopicKind::Status, &p, Utc::now()).is_none());
         assert!(outbound(&off, &id(), "t", &p, Utc::now()).is_none());
         assert!(outbound(&cfg(), &id(), "t", &p, Utc::now()).is_some());
     }

@@ -429,7 +429,7 @@ async fn write_publish_log(
             continue;
         };
         ids.push(l.device_id.as_str());
-        topic.push(l.topic.as_str());
+        topic.push(String::from_utf8_lossy(&l.topic));
         dir.push(l.direction.as_str());
         body.push(match &l.payload {
             // Checked as UTF-8 JSON when the row was made.

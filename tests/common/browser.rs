@@ -1,0 +1,244 @@
+//! A real browser for the console tests: Debian's headless Chromium, either run once per page
+//! (`chromium(&["--dump-dom", url])`, no clicks) or driven over WebDriver (`Browser`, through
+//! `chromedriver` from Debian's `chromium-driver`, plain JSON over HTTP with reqwest) to click
+//! buttons and fill forms as an operator does.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::free_port;
+
+/// Chromium's flags for a quiet, sandbox-less headless run.
+const FLAGS: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
+/// Runs Chromium once (`--dump-dom`, `--screenshot=...`) with 8 s of virtual time for the page's
+/// scripts, and returns its standard output.
+pub fn chromium(args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args(FLAGS)
+        .arg("--virtual-time-budget=8000")
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("chromium is not installed ({e}); `scripts/test` installs Debian's chromium package"));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The W3C WebDriver key of an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecc";
+
+/// A headless Chromium session driven through its own `chromedriver` process (killed on drop).
+pub struct Browser {
+    driver: Child,
+    base: String,
+    http: reqwest::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts `chromedriver` on a free port and opens a session with a 1280×900 window.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("chromedriver is not installed ({e}); `scripts/services up` installs Debian's chromium-driver"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = FLAGS.iter().map(|s| s.to_string()).collect();
+        args.push("--window-size=1280,900".into());
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        let http = reqwest::Client::new();
+        let root = format!("http://127.0.0.1:{port}");
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
+        let r: Value = http
+            .post(format!("{root}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {r}"))
+            .to_string();
+        Self {
+            driver,
+            base: format!("{root}/session/{id}"),
+            http,
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+
+    /// Opens `url` (waits for the load event, not for the page's fetches).
+    pub async fn goto(&self, url: &str) {
+        let v = self
+            .call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+        assert!(v.is_null(), "navigation failed: {v}");
+    }
+
+    /// The element matching `css`, waiting up to 20 s for it to appear.
+    pub async fn find(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self
+                .call(
+                    reqwest::Method::POST,
+                    "/element",
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await;
+            if let Some(id) = v[ELEMENT].as_str() {
+                return id.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no element {css}:\n{}",
+                self.source().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Clicks the element matching `css`.
+    pub async fn click(&self, css: &str) {
+        let el = self.find(css).await;
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/element/{el}/click"),
+                Some(json!({})),
+            )
+            .await;
+        assert!(v.is_null(), "click on {css} failed: {v}");
+    }
+
+    /// Replaces the text of the input matching `css`.
+    pub async fn fill(&self, css: &str, text: &str) {
+        let el = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{el}/clear"),
+            Some(json!({})),
+        )
+        .await;
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/element/{el}/value"),
+                Some(json!({ "text": text })),
+            )
+            .await;
+        assert!(v.is_null(), "typing into {css} failed: {v}");
+    }
+
+    /// The rendered text of the element matching `css`.
+    pub async fn text(&self, css: &str) -> String {
+        let el = self.find(css).await;
+        let v = self
+            .call(reqwest::Method::GET, &format!("/element/{el}/text"), None)
+            .await;
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits up to 20 s until the element matching `css` holds `needle` in its text; returns
+    /// the text.
+    pub async fn wait_text(&self, css: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = self.text(css).await;
+            if t.contains(needle) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never showed {needle:?}; it shows {t:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs a script in the page and returns its value.
+    pub async fn script(&self, js: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": js, "args": []})),
+        )
+        .await
+    }
+
+    /// The page's current DOM as HTML.
+    pub async fn source(&self) -> String {
+        self.call(reqwest::Method::GET, "/source", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Saves a PNG of the window to `path`.
+    pub async fn screenshot(&self, path: &Path) {
+        let v = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("a base64 screenshot"))
+            .unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "a screenshot"
+        );
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Ends the session (and its Chromium), then the driver; best effort.
+        let _ = std::process::Command::new("curl")
+            .args(["-s", "-X", "DELETE", &self.base])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
