@@ -17,3 +17,9 @@ CREATE TABLE admin_audit (
     remote     text
 );
 CREATE INDEX admin_audit_at_idx ON admin_audit (at DESC);
+
+-- The message log (device_publish_log, written since this release) is paged per device by id
+-- (GET /api/v1/devices/{id}/messages): index that, in place of V1's (device_id, received_at),
+-- which nothing reads, so each log row still costs one btree.
+DROP INDEX IF EXISTS device_publish_log_device_idx;
+CREATE INDEX IF NOT EXISTS device_publish_log_device_id_idx ON device_publish_log (device_id, id);

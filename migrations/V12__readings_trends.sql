@@ -9,17 +9,19 @@
 -- GET /api/v1/devices/{id}/readings: one device's readings in a time range, aggregated. The
 -- INCLUDE columns make it an index-only scan: at 100M rows a device's readings are spread over
 -- as many heap pages as there are readings (ingest interleaves devices), and reading those pages
--- is what costs, not the index. sensor_readings_latest_idx (device_id, measured_at DESC) stays
--- for the latest-reading lookups of the data path.
+-- is what costs, not the index. It also serves the latest-reading lookups (a backward scan), so
+-- V1's sensor_readings_latest_idx (device_id, measured_at DESC) goes: every insert paid for both.
 CREATE INDEX IF NOT EXISTS sensor_readings_trends_idx
     ON sensor_readings (device_id, measured_at)
     INCLUDE (temperature_c, humidity_pct, pressure_hpa, gas_kohm);
+DROP INDEX IF EXISTS sensor_readings_latest_idx;
 
--- The same for the status history (battery and RSSI trends); device_status_latest_idx
--- (device_id, created_at DESC) finds the rows but needs a heap page per row.
+-- The same for the status history (battery and RSSI trends); V1's device_status_latest_idx
+-- (device_id, created_at DESC) found the rows but needed a heap page per row, and goes too.
 CREATE INDEX IF NOT EXISTS device_status_trends_idx
     ON device_status (device_id, created_at)
     INCLUDE (battery_v, rssi);
+DROP INDEX IF EXISTS device_status_latest_idx;
 
 -- Fleet-wide queries by time (Grafana's fleet panels): readings arrive roughly in measured_at
 -- order, so a BRIN of a few megabytes at 100M rows narrows a day's query to that day's pages

@@ -58,7 +58,7 @@ const TABLES: [TableRule; 3] = [
         kind: "readings",
         sql: "WITH doomed AS (SELECT id FROM sensor_readings
                 WHERE created_at < now() - make_interval(days => $1)
-                ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                LIMIT $2 FOR UPDATE SKIP LOCKED)
               DELETE FROM sensor_readings t USING doomed WHERE t.id = doomed.id",
         days: |c| c.readings_days,
     },
@@ -74,7 +74,7 @@ const TABLES: [TableRule; 3] = [
         kind: "publish_log",
         sql: "WITH doomed AS (SELECT id FROM device_publish_log
                 WHERE received_at < now() - make_interval(days => $1)
-                ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                LIMIT $2 FOR UPDATE SKIP LOCKED)
               DELETE FROM device_publish_log t USING doomed WHERE t.id = doomed.id",
         days: |c| c.publish_log_days,
     },

@@ -582,3 +582,105 @@ async fn a_restart_only_token_requests_restarts_and_nothing_else_within_n_per_wi
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_restart_whose_client_hangs_up_still_finishes_and_abandoned_rows_are_closed() {
+    let env = TestEnv::start(Options {
+        extra: format!("[admin]\ntoken = \"{TOKEN}\"\nrestart_poll_secs = 1\n"),
+        ..Options::default()
+    })
+    .await;
+    // A client that gives up after 50 ms, long before a pipeline restart is done.
+    let hasty = reqwest::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let gave_up = hasty
+        .post(format!("{}/api/v1/restarts", env.http))
+        .bearer_auth(TOKEN)
+        .json(&json!({"target": "pipeline"}))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client was meant to time out");
+    // The restart is not cancelled with the request: it finishes, healthy, and says so.
+    let done = eventually(Duration::from_secs(60), "the pipeline restart to finish", || async {
+        let r = env
+            .db()
+            .await
+            .query_opt(
+                "SELECT status, result FROM service_restart_requests WHERE target = 'pipeline' AND status <> 'running'",
+                &[],
+            )
+            .await
+            .unwrap()?;
+        Some((r.get::<_, String>(0), r.get::<_, Value>(1)))
+    })
+    .await;
+    assert_eq!(done.0, "completed", "{}", done.1);
+    // ...and the sources are forwarding again: a reading lands.
+    let id = random_device();
+    let dev = env.device(&id).await;
+    dev.publish("data", r#"{"type":"reading","seq":1}"#).await;
+    eventually(
+        Duration::from_secs(10),
+        "a reading after the restart",
+        || async {
+            (env.scalar_i64(&format!(
+                "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
+            ))
+            .await
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A row left running by an engine that died is closed as failed; a fresh one is not.
+    let db = env.db().await;
+    let old: i64 = db
+        .query_one(
+            "INSERT INTO service_restart_requests (target, status, started_at) VALUES ('sink:objects', 'running', now() - interval '20 minutes') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let fresh: i64 = db
+        .query_one(
+            "INSERT INTO service_restart_requests (target, status, started_at) VALUES ('sink:postgres', 'running', now()) RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let closed = eventually(
+        Duration::from_secs(10),
+        "the abandoned row closed",
+        || async {
+            let r = env
+                .db()
+                .await
+                .query_one(
+                    "SELECT status, result->>'error' FROM service_restart_requests WHERE id = $1",
+                    &[&old],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, String>(0) == "failed").then(|| r.get::<_, Option<String>>(1))
+        },
+    )
+    .await;
+    assert!(closed.unwrap_or_default().contains("abandoned"));
+    let still: String = db
+        .query_one(
+            "SELECT status FROM service_restart_requests WHERE id = $1",
+            &[&fresh],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        still, "running",
+        "a row another engine may be running is left alone"
+    );
+}

@@ -227,7 +227,10 @@ async fn the_products_restarts_and_commands_endpoints_answer_json_pages_and_refu
             .unwrap()
             .starts_with("text/javascript"));
         let js = r.text().await.unwrap();
-        assert!(!js.contains("innerHTML"), "{path} must not use innerHTML");
+        assert!(
+            !js.contains("innerHTML =") && !js.contains("insertAdjacentHTML"),
+            "{path} must not write HTML"
+        );
     }
 }
 
@@ -463,19 +466,9 @@ async fn the_device_page_lists_commands_sends_one_and_pages_the_message_log() {
         ..env.sim_config()
     };
     let device = fleetflow_sim::device_id(cfg.id_base, 0);
-    let report = fleetflow_sim::run(cfg).await.unwrap();
-    assert_eq!(report.captures_acked, 1);
-    eventually(Duration::from_secs(10), "in and out log rows", || async {
-        (env.scalar_i64(&format!(
-            "SELECT count(DISTINCT direction) FROM device_publish_log WHERE device_id = '{device}'"
-        ))
-        .await
-            == 2)
-            .then_some(())
-    })
-    .await;
-    // Older history, so that the log has more than one page of 50.
     let db = env.db().await;
+    // Older history (stored before the simulator's), so that the log has more than one page
+    // of 50 and the newest page holds the simulator's messages.
     db.batch_execute(&format!(
         "INSERT INTO device_publish_log (device_id, topic, direction, payload, received_at)
          SELECT '{device}', '{}/{device}/data', 'in', jsonb_build_object('type', 'reading', 'seq', i, 'note', '<b>not html</b>'),
@@ -488,6 +481,17 @@ async fn the_device_page_lists_commands_sends_one_and_pages_the_message_log() {
     ))
     .await
     .unwrap();
+    let report = fleetflow_sim::run(cfg).await.unwrap();
+    assert_eq!(report.captures_acked, 1);
+    eventually(Duration::from_secs(10), "in and out log rows", || async {
+        (env.scalar_i64(&format!(
+            "SELECT count(DISTINCT direction) FROM device_publish_log WHERE device_id = '{device}'"
+        ))
+        .await
+            == 2)
+            .then_some(())
+    })
+    .await;
     let total = env
         .scalar_i64(&format!(
             "SELECT count(*) FROM device_publish_log WHERE device_id = '{device}'"

@@ -167,6 +167,34 @@ async fn the_password_is_sealed_in_the_database_masked_in_the_api_and_the_connec
         .await
         .unwrap();
     assert_eq!(ok["connected"], true, "{ok}");
+    // A candidate body without a password uses the stored one for the saved broker only...
+    let same: Value = c
+        .post(&test)
+        .bearer_auth(TOKEN)
+        .json(&json!({"host": "127.0.0.1", "port": broker.port, "username": "camera-fleet"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(same["connected"], true, "{same}");
+    // ...never for another broker, even one that would take it.
+    let other = AuthBroker::start("camera-fleet", "right-password-42");
+    let fishing: Value = c
+        .post(&test)
+        .bearer_auth(TOKEN)
+        .json(&json!({"host": "127.0.0.1", "port": other.port, "username": "camera-fleet", "password": ""}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        fishing["connected"], false,
+        "the stored password went to another broker: {fishing}"
+    );
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ async function commandsView(id) {
       h("td", { class: "cmd-status " + (c.status === "succeeded" ? "ok" : c.status === "failed" || c.status === "expired" ? "err" : "") }, c.status),
       h("td", {}, c.format || ""), h("td", {}, when(c.created_at)), h("td", {}, when(c.sent_at)), h("td", {}, when(c.completed_at)),
       h("td", {}, h("code", {}, c.error || compact(c.result)))));
-    list.replaceChildren(table("commands", ["command", "name", "args", "status", "format", "created", "sent", "completed", "result"], rows),
+    fill(list, table("commands", ["command", "name", "args", "status", "format", "created", "sent", "completed", "result"], rows),
       rows.length ? null : h("p", {}, "No commands yet."));
   };
   const form = h("form", { id: "command-form", class: "form" },

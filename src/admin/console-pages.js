@@ -30,7 +30,9 @@ function say(el, ok, text, outcome) {
   el.textContent = text; el.className = "note " + (ok ? "ok" : "err");
   if (outcome !== undefined) el.dataset.outcome = outcome;
 }
-function view(...nodes) { $("view").replaceChildren(...nodes.filter(Boolean)); }
+/// Replaces `el`'s children, skipping the absent (null) ones.
+function fill(el, ...nodes) { el.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false)); }
+function view(...nodes) { fill($("view"), ...nodes); }
 function table(id, heads, rows) {
   return h("table", { id }, h("thead", {}, h("tr", {}, heads.map((x) => h("th", {}, x)))), h("tbody", {}, rows));
 }
@@ -228,7 +230,7 @@ async function credentialsPage(params) {
     const r = await api(base);
     const d = await jsonOf(r);
     if (!r.ok) { list.replaceChildren(); say(result, false, errText(r, d), "refused"); return; }
-    list.replaceChildren(table("credentials", ["id", "username", "allowed topics", "description", "created", "rotated", "last used", "state", ""],
+    fill(list, table("credentials", ["id", "username", "allowed topics", "description", "created", "rotated", "last used", "state", ""],
       d.credentials.map((c) => credentialRow(c, base, secret, result, reload))),
     d.credentials.length ? null : h("p", {}, "No credentials yet."));
   };
@@ -295,7 +297,7 @@ function showSecret(box, b, what) {
     copy.disabled = true;
     box.dataset.state = ok ? "copied" : "gone";
   });
-  box.replaceChildren(
+  fill(box,
     h("p", {}, `${what} `, h("b", { id: "secret-username" }, b.username), ": its password is shown only now. Copy it."),
     h("p", {}, pw, " ", copy),
     b.broker_urls ? h("p", {}, `broker ${b.broker_urls.join(", ")} · topics under ${b.topic_prefix}/`) : null);
@@ -341,7 +343,7 @@ async function restartHistory(list, before) {
     h("td", { class: x.status === "completed" ? "ok" : x.status === "failed" || x.status === "rejected" ? "err" : "" }, x.status),
     h("td", {}, when(x.requested_at)), h("td", {}, when(x.started_at)), h("td", {}, when(x.completed_at)),
     h("td", {}, h("code", {}, compact(x.result)))));
-  if (!before) list.replaceChildren(table("restarts", ["id", "target", "requested by", "reason", "status", "requested", "started", "completed", "result"], rows));
+  if (!before) fill(list, table("restarts", ["id", "target", "requested by", "reason", "status", "requested", "started", "completed", "result"], rows));
   else list.querySelector("#restarts tbody").append(...rows);
   const old = list.querySelector("#restarts-older");
   if (old) old.remove();

@@ -66,7 +66,11 @@ impl Restarter {
     /// and records its outcome.
     pub async fn request(&self, req: &RestartRequest) -> Result<Executed, RequestError> {
         let id = self.record(req).await?;
-        let (outcome, result) = self.execute(id, &req.target).await?;
+        // In a task of its own: a client that disconnects drops this future, not the restart,
+        // which finishes and records its outcome (a half-done `pipeline` would stay drained).
+        let (this, target) = (self.clone(), req.target.clone());
+        let run = tokio::spawn(async move { this.execute(id, &target).await });
+        let (outcome, result) = run.await.map_err(RestartError::from)??;
         tracing::info!(target = %req.target, id, reason = req.reason.as_deref().unwrap_or(""), by = %req.requested_by, "restart requested");
         Ok(Executed {
             id,
@@ -103,8 +107,8 @@ impl Restarter {
         }
     }
 
-    /// A restart refused by the cooldown, recorded as a `rejected` row (which the cooldown does
-    /// not count) and counted.
+    /// A restart refused by the cooldown, counted, and recorded as a `rejected` row (which the
+    /// cooldown does not count; at most one a minute per caller and target).
     async fn record_refused(&self, req: &RestartRequest, message: &str) {
         metrics::counter!(m::ADMIN_REFUSED_TOTAL, "entry" => req.via, "reason" => "cooldown")
             .increment(1);
@@ -112,8 +116,13 @@ impl Restarter {
         let recorded = match self.pool().get().await {
             Ok(c) => c
                 .execute(
+                    // At most one row a minute per caller and target: a script retrying in a
+                    // loop is counted each time but does not fill the table.
                     "INSERT INTO service_restart_requests (target, requested_by, reason, status, completed_at, result)
-                     VALUES ($1, $2, $3, 'rejected', now(), $4)",
+                     SELECT $1, $2, $3, 'rejected', now(), $4
+                     WHERE NOT EXISTS (SELECT 1 FROM service_restart_requests
+                        WHERE target = $1 AND requested_by = $2 AND status = 'rejected'
+                          AND requested_at > now() - interval '1 minute')",
                     &[&req.target.to_string(), &req.requested_by, &req.reason, &result],
                 )
                 .await

@@ -18,6 +18,11 @@ use crate::config::{ObjectsConfig, PostgresConfig};
 const CLAIM: &str = "UPDATE service_restart_requests SET status = 'running', started_at = now()
  WHERE id = (SELECT id FROM service_restart_requests WHERE status = 'pending' ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
  RETURNING id, target";
+/// Rows left `running` by an engine that stopped mid-restart (no restart takes this long; a row
+/// another engine is still running is younger).
+const ABANDONED: &str = "UPDATE service_restart_requests SET status = 'failed', completed_at = now(),
+   result = COALESCE(result, '{}'::jsonb) || '{\"error\": \"abandoned: the engine running it stopped\"}'::jsonb
+ WHERE status = 'running' AND started_at < now() - interval '10 minutes'";
 const FINISH: &str = "UPDATE service_restart_requests SET status = $2, completed_at = now(), result = $3 WHERE id = $1 AND status = 'running'";
 
 /// How long a restarted device actor has to answer its health check.
@@ -56,6 +61,9 @@ pub enum RestartError {
     /// A query failed.
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
+    /// The task running the restart panicked or was cancelled.
+    #[error("restart task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Why a sink failed its rebuild or its health check (shown in the row's `result.error`).
@@ -235,8 +243,16 @@ impl Restarter {
         Ok(self.pipeline.replace_store(store).await?)
     }
 
-    /// Claims and executes pending rows until none is left.
+    /// Marks abandoned `running` rows failed, then claims and executes pending rows until none
+    /// is left.
     pub async fn drain(&self) -> Result<usize, RestartError> {
+        let abandoned = self.pool.get().await?.execute(ABANDONED, &[]).await?;
+        if abandoned > 0 {
+            tracing::warn!(
+                rows = abandoned,
+                "restart requests left running by a stopped engine marked failed"
+            );
+        }
         let mut n = 0;
         while let Some((id, target)) = self.claim().await? {
             self.execute_text(id, &target).await?;

@@ -45,7 +45,7 @@ pub fn chromium(args: &[&str]) -> String {
 }
 
 /// The W3C WebDriver key of an element reference.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecc";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A headless Chromium session driven through its own `chromedriver` process (killed on drop).
 pub struct Browser {

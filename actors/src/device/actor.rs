@@ -314,12 +314,13 @@ impl Handler<Inbound> for DeviceActor {
             &msg.payload,
             wall,
         );
-        self.log(logged);
         let ack = msg.ack.as_ref().map(|_| MessageAck);
         self.msg_ack = msg.ack;
         self.guarded(ctx, |core, out| {
             core.handle(&msg.kind, &msg.payload, ack, now, wall, out)
         });
+        // After the message's own rows, so that the log never takes their place in the sink.
+        self.log(logged);
         if let Some(t) = self.msg_ack.take() {
             // Every path of the state machine says when to ack; none may forget it.
             tracing::warn!(device = %self.core.id(), "message left unacknowledged by the state machine; acked");

@@ -133,8 +133,7 @@ fn data_payload(cfg: &PublishLogConfig, payload: &Bytes) -> Option<LogPayload> {
 fn as_logged(cfg: &PublishLogConfig, payload: &Bytes, parsed: bool) -> LogPayload {
     let storable = payload.len() <= cfg.max_payload_bytes
         && std::str::from_utf8(payload).is_ok()
-        // jsonb refuses the NUL character, even escaped.
-        && !contains(payload, b"\\u0000")
+        && jsonb_takes(payload)
         && (parsed || serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok());
     if storable {
         LogPayload::Json(payload.clone())
@@ -165,8 +164,40 @@ fn summary(payload: &[u8], chunk: bool) -> Value {
     Value::Object(out)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether PostgreSQL's `jsonb` takes valid JSON text: it refuses `\u0000`, surrogate escapes
+/// that do not pair up, and numbers beyond `numeric`'s range, any of which would fail the whole
+/// batch of log rows. Conservative: every surrogate escape, and every exponent of five digits or
+/// more (even inside a string), makes a summary instead.
+fn jsonb_takes(payload: &[u8]) -> bool {
+    let mut i = 0;
+    while i < payload.len() {
+        match payload[i] {
+            b'\\' if payload.get(i + 1) == Some(&b'u') => {
+                let hex = payload.get(i + 2..i + 6).unwrap_or(&[]);
+                if hex == b"0000"
+                    || matches!(hex.first(), Some(b'd' | b'D'))
+                        && matches!(hex.get(1), Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'))
+                {
+                    return false;
+                }
+                i += 2;
+            }
+            b'\\' => i += 2,
+            b'e' | b'E' => {
+                let digits = payload[i + 1..]
+                    .iter()
+                    .skip_while(|b| matches!(b, b'+' | b'-'))
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                if digits >= 5 {
+                    return false;
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -240,7 +271,13 @@ mod tests {
 
     #[test]
     fn bad_json_nul_escapes_and_large_payloads_become_summaries() {
-        for p in [&b"{not json"[..], br#"{"type":"x","s":"a\u0000b"}"#] {
+        for p in [
+            &b"{not json"[..],
+            br#"{"type":"x","s":"a\u0000b"}"#,
+            br#"{"type":"x","s":"\ud800"}"#,
+            br#"{"type":"x","s":"\uD83D\uDE00"}"#,
+            br#"{"type":"x","n":1e200000}"#,
+        ] {
             let row = inbound(
                 &cfg(),
                 &id(),
@@ -265,6 +302,16 @@ mod tests {
                 json!({"type": "capture_meta", "capture_id": "c9", "payload_length": p.len()})
             )
         );
+    }
+
+    #[test]
+    fn ordinary_json_is_taken_as_it_is() {
+        for ok in [
+            r#"{"type":"reading","seq":1,"t":2.5e3,"s":"caf\u00e9 \\ud800"}"#,
+            r#"{"n":-1E-12,"name":"élan"}"#,
+        ] {
+            assert!(jsonb_takes(ok.as_bytes()), "{ok}");
+        }
     }
 
     #[test]

@@ -71,8 +71,15 @@ fn from_body(
 ) -> Result<Target, ApiError> {
     let keep = b.keeps_stored_password();
     let v = validate(product_id, b)?;
+    // The stored password goes only to the broker it was saved for: a test of another host
+    // (a typo, or someone fishing for it) gets none.
+    let same_broker =
+        |r: &Row| r.get::<_, &str>("host") == v.host && r.get::<_, i32>("port") == v.port;
     let password = match (keep, &saved) {
-        (true, Some(r)) => open_saved(s, product_id, r.get("password_encrypted"))?,
+        (true, Some(r)) if same_broker(r) => {
+            open_saved(s, product_id, r.get("password_encrypted"))?
+        }
+        (true, _) => None,
         _ => v.password,
     };
     Ok(Target {
