@@ -287,8 +287,10 @@ pub struct PublishLogConfig {
     #[serde(default = "default_chunk_sample_every")]
     pub chunk_sample_every: u32,
     /// Log 1 in N readings (by `seq`; readings without one are always logged). Status,
-    /// metadata, command results and everything the engine sends are always logged. Default 1.
-    #[serde(default = "default_one")]
+    /// metadata, command results and everything the engine sends are always logged. Default 100:
+    /// logging every reading doubles the rows written and the engine's CPU per reading (measured
+    /// in docs/performance.md); set 1 to log them all.
+    #[serde(default = "default_readings_sample_every")]
     pub readings_sample_every: u32,
     /// Payloads larger than this, in bytes, are logged as a summary (`payload_length` and their
     /// identifying fields). Default 8192.
@@ -296,8 +298,8 @@ pub struct PublishLogConfig {
     pub max_payload_bytes: usize,
 }
 
-fn default_one() -> u32 {
-    1
+fn default_readings_sample_every() -> u32 {
+    100
 }
 fn default_chunk_sample_every() -> u32 {
     50
@@ -311,7 +313,7 @@ impl Default for PublishLogConfig {
         Self {
             enabled: true,
             chunk_sample_every: default_chunk_sample_every(),
-            readings_sample_every: default_one(),
+            readings_sample_every: default_readings_sample_every(),
             max_payload_bytes: default_log_max_payload_bytes(),
         }
     }

@@ -1,7 +1,7 @@
-//! A real browser for the console tests: Debian's headless Chromium, either run once per page
-//! (`chromium(&["--dump-dom", url])`, no clicks) or driven over WebDriver (`Browser`, through
-//! `chromedriver` from Debian's `chromium-driver`, plain JSON over HTTP with reqwest) to click
-//! buttons and fill forms as an operator does.
+//! A real browser for the console's page tests: Debian's headless Chromium driven over WebDriver
+//! (`Browser`, through `chromedriver` from Debian's `chromium-driver`, plain JSON over HTTP with
+//! reqwest) to click buttons and fill forms as an operator does. (`tests/console.rs` runs
+//! Chromium once per page with `--dump-dom` instead.)
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -24,25 +24,6 @@ const FLAGS: [&str; 8] = [
     "--disable-component-update",
     "--disable-sync",
 ];
-
-/// Runs Chromium once (`--dump-dom`, `--screenshot=...`) with 8 s of virtual time for the page's
-/// scripts, and returns its standard output.
-pub fn chromium(args: &[&str]) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args(FLAGS)
-        .arg("--virtual-time-budget=8000")
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("chromium is not installed ({e}); `scripts/test` installs Debian's chromium package"));
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The W3C WebDriver key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";

@@ -9,7 +9,7 @@
 //! - `servers`: private PostgreSQL and S3 servers for the outage tests.
 //! - `broker`: a private Mosquitto with password auth.
 //! - `gxp`: the GXP firmware stand-in.
-//! - `browser`: headless Chromium, run once per page or driven over WebDriver.
+//! - `browser`: headless Chromium driven over WebDriver (chromedriver).
 //!
 //! Everything is re-exported here, so tests name it `common::X`.
 #![allow(dead_code)]
