@@ -1,8 +1,11 @@
 //! Refused admin requests, counted (`fleetflow_admin_refused_total{entry, reason}`) and recorded
 //! in `admin_audit` (migration V10): who tried what, from where, and why it was refused. Rows
-//! are written off the request path and limited to [`RECORDS_PER_MINUTE`], so a flood of bad
-//! requests cannot flood the database; the counter counts every one.
+//! are written off the request path and limited to [`RECORDS_PER_MINUTE`] per entry and reason,
+//! so a flood of anonymous bad requests can neither flood the database nor crowd out the
+//! `forbidden` refusals of authenticated callers; the counter counts every one, and the warning
+//! is logged only for the recorded ones.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,12 +33,15 @@ pub struct Refusal {
     pub remote: Option<String>,
 }
 
+/// Rows written this minute, by entry and reason.
+type RowsByKind = HashMap<(&'static str, &'static str), u32>;
+
 /// Counts and records refusals.
 #[derive(Debug)]
 pub struct Audit {
     pool: Pool,
-    /// The current minute's start and the rows written in it.
-    window: Mutex<(Instant, u32)>,
+    /// The current minute's start and the rows written in it, per entry and reason.
+    window: Mutex<(Instant, RowsByKind)>,
 }
 
 impl Audit {
@@ -43,7 +49,7 @@ impl Audit {
     pub fn new(pool: Pool) -> Self {
         Self {
             pool,
-            window: Mutex::new((Instant::now(), 0)),
+            window: Mutex::new((Instant::now(), HashMap::new())),
         }
     }
 
@@ -51,10 +57,10 @@ impl Audit {
     pub fn refused(&self, r: Refusal) {
         metrics::counter!(m::ADMIN_REFUSED_TOTAL, "entry" => r.entry, "reason" => r.reason)
             .increment(1);
-        tracing::warn!(entry = r.entry, reason = r.reason, action = %r.action, actor = r.actor.as_deref().unwrap_or(""), remote = r.remote.as_deref().unwrap_or(""), "admin request refused");
-        if !self.admit() {
+        if !self.admit(r.entry, r.reason) {
             return;
         }
+        tracing::warn!(entry = r.entry, reason = r.reason, action = %r.action, actor = r.actor.as_deref().unwrap_or(""), remote = r.remote.as_deref().unwrap_or(""), "admin request refused");
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let written = match pool.get().await {
@@ -74,13 +80,45 @@ impl Audit {
         });
     }
 
-    /// Whether another row fits in this minute.
-    fn admit(&self) -> bool {
+    /// Whether another row for this entry and reason fits in this minute.
+    fn admit(&self, entry: &'static str, reason: &'static str) -> bool {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         if w.0.elapsed() >= Duration::from_secs(60) {
-            *w = (Instant::now(), 0);
+            *w = (Instant::now(), HashMap::new());
         }
-        w.1 += 1;
-        w.1 <= RECORDS_PER_MINUTE
+        let n = w.1.entry((entry, reason)).or_insert(0);
+        *n += 1;
+        *n <= RECORDS_PER_MINUTE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audit() -> Audit {
+        let mut cfg = deadpool_postgres::Config::new();
+        cfg.url = Some("postgres://nobody@127.0.0.1:1/none".into());
+        let pool = cfg
+            .create_pool(None, tokio_postgres::NoTls)
+            .expect("a pool is built without connecting");
+        Audit::new(pool)
+    }
+
+    #[test]
+    fn a_flood_of_one_kind_does_not_use_up_another_kinds_rows() {
+        let a = audit();
+        for _ in 0..RECORDS_PER_MINUTE {
+            assert!(a.admit("api", "unauthorized"));
+        }
+        assert!(
+            !a.admit("api", "unauthorized"),
+            "the minute's rows are used up"
+        );
+        assert!(
+            a.admit("organization", "forbidden"),
+            "forbidden has rows of its own"
+        );
+        assert!(a.admit("restart_webhook", "unauthorized"));
     }
 }

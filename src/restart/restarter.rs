@@ -91,6 +91,9 @@ pub struct Restarter {
     postgres: PostgresConfig,
     /// To build a new store client for `sink:objects`.
     objects: ObjectsConfig,
+    /// Held while a restart runs: the worker, the API and the webhook take turns, so that two
+    /// restarts never interleave their drains and reconnects.
+    one_at_a_time: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Restarter {
@@ -106,6 +109,7 @@ impl Restarter {
             pipeline,
             postgres,
             objects,
+            one_at_a_time: Default::default(),
         }
     }
 
@@ -121,7 +125,10 @@ impl Restarter {
         target: &RestartTarget,
     ) -> Result<(Outcome, Value), RestartError> {
         let started = Instant::now();
-        let (outcome, result) = self.run_target(target).await;
+        let (outcome, result) = {
+            let _turn = self.one_at_a_time.lock().await;
+            self.run_target(target).await
+        };
         self.finish(id, &target.to_string(), started, outcome, result)
             .await
     }
