@@ -5,15 +5,10 @@
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use fleetflow_protocol::ids::DeviceId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{AdminState, ApiError};
-
-/// The page size when none is asked for, and the largest one.
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 500;
 
 const LIST: &str = "SELECT id, name, args, status, wire_format, created_at, sent_at, completed_at,
   result, error FROM device_commands WHERE device_id = $1
@@ -34,16 +29,9 @@ pub async fn list(
     UrlPath(raw): UrlPath<String>,
     q: Result<Query<CommandsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = DeviceId::parse(&raw)
-        .map_err(|e| ApiError::bad_field("device_id", format!("invalid device id: {e}")))?;
+    let id = super::params::device_id(&raw)?;
     let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_field(
-            "limit",
-            format!("limit must be 1-{MAX_LIMIT}"),
-        ));
-    }
+    let limit = super::params::page_limit(q.limit)?;
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let rows = c
         .query(LIST, &[&id.as_str(), &limit])

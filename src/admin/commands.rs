@@ -8,7 +8,6 @@
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::Json;
-use fleetflow_protocol::ids::DeviceId;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -56,8 +55,7 @@ pub async fn create(
     body: Result<Json<CommandBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_field("body", e.body_text()))?;
-    let id = DeviceId::parse(&raw)
-        .map_err(|e| ApiError::bad_field("device_id", format!("invalid device id: {e}")))?;
+    let id = super::params::device_id(&raw)?;
     let (name, args) = validate(body)?;
     let mut c = s.pool.get().await.map_err(ApiError::internal)?;
     let tx = c.transaction().await.map_err(ApiError::internal)?;

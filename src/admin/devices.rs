@@ -111,17 +111,12 @@ pub async fn list(
     ))
 }
 
-fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
-    DeviceId::parse(raw)
-        .map_err(|e| ApiError::bad_field("device_id", format!("invalid device id: {e}")))
-}
-
 /// `GET /api/v1/devices/{id}`: latest status, recent captures and errors, actor state.
 pub async fn detail(
     State(s): State<AdminState>,
     UrlPath(raw): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = device_id(&raw)?;
+    let id = super::params::device_id(&raw)?;
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let dev = c
         .query_opt("SELECT last_seen_at, status, battery_v, rssi, uptime_s, fw, first_seen_at FROM devices WHERE device_id = $1", &[&id.as_str()])
@@ -187,7 +182,7 @@ pub async fn thumbnail(
     State(s): State<AdminState>,
     UrlPath((raw, capture)): UrlPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = device_id(&raw)?;
+    let id = super::params::device_id(&raw)?;
     if !is_valid_capture_id(&capture) {
         return Err(ApiError::bad_field("capture_id", "invalid capture id"));
     }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use fleetflow_actors::sinks::signer::MAX_EXPIRY;
-use fleetflow_protocol::ids::{is_valid_capture_id, DeviceId};
+use fleetflow_protocol::ids::is_valid_capture_id;
 use object_store::path::Path;
 use object_store::signer::Method;
 use object_store::ObjectStoreExt;
@@ -36,8 +36,7 @@ struct StoredImage {
 
 /// Checks the ids and finds the capture's stored image, or says why there is none.
 async fn stored_image(s: &AdminState, raw: &str, capture: &str) -> Result<StoredImage, ApiError> {
-    let id = DeviceId::parse(raw)
-        .map_err(|e| ApiError::bad_field("device_id", format!("invalid device id: {e}")))?;
+    let id = super::params::device_id(raw)?;
     if !is_valid_capture_id(capture) {
         return Err(ApiError::bad_field("capture_id", "invalid capture id"));
     }

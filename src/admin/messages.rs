@@ -4,15 +4,10 @@
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use fleetflow_protocol::ids::DeviceId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{AdminState, ApiError};
-
-/// The page size when none is asked for, and the largest one.
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 500;
 
 const PAGE: &str = "SELECT id, topic, direction, payload, received_at FROM device_publish_log
  WHERE device_id = $1 AND ($2::int8 IS NULL OR id < $2) AND ($3::text IS NULL OR direction = $3)
@@ -36,16 +31,9 @@ pub async fn list(
     UrlPath(raw): UrlPath<String>,
     q: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = DeviceId::parse(&raw)
-        .map_err(|e| ApiError::bad_field("device_id", format!("invalid device id: {e}")))?;
+    let id = super::params::device_id(&raw)?;
     let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_field(
-            "limit",
-            format!("limit must be 1-{MAX_LIMIT}"),
-        ));
-    }
+    let limit = super::params::page_limit(q.limit)?;
     if let Some(d) = q.direction.as_deref() {
         if d != "in" && d != "out" {
             return Err(ApiError::bad_field("direction", "direction is in or out"));
@@ -68,9 +56,7 @@ pub async fn list(
             })
         })
         .collect();
-    let next = (messages.len() as i64 == limit)
-        .then(|| messages.last().map(|m| m["id"].clone()))
-        .flatten();
+    let next = super::params::next_before_id(&messages, limit, "id");
     Ok(Json(json!({
         "device_id": id.as_str(),
         "messages": messages,

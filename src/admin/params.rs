@@ -1,4 +1,7 @@
-//! Checks shared by several admin handlers: product ids from the URL and MQTT topic filters.
+//! Checks shared by several admin handlers: device and product ids from the URL, page sizes,
+//! and MQTT topic filters.
+
+use fleetflow_protocol::ids::DeviceId;
 
 use super::ApiError;
 use crate::restart::target::is_product_id;
@@ -43,6 +46,40 @@ pub fn product(raw: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(raw.to_string())
+}
+
+/// A device id from the URL (400 naming `device_id`).
+pub fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::parse(raw)
+        .map_err(|e| ApiError::bad_field("device_id", format!("invalid device id: {e}")))
+}
+
+/// The rows of a listing page when none is asked for, and the most one may ask for.
+pub const PAGE_DEFAULT: i64 = 50;
+/// See [`PAGE_DEFAULT`].
+pub const PAGE_MAX: i64 = 500;
+
+/// A page size, 1 to [`PAGE_MAX`] (default [`PAGE_DEFAULT`]; 400 naming `limit`).
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_field(
+            "limit",
+            format!("limit must be 1-{PAGE_MAX}"),
+        ));
+    }
+    Ok(limit)
+}
+
+/// The `before_id` of the next page: the last row's id when the page is full, else none.
+pub fn next_before_id(
+    rows: &[serde_json::Value],
+    limit: i64,
+    id_field: &str,
+) -> Option<serde_json::Value> {
+    (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r[id_field].clone()))
+        .flatten()
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::Json;
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
-use fleetflow_protocol::ids::DeviceId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -157,11 +156,6 @@ fn bucket(raw: Option<&str>, span_secs: i64) -> Result<(&'static str, i64), ApiE
     }
 }
 
-fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
-    DeviceId::parse(raw)
-        .map_err(|e| ApiError::bad_field("device_id", format!("invalid device id: {e}")))
-}
-
 /// `{"avg", "min", "max"}` of one column, from the row's `{prefix}_avg`/`_min`/`_max`.
 fn stat(r: &tokio_postgres::Row, prefix: &str) -> Value {
     let col = |s: &str| r.get::<_, Option<f64>>(format!("{prefix}_{s}").as_str());
@@ -177,7 +171,7 @@ pub async fn device_readings(
     UrlPath(raw): UrlPath<String>,
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = device_id(&raw)?;
+    let id = super::params::device_id(&raw)?;
     let (from, to) = range(&q, Duration::hours(24))?;
     let (name, secs) = bucket(q.bucket.as_deref(), (to - from).num_seconds())?;
     let c = s.pool.get().await.map_err(ApiError::internal)?;

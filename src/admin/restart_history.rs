@@ -10,10 +10,6 @@ use serde_json::{json, Value};
 
 use super::{AdminState, ApiError};
 
-/// The page size when none is asked for, and the largest one.
-const DEFAULT_LIMIT: i64 = 50;
-const MAX_LIMIT: i64 = 500;
-
 const PAGE: &str = "SELECT id, target, service_name, requested_by, reason, status, requested_at,
   started_at, completed_at, result FROM service_restart_requests
   WHERE ($1::int8 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2";
@@ -34,13 +30,7 @@ pub async fn list(
     q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_field("query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_field(
-            "limit",
-            format!("limit must be 1-{MAX_LIMIT}"),
-        ));
-    }
+    let limit = super::params::page_limit(q.limit)?;
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let rows = c
         .query(PAGE, &[&q.before_id, &limit])
@@ -64,9 +54,7 @@ pub async fn list(
             })
         })
         .collect();
-    let next = (restarts.len() as i64 == limit)
-        .then(|| restarts.last().map(|m| m["id"].clone()))
-        .flatten();
+    let next = super::params::next_before_id(&restarts, limit, "id");
     Ok(Json(json!({
         "restarts": restarts,
         "next_before_id": next,

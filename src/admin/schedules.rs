@@ -3,23 +3,17 @@
 
 use axum::extract::{Path as UrlPath, State};
 use axum::Json;
-use fleetflow_protocol::ids::DeviceId;
 use fleetflow_protocol::schedule::Schedule;
 use serde_json::{json, Value};
 
 use super::{AdminState, ApiError};
-
-fn device(raw: &str) -> Result<DeviceId, ApiError> {
-    DeviceId::parse(raw)
-        .map_err(|e| ApiError::bad_field("device_id", format!("invalid device id: {e}")))
-}
 
 /// `GET /api/v1/devices/{id}/schedule`: `{"device_id", "schedule", "configured", "next_wake_at"}`.
 pub async fn get(
     State(s): State<AdminState>,
     UrlPath(raw): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = device(&raw)?;
+    let id = super::params::device_id(&raw)?;
     let (schedule, next) = s.book.get(&id);
     let c = s.pool.get().await.map_err(ApiError::internal)?;
     let configured = c
@@ -47,7 +41,7 @@ pub async fn put(
     UrlPath(raw): UrlPath<String>,
     body: Result<Json<Schedule>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = device(&raw)?;
+    let id = super::params::device_id(&raw)?;
     let Json(schedule) = body.map_err(|e| ApiError::bad_field("body", e.body_text()))?;
     let compiled = schedule.clone().compile().map_err(|e| {
         let field = match e {
