@@ -1,7 +1,7 @@
 //! The admin API: token checks, JSON errors naming the field, 404s, and device restarts with a
 //! cooldown, while other devices keep ingesting.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

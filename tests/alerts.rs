@@ -6,7 +6,7 @@
 //! dashboard or an alert uses is one `docs/metrics.md` documents. And against a live engine: the
 //! gauges the alerts read, and the device listings their annotations link to.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

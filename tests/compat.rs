@@ -1,7 +1,7 @@
 //! The old systems' own calls, run as their docs wrote them, against fleetflow: the restart
 //! webhook's `curl` lines, the restart-request RPC as SQL, and the troubleshooting `UPDATE`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! The device page plots the device's sensor trends and the fleet page the captures per day
 //! (uPlot, served from the binary); `docs/console-trends.png` is the device page with its plots.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! endpoints behind them (`GET /api/v1/products`, `/restarts`, `/devices/{id}/commands`) are
 //! checked here too: their JSON, paging, and 401 without a token.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

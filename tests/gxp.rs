@@ -11,7 +11,7 @@
 
 #[path = "gxp/commands_and_timing.rs"]
 mod commands_and_timing;
-mod common;
+use crate::common;
 #[path = "gxp/fleets.rs"]
 mod fleets;
 #[path = "gxp/variants.rs"]

@@ -4,7 +4,7 @@
 //! repairing drift, the camera protocol ingested from a hosted device, and publishing limited
 //! to the organisation's topics.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

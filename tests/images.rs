@@ -2,7 +2,7 @@
 //! to it (presigned on S3), and retention of old images and rows, against the real PostgreSQL,
 //! Mosquitto and S3 server.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! End-to-end ingestion against real PostgreSQL, Mosquitto and the S3 server (issue: core
 //! ingest engine, acceptance 1–7).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

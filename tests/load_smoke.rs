@@ -3,7 +3,7 @@
 //! chunks and some loss. It asserts correctness only — every capture acknowledged, every
 //! broker-acknowledged reading stored once — and no timing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

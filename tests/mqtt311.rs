@@ -5,7 +5,7 @@
 //! configured through the admin API with `"protocol_version": "3.1.1"` does the same, and its
 //! connection test speaks the version it is given.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! sealed at rest and masked in output, and the connection test against a real Mosquitto that
 //! requires a password.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

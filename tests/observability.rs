@@ -1,6 +1,6 @@
 //! `/metrics` and `/ready` against a live engine (issue: core ingest engine, acceptance 8).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! acceptance 2, 3 and 5). Each test brings its own server or budget, so it cannot disturb
 //! the shared services other tests use.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Reliability under faults (issue: reliability): kill -9 mid-stream, SIGTERM during load, and a
 //! restart storm on one device while others keep ingesting. Real Postgres and Mosquitto.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;

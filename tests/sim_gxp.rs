@@ -3,7 +3,7 @@
 //! capture of either format is stored and acknowledged in its own format, and the report keeps
 //! the two halves apart.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

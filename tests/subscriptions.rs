@@ -3,7 +3,7 @@
 //! statistics written back with exact counts, and each action (`device_profile`, `store_json`,
 //! `republish`, `webhook`) against the real broker, Postgres and an HTTP receiver.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

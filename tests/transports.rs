@@ -3,7 +3,7 @@
 //! here with `openssl`), and messages published on that broker are ingested. The connection
 //! test reports a certificate signed by an unknown CA, and `verify_cert: false` accepts it.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

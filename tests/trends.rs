@@ -3,7 +3,7 @@
 //! aggregates computed here; another device's rows stay out; bad parameters are 400s naming the
 //! field; captures per day and per week; the vendored uPlot files are served.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::{random_device, Options, TestEnv};

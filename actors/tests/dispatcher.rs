@@ -2,7 +2,7 @@
 //! subscriptions runs every action, and its broker ack goes out once, after the last of them
 //! (the `device_profile` share is held by the test, standing in for the device actor).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! written, the broker ack of each message goes out only after its row committed, replays change
 //! nothing (`ON CONFLICT`), and a row the database refuses does not take its batch down with it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

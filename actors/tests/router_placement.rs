@@ -5,7 +5,7 @@
 //! a message through its restart count.
 #![cfg(feature = "fault-injection")]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -7,10 +7,10 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::T;
 use crate::common::gxp::db::{insert_command, wait_all_sent, wait_capture, wait_error};
 use crate::common::gxp::{assert_ack_ok, assert_stored, GxpDevice, WORKER_TS};
 use crate::common::{eventually, random_device, Options, TestEnv};
-use crate::T;
 use fleetflow_sim::image::jpeg;
 
 #[tokio::test]

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use super::T;
 use crate::common::gxp::fleet::{assert_acked_are_stored, spawn_fleet, Behaviour};
 use crate::common::gxp::{assert_ack_ok, assert_stored, GxpDevice, WORKER_TS};
 use crate::common::{random_device, Options, TestEnv};
-use crate::T;
 use fleetflow_sim::image::jpeg;
 
 #[tokio::test]

@@ -6,10 +6,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use super::{close, T};
 use crate::common::gxp::db::{capture_row, snapshot, wait_capture, wait_snapshot, CaptureRow};
 use crate::common::gxp::{assert_ack_ok, assert_stored, chunk, metadata, GxpDevice, WORKER_TS};
 use crate::common::{random_device, Options, TestEnv};
-use crate::{close, T};
 use fleetflow_sim::image::jpeg;
 
 // ---- metadata variants and the re-send quirk ----
