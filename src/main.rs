@@ -33,8 +33,14 @@ enum Command {
     Migrate,
     /// Validate the configuration and print it with secrets removed.
     Config,
-    /// Upload images kept in the dead-letter directory and mark their captures stored.
-    ReplayDeadLetters,
+    /// Upload images kept in the dead-letter directory and mark their captures stored, then
+    /// publish the dead-lettered messages of one source again through the `[mqtt]` broker.
+    ReplayDeadLetters {
+        /// Whose messages: `default` (the `[mqtt]` source) or a product id. Point `[mqtt]` at
+        /// that product's broker (FLEETFLOW_MQTT__URL, ...) first.
+        #[arg(long, default_value = "default")]
+        source: String,
+    },
     /// Re-seal every stored broker password under a new key (the current one comes from
     /// FLEETFLOW_SECRET_KEY or FLEETFLOW_SECRET_KEY_FILE).
     RotateSecretKey {
@@ -64,11 +70,11 @@ fn main() -> anyhow::Result<()> {
             println!("applied {n} migration(s)");
             Ok(())
         }
-        Command::ReplayDeadLetters => {
+        Command::ReplayDeadLetters { source } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let r = rt.block_on(fleetflow::replay::replay(&cfg))?;
+            let r = rt.block_on(fleetflow::replay::replay(&cfg, &source))?;
             println!(
                 "replayed {} dead letter(s), {} still failing",
                 r.replayed, r.failed

@@ -1,5 +1,12 @@
 //! `fleetflow replay-dead-letters`: uploads images kept in the dead-letter directory and marks
-//! their captures `stored`, removing each dead letter once both are done.
+//! their captures `stored`, removing each dead letter once both are done; then publishes the
+//! dead-lettered messages of one source again (`messages`).
+//!
+//! - `messages`: the `dead_letters` table, republished through the broker.
+
+mod messages;
+
+pub use messages::replay_messages;
 
 use fleetflow_actors::sinks::dead_letter::DeadLetterDir;
 use object_store::path::Path;
@@ -30,15 +37,31 @@ pub enum ReplayError {
     /// Directory.
     #[error(transparent)]
     DeadLetter(#[from] fleetflow_actors::sinks::dead_letter::DeadLetterError),
+    /// The `[mqtt]` settings.
+    #[error("mqtt: {0}")]
+    Mqtt(fleetflow_actors::source::SourceError),
 }
 
-/// Replays every dead letter.
-pub async fn replay(cfg: &Config) -> Result<ReplayReport, ReplayError> {
-    let store = objects::build(&cfg.objects)?;
+/// Replays every dead-lettered image, then the dead-lettered messages of `source`.
+pub async fn replay(cfg: &Config, source: &str) -> Result<ReplayReport, ReplayError> {
     let (client, conn) = tokio_postgres::connect(&cfg.postgres.url, NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    let images = replay_images(cfg, &client).await?;
+    let messages = replay_messages(&cfg.mqtt, &client, source).await?;
+    Ok(ReplayReport {
+        replayed: images.replayed + messages.replayed,
+        failed: images.failed + messages.failed,
+    })
+}
+
+/// Replays the images of the dead-letter directory.
+async fn replay_images(
+    cfg: &Config,
+    client: &tokio_postgres::Client,
+) -> Result<ReplayReport, ReplayError> {
+    let store = objects::build(&cfg.objects)?;
     let dir = DeadLetterDir::new(
         &cfg.objects.dead_letter_dir,
         cfg.objects.dead_letter_max_bytes,

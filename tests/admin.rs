@@ -300,10 +300,15 @@ async fn with_two_engines_on_one_database_each_restart_row_is_executed_exactly_o
     let db = a.db().await;
     let mut ids = Vec::new();
     for _ in 0..10 {
+        // Known devices (a restart of a device never seen fails its health check).
+        let device = random_device();
+        db.execute("INSERT INTO devices (device_id) VALUES ($1)", &[&device])
+            .await
+            .unwrap();
         let id: i64 = db
             .query_one(
                 "SELECT request_service_restart($1, 'race')",
-                &[&format!("device:{}", random_device())],
+                &[&format!("device:{device}")],
             )
             .await
             .unwrap()
@@ -320,6 +325,41 @@ async fn with_two_engines_on_one_database_each_restart_row_is_executed_exactly_o
     let restarts = a.metric("fleetflow_device_actors_restarted_total").await
         + b.metric("fleetflow_device_actors_restarted_total").await;
     assert_eq!(restarts, 10.0, "each row executed once across both engines");
+}
+
+#[tokio::test]
+async fn restarting_a_device_never_seen_fails_its_health_check_and_spawns_nothing() {
+    let env = env().await;
+    let c = reqwest::Client::new();
+    let restart = |id: String| {
+        c.post(format!("{}/api/v1/restarts", env.http))
+            .bearer_auth(TOKEN)
+            .json(&json!({"target": format!("device:{id}"), "reason": "test"}))
+            .send()
+    };
+    let ghost = random_device();
+    let body: Value = restart(ghost.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(body["status"], "failed", "{body}");
+    assert_eq!(body["result"]["healthy"], false, "{body}");
+    assert!(
+        body["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown device"),
+        "{body}"
+    );
+    assert_eq!(
+        env.metric("fleetflow_device_actors_spawned_total").await,
+        0.0
+    );
+    // Positive control: a device that published restarts, healthy.
+    let seen = random_device();
+    let dev = env.device(&seen).await;
+    dev.publish("status", r#"{"status":"online"}"#).await;
+    dev.settle().await;
+    let body: Value = restart(seen).await.unwrap().json().await.unwrap();
+    assert_eq!(body["status"], "completed", "{body}");
+    assert_eq!(body["result"]["healthy"], true, "{body}");
 }
 
 #[tokio::test]

@@ -500,3 +500,124 @@ async fn a_device_id_in_use_under_one_prefix_is_refused_under_another() {
     )
     .await;
 }
+
+/// A device's rows as another tenant could change them: readings, status rows, and the
+/// `devices` row's status and battery.
+async fn device_rows(env: &TestEnv, id: &str) -> (i64, i64, Option<String>) {
+    let c = env.db().await;
+    let r = c
+        .query_one(
+            &format!("SELECT (SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'), (SELECT count(*) FROM device_status WHERE device_id = '{id}'), (SELECT status || ':' || battery_v::text FROM devices WHERE device_id = '{id}')"),
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+/// Another tenant's device publishing as `id` under its own prefix.
+async fn hijack(env: &TestEnv, prefix: &str, id: &str, n: u64) {
+    let intruder = common::TestDevice::connect(&env.services, prefix, id).await;
+    intruder
+        .publish("status", r#"{"status":"hijacked","battery_v":0.1}"#)
+        .await;
+    intruder
+        .publish("data", format!(r#"{{"type":"reading","seq":{}}}"#, 100 + n))
+        .await;
+    intruder.settle().await;
+}
+
+async fn refusals(env: &TestEnv, id: &str) -> i64 {
+    env.scalar_i64(&format!(
+        "SELECT count(*) FROM device_errors WHERE device_id = '{id}' AND error_code = 2104"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_device_id_stays_its_tenants_after_its_actor_is_passivated_and_the_engine_restarts() {
+    let mut env = TestEnv::start(Options {
+        extra: format!("[admin]\ntoken = \"{TOKEN}\"\n[devices]\nidle_passivate_ms = 300\n"),
+        env: vec![("FLEETFLOW_SECRET_KEY".to_string(), KEY.to_string())],
+        ..Options::default()
+    })
+    .await;
+    let other_prefix = format!("{}-other", env.prefix);
+    for (product, prefix) in [
+        ("tenant-a", env.prefix.clone()),
+        ("tenant-b", other_prefix.clone()),
+    ] {
+        let (code, resp) = put(
+            &env,
+            product,
+            json!({"host": env.services.mqtt_host, "port": env.services.mqtt_port, "prefix": prefix,
+                   "client_id": format!("ff-{product}-{}", common::random_hex(4))}),
+        )
+        .await;
+        assert_eq!(code, 200, "{resp}");
+    }
+    let id = common::random_device();
+    let owner = env.device(&id).await;
+    owner
+        .publish("status", r#"{"status":"online","battery_v":3.9}"#)
+        .await;
+    owner.publish("data", r#"{"type":"reading","seq":1}"#).await;
+    owner.settle().await;
+    let before = common::eventually(Duration::from_secs(10), "A's rows", || async {
+        let s = device_rows(&env, &id).await;
+        (s.0 == 1 && s.1 == 1).then_some(s)
+    })
+    .await;
+    // The actor passivates: nothing of the device is left in memory but its binding.
+    common::eventually(Duration::from_secs(10), "A's actor passivated", || async {
+        (env.metric("fleetflow_device_actors_passivated_total").await >= 1.0).then_some(())
+    })
+    .await;
+    let owner_row: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/devices/{id}/owner", env.http))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(owner_row["source"], "tenant-a", "{owner_row}");
+
+    hijack(&env, &other_prefix, &id, 1).await;
+    common::eventually(
+        Duration::from_secs(10),
+        "B refused and recorded",
+        || async { (refusals(&env, &id).await >= 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        device_rows(&env, &id).await,
+        before,
+        "no row of A's device changed"
+    );
+
+    // After an engine restart too (the binding is in the database, not only in memory).
+    env.terminate(Duration::from_secs(20));
+    env.spawn_engine();
+    env.wait_ready(Duration::from_secs(20)).await;
+    hijack(&env, &other_prefix, &id, 2).await;
+    common::eventually(
+        Duration::from_secs(10),
+        "refused again after a restart",
+        || async { (refusals(&env, &id).await >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        device_rows(&env, &id).await,
+        before,
+        "no row of A's device changed"
+    );
+    // Positive control: A's own device still writes.
+    let owner = env.device(&id).await;
+    owner.publish("data", r#"{"type":"reading","seq":2}"#).await;
+    common::eventually(Duration::from_secs(10), "A's next reading", || async {
+        (device_rows(&env, &id).await.0 == 2).then_some(())
+    })
+    .await;
+}

@@ -213,3 +213,87 @@ async fn a_restart_storm_on_one_device_ends_in_quarantine_while_100_others_keep_
         "throughput dropped more than 20 %: {before:.0}/s -> {during:.0}/s"
     );
 }
+
+#[tokio::test]
+async fn a_device_failing_on_every_message_while_it_floods_leaves_the_fleet_at_speed_and_no_slot_taken(
+) {
+    // A long restart backoff and no quarantine: before, its full mailbox held the router (and
+    // the whole fleet) for the backoff; now what it sends meanwhile is set aside.
+    let env = TestEnv::start(Options {
+        extra: "[devices]\nmax_restarts = 100000\nrestart_backoff_min_ms = 3000\nrestart_backoff_max_ms = 3000\nmailbox_capacity = 32\npark_capacity = 32\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let cfg = sim(&env, 100, 10, 10.0, 0);
+    let run = tokio::spawn(fleetflow_sim::run(cfg));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let storm_start = chrono::Utc::now();
+    let bad = common::random_device();
+    let dev = env.device(&bad).await;
+    // 50 messages a second for 4 s, each one making the actor panic when it gets to run.
+    const MARKERS: i64 = 200;
+    for _ in 0..MARKERS {
+        dev.publish("data", fleetflow_actors::FAULT_PANIC_MARKER.to_vec())
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dev.settle().await;
+    let storm_end = chrono::Utc::now();
+    let report = run.await.unwrap().expect("simulator");
+    let stored = assert_exactly_once(&env, &report.acked_readings).await;
+    assert_eq!(stored as u64, report.readings_sent);
+
+    // Every marker is accounted for: processed (one restart each) or set aside, durable.
+    let accounted = eventually(
+        Duration::from_secs(30),
+        "every marker accounted for",
+        || {
+            let env = &env;
+            let bad = &bad;
+            async move {
+                let set_aside = env
+                    .scalar_i64(&format!(
+                        "SELECT count(*) FROM dead_letters WHERE device_id = '{bad}'"
+                    ))
+                    .await;
+                let restarts = env.metric("fleetflow_device_actors_restarted_total").await as i64;
+                (set_aside + restarts == MARKERS).then_some((set_aside, restarts))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "markers: {} set aside, {} processed",
+        accounted.0, accounted.1
+    );
+    assert!(accounted.0 > 0 && accounted.1 > 0, "{accounted:?}");
+    // No in-flight slot stays taken.
+    eventually(Duration::from_secs(30), "unacked back to 0", || async {
+        (env.metric("fleetflow_mqtt_unacked").await == 0.0).then_some(())
+    })
+    .await;
+
+    let c = env.db().await;
+    let rate = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        let c = &c;
+        async move {
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM sensor_readings WHERE created_at >= $1 AND created_at < $2", &[&from, &to])
+                .await
+                .unwrap()
+                .get(0);
+            n as f64 / (to - from).num_milliseconds() as f64 * 1000.0
+        }
+    };
+    let before = rate(
+        storm_start - chrono::Duration::milliseconds(2500),
+        storm_start,
+    )
+    .await;
+    let during = rate(storm_start, storm_end).await;
+    eprintln!("other devices: {before:.0} readings/s without the failing device, {during:.0} readings/s with it ({:.2}x)", during / before);
+    assert!(
+        during >= 0.8 * before,
+        "throughput dropped more than 20 %: {before:.0}/s -> {during:.0}/s"
+    );
+}

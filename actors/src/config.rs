@@ -1,6 +1,7 @@
 //! Typed configuration for each component, with documented defaults. The binary's config file
 //! embeds these sections; see `fleetflow.example.toml`.
 
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -59,6 +60,15 @@ pub struct MqttConfig {
     /// only (3.1.1 has no flow control: the broker's own in-flight limit applies).
     #[serde(default = "default_receive_maximum")]
     pub receive_maximum: u16,
+    /// Leaked acks (QoS 1 messages dropped unacknowledged: a device refused for being full, a
+    /// closed mailbox) that make the source reconnect, so that the broker redelivers them.
+    /// Each holds a slot of the broker's in-flight window until then. Default 256.
+    #[serde(default = "default_leak_max_count")]
+    pub leak_max_count: u64,
+    /// How long the oldest leaked ack may wait before the source reconnects, in milliseconds.
+    /// Default 10000.
+    #[serde(default = "default_leak_max_age_ms")]
+    pub leak_max_age_ms: u64,
     /// Largest packet accepted, in bytes. Default 1 MiB.
     #[serde(default = "default_max_packet_bytes")]
     pub max_packet_bytes: u32,
@@ -67,7 +77,7 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password (prefer `password_file` or the `FLEETFLOW_MQTT__PASSWORD` variable). Never logged.
     #[serde(default, skip_serializing)]
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
     /// File holding the password.
     #[serde(default)]
     pub password_file: Option<String>,
@@ -168,6 +178,12 @@ fn default_session_expiry_secs() -> u32 {
 fn default_receive_maximum() -> u16 {
     8192
 }
+fn default_leak_max_count() -> u64 {
+    256
+}
+fn default_leak_max_age_ms() -> u64 {
+    10_000
+}
 fn default_max_packet_bytes() -> u32 {
     1024 * 1024
 }
@@ -193,6 +209,8 @@ impl Default for MqttConfig {
             clean_start: false,
             session_expiry_secs: default_session_expiry_secs(),
             receive_maximum: default_receive_maximum(),
+            leak_max_count: default_leak_max_count(),
+            leak_max_age_ms: default_leak_max_age_ms(),
             max_packet_bytes: default_max_packet_bytes(),
             username: None,
             password: None,
@@ -210,9 +228,25 @@ pub use fleetflow_protocol::config::AssemblyConfig;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DevicesConfig {
-    /// Messages a device actor's mailbox holds before the router waits. Default 256.
+    /// Messages a device actor's mailbox holds. Past it, the router parks the device's messages
+    /// (see `park_capacity`) and goes on with other devices. Default 256.
     #[serde(default = "default_mailbox_capacity")]
     pub mailbox_capacity: usize,
+    /// Messages the router keeps for a device whose mailbox is full (a slow or restarting
+    /// device), in arrival order, while the rest of the fleet flows. Past it, or past
+    /// `park_bytes`, the device's messages go to `dead_letters` (acknowledged once durable
+    /// there; `fleetflow replay-dead-letters` sends them again). Default 256.
+    #[serde(default = "default_park_capacity")]
+    pub park_capacity: usize,
+    /// Payload bytes the router keeps parked for one device. Default 4 MiB.
+    #[serde(default = "default_park_bytes")]
+    pub park_bytes: usize,
+    /// Live device actors at most. A message for a device with no actor while this many live
+    /// goes to `dead_letters` (counted in
+    /// `fleetflow_dead_lettered_messages_total{reason="max_device_actors"}`, replayable); idle
+    /// actors passivate after `idle_passivate_ms` and make room. Default 100000.
+    #[serde(default = "default_max_actors")]
+    pub max_actors: usize,
     /// Idle time after which a device actor with nothing in flight is stopped, in ms.
     /// Default 600000 (10 min).
     #[serde(default = "default_idle_passivate_ms")]
@@ -240,6 +274,15 @@ pub struct DevicesConfig {
 fn default_mailbox_capacity() -> usize {
     256
 }
+fn default_park_capacity() -> usize {
+    256
+}
+fn default_park_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_actors() -> usize {
+    100_000
+}
 fn default_idle_passivate_ms() -> u64 {
     600_000
 }
@@ -263,6 +306,9 @@ impl Default for DevicesConfig {
     fn default() -> Self {
         Self {
             mailbox_capacity: default_mailbox_capacity(),
+            park_capacity: default_park_capacity(),
+            park_bytes: default_park_bytes(),
+            max_actors: default_max_actors(),
             idle_passivate_ms: default_idle_passivate_ms(),
             arbiters: 0,
             max_restarts: default_max_restarts(),
@@ -420,7 +466,7 @@ pub struct ObjectsConfig {
     pub access_key_id: Option<String>,
     /// S3 secret (or `AWS_SECRET_ACCESS_KEY`). Never logged.
     #[serde(default, skip_serializing)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<SecretString>,
     /// Allow plain HTTP endpoints. Default false.
     #[serde(default)]
     pub allow_http: bool,

@@ -1,14 +1,22 @@
 //! The engine's handle on its MQTT connection for everything but reading: acknowledging QoS 1
 //! messages once what they produced is durable, and publishing ACK/NACK and commands to devices.
 //! Acks are tagged with the connection epoch, so a packet id from a closed connection is never
-//! acknowledged on a new one (the broker redelivers those instead).
+//! acknowledged on a new one (the broker redelivers those instead). The epoch moves when the
+//! connection is lost, not only at the next CONNACK, and an ack is checked and queued under a
+//! gate the epoch change waits for: an ack queued in between cannot reach the next session.
+//!
+//! A token dropped without being acknowledged (a closed mailbox, a gone sink, a refused
+//! message) is a *leak*: its packet holds a slot of the broker's in-flight window until the
+//! connection closes. Leaks are counted through `Drop`; past a bound in count or age the
+//! source reconnects so that the broker redelivers them ([`MqttLink::leaks_exceed`]).
 //!
 //! - `client`: [`MqttClient`], the v5 or the 3.1.1 client behind one type.
 
 pub mod client;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
@@ -21,7 +29,7 @@ use crate::metrics as m;
 ///
 /// A token may be [split](AckToken::split) among the several actions one message feeds; the
 /// packet is then acknowledged when the last share is. Dropping a token (or any share) without
-/// acknowledging it leaves the packet for the broker to redeliver.
+/// acknowledging it leaves the packet for the broker to redeliver, and counts a leak.
 #[derive(Debug)]
 pub struct AckToken {
     /// The connection the packet arrived on (acks must go back on it).
@@ -30,16 +38,23 @@ pub struct AckToken {
     epoch: u64,
     /// Packet id.
     pkid: u16,
-    /// Shares not yet acknowledged, when split.
+    /// Shares not yet acknowledged, when split; [`LEAKED`] is set once a share was dropped.
     shares: Option<Arc<AtomicUsize>>,
+    /// Acknowledged, skipped as stale or split: nothing for `Drop` to count.
+    settled: bool,
 }
+
+/// Set in a split token's share count when one share was dropped unacknowledged: the packet
+/// can then never be acknowledged, and the leak was counted once.
+const LEAKED: usize = 1 << (usize::BITS - 1);
 
 impl AckToken {
     /// Splits the token into `n` shares (`n >= 1`); the broker ack goes out with the last one.
-    pub fn split(self, n: usize) -> Vec<AckToken> {
+    pub fn split(mut self, n: usize) -> Vec<AckToken> {
         if n <= 1 {
             return vec![self];
         }
+        self.settled = true;
         let shares = Arc::new(AtomicUsize::new(n));
         (0..n)
             .map(|_| AckToken {
@@ -47,6 +62,7 @@ impl AckToken {
                 epoch: self.epoch,
                 pkid: self.pkid,
                 shares: Some(shares.clone()),
+                settled: false,
             })
             .collect()
     }
@@ -54,6 +70,26 @@ impl AckToken {
     /// The connection the packet arrived on.
     pub fn link(&self) -> &MqttLink {
         &self.link
+    }
+
+    /// The connection epoch the packet arrived in: it can be acknowledged only while the
+    /// link's [`MqttLink::epoch`] is still this.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Some(shares) = &self.shares {
+            if shares.fetch_or(LEAKED, Ordering::AcqRel) & LEAKED != 0 {
+                return; // another share of this packet already counted it
+            }
+        }
+        self.link.leaked(self.epoch);
     }
 }
 
@@ -86,8 +122,10 @@ pub struct ReplyRoute {
 /// skipped and counted (the broker redelivers those).
 pub fn ack_all(tokens: impl IntoIterator<Item = AckToken>) {
     let (mut acked, mut stale) = (0u64, 0u64);
-    for t in tokens {
+    for mut t in tokens {
+        t.settled = true;
         if let Some(shares) = &t.shares {
+            // Not the last share, or a share was dropped (the packet waits for redelivery).
             if shares.fetch_sub(1, Ordering::AcqRel) != 1 {
                 continue;
             }
@@ -122,9 +160,17 @@ struct LinkInner {
     /// Either protocol's client: acks and publishes do not depend on which.
     client: Option<MqttClient>,
     epoch: AtomicU64,
+    /// Read-held while an ack is checked against the epoch and queued; write-held while the
+    /// epoch moves, so no ack of the old epoch is queued after the move.
+    gate: RwLock<()>,
     publish_qos: QoS,
     /// QoS 1 messages received and not yet acknowledged (or given up on).
     unacked: AtomicI64,
+    /// Packets of the current epoch whose token was dropped unacknowledged.
+    leaked: AtomicU64,
+    /// When the oldest of those leaked, in ms after `born` (plus one; 0 = none).
+    first_leak_ms: AtomicU64,
+    born: Instant,
 }
 
 impl std::fmt::Debug for MqttLink {
@@ -141,8 +187,12 @@ impl MqttLink {
         Self(Arc::new(LinkInner {
             client: Some(client.into()),
             epoch: AtomicU64::new(0),
+            gate: RwLock::new(()),
             publish_qos,
             unacked: AtomicI64::new(0),
+            leaked: AtomicU64::new(0),
+            first_leak_ms: AtomicU64::new(0),
+            born: Instant::now(),
         }))
     }
 
@@ -151,11 +201,55 @@ impl MqttLink {
         self.0.epoch.load(Ordering::Acquire)
     }
 
-    /// Called by the source on every CONNACK: packets of the old connection will be redelivered.
+    /// Called by the source on every CONNACK and whenever the connection is lost or dropped:
+    /// packets of the old connection will be redelivered, and no ack for one is queued after
+    /// this returns (it waits for acks being queued now).
     pub fn next_epoch(&self) -> u64 {
+        let _moving = self.0.gate.write().unwrap_or_else(|e| e.into_inner());
         self.0.unacked.store(0, Ordering::Release);
+        self.0.leaked.store(0, Ordering::Release);
+        self.0.first_leak_ms.store(0, Ordering::Release);
         metrics::gauge!(m::MQTT_UNACKED).set(0.0);
         self.0.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Counts a packet of `epoch` that will not be acknowledged on this connection.
+    fn leaked(&self, epoch: u64) {
+        metrics::counter!(m::MQTT_ACKS_LEAKED_TOTAL).increment(1);
+        if epoch != self.epoch() {
+            return; // its connection is gone already: the broker redelivers it
+        }
+        self.0.leaked.fetch_add(1, Ordering::AcqRel);
+        let now = self.0.born.elapsed().as_millis() as u64 + 1;
+        let _ = self
+            .0
+            .first_leak_ms
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Packets of the current connection that leaked, and how long ago the first did.
+    pub fn leaks(&self) -> (u64, Option<Duration>) {
+        let n = self.0.leaked.load(Ordering::Acquire);
+        let first = self.0.first_leak_ms.load(Ordering::Acquire);
+        let age = (first != 0).then(|| {
+            let now = self.0.born.elapsed().as_millis() as u64 + 1;
+            Duration::from_millis(now.saturating_sub(first))
+        });
+        (n, age)
+    }
+
+    /// True when the current connection holds at least `max_count` leaked packets, or one that
+    /// leaked more than `max_age` ago: time to reconnect so that the broker redelivers them.
+    pub fn leaks_exceed(&self, max_count: u64, max_age: Duration) -> bool {
+        match self.leaks() {
+            (0, _) => false,
+            (n, age) => n >= max_count || age.is_some_and(|a| a >= max_age),
+        }
+    }
+
+    /// QoS 1 messages of the current connection not acknowledged yet.
+    pub fn unacked(&self) -> i64 {
+        self.0.unacked.load(Ordering::Acquire)
     }
 
     /// Called by the source for each QoS 1 message received; returns the count now unacknowledged.
@@ -170,6 +264,7 @@ impl MqttLink {
             epoch: self.epoch(),
             pkid,
             shares: None,
+            settled: false,
         }
     }
 
@@ -179,6 +274,7 @@ impl MqttLink {
         let Some(client) = &self.0.client else {
             return false;
         };
+        let _gate = self.0.gate.read().unwrap_or_else(|e| e.into_inner());
         if epoch != self.epoch() {
             return false;
         }
@@ -192,6 +288,7 @@ impl MqttLink {
                 // The request channel holds an ack for every possible packet id, so this means
                 // the connection is going away; the broker redelivers on the next session.
                 tracing::warn!(error = %e, "could not queue an MQTT ack");
+                self.leaked(epoch);
                 false
             }
         }

@@ -9,8 +9,10 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (MQTT_BYTES_TOTAL, "counter", "Payload bytes received over MQTT."),
     (MQTT_ACKS_TOTAL, "counter", "QoS 1 messages acknowledged to the broker after they were durable or deliberately rejected."),
     (MQTT_ACKS_STALE_TOTAL, "counter", "Acknowledgements skipped because the connection they belonged to had closed (the broker redelivers)."),
+    (MQTT_ACKS_LEAKED_TOTAL, "counter", "QoS 1 messages whose ack token was dropped unacknowledged (a closed mailbox, a gone sink, a refused message); the source reconnects past a bound so that the broker redelivers them."),
+    (MQTT_LEAK_RECONNECTS_TOTAL, "counter", "Reconnects made to have the broker redeliver leaked QoS 1 messages (mqtt.leak_max_count / leak_max_age_ms)."),
     (MQTT_UNACKED, "gauge", "QoS 1 messages received and not yet acknowledged to the broker (bounded by the receive maximum)."),
-    (MQTT_DROPPED_TOTAL, "counter", "QoS 0 messages dropped because the router queue was full."),
+    (MQTT_DROPPED_TOTAL, "counter", "Messages not forwarded because the router queue was full: QoS 0 at once, QoS 1 after half the keep-alive (those are redelivered by the broker after a reconnect)."),
     (MQTT_CONNECTED, "gauge", "1 while the MQTT source is connected, else 0, by source (a product id, default: the [mqtt] file source, admin: the [mqtt] command publisher). A source stopped for good keeps 0."),
     (MQTT_RECONNECTS_TOTAL, "counter", "MQTT connection attempts after a failure."),
     (MQTT_PUBLISHES_TOTAL, "counter", "Messages the engine published, by kind (ack, nack, command, republish, publish)."),
@@ -27,7 +29,9 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (DEVICES_LOW_BATTERY, "gauge", "Known devices whose latest battery_v is below [alerts] low_battery_v (label below_v: that threshold), refreshed every http.fleet_stats_interval_ms."),
     (CAPTURES_STORED_BYTES, "gauge", "Image bytes of the stored captures in the database (ingest_status stored), refreshed every http.fleet_stats_interval_ms; delta() over 24h is the daily storage growth."),
     (SINK_BYTES_TOTAL, "counter", "Estimated bytes of rows written, by sink table."),
-    (ROUTER_MAILBOX_WAITS_TOTAL, "counter", "Times the router waited for room in a full device mailbox."),
+    (ROUTER_MAILBOX_WAITS_TOTAL, "counter", "Messages the router parked because their device's mailbox was full (it went on with other devices)."),
+    (ROUTER_PARKED, "gauge", "Messages parked by the router for devices whose mailbox is full."),
+    (ROUTER_REFUSED_TOTAL, "counter", "Messages the router dropped without acknowledging them (the broker redelivers them after a reconnect), by reason: device_gone (its actor stopped while they waited), sink_gone (the Postgres sink stopped)."),
     (DEVICE_ACTORS, "gauge", "Live device actors."),
     (DEVICE_ACTORS_SPAWNED_TOTAL, "counter", "Device actors started."),
     (DEVICE_ACTORS_PASSIVATED_TOTAL, "counter", "Device actors stopped after being idle."),
@@ -56,11 +60,14 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (OBJECT_UPLOAD_SECONDS, "histogram", "Time to write one object, retries included."),
     (OBJECT_FAILURES_TOTAL, "counter", "Objects that failed after every retry."),
     (CAPTURE_E2E_SECONDS, "histogram", "Time from a capture's last chunk to its committed captures row."),
+    (DEAD_LETTERED_TOTAL, "counter", "Messages written to the dead_letters table instead of being processed, by reason: restarting (the device's actor is in restart backoff), quarantined, device_busy (its mailbox and parking are full), max_device_actors (replay them with `fleetflow replay-dead-letters`)."),
     (DEAD_LETTERS_TOTAL, "counter", "Images kept in the dead-letter directory after every upload attempt failed."),
     (RETENTION_DELETED_TOTAL, "counter", "What the retention task deleted, by kind: capture_objects (images deleted from object storage, their rows marked deleted_at; an object already gone counts), readings, device_errors, publish_log (rows deleted)."),
     (RETENTION_FAILURES_TOTAL, "counter", "Retention steps that failed and are retried next round, by kind: capture_objects (one object delete), or a table's batch statement."),
 ];
 
+/// Counter; label `reason` (restarting, quarantined, device_busy, max_device_actors).
+pub const DEAD_LETTERED_TOTAL: &str = "fleetflow_dead_lettered_messages_total";
 /// Counter.
 pub const DEAD_LETTERS_TOTAL: &str = "fleetflow_dead_letters_total";
 /// Counter; label `kind` ([`RETENTION_KINDS`]).
@@ -76,6 +83,10 @@ pub const MQTT_BYTES_TOTAL: &str = "fleetflow_mqtt_received_bytes_total";
 pub const MQTT_ACKS_TOTAL: &str = "fleetflow_mqtt_acks_total";
 /// Counter.
 pub const MQTT_ACKS_STALE_TOTAL: &str = "fleetflow_mqtt_stale_acks_total";
+/// Counter.
+pub const MQTT_ACKS_LEAKED_TOTAL: &str = "fleetflow_mqtt_leaked_acks_total";
+/// Counter.
+pub const MQTT_LEAK_RECONNECTS_TOTAL: &str = "fleetflow_mqtt_leak_reconnects_total";
 /// Gauge.
 pub const MQTT_UNACKED: &str = "fleetflow_mqtt_unacked";
 /// Counter.
@@ -107,6 +118,10 @@ pub const CAPTURES_STORED_BYTES: &str = "fleetflow_captures_stored_bytes";
 pub const SINK_BYTES_TOTAL: &str = "fleetflow_sink_bytes_total";
 /// Counter.
 pub const ROUTER_MAILBOX_WAITS_TOTAL: &str = "fleetflow_router_mailbox_waits_total";
+/// Gauge.
+pub const ROUTER_PARKED: &str = "fleetflow_router_parked";
+/// Counter; label `reason` (device_gone, sink_gone).
+pub const ROUTER_REFUSED_TOTAL: &str = "fleetflow_router_refused_total";
 /// Gauge.
 pub const DEVICE_ACTORS: &str = "fleetflow_device_actors";
 /// Counter.
@@ -173,6 +188,21 @@ const LABELS: &[(&str, &str, &[&str])] = &[
         HOSTED_REPAIRS_TOTAL,
         "kind",
         &["created", "deleted", "fixed"],
+    ),
+    (
+        DEAD_LETTERED_TOTAL,
+        "reason",
+        &[
+            "restarting",
+            "quarantined",
+            "device_busy",
+            "max_device_actors",
+        ],
+    ),
+    (
+        ROUTER_REFUSED_TOTAL,
+        "reason",
+        &["device_gone", "sink_gone"],
     ),
     (ACTIONS_EXECUTED_TOTAL, "type", ACTION_TYPES),
     (ACTIONS_FAILED_TOTAL, "type", ACTION_TYPES),

@@ -30,7 +30,8 @@ use crate::config::{
 use crate::device::{DeviceDeps, DeviceSnapshot};
 use crate::link::{MqttLink, ReplyRoute};
 use crate::router::{
-    DeviceRouter, QueryDevice, QueryDevices, RawPublish, ReplyRouteOf, RestartDevice, StopAll,
+    DeviceRouter, ForgetOwner, QueryDevice, QueryDevices, RawPublish, ReplyRouteOf, RestartDevice,
+    StopAll,
 };
 use crate::sinks::objects::{ObjectSink, ProbeStore, ReplaceStore, StoreProbeError};
 use crate::sinks::pg::{Flush, PgProbeError, PgSink, Probe, ReplacePool};
@@ -186,6 +187,14 @@ impl Pipeline {
     ) -> Result<HashMap<String, DeviceSnapshot>, PipelineError> {
         self.router
             .send(QueryDevices(ids))
+            .await
+            .map_err(gone("device router"))
+    }
+
+    /// Forgets a device's binding to its source (its `device_owners` row was deleted).
+    pub async fn forget_owner(&self, id: &DeviceId) -> Result<(), PipelineError> {
+        self.router
+            .send(ForgetOwner(id.clone()))
             .await
             .map_err(gone("device router"))
     }
@@ -371,7 +380,7 @@ fn start_router(
     let assembly = Arc::new(s.assembly.clone());
     let devices = Arc::new(s.devices.clone());
     let publish_log = Arc::new(s.publish_log.clone());
-    let (pg, book) = (pg.clone(), s.book.clone());
+    let (pg, book, pool) = (pg.clone(), s.book.clone(), s.pool.clone());
     DeviceRouter::create(move |ctx| {
         let deps = DeviceDeps {
             assembly,
@@ -388,6 +397,7 @@ fn start_router(
         ctx.add_stream(stream);
         let mut r = DeviceRouter::new(arbiters);
         r.set_deps(deps);
+        r.set_owner_store(pool);
         r
     })
 }

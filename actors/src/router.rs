@@ -1,12 +1,27 @@
 //! The router actor: takes raw PUBLISH packets from the MQTT source, parses the topic, and hands
 //! each message to its device's actor, starting one on a device's first message. Device actors
 //! are spread over one arbiter per core by a hash of the device id. When a device mailbox is
-//! full the router waits (it never uses `do_send` on the data path), which stops it reading from
-//! the source; the broker's receive maximum then holds the rest.
+//! full the router parks that device's messages and goes on with the others (`parking`); what
+//! does not fit goes to `dead_letters`, acknowledged once durable there, so one slow or
+//! failing device never holds up the fleet. Past `devices.max_actors` live actors, a new
+//! device's messages go to `dead_letters` too.
+//!
+//! Each device id belongs to the source (product) that first delivered it (`owners`, persisted
+//! in `device_owners`): a message for it from another source is refused with an error row,
+//! whether or not the device has a live actor.
+//!
+//! - `parking`: the bounded per-device queue in front of a full mailbox.
+//! - `owners`: the device-to-source bindings, in memory and in the database.
+
+mod owners;
+mod parking;
+
+pub use owners::{OwnersError, DEFAULT_SOURCE};
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -25,6 +40,14 @@ use fleetflow_protocol::errors::{
 };
 use fleetflow_protocol::ids::DeviceId;
 use fleetflow_protocol::topic::{TopicError, TopicParser};
+use owners::Owners;
+use parking::{ParkLimits, Parking};
+
+/// How often new device bindings are written.
+const SAVE_OWNERS_EVERY: Duration = Duration::from_millis(200);
+
+/// How long an admin query waits for one device's answer.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A PUBLISH as the source received it.
 #[derive(Debug, Message)]
@@ -63,27 +86,17 @@ pub struct QueryDevices(pub Vec<DeviceId>);
 #[rtype(result = "bool")]
 pub struct RestartDevice(pub DeviceId);
 
-/// A source stopped for good (removed, or replaced by another product's config): the devices
-/// it fed are no longer bound to it, so their next message binds them to whichever source
-/// carries them now.
+/// An operator moved a device to another product: its binding is forgotten (the caller
+/// deleted its `device_owners` row), and its next message binds it to the source it comes from.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct ReleaseSource(pub String);
+pub struct ForgetOwner(pub DeviceId);
 
-impl Handler<ReleaseSource> for DeviceRouter {
+impl Handler<ForgetOwner> for DeviceRouter {
     type Result = ();
 
-    fn handle(&mut self, msg: ReleaseSource, _ctx: &mut Self::Context) {
-        let mut n = 0usize;
-        for e in self.devices.values_mut() {
-            if *e.owner == *msg.0 {
-                e.owner = Arc::from("");
-                n += 1;
-            }
-        }
-        if n > 0 {
-            tracing::info!(source = %msg.0, devices = n, "devices released from a stopped source");
-        }
+    fn handle(&mut self, msg: ForgetOwner, _ctx: &mut Self::Context) {
+        self.owners.forget(&msg.0);
     }
 }
 
@@ -96,11 +109,8 @@ pub struct StopAll;
 struct LiveDevice {
     addr: Addr<DeviceActor>,
     generation: u64,
-    /// The source (product) the device's messages arrive from. While its actor lives, messages
-    /// for the same device id from another source (another product or organisation) are
-    /// refused, so a tenant cannot feed or redirect another tenant's device. Empty: not bound
-    /// yet (bound by the next message).
-    owner: Arc<str>,
+    /// Messages waiting for room in the actor's mailbox.
+    parked: Parking,
 }
 
 /// The router actor: hands each message to its device's actor (see the module doc).
@@ -111,6 +121,10 @@ pub struct DeviceRouter {
     next_generation: u64,
     invalid: ErrorRateLimiter<ErrorCode>,
     hasher: std::collections::hash_map::RandomState,
+    /// Which source owns each device id.
+    owners: Owners,
+    /// Where the bindings are persisted (none in tests that need no database).
+    owner_store: Option<deadpool_postgres::Pool>,
 }
 
 impl DeviceRouter {
@@ -123,7 +137,45 @@ impl DeviceRouter {
             next_generation: 0,
             invalid: ErrorRateLimiter::new(10),
             hasher: Default::default(),
+            owners: Owners::default(),
+            owner_store: None,
         }
+    }
+
+    /// Persists device bindings in `device_owners` through `pool` (loaded when the router
+    /// starts, before its first message).
+    pub fn set_owner_store(&mut self, pool: deadpool_postgres::Pool) {
+        self.owner_store = Some(pool);
+    }
+
+    /// Writes the bindings made since the last call; a device another process bound first
+    /// takes that binding.
+    fn save_owners(&mut self, ctx: &mut Context<Self>) {
+        let Some(pool) = self.owner_store.clone() else {
+            return;
+        };
+        let batch = self.owners.take_unsaved();
+        if batch.is_empty() {
+            return;
+        }
+        ctx.spawn(owners::save(pool, batch.clone()).into_actor(self).map(
+            move |res, act, _| match res {
+                Ok(taken) => {
+                    for (id, source) in &taken {
+                        tracing::warn!(device = %id, owner = %source, "device id already bound to another source (by another engine)");
+                    }
+                    act.owners.merge(taken);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "device bindings not saved; retried");
+                    for (id, source) in batch {
+                        if act.owners.get(&id).is_some_and(|s| *s == source) {
+                            act.owners.bind(id, source);
+                        }
+                    }
+                }
+            },
+        ));
     }
 
     /// Sets what device actors need (done once, before the first message).
@@ -136,7 +188,7 @@ impl DeviceRouter {
         &self.arbiters[(h % self.arbiters.len() as u64) as usize]
     }
 
-    fn spawn(&mut self, id: DeviceId, owner: Arc<str>) -> Addr<DeviceActor> {
+    fn spawn(&mut self, id: DeviceId) -> Addr<DeviceActor> {
         let deps = self
             .deps
             .clone()
@@ -148,15 +200,101 @@ impl DeviceRouter {
         let addr = DeviceActor::start_in_arbiter(&arbiter, move |_ctx| {
             DeviceActor::new(actor_id, generation, deps)
         });
+        let mut parked = Parking::default();
+        if let Some(mut old) = self.devices.remove(&id) {
+            // What waited for the old actor goes to the new one, in order.
+            old.parked.move_into(&mut parked);
+        }
         self.devices.insert(
             id,
             LiveDevice {
                 addr: addr.clone(),
                 generation,
-                owner: owner.clone(),
+                parked,
             },
         );
         addr
+    }
+
+    fn park_limits(&self) -> ParkLimits {
+        let d = &self
+            .deps
+            .as_ref()
+            .expect("router dependencies are set")
+            .devices;
+        ParkLimits {
+            count: d.park_capacity.max(1),
+            bytes: d.park_bytes,
+        }
+    }
+
+    /// Hands a message to its device's actor, or parks it behind the device's parked ones.
+    fn deliver(&mut self, id: DeviceId, inbound: Inbound, ctx: &mut Context<Self>) {
+        let limits = self.park_limits();
+        let Some(e) = self.devices.get_mut(&id) else {
+            return;
+        };
+        metrics::counter!(m::DEVICE_MAILBOX_PUSHED_TOTAL).increment(1);
+        let inbound = if e.parked.is_empty() {
+            match e.addr.try_send(inbound) {
+                Ok(()) => return,
+                Err(SendError::Full(inbound)) => inbound,
+                Err(SendError::Closed(_)) => {
+                    metrics::counter!(m::ROUTER_REFUSED_TOTAL, "reason" => "device_gone")
+                        .increment(1);
+                    tracing::warn!(device = %id, "device actor closed while routing; the broker will redeliver");
+                    return;
+                }
+            }
+        } else {
+            inbound
+        };
+        if !e.parked.has_room(inbound.payload.len(), limits) {
+            tracing::debug!(device = %id, "device busy, parking full: message dead-lettered");
+            return self.dead_letter(id, inbound, "device_busy", ctx);
+        }
+        e.parked.push(inbound);
+        if !e.parked.pumping {
+            e.parked.pumping = true;
+            self.pump(id, ctx);
+        }
+    }
+
+    /// Moves a device's parked messages into its mailbox while there is room; when it is full,
+    /// waits for room for the oldest in a spawned future (the router goes on) and comes back.
+    fn pump(&mut self, id: DeviceId, ctx: &mut Context<Self>) {
+        let Some(e) = self.devices.get_mut(&id) else {
+            return;
+        };
+        while let Some(msg) = e.parked.pop() {
+            match e.addr.try_send(msg) {
+                Ok(()) => {}
+                Err(SendError::Full(msg)) => {
+                    let (addr, generation) = (e.addr.clone(), e.generation);
+                    let wait = async move {
+                        if let Err(MailboxError::Closed) = addr.send(msg).await {
+                            tracing::debug!("device actor stopped while a parked message waited");
+                        }
+                    };
+                    ctx.spawn(wait.into_actor(self).map(move |(), act, ctx| {
+                        if act
+                            .devices
+                            .get(&id)
+                            .is_some_and(|e| e.generation == generation)
+                        {
+                            act.pump(id, ctx);
+                        }
+                    }));
+                    return;
+                }
+                Err(SendError::Closed(msg)) => {
+                    // The actor is gone; its replacement (next message) takes the rest.
+                    e.parked.unpop(msg);
+                    break;
+                }
+            }
+        }
+        e.parked.pumping = false;
     }
 
     fn reject(&mut self, msg: RawPublish, err: TopicError, ctx: &mut Context<Self>) {
@@ -244,6 +382,23 @@ impl Actor for DeviceRouter {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Control messages only: data arrives through the stream.
         ctx.set_mailbox_capacity(4096);
+        let Some(pool) = self.owner_store.clone() else {
+            return;
+        };
+        // The bindings are in memory before the first message is routed.
+        ctx.wait(owners::load(pool).into_actor(self).map(|res, act, ctx| {
+            match res {
+                Ok(rows) => {
+                    act.owners.merge(rows);
+                    tracing::info!(devices = act.owners.len(), "device bindings loaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "device bindings not loaded; stopping the router");
+                    ctx.stop();
+                }
+            }
+        }));
+        ctx.run_interval(SAVE_OWNERS_EVERY, |act, ctx| act.save_owners(ctx));
     }
 }
 
@@ -279,10 +434,14 @@ impl DeviceRouter {
             ack: msg.ack,
             reply_route: msg.reply_route,
         };
-        let owner = &inbound.reply_route.source_name;
-        let addr = match self.devices.get_mut(&parsed.device_id) {
-            Some(e) if !e.owner.is_empty() && *e.owner != **owner => {
-                let claimed = TopicError::Claimed(e.owner.to_string());
+        let source = &inbound.reply_route.source_name;
+        match self.owners.get(&parsed.device_id) {
+            Some(owner) if **owner != **source && Owners::may_claim(owner, source) => {
+                tracing::info!(device = %parsed.device_id, from = %owner, to = %source, "a product claimed a device of the default source");
+                self.owners.bind(parsed.device_id.clone(), source.clone());
+            }
+            Some(owner) if **owner != **source => {
+                let claimed = TopicError::Claimed(owner.to_string());
                 let msg = RawPublish {
                     topic: inbound.topic,
                     payload: inbound.payload,
@@ -291,30 +450,64 @@ impl DeviceRouter {
                 };
                 return self.reject(msg, claimed, ctx);
             }
-            Some(e) if e.addr.connected() => {
-                if e.owner.is_empty() {
-                    e.owner = owner.clone();
-                }
-                e.addr.clone()
-            }
+            Some(_) => {}
+            None => self.owners.bind(parsed.device_id.clone(), source.clone()),
+        }
+        match self.devices.get(&parsed.device_id) {
+            Some(e) if e.addr.connected() => {}
             Some(_) => {
                 // The actor died without being asked to (its arbiter failed): restart it.
                 metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
-                self.spawn(parsed.device_id, owner.clone())
+                self.spawn(parsed.device_id.clone());
             }
-            None => self.spawn(parsed.device_id, owner.clone()),
-        };
-        metrics::counter!(m::DEVICE_MAILBOX_PUSHED_TOTAL).increment(1);
-        match addr.try_send(inbound) {
-            Ok(()) => {}
-            Err(SendError::Full(inbound)) => {
-                metrics::counter!(m::ROUTER_MAILBOX_WAITS_TOTAL).increment(1);
-                ctx.wait(addr.send(inbound).into_actor(self).map(|_, _, _| ()));
+            None if self.devices.len() >= self.max_actors() => {
+                tracing::debug!(device = %parsed.device_id, "max_device_actors reached: message dead-lettered");
+                return self.dead_letter(parsed.device_id, inbound, "max_device_actors", ctx);
             }
-            Err(SendError::Closed(_)) => {
-                tracing::warn!("device actor closed while routing; the broker will redeliver");
+            None => {
+                self.spawn(parsed.device_id.clone());
             }
         }
+        self.deliver(parsed.device_id, inbound, ctx);
+    }
+
+    /// Writes a message that cannot go to its device now to `dead_letters`, acknowledged once
+    /// durable there (replayed later by `fleetflow replay-dead-letters`). A full Postgres sink
+    /// holds the router, as any row does; a gone one leaves the message unacknowledged.
+    fn dead_letter(
+        &mut self,
+        id: DeviceId,
+        inbound: Inbound,
+        reason: &'static str,
+        ctx: &mut Context<Self>,
+    ) {
+        let pg = self
+            .deps
+            .as_ref()
+            .expect("router dependencies are set")
+            .pg
+            .clone();
+        match pg.try_send(inbound.into_dead_letter(id, reason)) {
+            Ok(()) => {}
+            Err(SendError::Full(p)) => ctx.wait(
+                async move {
+                    let _ = pg.send(p).await;
+                }
+                .into_actor(self),
+            ),
+            Err(SendError::Closed(_)) => {
+                metrics::counter!(m::ROUTER_REFUSED_TOTAL, "reason" => "sink_gone").increment(1);
+            }
+        }
+    }
+
+    fn max_actors(&self) -> usize {
+        let d = &self
+            .deps
+            .as_ref()
+            .expect("router dependencies are set")
+            .devices;
+        d.max_actors.max(1)
     }
 }
 
@@ -323,7 +516,8 @@ impl Handler<DeviceExited> for DeviceRouter {
 
     fn handle(&mut self, msg: DeviceExited, _ctx: &mut Self::Context) {
         if let Some(e) = self.devices.get(&msg.device_id) {
-            if e.generation == msg.generation {
+            // Not idle after all while messages wait for it.
+            if e.generation == msg.generation && e.parked.is_empty() {
                 let e = self.devices.remove(&msg.device_id).expect("entry exists");
                 metrics::counter!(m::DEVICE_ACTORS_PASSIVATED_TOTAL).increment(1);
                 // Control message: the actor finishes its mailbox, then stops.
@@ -339,10 +533,11 @@ impl Handler<QueryDevice> for DeviceRouter {
     fn handle(&mut self, msg: QueryDevice, _ctx: &mut Self::Context) -> Self::Result {
         let addr = self.devices.get(&msg.0).map(|e| e.addr.clone());
         Box::pin(async move {
-            match addr {
-                Some(a) => a.send(Snapshot).await.ok(),
-                None => None,
-            }
+            let a = addr?;
+            tokio::time::timeout(SNAPSHOT_TIMEOUT, a.send(Snapshot))
+                .await
+                .ok()?
+                .ok()
         })
     }
 }
@@ -374,14 +569,19 @@ impl Handler<QueryDevices> for DeviceRouter {
                     .map(|e| (id.to_string(), e.addr.clone()))
             })
             .collect();
+        // All at once, each within a timeout: a busy device is left out rather than waited on.
         Box::pin(async move {
-            let mut out = HashMap::new();
-            for (id, a) in addrs {
-                if let Ok(s) = a.send(Snapshot).await {
-                    out.insert(id, s);
+            let asks = addrs.into_iter().map(|(id, a)| async move {
+                match tokio::time::timeout(SNAPSHOT_TIMEOUT, a.send(Snapshot)).await {
+                    Ok(Ok(s)) => Some((id, s)),
+                    _ => None,
                 }
-            }
-            out
+            });
+            futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
         })
     }
 }
@@ -389,8 +589,8 @@ impl Handler<QueryDevices> for DeviceRouter {
 impl Handler<RestartDevice> for DeviceRouter {
     type Result = bool;
 
-    fn handle(&mut self, msg: RestartDevice, _ctx: &mut Self::Context) -> bool {
-        let was_running = match self.devices.remove(&msg.0) {
+    fn handle(&mut self, msg: RestartDevice, ctx: &mut Self::Context) -> bool {
+        let was_running = match self.devices.get(&msg.0) {
             Some(e) => {
                 // Control message: the old actor drains its mailbox, then stops.
                 e.addr.do_send(Stop);
@@ -399,8 +599,15 @@ impl Handler<RestartDevice> for DeviceRouter {
             None => false,
         };
         metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
-        // A restart also clears the binding to a source: the next message binds it again.
-        self.spawn(msg.0, Arc::from(""));
+        // Messages parked for the old actor go to the new one. The device stays bound to its
+        // source.
+        self.spawn(msg.0.clone());
+        if let Some(e) = self.devices.get_mut(&msg.0) {
+            if !e.parked.is_empty() && !e.parked.pumping {
+                e.parked.pumping = true;
+                self.pump(msg.0, ctx);
+            }
+        }
         was_running
     }
 }

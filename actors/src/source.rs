@@ -162,6 +162,9 @@ pub fn spawn_with_filters(
         qos: sub_qos,
         backoff_min: Duration::from_millis(cfg.reconnect_min_ms),
         backoff_max: Duration::from_millis(cfg.reconnect_max_ms),
+        leak_max_count: cfg.leak_max_count.max(1),
+        leak_max_age: Duration::from_millis(cfg.leak_max_age_ms),
+        full_queue_wait: Duration::from_secs(cfg.keep_alive_secs.max(2)) / 2,
     };
     let task = tokio::spawn(lp.run());
     Ok(SourceHandle {

@@ -1,5 +1,7 @@
 //! An ack token split among the actions one message feeds: the broker ack goes out once, with
-//! the last share, and a dropped share holds it back (the broker then redelivers).
+//! the last share, and a dropped share holds it back (the broker then redelivers). A token
+//! dropped unacknowledged is counted as a leak; an ack tried after the connection was lost is
+//! refused; a real source moves the epoch as soon as it loses its connection.
 
 use fleetflow_actors::link::{ack, ack_all, AckToken, MqttLink};
 use rumqttc::v5::mqttbytes::QoS;
@@ -101,4 +103,68 @@ fn a_share_from_an_earlier_connection_is_not_acked_on_the_new_one() {
     assert_eq!(acked(&rx), Vec::<u16>::new());
     ack(Some(received(&link, 3)));
     assert_eq!(acked(&rx), vec![3]);
+}
+
+#[test]
+fn an_ack_tried_after_the_connection_was_lost_is_not_queued() {
+    let (link, rx) = recording_link();
+    let before = received(&link, 1);
+    // What the source does when a poll fails (before any reconnect and its CONNACK).
+    link.next_epoch();
+    ack(Some(before));
+    assert_eq!(
+        acked(&rx),
+        Vec::<u16>::new(),
+        "an old packet id reached the new session"
+    );
+    // Positive control: a packet of the new connection, same id, is acked.
+    ack(Some(received(&link, 1)));
+    assert_eq!(acked(&rx), vec![1]);
+}
+
+#[test]
+fn a_dropped_token_is_counted_as_a_leak_and_bounds_the_connection() {
+    let (link, rx) = recording_link();
+    let (a, b, c) = (received(&link, 1), received(&link, 2), received(&link, 3));
+    ack_all([a]);
+    assert_eq!(link.leaks().0, 0, "an acked token is no leak");
+    drop(b);
+    let (n, age) = link.leaks();
+    assert_eq!(n, 1);
+    assert!(age.is_some());
+    assert!(link.leaks_exceed(1, std::time::Duration::from_secs(3600)));
+    assert!(!link.leaks_exceed(2, std::time::Duration::from_secs(3600)));
+    assert!(link.leaks_exceed(2, std::time::Duration::ZERO), "age bound");
+    ack_all([c]);
+    assert_eq!(acked(&rx), vec![1, 3]);
+    assert_eq!(link.unacked(), 1, "the leaked packet still holds its slot");
+    // A new connection starts clean: the broker redelivers what leaked.
+    link.next_epoch();
+    assert_eq!(link.leaks(), (0, None));
+    assert_eq!(link.unacked(), 0);
+}
+
+#[test]
+fn a_packet_whose_shares_are_dropped_leaks_once() {
+    let (link, rx) = recording_link();
+    let mut shares = received(&link, 8).split(3);
+    drop(shares.pop());
+    drop(shares.pop());
+    assert_eq!(link.leaks().0, 1);
+    ack_all(shares);
+    assert_eq!(acked(&rx), Vec::<u16>::new());
+    assert_eq!(link.leaks().0, 1);
+    // Splitting itself is no leak, and fully acked shares are none either.
+    ack_all(received(&link, 9).split(2));
+    assert_eq!(acked(&rx), vec![9]);
+    assert_eq!(link.leaks().0, 1);
+}
+
+#[test]
+fn a_token_of_a_closed_connection_dropped_later_does_not_count_against_the_new_one() {
+    let (link, _rx) = recording_link();
+    let old = received(&link, 4);
+    link.next_epoch();
+    drop(old);
+    assert_eq!(link.leaks().0, 0);
 }

@@ -7,3 +7,4 @@ mod ack_token;
 mod dispatcher;
 mod pg_sink;
 mod router_placement;
+mod source_disconnect;

@@ -189,6 +189,25 @@ pub struct PublishLogRow {
     pub at: DateTime<Utc>,
 }
 
+/// One `dead_letters` row: a message kept as it arrived because it could not be processed now
+/// (its device was quarantined or too busy, or the actor limit was reached), so that it is
+/// durable before its ack and can be replayed (`fleetflow replay-dead-letters`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRow {
+    /// The device the topic names.
+    pub device_id: DeviceId,
+    /// The full topic, as received (shared, not copied).
+    pub topic: bytes::Bytes,
+    /// The payload, as received (shared, not copied).
+    pub payload: bytes::Bytes,
+    /// Why: `restarting`, `quarantined`, `device_busy` or `max_device_actors`.
+    pub reason: &'static str,
+    /// The source (product) it arrived from.
+    pub source: std::sync::Arc<str>,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+}
+
 /// Any row the sink writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
@@ -208,6 +227,8 @@ pub enum Row {
     Wake(WakeRow),
     /// `device_publish_log`.
     PublishLog(PublishLogRow),
+    /// `dead_letters`.
+    DeadLetter(DeadLetterRow),
 }
 
 /// The sink's tables, for batching and metric labels.
@@ -229,11 +250,13 @@ pub enum Table {
     Schedules,
     /// `device_publish_log`
     PublishLog,
+    /// `dead_letters`
+    DeadLetters,
 }
 
 impl Table {
     /// Every table, in flush order.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Status,
         Table::Readings,
         Table::Captures,
@@ -242,6 +265,7 @@ impl Table {
         Table::Telemetry,
         Table::Schedules,
         Table::PublishLog,
+        Table::DeadLetters,
     ];
 
     /// Metric label.
@@ -255,6 +279,7 @@ impl Table {
             Table::Telemetry => "telemetry",
             Table::Schedules => "device_schedules",
             Table::PublishLog => "device_publish_log",
+            Table::DeadLetters => "dead_letters",
         }
     }
 
@@ -276,6 +301,7 @@ impl Row {
             Row::Telemetry(_) => Table::Telemetry,
             Row::Wake(_) => Table::Schedules,
             Row::PublishLog(_) => Table::PublishLog,
+            Row::DeadLetter(_) => Table::DeadLetters,
         }
     }
 
@@ -297,6 +323,7 @@ impl Row {
                         LogPayload::Summary(_) => 256,
                     }
             }
+            Row::DeadLetter(d) => 128 + d.topic.len() + d.payload.len(),
         }
     }
 }

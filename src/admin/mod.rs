@@ -14,6 +14,7 @@
 //!   publishing.
 //! - `schedules`: a device's wake schedule.
 //! - `messages`: a device's message log (`device_publish_log`), paged.
+//! - `owners`: the source a device id is bound to (`device_owners`), and moving it.
 //! - `restarts`: `POST /api/v1/restarts`, the HTTP face of [`crate::restart::request`].
 //! - `restart_history`: `GET /api/v1/restarts`, the restart audit trail, paged.
 //! - `products`: `GET /api/v1/products`, every product's config with its live status.
@@ -36,6 +37,7 @@ mod images;
 mod messages;
 mod mqtt_config;
 mod organizations;
+mod owners;
 mod params;
 mod products;
 mod publish;
@@ -156,6 +158,10 @@ fn device_routes() -> Router<AdminState> {
             get(schedules::get).put(schedules::put),
         )
         .route("/api/v1/devices/{device_id}/messages", get(messages::list))
+        .route(
+            "/api/v1/devices/{device_id}/owner",
+            get(owners::get).delete(owners::delete),
+        )
         .route(
             "/api/v1/devices/{device_id}/commands",
             get(command_history::list).post(commands::create),

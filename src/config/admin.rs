@@ -1,5 +1,6 @@
 //! `[admin]`: the admin API's tokens, and the restart rate limit and poll.
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// `[admin]`: the admin API.
@@ -9,7 +10,7 @@ pub struct AdminConfig {
     /// The bearer token (prefer `FLEETFLOW_ADMIN__TOKEN` or `token_file`). Without a token the
     /// API answers 503 and the console cannot log in. Never logged.
     #[serde(default, skip_serializing)]
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// File holding the token (named `admin` in the audit trail).
     #[serde(default)]
     pub token_file: Option<String>,
@@ -27,7 +28,7 @@ pub struct AdminConfig {
     /// `POST /api/v1/restarts`), for automation that should not hold the admin token. Prefer
     /// `FLEETFLOW_ADMIN__RESTART_TOKEN` or `restart_token_file`. Never logged.
     #[serde(default, skip_serializing)]
-    pub restart_token: Option<String>,
+    pub restart_token: Option<SecretString>,
     /// File holding the restart token.
     #[serde(default)]
     pub restart_token_file: Option<String>,
@@ -161,12 +162,12 @@ impl AdminConfig {
 /// A token from its setting or file; at least 16 characters (an empty one would match a request
 /// without one).
 fn resolve(
-    value: &Option<String>,
+    value: &Option<SecretString>,
     file: &Option<String>,
     name: &str,
 ) -> Result<Option<String>, SecretFileError> {
-    let token = match (value, file) {
-        (Some(t), _) if !t.trim().is_empty() => t.trim().to_string(),
+    let token = match (value.as_ref().map(|t| t.expose_secret().trim()), file) {
+        (Some(t), _) if !t.is_empty() => t.to_string(),
         (_, Some(f)) => std::fs::read_to_string(f)
             .map(|s| s.trim().to_string())
             .map_err(|source| SecretFileError::Read {

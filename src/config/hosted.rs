@@ -21,7 +21,7 @@ pub struct HostedConfig {
     /// Its password (prefer `admin_password_file` or `FLEETFLOW_HOSTED__ADMIN_PASSWORD`).
     /// Never logged.
     #[serde(default, skip_serializing)]
-    pub admin_password: Option<String>,
+    pub admin_password: Option<secrecy::SecretString>,
     /// File holding the admin password.
     #[serde(default)]
     pub admin_password_file: Option<String>,
@@ -78,7 +78,7 @@ impl HostedConfig {
     /// The admin password from the setting or its file.
     pub fn resolve_password(&self) -> Result<Option<String>, super::admin::SecretFileError> {
         match (&self.admin_password, &self.admin_password_file) {
-            (Some(p), _) => Ok(Some(p.clone())),
+            (Some(p), _) => Ok(Some(secrecy::ExposeSecret::expose_secret(p).to_string())),
             (None, Some(f)) => std::fs::read_to_string(f)
                 .map(|s| Some(s.trim_end().to_string()))
                 .map_err(|source| super::admin::SecretFileError::Read {

@@ -334,4 +334,46 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let toml = r#"
+            [mqtt]
+            password = "mqtt-pass-a1b2c3"
+            [postgres]
+            url = "postgres://u:pg-pass-d4e5f6@h:5/db"
+            [objects]
+            secret_access_key = "s3-secret-g7h8i9"
+            [admin]
+            token = "admin-token-j0k1l2m3n4"
+            restart_token = "restart-token-o5p6q7r8"
+            [hosted]
+            admin_password = "dynsec-pass-s9t0u1"
+        "#;
+        let cfg = Config::from_toml(toml).unwrap();
+        let secrets = [
+            "mqtt-pass-a1b2c3",
+            "pg-pass-d4e5f6",
+            "s3-secret-g7h8i9",
+            "admin-token-j0k1l2m3n4",
+            "restart-token-o5p6q7r8",
+            "dynsec-pass-s9t0u1",
+        ];
+        // Positive control: the secrets were read, each where the engine uses it.
+        assert_eq!(
+            cfg.admin.resolve_token().unwrap().as_deref(),
+            Some(secrets[3])
+        );
+        assert_eq!(
+            cfg.hosted.resolve_password().unwrap().as_deref(),
+            Some(secrets[5])
+        );
+        assert!(cfg.postgres.url.contains(secrets[1]));
+        for shown in [format!("{cfg:?}"), format!("{cfg:#?}")] {
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{secret} in Debug output");
+            }
+            assert!(shown.contains("REDACTED"), "{shown}");
+        }
+    }
 }

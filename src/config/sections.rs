@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `[postgres]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[postgres]` (`Debug` shows the URL without its password).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Connection URL. Default `postgres://fleetflow:fleetflow@127.0.0.1:55432/fleetflow`
@@ -19,6 +19,17 @@ pub struct PostgresConfig {
     /// Apply `migrations/` at startup. Default true.
     #[serde(default = "default_true")]
     pub migrate_on_start: bool,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &super::redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .finish()
+    }
 }
 
 fn default_pg_url() -> String {

@@ -27,16 +27,28 @@ pub fn new_password() -> String {
 /// in the message, not as `source()`: `password_hash::Error` implements `std::error::Error`
 /// only with argon2's `std` feature, which this crate does not enable.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot hash the password: {0}")]
-pub struct HashError(pub argon2::password_hash::Error);
+pub enum HashError {
+    /// argon2 refused.
+    #[error("cannot hash the password: {0}")]
+    Argon2(argon2::password_hash::Error),
+    /// The blocking task did not finish (the runtime is shutting down).
+    #[error("the password hashing task did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// The argon2id PHC string of `password`, with a random salt.
 pub fn hash(password: &str) -> Result<String, HashError> {
-    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(HashError)?;
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(HashError::Argon2)?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(HashError)
+        .map_err(HashError::Argon2)
+}
+
+/// [`hash`] on tokio's blocking pool: argon2 spends tens of milliseconds of CPU by design,
+/// which must not hold an async worker that carries ingest.
+pub async fn hash_blocking(password: String) -> Result<String, HashError> {
+    tokio::task::spawn_blocking(move || hash(&password)).await?
 }
 
 /// Whether `password` matches an argon2id PHC string.

@@ -71,7 +71,7 @@ impl Dynsec {
             url: url.to_string(),
             client_id: client_id.to_string(),
             username: Some(username.to_string()),
-            password: Some(password.to_string()),
+            password: Some(password.into()),
             clean_start: true,
             session_expiry_secs: 0,
             ..MqttConfig::default()

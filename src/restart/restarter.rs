@@ -184,8 +184,19 @@ impl Restarter {
         }
     }
 
-    /// `device:<id>`: a fresh actor, which must answer a snapshot.
+    /// `device:<id>`: a fresh actor, which must answer a snapshot. A device the engine has
+    /// never seen (no `devices` row and no live actor) fails without spawning anything.
     async fn restart_device(&self, id: &DeviceId) -> (Outcome, Value) {
+        match self.device_known(id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return (
+                    Outcome::Failed,
+                    json!({"healthy": false, "error": format!("unknown device {id}")}),
+                )
+            }
+            Err(e) => return (Outcome::Failed, json!({"error": e})),
+        }
         let was_running = match self.pipeline.restart_device(id).await {
             Ok(w) => w,
             Err(e) => return (Outcome::Failed, json!({"error": e.to_string()})),
@@ -201,6 +212,24 @@ impl Restarter {
                 json!({"was_running": was_running, "healthy": false}),
             ),
         }
+    }
+
+    /// Whether the device has a live actor or a `devices` row.
+    async fn device_known(&self, id: &DeviceId) -> Result<bool, String> {
+        if matches!(
+            tokio::time::timeout(DEVICE_ANSWER, self.pipeline.device(id)).await,
+            Ok(Ok(Some(_)))
+        ) {
+            return Ok(true);
+        }
+        let c = self.pool.get().await.map_err(|e| e.to_string())?;
+        c.query_opt(
+            "SELECT 1 FROM devices WHERE device_id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .map(|r| r.is_some())
+        .map_err(|e| e.to_string())
     }
 
     /// `pipeline`: the graceful-shutdown order inside the running process, then everything

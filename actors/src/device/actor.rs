@@ -56,8 +56,14 @@ pub struct DeviceDeps {
 
 enum Health {
     Running,
-    Restarting,
-    Quarantined { until: Instant },
+    /// In restart backoff until then: messages are set aside (`dead_letters`), not held in
+    /// the mailbox, so that a device that fails on every message never fills it.
+    Restarting {
+        until: Instant,
+    },
+    Quarantined {
+        until: Instant,
+    },
 }
 
 /// One device's actor.
@@ -201,10 +207,9 @@ impl DeviceActor {
             Decision::Restart { after } => {
                 metrics::counter!(m::DEVICE_ACTORS_RESTARTED_TOTAL).increment(1);
                 tracing::warn!(device = %id, panic = %what, backoff_ms = after.as_millis() as u64, "device actor failed; restarting");
-                self.health = Health::Restarting;
-                ctx.wait(tokio::time::sleep(after).into_actor(self).map(|_, act, _| {
-                    act.health = Health::Running;
-                }));
+                self.health = Health::Restarting {
+                    until: Instant::now() + after,
+                };
             }
             Decision::Quarantine { until } => {
                 metrics::counter!(m::DEVICE_ACTORS_QUARANTINED_TOTAL).increment(1);
@@ -288,14 +293,22 @@ impl Handler<Inbound> for DeviceActor {
         metrics::counter!(m::DEVICE_MAILBOX_POPPED_TOTAL).increment(1);
         self.last_msg = Instant::now();
         self.note_reply_route(&msg.reply_route);
-        if let Health::Quarantined { until } = self.health {
-            if Instant::now() < until {
-                self.quarantined(msg);
-                return;
+        match self.health {
+            Health::Running => {}
+            Health::Restarting { until } if Instant::now() < until => {
+                return self.set_aside(msg, "restarting", ctx);
             }
-            tracing::info!(device = %self.core.id(), "quarantine over");
-            self.policy.reset();
-            self.health = Health::Running;
+            Health::Quarantined { until } if Instant::now() < until => {
+                metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Quarantined.label())
+                    .increment(1);
+                return self.set_aside(msg, "quarantined", ctx);
+            }
+            Health::Restarting { .. } => self.health = Health::Running,
+            Health::Quarantined { .. } => {
+                tracing::info!(device = %self.core.id(), "quarantine over");
+                self.policy.reset();
+                self.health = Health::Running;
+            }
         }
         #[cfg(feature = "fault-injection")]
         if msg.payload.as_ref() == crate::FAULT_PANIC_MARKER {
@@ -386,13 +399,21 @@ impl DeviceActor {
         }
     }
 
-    fn quarantined(&mut self, msg: Inbound) {
-        metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Quarantined.label()).increment(1);
+    /// A message for a device in restart backoff or quarantine: a chunk is NACKed (the device
+    /// keeps the image and tries again later) and acknowledged; anything else goes to
+    /// `dead_letters`, acknowledged once it is durable there, for a replay after the cause is
+    /// fixed (`fleetflow replay-dead-letters`).
+    fn set_aside(&mut self, msg: Inbound, reason: &'static str, ctx: &mut Context<Self>) {
         if let fleetflow_protocol::topic::TopicKind::Chunk { capture_id, .. } = &msg.kind {
             // Tell the device to keep the image and try again later.
             self.publish(fleetflow_protocol::nack::storage(capture_id), "nack");
+            crate::link::ack(msg.ack);
+            return;
         }
-        crate::link::ack(msg.ack);
+        let p = msg.into_dead_letter(self.core.id().clone(), reason);
+        self.msg_ack = p.ack;
+        self.effects.push(Effect::Row(p.row, Some(MessageAck)));
+        self.run_effects(ctx);
     }
 }
 
@@ -422,7 +443,7 @@ impl Handler<Snapshot> for DeviceActor {
             restarts: self.policy.total_restarts(),
             state: match self.health {
                 Health::Running => "running",
-                Health::Restarting => "restarting",
+                Health::Restarting { .. } => "restarting",
                 Health::Quarantined { .. } => "quarantined",
             },
         })

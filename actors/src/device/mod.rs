@@ -43,6 +43,27 @@ pub struct Inbound {
     pub reply_route: std::sync::Arc<crate::link::ReplyRoute>,
 }
 
+impl Inbound {
+    /// The message as a `dead_letters` row, carrying its ack: acknowledged once it is durable.
+    pub fn into_dead_letter(
+        self,
+        device_id: DeviceId,
+        reason: &'static str,
+    ) -> crate::sinks::rows::PendingRow {
+        use crate::sinks::rows::{DeadLetterRow, PendingRow, Row};
+        metrics::counter!(crate::metrics::DEAD_LETTERED_TOTAL, "reason" => reason).increment(1);
+        let row = Row::DeadLetter(DeadLetterRow {
+            device_id,
+            topic: self.topic,
+            payload: self.payload,
+            reason,
+            source: self.reply_route.source_name.clone(),
+            received_at: chrono::Utc::now(),
+        });
+        PendingRow::new(row, self.ack)
+    }
+}
+
 /// Asks a device actor to stop after what is already in its mailbox.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

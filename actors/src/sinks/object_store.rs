@@ -61,7 +61,7 @@ pub fn s3(cfg: &ObjectsConfig) -> Result<Option<AmazonS3>, ObjectsError> {
         b = b.with_access_key_id(k);
     }
     if let Some(s) = &cfg.secret_access_key {
-        b = b.with_secret_access_key(s);
+        b = b.with_secret_access_key(secrecy::ExposeSecret::expose_secret(s));
     }
     Ok(Some(b.build()?))
 }

@@ -60,6 +60,9 @@ const UPDATE_COMMANDS: &str = "UPDATE device_commands c SET status = CASE WHEN x
 const INSERT_PUBLISH_LOG: &str = "INSERT INTO device_publish_log (device_id, topic, direction, payload, received_at)
  SELECT d, t, dir, p::jsonb, at FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS x(d, t, dir, p, at)";
 
+const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (device_id, topic, payload, reason, source, received_at)
+ SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::timestamptz[])";
+
 const INSERT_TELEMETRY: &str = "INSERT INTO telemetry (device_id, product_id, subscription_id, topic, payload, received_at)
  SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::timestamptz[])";
 
@@ -242,6 +245,7 @@ pub async fn write_batch(
         Table::Commands => write_commands(&tx, batch).await?,
         Table::Telemetry => write_telemetry(&tx, batch).await?,
         Table::PublishLog => write_publish_log(&tx, batch).await?,
+        Table::DeadLetters => write_dead_letters(&tx, batch).await?,
     };
     tx.commit().await?;
     Ok(n)
@@ -440,4 +444,28 @@ async fn write_publish_log(
     }
     let stmt = tx.prepare_cached(INSERT_PUBLISH_LOG).await?;
     Ok(tx.execute(&stmt, &[&ids, &topic, &dir, &body, &at]).await?)
+}
+
+/// The `DeadLetters` batch: topic and payload as they arrived.
+async fn write_dead_letters(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[PendingRow],
+) -> Result<u64, SinkError> {
+    let (mut ids, mut topic, mut body, mut why, mut src, mut at) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for p in batch {
+        let Row::DeadLetter(d) = &p.row else {
+            continue;
+        };
+        ids.push(d.device_id.as_str());
+        topic.push(String::from_utf8_lossy(&d.topic));
+        body.push(&d.payload[..]);
+        why.push(d.reason);
+        src.push(&*d.source);
+        at.push(d.received_at);
+    }
+    let stmt = tx.prepare_cached(INSERT_DEAD_LETTERS).await?;
+    Ok(tx
+        .execute(&stmt, &[&ids, &topic, &body, &why, &src, &at])
+        .await?)
 }

@@ -114,6 +114,15 @@ impl EventLoop {
     }
 
     /// Polls the connection (connecting first when it is down) for the next event.
+    /// Drops the network connection (the next poll reconnects) and every PUBACK still queued
+    /// in the request channel: those belong to the connection that is going away.
+    pub fn clean(&mut self) {
+        match self {
+            EventLoop::V5(el) => el.clean(),
+            EventLoop::V311(el) => el.clean(),
+        }
+    }
+
     pub async fn poll(&mut self) -> Result<SourceEvent, PollError> {
         match self {
             EventLoop::V5(el) => match el.poll().await {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::ConnectProperties;
+use secrecy::ExposeSecret;
 
 use super::events::EventLoop;
 use super::{SourceError, REQUEST_CHANNEL_CAPACITY};
@@ -94,7 +95,7 @@ fn tls_transport(
 /// The password, given or read from `password_file`.
 fn password(cfg: &MqttConfig) -> Result<Option<String>, SourceError> {
     Ok(match (&cfg.password, &cfg.password_file) {
-        (Some(p), _) => Some(p.clone()),
+        (Some(p), _) => Some(p.expose_secret().to_string()),
         (None, Some(f)) => Some(
             std::fs::read_to_string(f)
                 .map_err(|e| SourceError::PasswordFile(f.clone(), e))?

@@ -48,7 +48,17 @@ pub(super) struct SourceLoop {
     pub(super) backoff_min: Duration,
     /// Longest reconnect delay.
     pub(super) backoff_max: Duration,
+    /// Leaked acks that make the source reconnect (the broker then redelivers them).
+    pub(super) leak_max_count: u64,
+    /// Age of the oldest leaked ack that makes the source reconnect.
+    pub(super) leak_max_age: Duration,
+    /// How long a QoS 1 message may wait for room in a full queue: half the keep-alive, so
+    /// that the loop polls (and pings) in time and the broker does not drop the connection.
+    pub(super) full_queue_wait: Duration,
 }
+
+/// How often the loop checks for leaked acks.
+const LEAK_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl SourceLoop {
     /// Moves the live connection to `wanted`: subscribes what is new, unsubscribes what went.
@@ -86,6 +96,8 @@ impl SourceLoop {
         let mut backoff = self.backoff_min;
         let bytes_counter = metrics::counter!(m::MQTT_BYTES_TOTAL);
         let mut max_unacked = 0i64;
+        let mut leak_check = tokio::time::interval(LEAK_CHECK_EVERY);
+        leak_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let state = *self.control.borrow();
             if state == SourceControl::Stop {
@@ -93,6 +105,12 @@ impl SourceLoop {
             }
             let ev = tokio::select! {
                 ev = self.eventloop.poll() => ev,
+                _ = leak_check.tick() => {
+                    if self.link.leaks_exceed(self.leak_max_count, self.leak_max_age) {
+                        self.reconnect_for_leaks();
+                    }
+                    continue;
+                }
                 changed = self.control.changed() => {
                     if changed.is_err() { break; }
                     continue;
@@ -131,6 +149,7 @@ impl SourceLoop {
                 }
                 Ok(SourceEvent::Disconnect(reason)) => {
                     tracing::warn!(reason = %reason, "broker sent DISCONNECT");
+                    self.link.next_epoch();
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -143,8 +162,10 @@ impl SourceLoop {
     }
 
     /// Counts a PUBLISH, gives it an ack token (QoS 1) and hands it to the router. A full
-    /// queue drops a QoS 0 message and waits for room for a QoS 1 one. Breaks when the router
-    /// is gone.
+    /// queue drops a QoS 0 message and waits for room for a QoS 1 one, up to
+    /// `full_queue_wait`; past it the message is left unacknowledged (a leak: the broker
+    /// redelivers it after the leak reconnect) so that the connection stays alive. Breaks
+    /// when the router is gone.
     async fn forward(
         &mut self,
         topic: Bytes,
@@ -173,11 +194,16 @@ impl SourceLoop {
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 if msg.ack.is_none() {
                     metrics::counter!(m::MQTT_DROPPED_TOTAL).increment(1);
-                    ControlFlow::Continue(())
-                } else if self.out.send(msg).await.is_err() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
+                    return ControlFlow::Continue(());
+                }
+                match tokio::time::timeout(self.full_queue_wait, self.out.send(msg)).await {
+                    Ok(Ok(())) => ControlFlow::Continue(()),
+                    Ok(Err(_)) => ControlFlow::Break(()),
+                    Err(_) => {
+                        metrics::counter!(m::MQTT_DROPPED_TOTAL).increment(1);
+                        tracing::warn!("router queue full for half the keep-alive: a QoS 1 message is left for the broker to redeliver");
+                        ControlFlow::Continue(())
+                    }
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => ControlFlow::Break(()),
@@ -216,9 +242,30 @@ impl SourceLoop {
         }
     }
 
+    /// Leaked acks passed their bound: drops the connection (the next poll reconnects, resuming
+    /// the session), so that the broker redelivers the packets nobody will acknowledge.
+    fn reconnect_for_leaks(&mut self) {
+        let (n, age) = self.link.leaks();
+        tracing::warn!(
+            leaked = n,
+            oldest_ms = age.map(|a| a.as_millis() as u64),
+            "reconnecting so that the broker redelivers QoS 1 messages left unacknowledged"
+        );
+        metrics::counter!(m::MQTT_LEAK_RECONNECTS_TOTAL).increment(1);
+        self.link.next_epoch();
+        self.eventloop.clean();
+        self.connected.store(false, Ordering::Release);
+        metrics::gauge!(m::MQTT_CONNECTED, "source" => self.reply_route.source_name.to_string())
+            .set(0.0);
+    }
+
     /// A failed connect or a lost connection: marks it down, counts the reconnect and waits
-    /// `backoff` (or until the control changes).
+    /// `backoff` (or until the control changes). The ack epoch moves now, not at the next
+    /// CONNACK, and acks that slipped into the request channel since the connection broke are
+    /// purged, so none reaches the next session under a reused packet id.
     async fn on_connection_error(&mut self, e: &PollError, backoff: Duration) {
+        self.link.next_epoch();
+        self.eventloop.clean();
         if self.connected.swap(false, Ordering::AcqRel) {
             tracing::warn!(error = %e, "MQTT connection lost");
         } else {

@@ -33,7 +33,7 @@ pub use wanted::broker_url;
 use wanted::{settings_fingerprint, share, WantedSource};
 
 /// The name of the file/environment source.
-pub const DEFAULT_SOURCE: &str = "default";
+pub use crate::router::DEFAULT_SOURCE;
 
 /// Why the source manager could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -229,8 +229,8 @@ impl SourceManager {
 
     /// Stops the running sources that are no longer wanted or whose settings changed (a
     /// change of subscriptions alone is applied in place); returns the filters each one held,
-    /// for its replacement to drop from a resumed session. A removed source's devices are
-    /// released by the router.
+    /// for its replacement to drop from a resumed session. A removed source's devices stay
+    /// bound to it (`device_owners`).
     async fn stop_stale(
         &mut self,
         desired: &HashMap<String, WantedSource>,
@@ -254,11 +254,6 @@ impl SourceManager {
                 tracing::info!(source = %name, "stopping MQTT source (config changed or removed)");
                 held.insert(name.clone(), r.handle.filters.borrow().clone());
                 stop(r.handle).await;
-                if !desired.contains_key(&name) {
-                    if let Some(router) = &self.router {
-                        router.do_send(crate::router::ReleaseSource(name.clone()));
-                    }
-                }
                 self.write_status(&name, false, None, None).await;
             }
         }
@@ -479,9 +474,27 @@ impl SourceManager {
     }
 }
 
-/// Drain, then stop and wait for a source.
+/// How long a stopping source keeps its connection for the acks of what it forwarded.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Drains a source (it forwards nothing more but keeps its connection) until what it forwarded
+/// is acknowledged or [`DRAIN_GRACE`] passes, then stops it and waits for its task; a task that
+/// does not end is aborted. (Drain and Stop sent back to back on the watch channel would let
+/// the loop see only Stop, dropping the acks still on their way.)
 async fn stop(h: SourceHandle) {
     let _ = h.control.send(SourceControl::Drain);
+    let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+    let pending = |h: &SourceHandle| h.link.unacked() > h.link.leaks().0 as i64;
+    while pending(&h) && tokio::time::Instant::now() < deadline && !h.task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = h.control.send(SourceControl::Stop);
-    let _ = tokio::time::timeout(Duration::from_secs(5), h.task).await;
+    let mut task = h.task;
+    if tokio::time::timeout(Duration::from_secs(5), &mut task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a source did not stop within 5 s; aborted");
+        task.abort();
+    }
 }

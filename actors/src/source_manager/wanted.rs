@@ -24,7 +24,9 @@ pub(super) fn settings_fingerprint(c: &MqttConfig) -> String {
         c.clean_start,
         c.keep_alive_secs,
         c.username,
-        c.password,
+        c.password
+            .as_ref()
+            .map(secrecy::ExposeSecret::expose_secret),
         c.gxp
     )
 }
@@ -176,7 +178,7 @@ impl SourceManager {
             // The column's CHECK allows only '5' and '3.1.1'.
             protocol_version: MqttVersion::parse(r.get("protocol_version")).unwrap_or_default(),
             username: r.get("username"),
-            password,
+            password: password.map(secrecy::SecretString::from),
             gxp: gxp_settings(product, r.get("gxp"), &self.default_cfg.gxp),
             ..self.default_cfg.clone()
         };

@@ -116,7 +116,7 @@ async fn connect(target: Target) -> Result<Value, ApiError> {
         url: target.url.clone(),
         client_id: format!("fleetflow-test-{}", rand::random::<u32>()),
         username: target.username,
-        password: target.password,
+        password: target.password.map(secrecy::SecretString::from),
         verify_cert: target.verify_cert,
         ca_pem: target.ca_pem,
         clean_start: true,

@@ -89,7 +89,9 @@ pub async fn create(
     }
     let username = credentials::new_username(&h.cfg.client_prefix);
     let password = credentials::new_password();
-    let hash = credentials::hash(&password).map_err(ApiError::internal)?;
+    let hash = credentials::hash_blocking(password.clone())
+        .await
+        .map_err(ApiError::internal)?;
     let sealed = seal(&s, &username, &password)?;
     // The row first: the reconcile loop deletes managed broker clients that have none.
     let c = s.pool.get().await.map_err(ApiError::internal)?;
@@ -291,7 +293,9 @@ pub async fn rotate(
     let mut c = s.pool.get().await.map_err(ApiError::internal)?;
     let username = active_username(&c, org, id).await?;
     let password = credentials::new_password();
-    let hash = credentials::hash(&password).map_err(ApiError::internal)?;
+    let hash = credentials::hash_blocking(password.clone())
+        .await
+        .map_err(ApiError::internal)?;
     let sealed = seal(&s, &username, &password)?;
     // One transaction holding the row across the broker call: concurrent rotations and
     // revocations of this credential wait, and a failed broker call leaves the row unchanged.
