@@ -24,5 +24,6 @@ mod outages;
 mod reliability;
 mod sim_gxp;
 mod subscriptions;
+mod tenancy;
 mod transports;
 mod trends;

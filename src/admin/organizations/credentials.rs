@@ -6,13 +6,13 @@ use std::collections::HashMap;
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::super::params::validate_filter;
 use super::super::{AdminState, ApiError};
-use super::{broker_error, hosted, org_id};
+use super::{broker_error, hosted, org_id, Caller};
 use crate::hosted::credentials::{self, deprovision, provision, seal_context, set_password};
 use crate::hosted::snippets::{self, SnippetInput};
 use crate::hosted::Hosted;
@@ -208,20 +208,25 @@ fn shown_once(
     out
 }
 
-/// `GET /api/v1/organizations/{org_id}/mqtt-credentials`: never a password or hash.
+/// `GET /api/v1/organizations/{org_id}/mqtt-credentials`: never a password or hash. An
+/// organisation token reads under the tenant role (row-level security).
 pub async fn list(
     State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     UrlPath(params): UrlPath<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let org = org_id(&params)?;
-    let c = s.pool.get().await.map_err(ApiError::internal)?;
-    let rows = c
+    let mut c = s.pool.get().await.map_err(ApiError::internal)?;
+    let tx = c.transaction().await.map_err(ApiError::internal)?;
+    super::as_caller(&tx, caller).await?;
+    let rows = tx
         .query(
             &format!("SELECT {CRED_COLUMNS} FROM mqtt_credentials WHERE organization_id = $1 ORDER BY id"),
             &[&org],
         )
         .await
         .map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)?;
     Ok(Json(json!({
         "organization_id": org,
         "credentials": rows.iter().map(credential_json).collect::<Vec<_>>(),

@@ -114,6 +114,28 @@ async fn lookup_org_token(s: &AdminState, token: &str) -> Result<Option<i64>, Ap
         .map(|r| r.get(0)))
 }
 
+/// For an organisation caller, switches `tx` to the `fleetflow_tenant` role with
+/// `app.organization_id` set (both until the transaction ends), so that row-level security,
+/// and not only each query's `WHERE`, keeps the organisation to its own rows. The admin caller
+/// keeps the engine's role.
+pub(super) async fn as_caller(
+    tx: &deadpool_postgres::Transaction<'_>,
+    caller: Caller,
+) -> Result<(), ApiError> {
+    if let Caller::Organization(org) = caller {
+        tx.batch_execute("SET LOCAL ROLE fleetflow_tenant")
+            .await
+            .map_err(ApiError::internal)?;
+        tx.execute(
+            "SELECT set_config('app.organization_id', $1, true)",
+            &[&org.to_string()],
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    }
+    Ok(())
+}
+
 fn hosted(s: &AdminState) -> Result<&Hosted, ApiError> {
     s.hosted.as_ref().ok_or_else(|| {
         ApiError::new(
