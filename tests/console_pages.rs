@@ -1,9 +1,9 @@
 //! The console's control-plane pages and the device page's commands and message log, in a real
-//! browser driven over WebDriver (`common::browser::Browser`): each page is loaded with data
-//! present and its buttons are clicked as an operator would. Screenshots of each page go under
-//! `target/tmp/console-<page>.png` (`scripts/screenshots` copies them to `docs/`). The new
-//! endpoints behind them (`GET /api/v1/products`, `/restarts`, `/devices/{id}/commands`) are
-//! checked here too: their JSON, paging, and 401 without a token.
+//! browser driven over WebDriver (`common::browser::Browser`): signed in through the login form,
+//! each page is loaded with data present and its buttons are clicked as an operator would.
+//! Screenshots of each page go under `target/tmp/console-<page>.png` (`scripts/screenshots`
+//! copies them to `docs/`). The new endpoints behind them (`GET /api/v1/products`, `/restarts`,
+//! `/devices/{id}/commands`) are checked here too: their JSON, paging, and 401 without a token.
 
 use crate::common;
 
@@ -63,17 +63,6 @@ async fn put_product(env: &TestEnv, product: &str, extra: Value) {
     )
     .await;
     assert_eq!(code, 200, "{v}");
-}
-
-/// How many elements match `css` in the browser's page.
-async fn count(b: &Browser, css: &str) -> i64 {
-    b.script(&format!(
-        "return document.querySelectorAll({}).length",
-        serde_json::to_string(css).unwrap()
-    ))
-    .await
-    .as_i64()
-    .unwrap()
 }
 
 fn env_options(extra: &str) -> Options {
@@ -241,8 +230,8 @@ async fn the_products_and_subscriptions_pages_show_configs_and_act_on_real_click
     let b = Browser::start().await;
 
     // The products page: the row with its broker and, once the source reports it, connected.
-    b.goto(&format!("{}/#/products?token={TOKEN}", env.http))
-        .await;
+    b.login(&env.http, TOKEN).await;
+    b.goto(&format!("{}/#/products", env.http)).await;
     let host = format!("{}:{}", env.services.mqtt_host, env.services.mqtt_port);
     b.wait_text("#products tr[data-product=\"cam-a\"] td.host", &host)
         .await;
@@ -356,11 +345,8 @@ async fn the_credentials_and_restarts_pages_show_a_password_once_and_the_restart
     let org = 2_000_000 + (rand::random::<u32>() % 1_000_000) as i64;
     let b = Browser::start().await;
     let page = format!("{}/#/credentials?org={org}", env.http);
-    b.goto(&format!(
-        "{}/#/credentials?org={org}&token={TOKEN}",
-        env.http
-    ))
-    .await;
+    b.login(&env.http, TOKEN).await;
+    b.goto(&page).await;
     b.find("#cred-list").await;
 
     // Generate: the password appears once, in the box, and matches the listed credential.
@@ -425,10 +411,10 @@ async fn the_credentials_and_restarts_pages_show_a_password_once_and_the_restart
     b.goto(&format!("{}/#/restarts", env.http)).await;
     b.wait_text("#restarts", "ops-alice").await;
     let rows = "#restarts tr[data-restart]";
-    assert_eq!(count(&b, rows).await, 25);
+    assert_eq!(b.count(rows).await, 25);
     b.click("#restarts-older").await;
     eventually(Duration::from_secs(10), "the older page", || async {
-        (count(&b, rows).await == 30).then_some(())
+        (b.count(rows).await == 30).then_some(())
     })
     .await;
 
@@ -495,15 +481,15 @@ async fn the_device_page_lists_commands_sends_one_and_pages_the_message_log() {
     .await;
 
     let b = Browser::start().await;
-    b.goto(&format!("{}/#device={device}&token={TOKEN}", env.http))
-        .await;
+    b.login(&env.http, TOKEN).await;
+    b.goto(&format!("{}/#device={device}", env.http)).await;
     b.wait_text("#commands tr[data-command=\"c-earlier\"]", "succeeded")
         .await;
     // The message log: the newest 50, both directions, payloads as text.
     b.find("#messages tr[data-direction=\"out\"]").await;
     b.find("#messages tr[data-direction=\"in\"]").await;
     let rows = "#messages tr[data-message]";
-    assert_eq!(count(&b, rows).await, 50);
+    assert_eq!(b.count(rows).await, 50);
     let page = b.source().await;
     assert!(page.contains("<pre class=\"payload\">"), "{page}");
     assert!(!page.contains("<b>not html</b>"), "payloads are text");
@@ -526,11 +512,11 @@ async fn the_device_page_lists_commands_sends_one_and_pages_the_message_log() {
 
     // Older pages of the log, down to the first message.
     while b.source().await.contains("id=\"messages-older\"") {
-        let before = count(&b, rows).await;
+        let before = b.count(rows).await;
         b.click("#messages-older").await;
         // A full last page still offers "Older", which then finds nothing and goes away.
         eventually(Duration::from_secs(10), "an older page", || async {
-            (count(&b, rows).await > before || !b.source().await.contains("id=\"messages-older\""))
+            (b.count(rows).await > before || !b.source().await.contains("id=\"messages-older\""))
                 .then_some(())
         })
         .await;
@@ -550,7 +536,7 @@ async fn the_device_page_lists_commands_sends_one_and_pages_the_message_log() {
         ))
         .await;
     assert!(shown > 50, "{shown}");
-    assert_eq!(count(&b, rows).await, shown);
+    assert_eq!(b.count(rows).await, shown);
     assert!(b.source().await.contains("not html"));
     b.script("document.getElementById('messages-box').previousElementSibling.scrollIntoView()")
         .await;

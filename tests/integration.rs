@@ -7,6 +7,7 @@ mod common;
 
 mod admin;
 mod alerts;
+mod broker_restarts;
 mod compat;
 mod compose;
 mod console;

@@ -1,6 +1,6 @@
-// The device page's commands and message log, loaded by console.html (its `deviceView` calls
-// `commandsView` and `messagesView`); built with `h` from console-pages.js, so data reaches the
-// DOM only through textContent and attributes.
+// The device page's commands and message log, loaded by console.html before console-main.js
+// (whose `deviceView` calls `commandsView` and `messagesView`); built with `h` from
+// console-pages.js, so data reaches the DOM only through textContent and attributes.
 "use strict";
 
 /// The commands names the form suggests: the GXP firmware's four, and common v1 ones.

@@ -1,16 +1,21 @@
 // The console's control-plane pages (hash routes `#/products`, `#/subscriptions`,
-// `#/credentials`, `#/restarts`), loaded by console.html, whose `$`, `api` and `route` they use.
+// `#/credentials`, `#/restarts`), loaded by console.html before console-main.js, whose `$`,
+// `api`, `route` and `parseHash` they use.
 // Every piece of data reaches the DOM through textContent or an attribute (`h` below), and
 // every handler is attached with addEventListener: no innerHTML, no inline handlers.
 "use strict";
 
 /// An element with attributes and children; strings become text nodes. `on<event>` attaches a
-/// listener; `value` is set as the attribute (a textarea's as its text).
+/// function with addEventListener (never as an attribute); `value` is set as the attribute (a
+/// textarea's as its text).
 function h(tag, attrs, ...kids) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false) continue;
-    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    if (k.startsWith("on")) {
+      if (typeof v !== "function") throw new TypeError(`h: ${k} must be a function`);
+      e.addEventListener(k.slice(2), v);
+    }
     else if (k === "class") e.className = v;
     else if (k === "value" && tag === "textarea") e.textContent = String(v);
     else e.setAttribute(k, v === true ? "" : String(v));

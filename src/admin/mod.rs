@@ -124,6 +124,7 @@ pub fn routes(state: AdminState) -> Router {
         .route("/", get(console::page))
         .route("/console/pages.js", get(console::pages_js))
         .route("/console/device.js", get(console::device_js))
+        .route("/console/main.js", get(console::main_js))
         .route("/vendor/uPlot.iife.min.js", get(vendor::uplot_js))
         .route("/vendor/uPlot.min.css", get(vendor::uplot_css))
         .route("/vendor/uPlot.LICENSE", get(vendor::uplot_license))

@@ -11,6 +11,7 @@ pub struct Broker {
     /// The plain MQTT listener on 127.0.0.1.
     pub port: u16,
     child: Child,
+    conf: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -52,27 +53,49 @@ impl Broker {
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(&conf, format!("listener {port} 127.0.0.1\n{settings}")).unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto");
-        for _ in 0..50 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = launch(&conf, port);
         Self {
             port,
             child,
+            conf,
             _dir: dir,
         }
     }
 
-    /// The broker's folder (its config and the files `prepare` wrote).
+    /// A broker that keeps sessions and queued messages on disk (`persistence`), saving every
+    /// `autosave_interval` seconds, or after that many changes with `on_changes`. Its queues are
+    /// as large as `scripts/services` makes them.
+    pub fn persistent(autosave_interval: u32, on_changes: bool) -> Self {
+        Self::spawn(
+            &format!(
+                "allow_anonymous true\npersistence true\npersistence_location {{dir}}/\nautosave_interval {autosave_interval}\nautosave_on_changes {on_changes}\nmax_queued_messages 1000000\nmax_queued_bytes 0\n"
+            ),
+            |_| {},
+        )
+        .writable()
+    }
+
+    /// Lets Mosquitto (which drops root for the `mosquitto` user) write its folder.
+    fn writable(self) -> Self {
+        let _ = Command::new("chmod")
+            .args(["a+rwx"])
+            .arg(self.dir())
+            .status();
+        self
+    }
+
+    /// Stops the broker, gracefully (SIGTERM: it saves its persistence file) or with SIGKILL,
+    /// and starts it again on the same port with the same settings.
+    pub fn restart(&mut self, graceful: bool) {
+        let signal = if graceful { "-TERM" } else { "-KILL" };
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        self.child = launch(&self.conf, self.port);
+    }
+
+    /// The broker's folder (its config, its persistence file, the files `prepare` wrote).
     pub fn dir(&self) -> &std::path::Path {
         self._dir.path()
     }
@@ -87,6 +110,24 @@ impl Broker {
         }
         panic!("the broker's listener on port {port} did not open");
     }
+}
+
+/// Starts Mosquitto on `conf` and waits until `port` accepts connections.
+fn launch(conf: &std::path::Path, port: u16) -> Child {
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 impl Drop for Broker {

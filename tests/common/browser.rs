@@ -1,7 +1,7 @@
 //! A real browser for the console's page tests: Debian's headless Chromium driven over WebDriver
 //! (`Browser`, through `chromedriver` from Debian's `chromium-driver`, plain JSON over HTTP with
-//! reqwest) to click buttons and fill forms as an operator does. (`tests/console.rs` runs
-//! Chromium once per page with `--dump-dom` instead.)
+//! reqwest) to click buttons and fill forms as an operator does, signing in through the login
+//! form (the console takes no token from its URL).
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -97,6 +97,46 @@ impl Browser {
         assert!(v.is_null(), "navigation failed: {v}");
     }
 
+    /// Reloads the page (the tab's sessionStorage, and so the sign-in, survive).
+    pub async fn refresh(&self) {
+        let v = self
+            .call(reqwest::Method::POST, "/refresh", Some(json!({})))
+            .await;
+        assert!(v.is_null(), "reload failed: {v}");
+    }
+
+    /// Signs in as an operator does: opens the console at `http`, types `token` into the login
+    /// form and submits it, then waits for the first answer of the API (the MQTT state).
+    pub async fn login(&self, http: &str, token: &str) {
+        self.goto(&format!("{http}/")).await;
+        self.fill("#token", token).await;
+        self.click("#loginform button[type=submit]").await;
+        self.wait_text("#conn", "MQTT").await;
+    }
+
+    /// Sizes the window so that the viewport (what a screenshot shows) is `width`×`height`.
+    pub async fn viewport(&self, width: i64, height: i64) {
+        let (mut w, mut h) = (width, height);
+        for _ in 0..2 {
+            self.call(
+                reqwest::Method::POST,
+                "/window/rect",
+                Some(json!({ "width": w, "height": h })),
+            )
+            .await;
+            let inner = self
+                .script("return [window.innerWidth, window.innerHeight]")
+                .await;
+            let (iw, ih) = (inner[0].as_i64().unwrap(), inner[1].as_i64().unwrap());
+            if (iw, ih) == (width, height) {
+                return;
+            }
+            // The window's frame: add it once.
+            (w, h) = (w + width - iw, h + height - ih);
+        }
+        panic!("the viewport is not {width}×{height}");
+    }
+
     /// The element matching `css`, waiting up to 20 s for it to appear.
     pub async fn find(&self, css: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -120,17 +160,27 @@ impl Browser {
         }
     }
 
-    /// Clicks the element matching `css`.
+    /// Clicks the element matching `css`. A page that re-renders itself (the devices list, every
+    /// 2 s) may replace the element between finding and clicking it: it is then found again.
     pub async fn click(&self, css: &str) {
-        let el = self.find(css).await;
-        let v = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/element/{el}/click"),
-                Some(json!({})),
-            )
-            .await;
-        assert!(v.is_null(), "click on {css} failed: {v}");
+        for _ in 0..5 {
+            let el = self.find(css).await;
+            let v = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/element/{el}/click"),
+                    Some(json!({})),
+                )
+                .await;
+            if v.is_null() {
+                return;
+            }
+            assert_eq!(
+                v["error"], "stale element reference",
+                "click on {css} failed: {v}"
+            );
+        }
+        panic!("{css} was replaced five times before a click reached it");
     }
 
     /// Replaces the text of the input matching `css`.
@@ -186,6 +236,34 @@ impl Browser {
             Some(json!({"script": js, "args": []})),
         )
         .await
+    }
+
+    /// How many elements match `css` now.
+    pub async fn count(&self, css: &str) -> i64 {
+        self.script(&format!(
+            "return document.querySelectorAll({}).length",
+            serde_json::to_string(css).unwrap()
+        ))
+        .await
+        .as_i64()
+        .unwrap()
+    }
+
+    /// Waits up to 20 s until exactly `n` elements match `css`.
+    pub async fn wait_count(&self, css: &str, n: i64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let c = self.count(css).await;
+            if c == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{c} elements match {css}, not {n}:\n{}",
+                self.source().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The page's current DOM as HTML.

@@ -7,7 +7,8 @@
 //! - `device`: `TestDevice`, a v1 device over MQTT.
 //! - `db`: a client and a fresh database.
 //! - `servers`: private PostgreSQL and S3 servers for the outage tests.
-//! - `broker`: a private Mosquitto with password auth.
+//! - `broker`: a private Mosquitto with password auth, or with persistence, restartable.
+//! - `publisher`: a persistent-session publisher that keeps readings until they are acked.
 //! - `gxp`: the GXP firmware stand-in.
 //! - `browser`: headless Chromium driven over WebDriver (chromedriver).
 //!
@@ -20,6 +21,7 @@ pub mod db;
 pub mod device;
 pub mod engine;
 pub mod gxp;
+pub mod publisher;
 pub mod servers;
 pub mod services;
 
