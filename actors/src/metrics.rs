@@ -15,6 +15,7 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (MQTT_DROPPED_TOTAL, "counter", "Messages not forwarded because the router queue was full: QoS 0 at once, QoS 1 after half the keep-alive (those are redelivered by the broker after a reconnect)."),
     (MQTT_CONNECTED, "gauge", "1 while the MQTT source is connected, else 0, by source (a product id, default: the [mqtt] file source, admin: the [mqtt] command publisher). A source stopped for good keeps 0."),
     (MQTT_RECONNECTS_TOTAL, "counter", "MQTT connection attempts after a failure."),
+    (SOURCE_EXITS_TOTAL, "counter", "MQTT source tasks that ended without being stopped (restarted by the source manager; the log names the source)."),
     (MQTT_PUBLISHES_TOTAL, "counter", "Messages the engine published, by kind (ack, nack, command, republish, publish)."),
     (SUBSCRIPTION_MESSAGES_TOTAL, "counter", "Messages on a database-configured source, by outcome: matched an enabled subscription, or unmatched (acknowledged and skipped)."),
     (HOSTED_REPAIRS_TOTAL, "counter", "Hosted-broker clients the reconcile loop re-created (created), removed (deleted) or put back in shape (fixed: role, ACLs, enabled) to match mqtt_credentials."),
@@ -93,6 +94,8 @@ pub const MQTT_UNACKED: &str = "fleetflow_mqtt_unacked";
 pub const MQTT_DROPPED_TOTAL: &str = "fleetflow_mqtt_dropped_total";
 /// Gauge; label `source`.
 pub const MQTT_CONNECTED: &str = "fleetflow_mqtt_connected";
+/// Counter.
+pub const SOURCE_EXITS_TOTAL: &str = "fleetflow_source_exits_total";
 /// Counter.
 pub const MQTT_RECONNECTS_TOTAL: &str = "fleetflow_mqtt_reconnects_total";
 /// Counter; label `kind`.

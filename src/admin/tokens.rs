@@ -58,11 +58,24 @@ fn find(list: &[NamedToken], presented: &str) -> Option<Caller> {
     let d = digest(presented);
     let mut found = None;
     for t in list {
-        if bool::from(t.digest.ct_eq(&d)) {
+        if same(&t.digest, &d) {
             found = Some(Caller(t.name.clone()));
         }
     }
     found
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The sizes compared, in order (tests only): the timing path of a lookup.
+    static COMPARED: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Two digests compared in constant time: always 32 bytes, whatever was presented.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    #[cfg(test)]
+    COMPARED.with(|c| c.borrow_mut().push(a.len() + b.len()));
+    bool::from(a.ct_eq(b))
 }
 
 impl AdminTokens {
@@ -140,6 +153,28 @@ mod tests {
         }
         assert!(!AdminTokens::default().has_admin());
         assert_eq!(AdminTokens::default().admin(""), None);
+    }
+
+    #[test]
+    fn short_and_long_wrong_tokens_take_the_same_comparison_path() {
+        let t = tokens();
+        let path = |presented: &str| {
+            COMPARED.with(|c| c.borrow_mut().clear());
+            let found = t.admin(presented);
+            (found, COMPARED.with(|c| c.borrow().clone()))
+        };
+        let long = "x".repeat(10_000);
+        let (_, short_path) = path("x");
+        for wrong in ["s3cret", "s3cret-token-012345678", long.as_str()] {
+            let (found, p) = path(wrong);
+            assert_eq!(found, None);
+            assert_eq!(p, short_path, "{} bytes presented", wrong.len());
+        }
+        // Every token is compared, 32 bytes against 32, and the right one takes the same path.
+        assert_eq!(short_path, vec![64, 64]);
+        let (found, p) = path("s3cret-token-0123456789");
+        assert!(found.is_some());
+        assert_eq!(p, short_path);
     }
 
     #[test]

@@ -377,7 +377,12 @@ impl SourceManager {
             tokio::select! {
                 _ = note_rx.recv() => self.reconcile_logged().await,
                 _ = poll.tick() => self.reconcile_logged().await,
-                _ = status.tick() => self.refresh_status().await,
+                _ = status.tick() => {
+                    if self.reap_exited().await {
+                        self.reconcile_logged().await;
+                    }
+                    self.refresh_status().await;
+                }
                 _ = counts.tick() => {
                     if let Err(e) = self.stats.flush(&self.pool).await {
                         tracing::warn!(error = %e, "subscription statistics not written; retrying next round");

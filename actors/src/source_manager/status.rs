@@ -64,6 +64,27 @@ impl SourceManager {
         }
     }
 
+    /// Takes out the sources whose task ended without being stopped (the loop broke or
+    /// panicked), records it, and answers whether there were any: the next reconcile starts
+    /// the wanted ones again.
+    pub(super) async fn reap_exited(&mut self) -> bool {
+        let exited: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.handle.task.is_finished())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &exited {
+            self.running.remove(name);
+            tracing::error!(source = %name, "an MQTT source's task ended by itself; starting it again");
+            metrics::counter!(crate::metrics::SOURCE_EXITS_TOTAL).increment(1);
+            metrics::gauge!(crate::metrics::MQTT_CONNECTED, "source" => name.clone()).set(0.0);
+            self.write_error(name, "the source's task ended; restarting it")
+                .await;
+        }
+        !exited.is_empty()
+    }
+
     /// Records connection changes, message counts and the aggregate readiness flag.
     pub(super) async fn refresh_status(&mut self) {
         let mut all = !self.running.is_empty();
