@@ -60,6 +60,11 @@ pub struct MqttConfig {
     /// only (3.1.1 has no flow control: the broker's own in-flight limit applies).
     #[serde(default = "default_receive_maximum")]
     pub receive_maximum: u16,
+    /// Send PUBACKs in the order the messages arrived on the connection, as MQTT 5 §4.6
+    /// (MQTT-4.6.0-2) asks: a durable message's ack waits for the messages received before it.
+    /// Default true. `docs/performance.md` has its cost.
+    #[serde(default = "default_true")]
+    pub ordered_acks: bool,
     /// Leaked acks (QoS 1 messages dropped unacknowledged: a device refused for being full, a
     /// closed mailbox) that make the source reconnect, so that the broker redelivers them.
     /// Each holds a slot of the broker's in-flight window until then. Default 256.
@@ -209,6 +214,7 @@ impl Default for MqttConfig {
             clean_start: false,
             session_expiry_secs: default_session_expiry_secs(),
             receive_maximum: default_receive_maximum(),
+            ordered_acks: true,
             leak_max_count: default_leak_max_count(),
             leak_max_age_ms: default_leak_max_age_ms(),
             max_packet_bytes: default_max_packet_bytes(),

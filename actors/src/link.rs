@@ -10,12 +10,17 @@
 //! connection closes. Leaks are counted through `Drop`; past a bound in count or age the
 //! source reconnects so that the broker redelivers them ([`MqttLink::leaks_exceed`]).
 //!
+//! With `mqtt.ordered_acks` (the default) PUBACKs go out in the order the packets arrived on
+//! their connection (MQTT-4.6.0-2): a durable packet's ack waits for those before it (`order`).
+//!
 //! - `client`: [`MqttClient`], the v5 or the 3.1.1 client behind one type.
+//! - `order`: the receive-order slots of one connection.
 
 pub mod client;
+mod order;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,6 +43,8 @@ pub struct AckToken {
     epoch: u64,
     /// Packet id.
     pkid: u16,
+    /// Receive-order slot (ordered acks only).
+    seq: u64,
     /// Shares not yet acknowledged, when split; [`LEAKED`] is set once a share was dropped.
     shares: Option<Arc<AtomicUsize>>,
     /// Acknowledged, skipped as stale or split: nothing for `Drop` to count.
@@ -61,6 +68,7 @@ impl AckToken {
                 link: self.link.clone(),
                 epoch: self.epoch,
                 pkid: self.pkid,
+                seq: self.seq,
                 shares: Some(shares.clone()),
                 settled: false,
             })
@@ -89,7 +97,7 @@ impl Drop for AckToken {
                 return; // another share of this packet already counted it
             }
         }
-        self.link.leaked(self.epoch);
+        self.link.leaked(self.epoch, self.seq);
     }
 }
 
@@ -130,7 +138,7 @@ pub fn ack_all(tokens: impl IntoIterator<Item = AckToken>) {
                 continue;
             }
         }
-        if t.link.ack_one(t.epoch, t.pkid) {
+        if t.link.ack_one(t.epoch, t.pkid, t.seq) {
             acked += 1;
         } else {
             stale += 1;
@@ -171,6 +179,8 @@ struct LinkInner {
     /// When the oldest of those leaked, in ms after `born` (plus one; 0 = none).
     first_leak_ms: AtomicU64,
     born: Instant,
+    /// Receive-order slots, when acks go out in receive order.
+    order: Option<Mutex<order::AckOrder>>,
 }
 
 impl std::fmt::Debug for MqttLink {
@@ -182,8 +192,14 @@ impl std::fmt::Debug for MqttLink {
 }
 
 impl MqttLink {
-    /// A link over a connected client (v5 or 3.1.1).
+    /// A link over a connected client (v5 or 3.1.1) that sends each ack as soon as its packet
+    /// is durable.
     pub fn new(client: impl Into<MqttClient>, publish_qos: QoS) -> Self {
+        Self::with_order(client, publish_qos, false)
+    }
+
+    /// A link whose acks go out in receive order when `ordered` (`mqtt.ordered_acks`).
+    pub fn with_order(client: impl Into<MqttClient>, publish_qos: QoS, ordered: bool) -> Self {
         Self(Arc::new(LinkInner {
             client: Some(client.into()),
             epoch: AtomicU64::new(0),
@@ -193,6 +209,7 @@ impl MqttLink {
             leaked: AtomicU64::new(0),
             first_leak_ms: AtomicU64::new(0),
             born: Instant::now(),
+            order: ordered.then(|| Mutex::new(order::AckOrder::default())),
         }))
     }
 
@@ -206,6 +223,9 @@ impl MqttLink {
     /// this returns (it waits for acks being queued now).
     pub fn next_epoch(&self) -> u64 {
         let _moving = self.0.gate.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = &self.0.order {
+            o.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
         self.0.unacked.store(0, Ordering::Release);
         self.0.leaked.store(0, Ordering::Release);
         self.0.first_leak_ms.store(0, Ordering::Release);
@@ -213,8 +233,23 @@ impl MqttLink {
         self.0.epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
 
+    /// A token of `epoch` dropped unacknowledged: counted, and its receive-order slot skipped
+    /// so that it holds back no later ack.
+    fn leaked(&self, epoch: u64, seq: u64) {
+        let _gate = self.0.gate.read().unwrap_or_else(|e| e.into_inner());
+        if epoch == self.epoch() {
+            if let Some(o) = &self.0.order {
+                let mut o = o.lock().unwrap_or_else(|e| e.into_inner());
+                o.skip(seq, |p| {
+                    self.send_ack(epoch, p);
+                });
+            }
+        }
+        self.count_leak(epoch);
+    }
+
     /// Counts a packet of `epoch` that will not be acknowledged on this connection.
-    fn leaked(&self, epoch: u64) {
+    fn count_leak(&self, epoch: u64) {
         metrics::counter!(m::MQTT_ACKS_LEAKED_TOTAL).increment(1);
         if epoch != self.epoch() {
             return; // its connection is gone already: the broker redelivers it
@@ -259,10 +294,15 @@ impl MqttLink {
 
     /// A token for a packet received now on this connection.
     pub fn token(&self, pkid: u16) -> AckToken {
+        let seq = match &self.0.order {
+            Some(o) => o.lock().unwrap_or_else(|e| e.into_inner()).push(pkid),
+            None => 0,
+        };
         AckToken {
             link: self.clone(),
             epoch: self.epoch(),
             pkid,
+            seq,
             shares: None,
             settled: false,
         }
@@ -270,14 +310,32 @@ impl MqttLink {
 
     /// Queues one ack; false when the packet belongs to an earlier connection or the connection
     /// is going away.
-    fn ack_one(&self, epoch: u64, pkid: u16) -> bool {
-        let Some(client) = &self.0.client else {
+    fn ack_one(&self, epoch: u64, pkid: u16, seq: u64) -> bool {
+        if self.0.client.is_none() {
             return false;
-        };
+        }
         let _gate = self.0.gate.read().unwrap_or_else(|e| e.into_inner());
         if epoch != self.epoch() {
             return false;
         }
+        match &self.0.order {
+            None => self.send_ack(epoch, pkid),
+            Some(o) => {
+                // Sent under the lock, so that two threads releasing slots keep their order.
+                let mut o = o.lock().unwrap_or_else(|e| e.into_inner());
+                o.durable(seq, |p| {
+                    self.send_ack(epoch, p);
+                });
+                true
+            }
+        }
+    }
+
+    /// Queues the PUBACK of `pkid` (the caller holds the gate for `epoch`).
+    fn send_ack(&self, epoch: u64, pkid: u16) -> bool {
+        let Some(client) = &self.0.client else {
+            return false;
+        };
         match client.ack(pkid) {
             Ok(()) => {
                 let left = self.0.unacked.fetch_sub(1, Ordering::AcqRel) - 1;
@@ -288,7 +346,7 @@ impl MqttLink {
                 // The request channel holds an ack for every possible packet id, so this means
                 // the connection is going away; the broker redelivers on the next session.
                 tracing::warn!(error = %e, "could not queue an MQTT ack");
-                self.leaked(epoch);
+                self.count_leak(epoch);
                 false
             }
         }

@@ -133,7 +133,7 @@ pub fn spawn_with_filters(
 ) -> Result<SourceHandle, SourceError> {
     let sub_qos = qos(cfg.qos)?;
     let (client, eventloop) = connect(cfg, REQUEST_CHANNEL_CAPACITY)?;
-    let link = MqttLink::new(client.clone(), sub_qos);
+    let link = MqttLink::with_order(client.clone(), sub_qos, cfg.ordered_acks);
     let connected = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let (broker_info_tx, broker_info) = watch::channel(None);

@@ -168,3 +168,52 @@ fn a_token_of_a_closed_connection_dropped_later_does_not_count_against_the_new_o
     drop(old);
     assert_eq!(link.leaks().0, 0);
 }
+
+/// A link whose acks go out in receive order, recording its requests.
+fn ordered_link() -> (MqttLink, flume::Receiver<Request>) {
+    let (tx, rx) = flume::bounded(64);
+    let link = MqttLink::with_order(AsyncClient::from_senders(tx), QoS::AtLeastOnce, true);
+    link.next_epoch();
+    (link, rx)
+}
+
+#[test]
+fn ordered_acks_go_out_in_receive_order_and_a_leak_holds_nothing_back() {
+    let (link, rx) = ordered_link();
+    let (a, b, c, d) = (
+        received(&link, 1),
+        received(&link, 2),
+        received(&link, 3),
+        received(&link, 4),
+    );
+    ack(Some(c));
+    ack(Some(b));
+    assert_eq!(acked(&rx), Vec::<u16>::new(), "held behind packet 1");
+    ack(Some(a));
+    assert_eq!(acked(&rx), vec![1, 2, 3]);
+    let e = received(&link, 5);
+    ack(Some(e));
+    assert_eq!(acked(&rx), Vec::<u16>::new(), "held behind packet 4");
+    drop(d); // leaked: skipped, not acknowledged
+    assert_eq!(acked(&rx), vec![5]);
+    assert_eq!(link.leaks().0, 1);
+    // Unordered (positive control for the hold): the same sequence acks at once.
+    let (link, rx) = recording_link();
+    let (a, b) = (received(&link, 1), received(&link, 2));
+    ack(Some(b));
+    assert_eq!(acked(&rx), vec![2]);
+    ack(Some(a));
+    assert_eq!(acked(&rx), vec![1]);
+}
+
+#[test]
+fn ordered_slots_of_a_closed_connection_release_nothing_on_the_new_one() {
+    let (link, rx) = ordered_link();
+    let old = received(&link, 1);
+    link.next_epoch();
+    let new = received(&link, 1);
+    ack(Some(old));
+    assert_eq!(acked(&rx), Vec::<u16>::new());
+    ack(Some(new));
+    assert_eq!(acked(&rx), vec![1]);
+}
