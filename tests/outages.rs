@@ -320,3 +320,77 @@ async fn ten_thousand_devices_sending_metadata_without_chunks_stay_within_the_by
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_quarantined_devices_readings_are_kept_in_dead_letters_and_a_replay_stores_them() {
+    let env = TestEnv::start(Options {
+        extra: "[devices]\nmax_restarts = 0\nrestart_backoff_min_ms = 10\nrestart_backoff_max_ms = 10\nquarantine_ms = 1500\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let id = random_device();
+    let dev = env.device(&id).await;
+    dev.publish("data", fleetflow_actors::FAULT_PANIC_MARKER.to_vec())
+        .await;
+    eventually(Duration::from_secs(10), "quarantined", || async {
+        (env.metric("fleetflow_device_actors_quarantined_total")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    for seq in 1..=5 {
+        dev.publish("data", format!(r#"{{"type":"reading","seq":{seq}}}"#))
+            .await;
+    }
+    dev.settle().await;
+    let count = |sql: String| {
+        let env = &env;
+        async move { env.scalar_i64(&sql).await }
+    };
+    let kept = || {
+        count(format!(
+            "SELECT count(*) FROM dead_letters WHERE device_id = '{id}' AND reason = 'quarantined'"
+        ))
+    };
+    let stored = || {
+        count(format!(
+            "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
+        ))
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the readings set aside",
+        || async { (kept().await == 5).then_some(()) },
+    )
+    .await;
+    assert_eq!(stored().await, 0, "acknowledged, kept, not stored");
+    tokio::time::sleep(Duration::from_millis(1600)).await; // the quarantine ends
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+        .args([
+            "--config",
+            env.config_path.to_str().unwrap(),
+            "replay-dead-letters",
+            "--source",
+            "default",
+        ])
+        .env_remove("FLEETFLOW_POSTGRES__URL")
+        .env_remove("FLEETFLOW_MQTT__URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("replayed 5 dead letter"), "{said}");
+    eventually(
+        Duration::from_secs(10),
+        "the replayed readings stored",
+        || async { (stored().await == 5).then_some(()) },
+    )
+    .await;
+    assert_eq!(kept().await, 0, "replayed rows are deleted");
+}

@@ -61,13 +61,13 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (OBJECT_UPLOAD_SECONDS, "histogram", "Time to write one object, retries included."),
     (OBJECT_FAILURES_TOTAL, "counter", "Objects that failed after every retry."),
     (CAPTURE_E2E_SECONDS, "histogram", "Time from a capture's last chunk to its committed captures row."),
-    (DEAD_LETTERED_TOTAL, "counter", "Messages written to the dead_letters table instead of being processed, by reason: restarting (the device's actor is in restart backoff), quarantined, device_busy (its mailbox and parking are full), max_device_actors (replay them with `fleetflow replay-dead-letters`)."),
+    (DEAD_LETTERED_TOTAL, "counter", "Messages written to the dead_letters table instead of being processed, by reason: restarting (the device's actor is in restart backoff), quarantined, device_busy (its mailbox and parking are full), max_device_actors (replay them with `fleetflow replay-dead-letters`), rejected (a row Postgres refused for good, kept as a record)."),
     (DEAD_LETTERS_TOTAL, "counter", "Images kept in the dead-letter directory after every upload attempt failed."),
     (RETENTION_DELETED_TOTAL, "counter", "What the retention task deleted, by kind: capture_objects (images deleted from object storage, their rows marked deleted_at; an object already gone counts), readings, device_errors, publish_log (rows deleted)."),
     (RETENTION_FAILURES_TOTAL, "counter", "Retention steps that failed and are retried next round, by kind: capture_objects (one object delete), or a table's batch statement."),
 ];
 
-/// Counter; label `reason` (restarting, quarantined, device_busy, max_device_actors).
+/// Counter; label `reason` (restarting, quarantined, device_busy, max_device_actors, rejected).
 pub const DEAD_LETTERED_TOTAL: &str = "fleetflow_dead_lettered_messages_total";
 /// Counter.
 pub const DEAD_LETTERS_TOTAL: &str = "fleetflow_dead_letters_total";
@@ -200,6 +200,7 @@ const LABELS: &[(&str, &str, &[&str])] = &[
             "quarantined",
             "device_busy",
             "max_device_actors",
+            "rejected",
         ],
     ),
     (

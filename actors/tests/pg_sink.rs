@@ -244,8 +244,23 @@ async fn a_row_the_database_refuses_is_reported_and_its_batch_neighbours_are_wri
     )
     .await;
     assert_eq!(n, 2);
-    // A refused row is acked too: redelivering it would be refused again.
+    // A refused row is acked too: redelivering it would be refused again. It is not dropped
+    // silently: dead_letters keeps it, with the reason and the table.
     let mut acks = acked(&rx);
     acks.sort();
     assert_eq!(acks, vec![1, 2, 3]);
+    let kept = db
+        .query(
+            &format!("SELECT topic, reason, convert_from(payload, 'UTF8') FROM dead_letters WHERE device_id = '{d}'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 1, "one record of the refused row");
+    assert_eq!(kept[0].get::<_, String>(0), "rejected/device_status");
+    assert_eq!(kept[0].get::<_, String>(1), "rejected");
+    assert!(
+        kept[0].get::<_, String>(2).contains("check"),
+        "the error is kept with the row"
+    );
 }

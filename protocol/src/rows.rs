@@ -194,13 +194,15 @@ pub struct PublishLogRow {
 /// durable before its ack and can be replayed (`fleetflow replay-dead-letters`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetterRow {
-    /// The device the topic names.
-    pub device_id: DeviceId,
+    /// The device the topic names (`INVALID` when none could be read).
+    pub device_id: String,
     /// The full topic, as received (shared, not copied).
     pub topic: bytes::Bytes,
     /// The payload, as received (shared, not copied).
     pub payload: bytes::Bytes,
-    /// Why: `restarting`, `quarantined`, `device_busy` or `max_device_actors`.
+    /// Why: `restarting`, `quarantined`, `device_busy` or `max_device_actors` (replayable), or
+    /// `rejected` (a row Postgres refused for good: its topic names the table, its payload is
+    /// the row as text, kept as a record; replaying it would fail the same way).
     pub reason: &'static str,
     /// The source (product) it arrived from.
     pub source: std::sync::Arc<str>,
@@ -290,6 +292,21 @@ impl Table {
 }
 
 impl Row {
+    /// The device the row is about.
+    pub fn device_id(&self) -> &str {
+        match self {
+            Row::Status(r) => r.device_id.as_str(),
+            Row::Reading(r) => r.device_id.as_str(),
+            Row::Capture(r) => r.device_id.as_str(),
+            Row::Error(r) => &r.device_id,
+            Row::CommandResult(r) => r.device_id.as_str(),
+            Row::Telemetry(r) => r.device_id.as_str(),
+            Row::Wake(r) => r.device_id.as_str(),
+            Row::PublishLog(r) => r.device_id.as_str(),
+            Row::DeadLetter(r) => &r.device_id,
+        }
+    }
+
     /// The table this row goes to.
     pub fn table(&self) -> Table {
         match self {

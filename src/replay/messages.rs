@@ -26,7 +26,7 @@ pub async fn replay_messages(
     let mut report = ReplayReport::default();
     let pending: i64 = db
         .query_one(
-            "SELECT count(*) FROM dead_letters WHERE source = $1",
+            "SELECT count(*) FROM dead_letters WHERE source = $1 AND reason <> 'rejected'",
             &[&source],
         )
         .await?
@@ -39,7 +39,7 @@ pub async fn replay_messages(
     loop {
         let rows = db
             .query(
-                "SELECT id, topic, payload FROM dead_letters WHERE source = $1 AND id > $2 ORDER BY id LIMIT $3",
+                "SELECT id, topic, payload FROM dead_letters WHERE source = $1 AND reason <> 'rejected' AND id > $2 ORDER BY id LIMIT $3",
                 &[&source, &after, &PAGE],
             )
             .await?;

@@ -53,7 +53,7 @@ impl Inbound {
         use crate::sinks::rows::{DeadLetterRow, PendingRow, Row};
         metrics::counter!(crate::metrics::DEAD_LETTERED_TOTAL, "reason" => reason).increment(1);
         let row = Row::DeadLetter(DeadLetterRow {
-            device_id,
+            device_id: device_id.to_string(),
             topic: self.topic,
             payload: self.payload,
             reason,

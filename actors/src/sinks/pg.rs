@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use actix::prelude::*;
+use bytes::Bytes;
 use deadpool_postgres::Pool;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::pg_write::write_batch;
-use super::rows::{Durable, PendingRow, RowNotStored, Table};
+use super::rows::{DeadLetterRow, Durable, PendingRow, Row, RowNotStored, Table};
 use super::SinkError;
 use crate::batcher::Batcher;
 use crate::config::SinksConfig;
@@ -161,27 +162,46 @@ impl BatchWriter {
     async fn write(&self, table: Table, batch: Vec<PendingRow>) {
         match self.write_retrying(table, &batch).await {
             Ok(()) => self.finish(batch, Ok(())),
-            Err(e) if batch.len() == 1 => {
-                metrics::counter!(m::SINK_FAILURES_TOTAL, "table" => table.label()).increment(1);
-                tracing::error!(table = table.label(), error = %e, "row rejected by Postgres");
-                self.finish(batch, Err(RowNotStored::Rejected(Arc::new(e))));
-            }
+            Err(e) if batch.len() == 1 => self.reject(table, batch, e).await,
             Err(e) => {
                 tracing::warn!(table = table.label(), error = %e, rows = batch.len(), "batch refused; writing rows one by one");
                 for p in batch {
                     let one = vec![p];
                     match self.write_retrying(table, &one).await {
                         Ok(()) => self.finish(one, Ok(())),
-                        Err(e) => {
-                            metrics::counter!(m::SINK_FAILURES_TOTAL, "table" => table.label())
-                                .increment(1);
-                            tracing::error!(table = table.label(), error = %e, "row rejected by Postgres");
-                            self.finish(one, Err(RowNotStored::Rejected(Arc::new(e))));
-                        }
+                        Err(e) => self.reject(table, one, e).await,
                     }
                 }
             }
         }
+    }
+
+    /// A row Postgres refused for good: recorded in `dead_letters` (reason `rejected`, the
+    /// row as text), so that it is not dropped silently, then acknowledged (redelivering it
+    /// would fail the same way). When even that record cannot be written, it is logged.
+    async fn reject(&self, table: Table, one: Vec<PendingRow>, e: SinkError) {
+        metrics::counter!(m::SINK_FAILURES_TOTAL, "table" => table.label()).increment(1);
+        tracing::error!(table = table.label(), error = %e, "row rejected by Postgres; kept in dead_letters");
+        if table != Table::DeadLetters {
+            if let Some(p) = one.first() {
+                let record = PendingRow::new(
+                    Row::DeadLetter(DeadLetterRow {
+                        device_id: p.row.device_id().to_string(),
+                        topic: Bytes::from(format!("rejected/{}", table.label())),
+                        payload: Bytes::from(format!("{:?}\n{e}", p.row)),
+                        reason: "rejected",
+                        source: Arc::from(""),
+                        received_at: chrono::Utc::now(),
+                    }),
+                    None,
+                );
+                metrics::counter!(m::DEAD_LETTERED_TOTAL, "reason" => "rejected").increment(1);
+                if let Err(e2) = self.write_retrying(Table::DeadLetters, &[record]).await {
+                    tracing::error!(error = %e2, "the rejected row could not be kept in dead_letters either");
+                }
+            }
+        }
+        self.finish(one, Err(RowNotStored::Rejected(Arc::new(e))));
     }
 
     /// Retries retriable errors until they succeed; returns permanent ones.
