@@ -17,8 +17,13 @@ $$;
 DO $$
 BEGIN
     EXECUTE format('GRANT fleetflow_tenant TO %I', current_user);
-EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN
+        NULL;
+    WHEN insufficient_privilege THEN
+        -- The role exists and this user may not grant it (PostgreSQL 16 wants ADMIN OPTION):
+        -- an administrator runs `GRANT fleetflow_tenant TO <engine role>`.
+        RAISE WARNING 'cannot grant fleetflow_tenant to %: organisation requests will fail until an administrator does', current_user;
 END
 $$;
 

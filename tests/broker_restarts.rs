@@ -170,7 +170,7 @@ async fn kill_9_while_the_engine_lags(autosave_interval: u32) -> (usize, Publish
 }
 
 #[tokio::test]
-async fn a_broker_kill_9_loses_what_it_had_not_saved_and_nothing_the_engine_took() {
+async fn a_broker_kill_9_loses_only_what_it_had_not_saved() {
     // Saving every 30 s: the queue the broker held for the engine is gone with it.
     let (lost, _) = kill_9_while_the_engine_lags(30).await;
     assert!(

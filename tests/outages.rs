@@ -321,6 +321,7 @@ async fn ten_thousand_devices_sending_metadata_without_chunks_stay_within_the_by
     .await;
 }
 
+#[cfg(feature = "fault-injection")]
 #[tokio::test]
 async fn a_quarantined_devices_readings_are_kept_in_dead_letters_and_a_replay_stores_them() {
     let env = TestEnv::start(Options {

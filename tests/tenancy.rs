@@ -69,15 +69,27 @@ async fn under_an_organisation_role_another_organisations_rows_are_invisible() {
         1,
         "its own rows stay visible"
     );
-    // Writing a row for another organisation is refused by the same policy.
+    // Writing a row for its own organisation works; for another one the policy refuses it.
+    tx.execute(
+        "INSERT INTO mqtt_credentials (organization_id, username, password_hash, password_sealed, allowed_topics)
+         VALUES (101, 'own', '$argon2id$x', '\\x00', ARRAY['x'])",
+        &[],
+    )
+    .await
+    .unwrap();
     let refused = tx
         .execute(
             "INSERT INTO mqtt_credentials (organization_id, username, password_hash, password_sealed, allowed_topics)
              VALUES (202, 'planted', '$argon2id$x', '\\x00', ARRAY['x'])",
             &[],
         )
-        .await;
-    assert!(refused.is_err(), "a row planted in another organisation");
+        .await
+        .expect_err("a row planted in another organisation");
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused}"
+    );
     drop(tx);
 
     // Through the API: organisation 101's token lists only its own credential.
@@ -111,4 +123,41 @@ async fn under_an_organisation_role_another_organisations_rows_are_invisible() {
         .map(|c| c["username"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["tenant-a-user"]);
+    // The request really runs under the tenant role: without its grant, it fails.
+    engine
+        .batch_execute("REVOKE SELECT ON mqtt_credentials FROM fleetflow_tenant")
+        .await
+        .unwrap();
+    let r = http
+        .get(format!(
+            "{}/api/v1/organizations/101/mqtt-credentials",
+            env.http
+        ))
+        .bearer_auth(&org_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        500,
+        "the handler did not switch to the tenant role"
+    );
+    let admin = http
+        .get(format!(
+            "{}/api/v1/organizations/101/mqtt-credentials",
+            env.http
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.status(),
+        200,
+        "the admin token keeps the engine's role"
+    );
+    engine
+        .batch_execute("GRANT SELECT ON mqtt_credentials TO fleetflow_tenant")
+        .await
+        .unwrap();
 }

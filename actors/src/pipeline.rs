@@ -274,6 +274,15 @@ impl Pipeline {
             .map_err(gone("device router"))
     }
 
+    /// Waits until the object sink has no upload left (or `within` passes); answers whether
+    /// it is idle.
+    pub async fn objects_idle(&self, within: Duration) -> Result<bool, PipelineError> {
+        self.objects
+            .send(crate::sinks::objects::WaitIdle(within))
+            .await
+            .map_err(gone("object sink"))
+    }
+
     /// Writes every buffered row now (their acks follow the commit).
     pub async fn flush(&self, within: Duration) -> Result<(), PipelineError> {
         tokio::time::timeout(within, self.pg.send(Flush))
@@ -316,6 +325,18 @@ impl RunningPipeline {
         let _ = self.control.send(ManagerControl::Drain);
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut clean = true;
+        // Uploads under way finish while their device actors still live (they write the
+        // captures rows and answer ACK_OK), then again after the mailboxes drained.
+        let objects_idle = |within| async move {
+            match p.objects_idle(within).await {
+                Ok(true) => true,
+                _ => {
+                    tracing::warn!("object uploads still running at the deadline");
+                    false
+                }
+            }
+        };
+        clean &= objects_idle(left()).await;
         match p.stop_devices(left()).await {
             Ok(n) => tracing::info!(device_actors = n, "device actors drained"),
             Err(e) => {
@@ -323,6 +344,7 @@ impl RunningPipeline {
                 tracing::warn!(error = %e, "device actors not drained");
             }
         }
+        clean &= objects_idle(left()).await;
         match p.flush(left()).await {
             Ok(()) => tracing::info!("postgres sink flushed"),
             Err(e) => {

@@ -235,7 +235,8 @@ impl DeviceRouter {
             return;
         };
         metrics::counter!(m::DEVICE_MAILBOX_PUSHED_TOTAL).increment(1);
-        let inbound = if e.parked.is_empty() {
+        // While a parked message waits for room (pumping), later ones queue behind it.
+        let inbound = if e.parked.is_empty() && !e.parked.pumping {
             match e.addr.try_send(inbound) {
                 Ok(()) => return,
                 Err(SendError::Full(inbound)) => inbound,
@@ -385,18 +386,24 @@ impl Actor for DeviceRouter {
         let Some(pool) = self.owner_store.clone() else {
             return;
         };
-        // The bindings are in memory before the first message is routed.
-        ctx.wait(owners::load(pool).into_actor(self).map(|res, act, ctx| {
-            match res {
-                Ok(rows) => {
-                    act.owners.merge(rows);
-                    tracing::info!(devices = act.owners.len(), "device bindings loaded");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "device bindings not loaded; stopping the router");
-                    ctx.stop();
+        // The bindings are in memory before the first message is routed; until the database
+        // answers, messages wait (at the broker, for what does not fit in the queues).
+        let load = async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match owners::load(pool.clone()).await {
+                    Ok(rows) => return rows,
+                    Err(e) => {
+                        tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "device bindings not loaded; retrying before routing");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
                 }
             }
+        };
+        ctx.wait(load.into_actor(self).map(|rows, act, _| {
+            act.owners.merge(rows);
+            tracing::info!(devices = act.owners.len(), "device bindings loaded");
         }));
         ctx.run_interval(SAVE_OWNERS_EVERY, |act, ctx| act.save_owners(ctx));
     }
@@ -516,8 +523,8 @@ impl Handler<DeviceExited> for DeviceRouter {
 
     fn handle(&mut self, msg: DeviceExited, _ctx: &mut Self::Context) {
         if let Some(e) = self.devices.get(&msg.device_id) {
-            // Not idle after all while messages wait for it.
-            if e.generation == msg.generation && e.parked.is_empty() {
+            // Not idle after all while messages wait for it (the actor asks again later).
+            if e.generation == msg.generation && e.parked.is_empty() && !e.parked.pumping {
                 let e = self.devices.remove(&msg.device_id).expect("entry exists");
                 metrics::counter!(m::DEVICE_ACTORS_PASSIVATED_TOTAL).increment(1);
                 // Control message: the actor finishes its mailbox, then stops.

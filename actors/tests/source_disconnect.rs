@@ -115,6 +115,8 @@ async fn leaked_acks_make_the_source_reconnect_and_the_broker_redelivers() {
     let cfg = MqttConfig {
         leak_max_count: 1,
         reconnect_min_ms: 100,
+        // The check runs between events; pings every second give it a turn.
+        keep_alive_secs: 1,
         ..config(&id, &prefix)
     };
     let (h, mut rx) = started(&cfg).await;

@@ -95,11 +95,12 @@ async fn publish_acked(
         loop {
             match el.poll().await {
                 Ok(Event::Incoming(Incoming::PubAck(a))) => {
+                    // No matching subscriber: the broker threw it away (a wrong broker, or no
+                    // engine subscribed to that topic): the row stays.
                     return match a.reason {
-                        rumqttc::v5::mqttbytes::v5::PubAckReason::Success
-                        | rumqttc::v5::mqttbytes::v5::PubAckReason::NoMatchingSubscribers => Ok(()),
-                        other => Err(format!("the broker refused it: {other:?}")),
-                    }
+                        rumqttc::v5::mqttbytes::v5::PubAckReason::Success => Ok(()),
+                        other => Err(format!("the broker did not take it: {other:?}")),
+                    };
                 }
                 Ok(_) => {}
                 Err(e) => return Err(format!("connection: {e}")),

@@ -51,13 +51,16 @@ pub async fn publish_readings(
     let mut inflight: HashMap<u16, (String, u64)> = HashMap::new();
     let mut report = PublishReport::default();
     let mut connected_once = false;
+    // New readings go out only while connected: rumqttc drops what was queued when the broker
+    // lost the session, and this run's packet-id mapping must not count those.
+    let mut connected = false;
     let start = tokio::time::Instant::now();
     let end = start + deadline;
     let mut sent = 0u64;
     let total = devices.len() as u64 * per_device;
     while (report.acked.len() as u64) < total && tokio::time::Instant::now() < end {
         let due = (start.elapsed().as_secs_f64() * per_sec as f64) as u64;
-        while queued.len() + inflight.len() < window && sent < due {
+        while connected && queued.len() + inflight.len() < window && sent < due {
             let Some((d, s)) = todo.pop_front() else {
                 break;
             };
@@ -85,6 +88,7 @@ pub async fn publish_readings(
                     todo.extend(queued.drain(..));
                 }
                 connected_once = true;
+                connected = true;
             }
             Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid)))) => {
                 // A re-sent packet keeps its id; a new one takes the next reading queued.
@@ -101,6 +105,7 @@ pub async fn publish_readings(
             }
             Ok(Ok(_)) => {}
             Ok(Err(_)) => {
+                connected = false;
                 report.reconnects += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

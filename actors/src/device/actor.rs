@@ -264,9 +264,10 @@ impl DeviceActor {
                     device_id: act.core.id().clone(),
                     generation: act.generation,
                 });
-            } else {
-                act.schedule_idle_check(ctx);
             }
+            // Again later: the router may refuse the exit (messages wait for this actor), and
+            // when it accepts, its Stop ends the actor before the next check.
+            act.schedule_idle_check(ctx);
         });
     }
 }

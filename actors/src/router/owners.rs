@@ -100,6 +100,15 @@ pub(super) async fn save(
     pool: Pool,
     batch: Vec<(DeviceId, Arc<str>)>,
 ) -> Result<Vec<(DeviceId, Arc<str>)>, OwnersError> {
+    // One row per device (the latest binding): ON CONFLICT DO UPDATE may touch a row once.
+    let mut latest: HashMap<&DeviceId, &Arc<str>> = HashMap::new();
+    for (d, s) in &batch {
+        latest.insert(d, s);
+    }
+    let batch: Vec<(DeviceId, Arc<str>)> = latest
+        .into_iter()
+        .map(|(d, s)| (d.clone(), s.clone()))
+        .collect();
     let c = pool.get().await?;
     let ids: Vec<&str> = batch.iter().map(|(d, _)| d.as_str()).collect();
     let sources: Vec<&str> = batch.iter().map(|(_, s)| &**s).collect();

@@ -31,6 +31,51 @@ pub struct ObjectSink {
     cfg: ObjectsConfig,
     permits: Arc<Semaphore>,
     dead_letters: DeadLetterDir,
+    /// Store requests taken and not finished (uploading, waiting for a permit, or keeping a
+    /// dead letter).
+    outstanding: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one store request as outstanding while it lives.
+struct Outstanding(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Outstanding {
+    fn new(n: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Waits (up to the duration) until no store request is outstanding; answers whether none is.
+/// Shutdown uses it so that images being uploaded finish before the engine stops.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct WaitIdle(pub Duration);
+
+impl Handler<WaitIdle> for ObjectSink {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, WaitIdle(within): WaitIdle, _ctx: &mut Self::Context) -> Self::Result {
+        let n = self.outstanding.clone();
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                if n.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return true;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
 }
 
 impl ObjectSink {
@@ -44,6 +89,7 @@ impl ObjectSink {
             cfg,
             permits,
             dead_letters,
+            outstanding: Arc::default(),
         }
     }
 }
@@ -66,7 +112,9 @@ impl Handler<Store> for ObjectSink {
         let attempts = self.cfg.upload_attempts.max(1);
         let backoff = Duration::from_millis(self.cfg.upload_backoff_ms);
         let dead_letters = self.dead_letters.clone();
+        let outstanding = Outstanding::new(&self.outstanding);
         Box::pin(async move {
+            let _outstanding = outstanding;
             let upload = {
                 let _permit = permits.acquire().await;
                 upload(&*store, &req, attempts, backoff).await

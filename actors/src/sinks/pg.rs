@@ -178,10 +178,12 @@ impl BatchWriter {
 
     /// A row Postgres refused for good: recorded in `dead_letters` (reason `rejected`, the
     /// row as text), so that it is not dropped silently, then acknowledged (redelivering it
-    /// would fail the same way). When even that record cannot be written, it is logged.
-    async fn reject(&self, table: Table, one: Vec<PendingRow>, e: SinkError) {
+    /// would fail the same way). When that record cannot be written either, or the refused row
+    /// was itself a dead letter, the message is not acknowledged: the broker redelivers it.
+    async fn reject(&self, table: Table, mut one: Vec<PendingRow>, e: SinkError) {
         metrics::counter!(m::SINK_FAILURES_TOTAL, "table" => table.label()).increment(1);
         tracing::error!(table = table.label(), error = %e, "row rejected by Postgres; kept in dead_letters");
+        let mut kept = false;
         if table != Table::DeadLetters {
             if let Some(p) = one.first() {
                 let record = PendingRow::new(
@@ -195,10 +197,21 @@ impl BatchWriter {
                     }),
                     None,
                 );
-                metrics::counter!(m::DEAD_LETTERED_TOTAL, "reason" => "rejected").increment(1);
-                if let Err(e2) = self.write_retrying(Table::DeadLetters, &[record]).await {
-                    tracing::error!(error = %e2, "the rejected row could not be kept in dead_letters either");
+                match self.write_retrying(Table::DeadLetters, &[record]).await {
+                    Ok(()) => {
+                        kept = true;
+                        metrics::counter!(m::DEAD_LETTERED_TOTAL, "reason" => "rejected")
+                            .increment(1);
+                    }
+                    Err(e2) => {
+                        tracing::error!(error = %e2, "the rejected row could not be kept in dead_letters either; its message is left for redelivery")
+                    }
                 }
+            }
+        }
+        if !kept {
+            for p in &mut one {
+                drop(p.ack.take()); // a leak: counted, and redelivered after a reconnect
             }
         }
         self.finish(one, Err(RowNotStored::Rejected(Arc::new(e))));

@@ -57,9 +57,6 @@ pub(super) struct SourceLoop {
     pub(super) full_queue_wait: Duration,
 }
 
-/// How often the loop checks for leaked acks.
-const LEAK_CHECK_EVERY: Duration = Duration::from_millis(500);
-
 impl SourceLoop {
     /// Moves the live connection to `wanted`: subscribes what is new, unsubscribes what went.
     /// While disconnected only the list changes; the next CONNACK subscribes it all.
@@ -96,21 +93,21 @@ impl SourceLoop {
         let mut backoff = self.backoff_min;
         let bytes_counter = metrics::counter!(m::MQTT_BYTES_TOTAL);
         let mut max_unacked = 0i64;
-        let mut leak_check = tokio::time::interval(LEAK_CHECK_EVERY);
-        leak_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let state = *self.control.borrow();
             if state == SourceControl::Stop {
                 break;
             }
+            // Between polls, never racing one (rumqttc's poll is not cancel-safe while it
+            // writes): every event, keep-alive pings included, gives the check a turn.
+            if self
+                .link
+                .leaks_exceed(self.leak_max_count, self.leak_max_age)
+            {
+                self.reconnect_for_leaks();
+            }
             let ev = tokio::select! {
                 ev = self.eventloop.poll() => ev,
-                _ = leak_check.tick() => {
-                    if self.link.leaks_exceed(self.leak_max_count, self.leak_max_age) {
-                        self.reconnect_for_leaks();
-                    }
-                    continue;
-                }
                 changed = self.control.changed() => {
                     if changed.is_err() { break; }
                     continue;

@@ -13,7 +13,7 @@ use fleetflow_protocol::topic::pattern_filter;
 /// holds the password, to notice a change of it); never logged.
 pub(super) fn settings_fingerprint(c: &MqttConfig) -> String {
     format!(
-        "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}",
+        "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}|{}",
         c.url,
         c.protocol_version.as_str(),
         c.verify_cert,
@@ -27,7 +27,10 @@ pub(super) fn settings_fingerprint(c: &MqttConfig) -> String {
         c.password
             .as_ref()
             .map(secrecy::ExposeSecret::expose_secret),
-        c.gxp
+        c.gxp,
+        c.ordered_acks,
+        c.leak_max_count,
+        c.leak_max_age_ms
     )
 }
 
