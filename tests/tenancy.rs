@@ -161,3 +161,103 @@ async fn under_an_organisation_role_another_organisations_rows_are_invisible() {
         .await
         .unwrap();
 }
+
+async fn put_config(env: &TestEnv, product: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .put(format!(
+            "{}/api/v1/products/{product}/mqtt-config",
+            env.http
+        ))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_products_rows_carry_its_company_and_rls_shows_them_to_that_company_only() {
+    let env = TestEnv::start(Options {
+        extra: format!("[admin]\ntoken = \"{TOKEN}\"\n"),
+        ..Options::default()
+    })
+    .await;
+    let base = json!({"host": env.services.mqtt_host, "port": env.services.mqtt_port,
+                      "prefix": env.prefix, "client_id": format!("ff-co-{}", common::random_hex(4))});
+    let mut bad = base.clone();
+    bad["company_id"] = json!(0);
+    let (code, resp) = put_config(&env, "tenant-7", bad).await;
+    assert_eq!(code, 400, "{resp}");
+    assert_eq!(resp["error"]["field"], "company_id", "{resp}");
+    let mut good = base;
+    good["company_id"] = json!(7);
+    let (code, resp) = put_config(&env, "tenant-7", good).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["config"]["company_id"], 7, "{resp}");
+
+    let id = common::random_device();
+    let dev = env.device(&id).await;
+    dev.publish("status", r#"{"status":"online","battery_v":3.8}"#)
+        .await;
+    dev.publish("data", r#"{"type":"reading","seq":1}"#).await;
+    dev.publish("data", "not json").await;
+    dev.settle().await;
+    let engine = env.db().await;
+    let companies = |table: &'static str| {
+        let (engine, id) = (&engine, id.clone());
+        async move {
+            engine
+                .query(
+                    &format!("SELECT company_id FROM {table} WHERE device_id = $1"),
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, Option<i64>>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    common::eventually(std::time::Duration::from_secs(10), "the rows", || async {
+        (companies("sensor_readings").await.len() == 1
+            && companies("device_errors").await.len() == 1)
+            .then_some(())
+    })
+    .await;
+    for table in [
+        "devices",
+        "device_status",
+        "sensor_readings",
+        "device_errors",
+    ] {
+        assert_eq!(companies(table).await, vec![Some(7)], "{table}");
+    }
+
+    let mut c = env.db().await;
+    for (company, want) in [("7", 1i64), ("8", 0)] {
+        let tx = c.transaction().await.unwrap();
+        tx.batch_execute("SET LOCAL ROLE fleetflow_tenant")
+            .await
+            .unwrap();
+        tx.execute("SELECT set_config('app.company_id', $1, true)", &[&company])
+            .await
+            .unwrap();
+        for table in [
+            "devices",
+            "device_status",
+            "sensor_readings",
+            "device_errors",
+        ] {
+            let n: i64 = tx
+                .query_one(
+                    &format!("SELECT count(*) FROM {table} WHERE device_id = $1"),
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, want, "company {company} sees {table}");
+        }
+    }
+}

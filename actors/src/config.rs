@@ -92,6 +92,11 @@ pub struct MqttConfig {
     /// Longest reconnect delay, in milliseconds. Default 10000.
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// The company (tenant) whose devices this source carries: written as `company_id` on their
+    /// rows, for row-level security on `app.company_id`. A product's `mqtt_configs.company_id`
+    /// sets it for that product's source. Default none.
+    #[serde(default)]
+    pub company_id: Option<i64>,
     /// `[mqtt.gxp]`: the GXP firmware profile's settings for devices on this source (which
     /// firmware generation's answer shapes to use). A product's `mqtt_configs.gxp` overrides it.
     #[serde(default)]
@@ -223,6 +228,7 @@ impl Default for MqttConfig {
             password_file: None,
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
+            company_id: None,
             gxp: fleetflow_protocol::gxp::GxpSettings::default(),
         }
     }

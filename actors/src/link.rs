@@ -124,6 +124,8 @@ pub struct ReplyRoute {
     pub topics: fleetflow_protocol::topic::TopicParser,
     /// The product's GXP profile settings (answer shapes of the firmware generation).
     pub gxp: std::sync::Arc<fleetflow_protocol::gxp::GxpSettings>,
+    /// The company that owns the source's devices (written on their rows).
+    pub company_id: Option<i64>,
 }
 
 /// Acknowledges tokens, each on its own connection. Tokens from a closed connection are

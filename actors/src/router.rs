@@ -346,7 +346,7 @@ impl DeviceRouter {
                 });
                 // The reject is durable once its error row is; if the row was rate-limited,
                 // there is nothing to keep and the ack goes now.
-                let pending = PendingRow::new(row, msg.ack);
+                let pending = PendingRow::new(row, msg.ack).owned_by(msg.reply_route.company_id);
                 let pg = deps.pg.clone();
                 if let Err(SendError::Full(p)) = pg.try_send(pending) {
                     ctx.wait(

@@ -145,6 +145,7 @@ pub fn spawn_with_filters(
         link: link.clone(),
         topics: parser,
         gxp: std::sync::Arc::new(cfg.gxp.clone()),
+        company_id: cfg.company_id,
     });
     let lp = run::SourceLoop {
         client,

@@ -67,6 +67,7 @@ impl Harness {
             link: link.clone(),
             topics: TopicParser::new("acme"),
             gxp: Arc::new(Default::default()),
+            company_id: None,
         });
         Self {
             input,

@@ -102,6 +102,7 @@ impl Engine {
             link: link.clone(),
             topics: TopicParser::new(PREFIX),
             gxp: Arc::new(Default::default()),
+            company_id: None,
         });
         Self {
             router,

@@ -115,7 +115,8 @@ impl DeviceActor {
                 Effect::Command { payload, kind } => self.publish_command(payload, kind),
                 Effect::Row(row, ack) => {
                     let ack = ack.and_then(|_| self.msg_ack.take());
-                    let p = PendingRow::new(row, ack);
+                    let company = self.reply_route.as_ref().and_then(|(r, _, _)| r.company_id);
+                    let p = PendingRow::new(row, ack).owned_by(company);
                     if !blocked.is_empty() {
                         blocked.push(p);
                         continue;
@@ -130,7 +131,8 @@ impl DeviceActor {
                 }
                 Effect::Store(req) => {
                     let capture_id = req.capture_id.clone();
-                    let fut = self.deps.objects.send(Store(req));
+                    let company = self.reply_route.as_ref().and_then(|(r, _, _)| r.company_id);
+                    let fut = self.deps.objects.send(Store(req, company));
                     ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                         let outcome = res.unwrap_or_else(|e| StoreOutcome::Failed {
                             reason: format!("object sink unavailable: {e}"),

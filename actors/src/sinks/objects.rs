@@ -19,10 +19,10 @@ use crate::metrics as m;
 use fleetflow_protocol::errors::ErrorCode;
 use fleetflow_protocol::state_machine::{StoreOutcome, StoreRequest};
 
-/// Store one image and its row.
+/// Store one image and its row (owned by the company, when known).
 #[derive(Debug, Message)]
 #[rtype(result = "StoreOutcome")]
-pub struct Store(pub StoreRequest);
+pub struct Store(pub StoreRequest, pub Option<i64>);
 
 /// The object sink.
 pub struct ObjectSink {
@@ -105,7 +105,7 @@ impl Actor for ObjectSink {
 impl Handler<Store> for ObjectSink {
     type Result = ResponseFuture<StoreOutcome>;
 
-    fn handle(&mut self, Store(req): Store, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Store(req, company): Store, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         let pg = self.pg.clone();
         let permits = self.permits.clone();
@@ -141,6 +141,7 @@ impl Handler<Store> for ObjectSink {
                 row: Row::Capture(req.row(status, stored_at)),
                 ack: None,
                 done: Some(tx),
+                company_id: company,
             };
             if pg.send(pending).await.is_err() {
                 return StoreOutcome::Failed {

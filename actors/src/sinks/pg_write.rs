@@ -11,12 +11,13 @@ use serde_json::Value;
 use super::rows::{CaptureRow, IngestStatus, LogPayload, PendingRow, Row, Table};
 use super::SinkError;
 
-const INSERT_STATUS: &str = "INSERT INTO device_status (device_id, status, pending_count, battery_v, rssi, uptime_s, extra, created_at)
- SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::float8[], $5::int4[], $6::int8[], $7::jsonb[], $8::timestamptz[])";
+const INSERT_STATUS: &str = "INSERT INTO device_status (device_id, status, pending_count, battery_v, rssi, uptime_s, extra, created_at, company_id)
+ SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::float8[], $5::int4[], $6::int8[], $7::jsonb[], $8::timestamptz[], $9::int8[])";
 
-const UPSERT_DEVICES: &str = "INSERT INTO devices (device_id, first_seen_at, last_seen_at, status, battery_v, rssi, uptime_s, fw, wire_format)
- SELECT d, t, t, s, b, r, u, f, w FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::float8[], $5::int4[], $6::int8[], $7::text[], $8::text[]) AS x(d, t, s, b, r, u, f, w)
+const UPSERT_DEVICES: &str = "INSERT INTO devices (device_id, first_seen_at, last_seen_at, status, battery_v, rssi, uptime_s, fw, wire_format, company_id)
+ SELECT d, t, t, s, b, r, u, f, w, c FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::float8[], $5::int4[], $6::int8[], $7::text[], $8::text[], $9::int8[]) AS x(d, t, s, b, r, u, f, w, c)
  ON CONFLICT (device_id) DO UPDATE SET
+   company_id = COALESCE(devices.company_id, EXCLUDED.company_id),
    last_seen_at = GREATEST(devices.last_seen_at, EXCLUDED.last_seen_at),
    status = COALESCE(EXCLUDED.status, devices.status),
    wire_format = COALESCE(EXCLUDED.wire_format, devices.wire_format),
@@ -25,13 +26,14 @@ const UPSERT_DEVICES: &str = "INSERT INTO devices (device_id, first_seen_at, las
    uptime_s = COALESCE(EXCLUDED.uptime_s, devices.uptime_s),
    fw = COALESCE(EXCLUDED.fw, devices.fw)";
 
-const INSERT_READINGS: &str = "INSERT INTO sensor_readings (device_id, seq, capture_id, temperature_c, humidity_pct, pressure_hpa, gas_kohm, extra, measured_at)
- SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::jsonb[], $9::timestamptz[])
+const INSERT_READINGS: &str = "INSERT INTO sensor_readings (device_id, seq, capture_id, temperature_c, humidity_pct, pressure_hpa, gas_kohm, extra, measured_at, company_id)
+ SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::jsonb[], $9::timestamptz[], $10::int8[])
  ON CONFLICT DO NOTHING";
 
-const UPSERT_CAPTURES: &str = "INSERT INTO captures (device_id, device_capture_id, captured_at, image_bytes, total_chunks, chunk_size, sha256, ingest_status, storage_path, nack_rounds, stored_at, wire_format, meta)
- SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::int4[], $6::int4[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::timestamptz[], $12::text[], $13::jsonb[])
+const UPSERT_CAPTURES: &str = "INSERT INTO captures (device_id, device_capture_id, captured_at, image_bytes, total_chunks, chunk_size, sha256, ingest_status, storage_path, nack_rounds, stored_at, wire_format, meta, company_id)
+ SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::int4[], $6::int4[], $7::text[], $8::text[], $9::text[], $10::int4[], $11::timestamptz[], $12::text[], $13::jsonb[], $14::int8[])
  ON CONFLICT (device_id, device_capture_id) DO UPDATE SET
+   company_id = COALESCE(captures.company_id, EXCLUDED.company_id),
    captured_at = EXCLUDED.captured_at, image_bytes = EXCLUDED.image_bytes, total_chunks = EXCLUDED.total_chunks,
    chunk_size = EXCLUDED.chunk_size, sha256 = EXCLUDED.sha256, ingest_status = EXCLUDED.ingest_status,
    storage_path = EXCLUDED.storage_path, nack_rounds = EXCLUDED.nack_rounds, stored_at = EXCLUDED.stored_at,
@@ -48,8 +50,8 @@ const UPSERT_WAKES: &str = "INSERT INTO device_schedules (device_id, next_wake_a
  ON CONFLICT (device_id) DO UPDATE SET next_wake_at = EXCLUDED.next_wake_at";
 
 const INSERT_ERRORS: &str =
-    "INSERT INTO device_errors (device_id, error_code, message, details, occurred_at)
- SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::timestamptz[])";
+    "INSERT INTO device_errors (device_id, error_code, message, details, occurred_at, company_id)
+ SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::int8[])";
 
 const UPDATE_COMMANDS: &str = "UPDATE device_commands c SET status = CASE WHEN x.ok THEN 'succeeded' ELSE 'failed' END,
    result = x.result, completed_at = x.t
@@ -63,8 +65,8 @@ const INSERT_PUBLISH_LOG: &str = "INSERT INTO device_publish_log (device_id, top
 const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (device_id, topic, payload, reason, source, received_at)
  SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::timestamptz[])";
 
-const INSERT_TELEMETRY: &str = "INSERT INTO telemetry (device_id, product_id, subscription_id, topic, payload, received_at)
- SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::timestamptz[])";
+const INSERT_TELEMETRY: &str = "INSERT INTO telemetry (device_id, product_id, subscription_id, topic, payload, received_at, company_id)
+ SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::timestamptz[], $7::int8[])";
 
 /// Columns of the `devices` upsert, deduplicated per device (latest wins).
 #[derive(Default)]
@@ -78,9 +80,17 @@ struct DeviceCols<'a> {
     uptime: Vec<Option<i64>>,
     fw: Vec<Option<&'a str>>,
     format: Vec<Option<&'a str>>,
+    company: Vec<Option<i64>>,
 }
 
 impl<'a> DeviceCols<'a> {
+    /// Records the device's company (after `touch`), when known.
+    fn owned_by(&mut self, id: &str, company: Option<i64>) {
+        if let Some(&i) = self.idx.get(id) {
+            self.company[i] = self.company[i].or(company);
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn touch(
         &mut self,
@@ -115,6 +125,7 @@ impl<'a> DeviceCols<'a> {
                 self.uptime.push(uptime);
                 self.fw.push(fw);
                 self.format.push(format);
+                self.company.push(None);
             }
         }
     }
@@ -135,6 +146,7 @@ impl<'a> DeviceCols<'a> {
                 &self.uptime,
                 &self.fw,
                 &self.format,
+                &self.company,
             ],
         )
         .await?;
@@ -162,6 +174,7 @@ pub struct ReadingColumns<'a> {
     gas: Vec<Option<f64>>,
     extra: Vec<Value>,
     measured_at: Vec<DateTime<Utc>>,
+    company: Vec<Option<i64>>,
     devices: DeviceCols<'a>,
 }
 
@@ -179,6 +192,7 @@ impl<'a> ReadingColumns<'a> {
             gas: Vec::with_capacity(n),
             extra: Vec::with_capacity(n),
             measured_at: Vec::with_capacity(n),
+            company: Vec::with_capacity(n),
             devices: DeviceCols::default(),
         };
         for p in batch {
@@ -192,6 +206,7 @@ impl<'a> ReadingColumns<'a> {
             c.gas.push(r.values.gas_kohm);
             c.extra.push(extra_json(&r.extra));
             c.measured_at.push(r.measured_at);
+            c.company.push(p.company_id);
             if r.touch_device {
                 c.devices.touch(
                     r.device_id.as_str(),
@@ -203,13 +218,14 @@ impl<'a> ReadingColumns<'a> {
                     None,
                     None,
                 );
+                c.devices.owned_by(r.device_id.as_str(), p.company_id);
             }
         }
         c
     }
 
     /// The statement parameters, in order.
-    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
+    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 10] {
         [
             &self.ids,
             &self.seq,
@@ -220,6 +236,7 @@ impl<'a> ReadingColumns<'a> {
             &self.gas,
             &self.extra,
             &self.measured_at,
+            &self.company,
         ]
     }
 
@@ -259,6 +276,7 @@ async fn write_status(
     let mut ids = Vec::with_capacity(batch.len());
     let (mut st, mut pc, mut bv, mut rs, mut up, mut ex, mut at) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut company = Vec::with_capacity(batch.len());
     let mut dev = DeviceCols::default();
     for p in batch {
         let Row::Status(s) = &p.row else { continue };
@@ -270,6 +288,7 @@ async fn write_status(
         up.push(s.uptime_s);
         ex.push(extra_json(&s.extra));
         at.push(s.created_at);
+        company.push(p.company_id);
         dev.touch(
             s.device_id.as_str(),
             s.created_at,
@@ -280,10 +299,11 @@ async fn write_status(
             s.fw.as_deref(),
             s.wire_format,
         );
+        dev.owned_by(s.device_id.as_str(), p.company_id);
     }
     let stmt = tx.prepare_cached(INSERT_STATUS).await?;
     let n = tx
-        .execute(&stmt, &[&ids, &st, &pc, &bv, &rs, &up, &ex, &at])
+        .execute(&stmt, &[&ids, &st, &pc, &bv, &rs, &up, &ex, &at, &company])
         .await?;
     dev.write(tx).await?;
     Ok(n)
@@ -308,18 +328,18 @@ async fn write_captures(
 ) -> Result<u64, SinkError> {
     // One row per capture per statement (ON CONFLICT DO UPDATE may touch a row once);
     // `stored` wins over `failed`.
-    let mut latest: HashMap<(&str, &str), &CaptureRow> = HashMap::new();
+    let mut latest: HashMap<(&str, &str), (&CaptureRow, Option<i64>)> = HashMap::new();
     for p in batch {
         let Row::Capture(c) = &p.row else { continue };
         let key = (c.device_id.as_str(), c.capture_id.as_str());
         match latest.get(&key) {
-            Some(prev) if prev.status == IngestStatus::Stored => {}
+            Some((prev, _)) if prev.status == IngestStatus::Stored => {}
             _ => {
-                latest.insert(key, c);
+                latest.insert(key, (c, p.company_id));
             }
         }
     }
-    let rows: Vec<&CaptureRow> = latest.into_values().collect();
+    let (rows, company): (Vec<&CaptureRow>, Vec<Option<i64>>) = latest.into_values().unzip();
     let ids: Vec<&str> = rows.iter().map(|c| c.device_id.as_str()).collect();
     let cid: Vec<&str> = rows.iter().map(|c| c.capture_id.as_str()).collect();
     let cat: Vec<DateTime<Utc>> = rows.iter().map(|c| c.captured_at).collect();
@@ -338,7 +358,7 @@ async fn write_captures(
         .execute(
             &stmt,
             &[
-                &ids, &cid, &cat, &ib, &tc, &cs, &sha, &st, &sp, &nr, &sat, &wf, &meta,
+                &ids, &cid, &cat, &ib, &tc, &cs, &sha, &st, &sp, &nr, &sat, &wf, &meta, &company,
             ],
         )
         .await?;
@@ -368,8 +388,10 @@ async fn write_errors(
     batch: &[PendingRow],
 ) -> Result<u64, SinkError> {
     let (mut ids, mut code, mut msg, mut det, mut at) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut company = Vec::with_capacity(batch.len());
     for p in batch {
         let Row::Error(e) = &p.row else { continue };
+        company.push(p.company_id);
         ids.push(e.device_id.as_str());
         code.push(e.code.code());
         msg.push(e.message.as_str());
@@ -377,7 +399,9 @@ async fn write_errors(
         at.push(e.occurred_at);
     }
     let stmt = tx.prepare_cached(INSERT_ERRORS).await?;
-    Ok(tx.execute(&stmt, &[&ids, &code, &msg, &det, &at]).await?)
+    Ok(tx
+        .execute(&stmt, &[&ids, &code, &msg, &det, &at, &company])
+        .await?)
 }
 
 /// The `Commands` batch.
@@ -407,8 +431,10 @@ async fn write_telemetry(
 ) -> Result<u64, SinkError> {
     let (mut ids, mut prod, mut sub, mut topic, mut body, mut at) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut company = Vec::with_capacity(batch.len());
     for p in batch {
         let Row::Telemetry(t) = &p.row else { continue };
+        company.push(p.company_id);
         ids.push(t.device_id.as_str());
         prod.push(&*t.product_id);
         sub.push(t.subscription_id);
@@ -418,7 +444,7 @@ async fn write_telemetry(
     }
     let stmt = tx.prepare_cached(INSERT_TELEMETRY).await?;
     Ok(tx
-        .execute(&stmt, &[&ids, &prod, &sub, &topic, &body, &at])
+        .execute(&stmt, &[&ids, &prod, &sub, &topic, &body, &at, &company])
         .await?)
 }
 

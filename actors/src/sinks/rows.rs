@@ -43,6 +43,9 @@ pub struct PendingRow {
     pub ack: Option<AckToken>,
     /// Told after commit (or permanent failure).
     pub done: Option<oneshot::Sender<Durable>>,
+    /// The company that owns the device (its product's `company_id`), written with the row so
+    /// that row-level security on `app.company_id` applies to it.
+    pub company_id: Option<i64>,
 }
 
 impl PendingRow {
@@ -52,6 +55,13 @@ impl PendingRow {
             row,
             ack,
             done: None,
+            company_id: None,
         }
+    }
+
+    /// The same row, owned by `company_id`.
+    pub fn owned_by(mut self, company_id: Option<i64>) -> Self {
+        self.company_id = company_id;
+        self
     }
 }

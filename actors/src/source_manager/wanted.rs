@@ -13,7 +13,7 @@ use fleetflow_protocol::topic::pattern_filter;
 /// holds the password, to notice a change of it); never logged.
 pub(super) fn settings_fingerprint(c: &MqttConfig) -> String {
     format!(
-        "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}|{}",
+        "{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}",
         c.url,
         c.protocol_version.as_str(),
         c.verify_cert,
@@ -30,7 +30,8 @@ pub(super) fn settings_fingerprint(c: &MqttConfig) -> String {
         c.gxp,
         c.ordered_acks,
         c.leak_max_count,
-        c.leak_max_age_ms
+        c.leak_max_age_ms,
+        c.company_id
     )
 }
 
@@ -83,7 +84,7 @@ impl SourceManager {
         let rows = c
             .query(
                 "SELECT product_id, host, port, protocol, username, password_encrypted, client_id, keep_alive_secs, clean_session, prefix, qos,
-                        id, use_shared, shared_group, use_tls, verify_cert, ca_cert_pem, ws_path, pattern, gxp, protocol_version
+                        id, use_shared, shared_group, use_tls, verify_cert, ca_cert_pem, ws_path, pattern, gxp, protocol_version, company_id
                  FROM mqtt_configs WHERE enabled ORDER BY product_id",
                 &[],
             )
@@ -183,6 +184,7 @@ impl SourceManager {
             username: r.get("username"),
             password: password.map(secrecy::SecretString::from),
             gxp: gxp_settings(product, r.get("gxp"), &self.default_cfg.gxp),
+            company_id: r.get("company_id"),
             ..self.default_cfg.clone()
         };
         let shared_group = r.get::<_, bool>("use_shared").then(|| {

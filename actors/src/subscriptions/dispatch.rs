@@ -172,6 +172,7 @@ pub fn spawn(
         pg,
         errors: ErrorRateLimiter::new(10),
         admitted: 0,
+        company: None,
     };
     let task = tokio::spawn(async move {
         // The set is taken again only when it changed, not under the lock for every message.
@@ -192,6 +193,8 @@ struct Dispatcher {
     pg: Addr<PgSink>,
     errors: ErrorRateLimiter<(String, ErrorCode)>,
     admitted: u64,
+    /// The company owning the current message's source (written on its rows).
+    company: Option<i64>,
 }
 
 /// A republish action: publishes the payload on the target topic (its `{device_id}` filled
@@ -274,6 +277,7 @@ impl Dispatcher {
     /// Runs every action of every subscription the message matches, each with its share of
     /// the message's ack; an unmatched message is acknowledged at once.
     async fn dispatch(&mut self, set: &SubscriptionSet, mut msg: RawPublish) {
+        self.company = msg.reply_route.company_id;
         let topic = std::str::from_utf8(&msg.topic).unwrap_or("");
         let own = msg.reply_route.topics.is_outbound(&msg.topic);
         let n: usize = set.matching(topic, own).map(|s| s.actions.len()).sum();
@@ -378,7 +382,8 @@ impl Dispatcher {
             payload_bytes: payload.len(),
             received_at: Utc::now(),
         });
-        if self.pg.send(PendingRow::new(row, share)).await.is_ok() {
+        let row = PendingRow::new(row, share).owned_by(self.company);
+        if self.pg.send(row).await.is_ok() {
             executed(&sub.stats, "store_json");
         } else {
             failed(&sub.stats, "store_json");
@@ -420,7 +425,8 @@ impl Dispatcher {
                     occurred_at: Utc::now(),
                 });
                 // The message is acknowledged once its error row is durable.
-                let _ = self.pg.send(PendingRow::new(row, share)).await;
+                let row = PendingRow::new(row, share).owned_by(self.company);
+                let _ = self.pg.send(row).await;
             }
             Admit::Suppress => {
                 metrics::counter!(m::ERROR_ROWS_SUPPRESSED_TOTAL, "code" => code.label())

@@ -31,7 +31,7 @@ const RECONNECT_WAIT: Duration = Duration::from_secs(5);
 const SELECT: &str = "SELECT id, host, port, protocol, use_tls, verify_cert, username,
   password_encrypted IS NOT NULL AS has_password,
   client_id, keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, created_at, updated_at,
-  ca_cert_pem, ws_path, gxp, protocol_version
+  ca_cert_pem, ws_path, gxp, protocol_version, company_id
   FROM mqtt_configs WHERE product_id = $1";
 
 /// A row of [`SELECT`] as the API shows it: the password only as `"***"` when set.
@@ -43,6 +43,7 @@ fn masked(product_id: &str, r: &Row) -> Value {
         "port": r.get::<_, i32>("port"),
         "protocol": r.get::<_, String>("protocol"),
         "protocol_version": r.get::<_, String>("protocol_version"),
+        "company_id": r.get::<_, Option<i64>>("company_id"),
         "use_tls": r.get::<_, bool>("use_tls"),
         "verify_cert": r.get::<_, bool>("verify_cert"),
         "username": r.get::<_, Option<String>>("username"),
@@ -185,8 +186,8 @@ async fn upsert(
 ) -> Result<(), ApiError> {
     c.execute(
         "INSERT INTO mqtt_configs (product_id, host, port, protocol, use_tls, verify_cert, username, password_encrypted, client_id,
-           keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, ca_cert_pem, ws_path, gxp, protocol_version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+           keep_alive_secs, clean_session, prefix, pattern, use_shared, shared_group, qos, enabled, ca_cert_pem, ws_path, gxp, protocol_version, company_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
          ON CONFLICT (product_id) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol,
            use_tls = EXCLUDED.use_tls, verify_cert = EXCLUDED.verify_cert, username = EXCLUDED.username,
            password_encrypted = COALESCE(EXCLUDED.password_encrypted, mqtt_configs.password_encrypted),
@@ -194,10 +195,10 @@ async fn upsert(
            prefix = EXCLUDED.prefix, pattern = EXCLUDED.pattern, use_shared = EXCLUDED.use_shared,
            shared_group = EXCLUDED.shared_group, qos = EXCLUDED.qos, enabled = EXCLUDED.enabled,
            ca_cert_pem = EXCLUDED.ca_cert_pem, ws_path = EXCLUDED.ws_path, gxp = EXCLUDED.gxp,
-           protocol_version = EXCLUDED.protocol_version",
+           protocol_version = EXCLUDED.protocol_version, company_id = EXCLUDED.company_id",
         &[&product_id, &v.host, &v.port, &v.protocol, &v.use_tls, &v.verify_cert, &v.username, sealed, &v.client_id,
           &v.keep_alive_secs, &v.clean_session, &v.prefix, &v.pattern, &v.use_shared, &v.shared_group, &v.qos, &v.enabled,
-          &v.ca_cert_pem, &v.ws_path, &v.gxp, &v.protocol_version],
+          &v.ca_cert_pem, &v.ws_path, &v.gxp, &v.protocol_version, &v.company_id],
     )
     .await
     .map_err(ApiError::internal)?;

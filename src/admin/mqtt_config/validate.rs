@@ -34,6 +34,9 @@ pub struct ConfigBody {
     ws_path: Option<String>,
     /// The MQTT protocol version the source speaks: `"5"` (the default) or `"3.1.1"`.
     protocol_version: Option<String>,
+    /// The company (tenant) that owns this product's devices: written on their rows, for
+    /// row-level security. A positive integer; absent or null for none.
+    company_id: Option<i64>,
     /// The GXP firmware profile's settings for this product (nack_topic, next_wake_format,
     /// gas_unit, resend_whole_image_after_retries, nack_max_bytes); absent keeps the file's.
     gxp: Option<Value>,
@@ -129,6 +132,8 @@ pub(super) struct Valid {
     pub(super) gxp: Option<Value>,
     /// `"5"` or `"3.1.1"`.
     pub(super) protocol_version: String,
+    /// Positive, when set.
+    pub(super) company_id: Option<i64>,
 }
 
 /// Checks every field, the first bad one named in the 400, and fills in the defaults.
@@ -149,7 +154,14 @@ pub(super) fn validate(product_id: &str, b: ConfigBody) -> Result<Valid, ApiErro
     let ca_cert_pem = ca_cert(b.ca_cert_pem)?;
     let ws_path = ws_path(b.ws_path)?;
     gxp(b.gxp.as_ref())?;
+    if b.company_id.is_some_and(|c| c <= 0) {
+        return Err(ApiError::bad_field(
+            "company_id",
+            "company_id is a positive integer",
+        ));
+    }
     Ok(Valid {
+        company_id: b.company_id,
         protocol_version,
         gxp: b.gxp,
         ca_cert_pem,
