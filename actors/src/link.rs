@@ -112,13 +112,14 @@ pub enum PublishError {
     Queue(client::ClientError),
 }
 
-/// Where replies to a device go: the connection its messages came from, and that source's
-/// topic layout (for `{prefix}/{device_id}/ack` and `/cmd`).
+/// Where replies to a device go: the broker its messages came from (through that source's
+/// publishing connection), and that source's topic layout (for `{prefix}/{device_id}/ack` and
+/// `/cmd`).
 #[derive(Debug, Clone)]
 pub struct ReplyRoute {
     /// The source's name (`default` or a product id): the owner of the devices it feeds.
     pub source_name: std::sync::Arc<str>,
-    /// The connection.
+    /// The source's publishing connection (not the one its acks go out on).
     pub link: MqttLink,
     /// The source's topics.
     pub topics: fleetflow_protocol::topic::TopicParser,
@@ -213,6 +214,11 @@ impl MqttLink {
             born: Instant::now(),
             order: ordered.then(|| Mutex::new(order::AckOrder::default())),
         }))
+    }
+
+    /// Whether both handles are the same connection.
+    pub fn same_connection(&self, other: &MqttLink) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// The current connection epoch.

@@ -71,8 +71,14 @@ pub enum SourceError {
 
 /// A running source.
 pub struct SourceHandle {
-    /// Acks and publishes.
+    /// The subscribing connection: acks (and publishes, for a publish-only source).
     pub link: MqttLink,
+    /// Where the source's publishes go (ACK/NACK, commands, republish actions, the publish
+    /// API): a connection of their own for a subscribing source, so that acks never wait
+    /// behind outgoing QoS 1 publishes in the subscribing connection's request queue.
+    pub publish_link: MqttLink,
+    /// That publishing connection, stopped with the source.
+    pub publisher: Option<Box<SourceHandle>>,
     /// True while connected.
     pub connected: Arc<AtomicBool>,
     /// PUBLISH packets received since the source started.
@@ -132,8 +138,32 @@ pub fn spawn_with_filters(
     out: mpsc::Sender<RawPublish>,
 ) -> Result<SourceHandle, SourceError> {
     let sub_qos = qos(cfg.qos)?;
+    // A subscribing source publishes through a second connection (`<client_id>-out`, clean
+    // session): rumqttc stops taking requests while its outgoing QoS 1 window is full, and an
+    // ack queued behind a publish would wait for the broker's answer to it.
+    let publisher = if filters.is_empty() {
+        None
+    } else {
+        let out_cfg = MqttConfig {
+            client_id: format!("{}-out", cfg.client_id),
+            clean_start: true,
+            session_expiry_secs: 0,
+            ..cfg.clone()
+        };
+        let (none, _) = mpsc::channel(1);
+        Some(Box::new(spawn_with_filters(
+            &format!("{name}-out"),
+            &out_cfg,
+            Vec::new(),
+            Vec::new(),
+            none,
+        )?))
+    };
     let (client, eventloop) = connect(cfg, REQUEST_CHANNEL_CAPACITY)?;
     let link = MqttLink::with_order(client.clone(), sub_qos, cfg.ordered_acks);
+    let publish_link = publisher
+        .as_ref()
+        .map_or_else(|| link.clone(), |p| p.link.clone());
     let connected = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let (broker_info_tx, broker_info) = watch::channel(None);
@@ -142,7 +172,7 @@ pub fn spawn_with_filters(
     let (filters_tx, filters_rx) = watch::channel(filters.clone());
     let reply_route = std::sync::Arc::new(ReplyRoute {
         source_name: std::sync::Arc::from(name),
-        link: link.clone(),
+        link: publish_link.clone(),
         topics: parser,
         gxp: std::sync::Arc::new(cfg.gxp.clone()),
         company_id: cfg.company_id,
@@ -170,6 +200,8 @@ pub fn spawn_with_filters(
     let task = tokio::spawn(lp.run());
     Ok(SourceHandle {
         link,
+        publish_link,
+        publisher,
         connected,
         received,
         broker_info,

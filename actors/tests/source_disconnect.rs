@@ -82,7 +82,14 @@ async fn the_epoch_moves_when_the_connection_is_lost_not_at_the_next_connack() {
         .await
         .unwrap();
     let msg = next(&mut rx).await;
+    // Replies go out on a connection of their own: acks never queue behind QoS 1 publishes.
+    assert!(!msg.reply_route.link.same_connection(&h.link));
+    assert!(msg.reply_route.link.same_connection(&h.publish_link));
     let token = msg.ack.expect("QoS 1 carries a token");
+    assert!(
+        token.link().same_connection(&h.link),
+        "acks on the subscribing connection"
+    );
     assert_eq!(
         token.epoch(),
         h.link.epoch(),

@@ -311,7 +311,7 @@ impl SourceManager {
         let map = self
             .running
             .iter()
-            .map(|(n, r)| (n.clone(), r.handle.link.clone()))
+            .map(|(n, r)| (n.clone(), r.handle.publish_link.clone()))
             .collect();
         *self.links.write().expect("links lock") = map;
     }
@@ -494,6 +494,9 @@ async fn stop(h: SourceHandle) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = h.control.send(SourceControl::Stop);
+    if let Some(p) = &h.publisher {
+        let _ = p.control.send(SourceControl::Stop);
+    }
     let mut task = h.task;
     if tokio::time::timeout(Duration::from_secs(5), &mut task)
         .await
@@ -501,5 +504,14 @@ async fn stop(h: SourceHandle) {
     {
         tracing::warn!("a source did not stop within 5 s; aborted");
         task.abort();
+    }
+    if let Some(p) = h.publisher {
+        let mut task = p.task;
+        if tokio::time::timeout(Duration::from_secs(3), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }
