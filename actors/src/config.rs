@@ -65,6 +65,11 @@ pub struct MqttConfig {
     /// Default true. `docs/performance.md` has its cost.
     #[serde(default = "default_true")]
     pub ordered_acks: bool,
+    /// Bytes this source may have queued towards the router (payloads plus 256 bytes per
+    /// message, so it bounds the count too). Past it, the source waits up to half the
+    /// keep-alive for room, then leaves the message to the broker. Default 64 MiB.
+    #[serde(default = "default_max_queued_bytes")]
+    pub max_queued_bytes: usize,
     /// Leaked acks (QoS 1 messages dropped unacknowledged: a device refused for being full, a
     /// closed mailbox) that make the source reconnect, so that the broker redelivers them.
     /// Each holds a slot of the broker's in-flight window until then. Default 256.
@@ -188,6 +193,9 @@ fn default_session_expiry_secs() -> u32 {
 fn default_receive_maximum() -> u16 {
     8192
 }
+fn default_max_queued_bytes() -> usize {
+    64 * 1024 * 1024
+}
 fn default_leak_max_count() -> u64 {
     256
 }
@@ -220,6 +228,7 @@ impl Default for MqttConfig {
             session_expiry_secs: default_session_expiry_secs(),
             receive_maximum: default_receive_maximum(),
             ordered_acks: true,
+            max_queued_bytes: default_max_queued_bytes(),
             leak_max_count: default_leak_max_count(),
             leak_max_age_ms: default_leak_max_age_ms(),
             max_packet_bytes: default_max_packet_bytes(),

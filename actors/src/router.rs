@@ -61,6 +61,8 @@ pub struct RawPublish {
     pub ack: Option<AckToken>,
     /// The source it came from: its topic layout, and where replies and acks go.
     pub reply_route: Arc<ReplyRoute>,
+    /// Its charge against the source's queue budget, given back when the router takes it.
+    pub charge: Option<crate::source::QueueCharge>,
 }
 
 /// Asks the router for a device's actor state (`None` when it has no live actor).
@@ -441,6 +443,7 @@ impl DeviceRouter {
             ack: msg.ack,
             reply_route: msg.reply_route,
         };
+        drop(msg.charge); // taken off the source's queue
         let source = &inbound.reply_route.source_name;
         match self.owners.get(&parsed.device_id) {
             Some(owner) if **owner != **source && Owners::may_claim(owner, source) => {
@@ -454,6 +457,7 @@ impl DeviceRouter {
                     payload: inbound.payload,
                     ack: inbound.ack,
                     reply_route: inbound.reply_route,
+                    charge: None,
                 };
                 return self.reject(msg, claimed, ctx);
             }

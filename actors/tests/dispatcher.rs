@@ -88,6 +88,7 @@ impl Harness {
                 payload: Bytes::from_static(payload.as_bytes()),
                 ack: Some(self.link.token(pkid)),
                 reply_route: self.route.clone(),
+                charge: None,
             })
             .await
             .unwrap();

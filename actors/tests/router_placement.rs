@@ -126,6 +126,7 @@ impl Engine {
                 payload: Bytes::from_static(payload),
                 ack: Some(self.link.token(pkid)),
                 reply_route: self.route.clone(),
+                charge: None,
             })
             .await
             .unwrap();

@@ -55,6 +55,8 @@ pub(super) struct SourceLoop {
     /// How long a QoS 1 message may wait for room in a full queue: half the keep-alive, so
     /// that the loop polls (and pings) in time and the broker does not drop the connection.
     pub(super) full_queue_wait: Duration,
+    /// What this source may have queued towards the router.
+    pub(super) budget: super::QueueBudget,
 }
 
 impl SourceLoop {
@@ -180,11 +182,30 @@ impl SourceLoop {
             }
             self.link.token(pkid)
         });
+        let deadline = tokio::time::Instant::now() + self.full_queue_wait;
+        let charge = match self.budget.try_charge(payload.len()) {
+            Some(c) => c,
+            None if ack.is_none() => {
+                metrics::counter!(m::MQTT_DROPPED_TOTAL).increment(1);
+                return ControlFlow::Continue(());
+            }
+            None => {
+                match tokio::time::timeout_at(deadline, self.budget.charge(payload.len())).await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        metrics::counter!(m::MQTT_DROPPED_TOTAL).increment(1);
+                        tracing::warn!(queued_bytes = self.budget.used(), "source queue budget full for half the keep-alive: a QoS 1 message is left for the broker to redeliver");
+                        return ControlFlow::Continue(());
+                    }
+                }
+            }
+        };
         let msg = RawPublish {
             topic,
             payload,
             ack,
             reply_route: self.reply_route.clone(),
+            charge: Some(charge),
         };
         match self.out.try_send(msg) {
             Ok(()) => ControlFlow::Continue(()),
@@ -193,7 +214,7 @@ impl SourceLoop {
                     metrics::counter!(m::MQTT_DROPPED_TOTAL).increment(1);
                     return ControlFlow::Continue(());
                 }
-                match tokio::time::timeout(self.full_queue_wait, self.out.send(msg)).await {
+                match tokio::time::timeout_at(deadline, self.out.send(msg)).await {
                     Ok(Ok(())) => ControlFlow::Continue(()),
                     Ok(Err(_)) => ControlFlow::Break(()),
                     Err(_) => {

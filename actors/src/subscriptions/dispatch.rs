@@ -333,6 +333,7 @@ impl Dispatcher {
                 payload: msg.payload.clone(),
                 ack: share,
                 reply_route: msg.reply_route.clone(),
+                charge: None,
             };
             if self.router.send(fwd).await.is_err() {
                 failed(&sub.stats, "device_profile");
