@@ -141,10 +141,9 @@ pub fn ack_all(tokens: impl IntoIterator<Item = AckToken>) {
                 continue;
             }
         }
-        if t.link.ack_one(t.epoch, t.pkid, t.seq) {
-            acked += 1;
-        } else {
-            stale += 1;
+        match t.link.ack_one(t.epoch, t.pkid, t.seq) {
+            Some(sent) => acked += sent,
+            None => stale += 1,
         }
     }
     if acked > 0 {
@@ -316,25 +315,25 @@ impl MqttLink {
         }
     }
 
-    /// Queues one ack; false when the packet belongs to an earlier connection or the connection
-    /// is going away.
-    fn ack_one(&self, epoch: u64, pkid: u16, seq: u64) -> bool {
-        if self.0.client.is_none() {
-            return false;
-        }
+    /// Marks one packet durable and queues the PUBACKs that may go now (in receive order, that
+    /// one and any held behind it); answers how many went, or `None` when the packet belongs to
+    /// an earlier connection or the connection is going away.
+    fn ack_one(&self, epoch: u64, pkid: u16, seq: u64) -> Option<u64> {
+        self.0.client.as_ref()?;
         let _gate = self.0.gate.read().unwrap_or_else(|e| e.into_inner());
         if epoch != self.epoch() {
-            return false;
+            return None;
         }
         match &self.0.order {
-            None => self.send_ack(epoch, pkid),
+            None => self.send_ack(epoch, pkid).then_some(1),
             Some(o) => {
                 // Sent under the lock, so that two threads releasing slots keep their order.
                 let mut o = o.lock().unwrap_or_else(|e| e.into_inner());
+                let mut sent = 0;
                 o.durable(seq, |p| {
-                    self.send_ack(epoch, p);
+                    sent += u64::from(self.send_ack(epoch, p));
                 });
-                true
+                Some(sent)
             }
         }
     }

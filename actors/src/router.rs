@@ -580,19 +580,21 @@ impl Handler<QueryDevices> for DeviceRouter {
                     .map(|e| (id.to_string(), e.addr.clone()))
             })
             .collect();
-        // All at once, each within a timeout: a busy device is left out rather than waited on.
+        // Many at once (at most 64 in flight), each within a timeout: a busy device is left
+        // out rather than waited on.
         Box::pin(async move {
+            use futures::StreamExt;
             let asks = addrs.into_iter().map(|(id, a)| async move {
                 match tokio::time::timeout(SNAPSHOT_TIMEOUT, a.send(Snapshot)).await {
                     Ok(Ok(s)) => Some((id, s)),
                     _ => None,
                 }
             });
-            futures::future::join_all(asks)
-                .await
-                .into_iter()
-                .flatten()
+            futures::stream::iter(asks)
+                .buffer_unordered(64)
+                .filter_map(|r| async move { r })
                 .collect()
+                .await
         })
     }
 }
@@ -628,7 +630,15 @@ impl Handler<StopAll> for DeviceRouter {
 
     fn handle(&mut self, _: StopAll, _ctx: &mut Self::Context) -> Self::Result {
         let entries: Vec<_> = self.devices.drain().map(|(_, e)| e.addr).collect();
+        // Bindings made since the last save are written before the engine stops.
+        let unsaved = self.owners.take_unsaved();
+        let store = self.owner_store.clone().filter(|_| !unsaved.is_empty());
         Box::pin(async move {
+            if let Some(pool) = store {
+                if let Err(e) = owners::save(pool, unsaved).await {
+                    tracing::warn!(error = %e, "device bindings not saved at shutdown");
+                }
+            }
             let n = entries.len();
             // `send` queues behind what each mailbox holds, so this drains them.
             for a in entries {
