@@ -446,16 +446,16 @@ async fn rotating_the_secret_key_reseals_stored_passwords_so_only_the_new_key_op
     );
 }
 
-#[tokio::test]
-async fn a_device_id_in_use_under_one_prefix_is_refused_under_another() {
-    let env = env(true).await;
+/// Products `tenant-a` (the test's prefix) and `tenant-b` (its own prefix, answered) on the
+/// same broker.
+async fn two_tenants(env: &TestEnv) -> String {
     let other_prefix = format!("{}-other", env.prefix);
     for (product, prefix) in [
         ("tenant-a", env.prefix.clone()),
         ("tenant-b", other_prefix.clone()),
     ] {
         let (code, resp) = put(
-            &env,
+            env,
             product,
             json!({"host": env.services.mqtt_host, "port": env.services.mqtt_port, "prefix": prefix,
                    "client_id": format!("ff-{product}-{}", common::random_hex(4))}),
@@ -463,6 +463,13 @@ async fn a_device_id_in_use_under_one_prefix_is_refused_under_another() {
         .await;
         assert_eq!(code, 200, "{resp}");
     }
+    other_prefix
+}
+
+#[tokio::test]
+async fn a_device_id_in_use_under_one_prefix_is_refused_under_another() {
+    let env = env(true).await;
+    let other_prefix = two_tenants(&env).await;
     let id = common::random_device();
     let owner = env.device(&id).await;
     owner.publish("data", r#"{"type":"reading","seq":1}"#).await;
@@ -542,20 +549,7 @@ async fn a_device_id_stays_its_tenants_after_its_actor_is_passivated_and_the_eng
         ..Options::default()
     })
     .await;
-    let other_prefix = format!("{}-other", env.prefix);
-    for (product, prefix) in [
-        ("tenant-a", env.prefix.clone()),
-        ("tenant-b", other_prefix.clone()),
-    ] {
-        let (code, resp) = put(
-            &env,
-            product,
-            json!({"host": env.services.mqtt_host, "port": env.services.mqtt_port, "prefix": prefix,
-                   "client_id": format!("ff-{product}-{}", common::random_hex(4))}),
-        )
-        .await;
-        assert_eq!(code, 200, "{resp}");
-    }
+    let other_prefix = two_tenants(&env).await;
     let id = common::random_device();
     let owner = env.device(&id).await;
     owner

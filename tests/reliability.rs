@@ -149,6 +149,23 @@ async fn sigterm_during_load_exits_0_within_the_deadline_and_a_restart_loses_and
     assert_eq!(report.captures_acked, report.captures_started);
 }
 
+/// Durable readings per second between two instants.
+async fn readings_per_sec(
+    c: &tokio_postgres::Client,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> f64 {
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM sensor_readings WHERE created_at >= $1 AND created_at < $2",
+            &[&from, &to],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    n as f64 / (to - from).num_milliseconds() as f64 * 1000.0
+}
+
 #[tokio::test]
 async fn a_restart_storm_on_one_device_ends_in_quarantine_while_100_others_keep_their_throughput() {
     let env = TestEnv::start(Options {
@@ -203,17 +220,7 @@ async fn a_restart_storm_on_one_device_ends_in_quarantine_while_100_others_keep_
 
     // Throughput of the others: durable readings per second before the storm vs during it.
     let c = env.db().await;
-    let rate = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
-        let c = &c;
-        async move {
-            let n: i64 = c
-                .query_one("SELECT count(*) FROM sensor_readings WHERE created_at >= $1 AND created_at < $2", &[&from, &to])
-                .await
-                .unwrap()
-                .get(0);
-            n as f64 / (to - from).num_milliseconds() as f64 * 1000.0
-        }
-    };
+    let rate = |from, to| readings_per_sec(&c, from, to);
     let before = rate(
         storm_start - chrono::Duration::milliseconds(2000),
         storm_start,
@@ -289,17 +296,7 @@ async fn a_device_failing_on_every_message_while_it_floods_leaves_the_fleet_at_s
     .await;
 
     let c = env.db().await;
-    let rate = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
-        let c = &c;
-        async move {
-            let n: i64 = c
-                .query_one("SELECT count(*) FROM sensor_readings WHERE created_at >= $1 AND created_at < $2", &[&from, &to])
-                .await
-                .unwrap()
-                .get(0);
-            n as f64 / (to - from).num_milliseconds() as f64 * 1000.0
-        }
-    };
+    let rate = |from, to| readings_per_sec(&c, from, to);
     let before = rate(
         storm_start - chrono::Duration::milliseconds(2500),
         storm_start,

@@ -130,6 +130,25 @@ pub fn spawn_publisher(cfg: &MqttConfig) -> Result<SourceHandle, SourceError> {
     spawn_with_filters("admin", cfg, Vec::new(), Vec::new(), out)
 }
 
+/// The publishing connection of source `name`: `<client_id>-out`, a clean session, no
+/// subscriptions.
+fn spawn_out_connection(name: &str, cfg: &MqttConfig) -> Result<SourceHandle, SourceError> {
+    let out_cfg = MqttConfig {
+        client_id: format!("{}-out", cfg.client_id),
+        clean_start: true,
+        session_expiry_secs: 0,
+        ..cfg.clone()
+    };
+    let (none, _) = mpsc::channel(1);
+    spawn_with_filters(
+        &format!("{name}-out"),
+        &out_cfg,
+        Vec::new(),
+        Vec::new(),
+        none,
+    )
+}
+
 /// Starts the source holding the given topic filters (which may be `$share/<group>/...`).
 /// `forget` lists filters an earlier connection with the same client id may have left in a
 /// persistent session: when the broker resumes that session, they are unsubscribed (unless
@@ -148,20 +167,7 @@ pub fn spawn_with_filters(
     let publisher = if filters.is_empty() {
         None
     } else {
-        let out_cfg = MqttConfig {
-            client_id: format!("{}-out", cfg.client_id),
-            clean_start: true,
-            session_expiry_secs: 0,
-            ..cfg.clone()
-        };
-        let (none, _) = mpsc::channel(1);
-        Some(Box::new(spawn_with_filters(
-            &format!("{name}-out"),
-            &out_cfg,
-            Vec::new(),
-            Vec::new(),
-            none,
-        )?))
+        Some(Box::new(spawn_out_connection(name, cfg)?))
     };
     let (client, eventloop) = connect(cfg, REQUEST_CHANNEL_CAPACITY)?;
     let link = MqttLink::with_order(client.clone(), sub_qos, cfg.ordered_acks);
