@@ -61,6 +61,7 @@ impl AckToken {
         if n <= 1 {
             return vec![self];
         }
+        debug_assert!(self.shares.is_none(), "a share is not split again");
         self.settled = true;
         let shares = Arc::new(AtomicUsize::new(n));
         (0..n)

@@ -337,6 +337,13 @@ impl RunningPipeline {
             }
         };
         clean &= objects_idle(left()).await;
+        // Webhook deliveries under way finish (or give up) while their connections live.
+        if !crate::subscriptions::webhook::wait_idle(left()).await {
+            clean = false;
+            tracing::warn!(
+                "webhook deliveries still running at the deadline; the broker redelivers them"
+            );
+        }
         match p.stop_devices(left()).await {
             Ok(n) => tracing::info!(device_actors = n, "device actors drained"),
             Err(e) => {

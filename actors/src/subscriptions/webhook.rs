@@ -19,6 +19,25 @@ use super::stats::SubStats;
 /// Deliveries in flight per webhook.
 const CONCURRENCY: usize = 4;
 
+/// Webhook jobs queued or being delivered, every webhook of the process: shutdown waits for
+/// them (up to its deadline) so that their acks go out on live connections.
+static PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Waits until no webhook job is queued or in delivery, or `within` passes; answers whether
+/// none is.
+pub async fn wait_idle(within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if PENDING.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// One message to deliver.
 pub struct WebhookJob {
     /// The JSON body.
@@ -54,8 +73,12 @@ impl Webhook {
 
     /// Queues a message; gives it back when the queue is full.
     pub fn try_send(&self, job: WebhookJob) -> Result<(), WebhookJob> {
-        self.tx.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+        PENDING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.tx.try_send(job).map_err(|e| {
+            PENDING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            }
         })
     }
 }
@@ -115,6 +138,7 @@ async fn deliver(spec: &WebhookSpec, client: &reqwest::Client, job: WebhookJob) 
             elapsed_ms = started.elapsed().as_millis() as u64, "webhook given up");
     }
     link::ack(job.ack);
+    PENDING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
 }
 
 /// The URL without credentials or query (which may hold tokens), for logs.
