@@ -457,6 +457,11 @@ async fn disabling_a_subscription_stops_its_messages_and_statistics_count_exactl
 
 /// A local HTTP receiver that records each POST body and answers with `status`.
 async fn receiver(status: u16) -> (String, Arc<Mutex<Vec<Value>>>) {
+    slow_receiver(status, Duration::ZERO).await
+}
+
+/// [`receiver`] that answers `delay` after recording the body.
+async fn slow_receiver(status: u16, delay: Duration) -> (String, Arc<Mutex<Vec<Value>>>) {
     let got = Arc::new(Mutex::new(Vec::new()));
     let store = got.clone();
     let app = axum::Router::new().route(
@@ -471,6 +476,7 @@ async fn receiver(status: u16) -> (String, Arc<Mutex<Vec<Value>>>) {
                         .and_then(|h| h.to_str().ok())
                         .unwrap_or(""));
                     store.lock().unwrap().push(v);
+                    tokio::time::sleep(delay).await;
                     axum::http::StatusCode::from_u16(status).unwrap()
                 }
             },
@@ -567,5 +573,54 @@ async fn device_profile_republish_and_webhook_actions_run_and_are_counted() {
     assert!(
         common::metric_value(&m, "fleetflow_actions_failed_total{type=\"webhook\"}") >= 1.0,
         "the failure is counted in /metrics"
+    );
+}
+
+// Multi-threaded: `terminate` blocks its thread while the receiver must keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_waits_for_a_webhook_delivery_under_way_so_it_is_not_sent_twice() {
+    let mut env = env().await;
+    // Longer than a stopping source waits for its acks (5 s): only the shutdown's own wait for
+    // webhook deliveries gets this one acknowledged.
+    let (url, delivered) = slow_receiver(200, Duration::from_secs(7)).await;
+    let root = format!("{}x", env.prefix);
+    {
+        let api = Api::configure(&env).await;
+        api.create(json!({"name": "hook", "topic": format!("{root}/+/events"),
+                          "actions": [{"type": "webhook", "url": url, "timeout_ms": 10000}]}))
+            .await;
+        api.wait_topics(1).await;
+        let client = Client::connect(&env, &[]).await;
+        client
+            .publish(
+                &format!("{root}/{}/events", random_device()),
+                r#"{"door": 1}"#,
+            )
+            .await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the delivery under way",
+        || async { (delivered.lock().unwrap().len() == 1).then_some(()) },
+    )
+    .await;
+    // Stopped while the receiver still holds the request: the engine waits for the answer, so
+    // the message's ack goes out before it disconnects.
+    let (status, took) = env.terminate(Duration::from_secs(25));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(5),
+        "it waited for the delivery ({took:?})"
+    );
+    env.spawn_engine();
+    env.wait_ready(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        delivered.lock().unwrap().len(),
+        1,
+        "the broker redelivered a message whose webhook had been delivered"
     );
 }
