@@ -104,7 +104,16 @@ fn main() -> anyhow::Result<()> {
 
 fn run(cfg: Config) -> anyhow::Result<()> {
     let prometheus = telemetry::init_metrics().context("installing the metrics recorder")?;
-    let system = actix::System::new();
+    // The actix System (the router, the sinks and the control-plane actors) drives its own
+    // thread, and everything spawned with `tokio::spawn` (the MQTT source loops, batch writes,
+    // uploads, the HTTP server, webhooks) runs on a multi-threaded runtime that uses every core.
+    let system = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("fleetflow-io")
+            .build()
+            .expect("a tokio runtime")
+    });
     let clean = system.block_on(async move {
         let engine = Engine::start(cfg, prometheus).await?;
         wait_for_signal().await;
