@@ -104,9 +104,10 @@ fn main() -> anyhow::Result<()> {
 
 fn run(cfg: Config) -> anyhow::Result<()> {
     let prometheus = telemetry::init_metrics().context("installing the metrics recorder")?;
-    // The actix System (the router, the sinks and the control-plane actors) drives its own
-    // thread, and everything spawned with `tokio::spawn` (the MQTT source loops, batch writes,
-    // uploads, the HTTP server, webhooks) runs on a multi-threaded runtime that uses every core.
+    // The actix System (the router, the sinks' actors and the control-plane actors) drives its
+    // own thread; everything spawned with `tokio::spawn` (the MQTT source loops, the Postgres
+    // connections' I/O, the HTTP server, webhooks, the control-plane loops) runs on a
+    // multi-threaded runtime that uses every core. Device actors keep their own arbiters.
     let system = actix::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -337,13 +337,6 @@ impl RunningPipeline {
             }
         };
         clean &= objects_idle(left()).await;
-        // Webhook deliveries under way finish (or give up) while their connections live.
-        if !crate::subscriptions::webhook::wait_idle(left()).await {
-            clean = false;
-            tracing::warn!(
-                "webhook deliveries still running at the deadline; the broker redelivers them"
-            );
-        }
         match p.stop_devices(left()).await {
             Ok(n) => tracing::info!(device_actors = n, "device actors drained"),
             Err(e) => {
@@ -358,6 +351,14 @@ impl RunningPipeline {
                 clean = false;
                 tracing::warn!(error = %e, "postgres sink not flushed; unacknowledged messages will be redelivered");
             }
+        }
+        // Webhook deliveries under way finish (or give up) while their connections still live,
+        // after the rows are safe: a slow endpoint cannot cost the flush its time.
+        if !crate::subscriptions::webhook::wait_idle(left()).await {
+            clean = false;
+            tracing::warn!(
+                "webhook deliveries still running at the deadline; the broker redelivers them"
+            );
         }
         let _ = self.control.send(ManagerControl::Stop);
         let _ = self.publisher.control.send(SourceControl::Stop);

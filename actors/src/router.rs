@@ -634,15 +634,18 @@ impl Handler<StopAll> for DeviceRouter {
         let unsaved = self.owners.take_unsaved();
         let store = self.owner_store.clone().filter(|_| !unsaved.is_empty());
         Box::pin(async move {
-            if let Some(pool) = store {
-                if let Err(e) = owners::save(pool, unsaved).await {
-                    tracing::warn!(error = %e, "device bindings not saved at shutdown");
-                }
-            }
             let n = entries.len();
             // `send` queues behind what each mailbox holds, so this drains them.
             for a in entries {
                 let _ = a.send(Stop).await;
+            }
+            if let Some(pool) = store {
+                let save = owners::save(pool, unsaved);
+                match tokio::time::timeout(Duration::from_secs(2), save).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "device bindings not saved at shutdown"),
+                    Err(_) => tracing::warn!("device bindings not saved at shutdown: the database did not answer within 2 s"),
+                }
             }
             n
         })

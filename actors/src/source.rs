@@ -127,7 +127,7 @@ pub fn spawn(cfg: &MqttConfig, out: mpsc::Sender<RawPublish>) -> Result<SourceHa
 /// nothing.
 pub fn spawn_publisher(cfg: &MqttConfig) -> Result<SourceHandle, SourceError> {
     let (out, _) = mpsc::channel(1);
-    spawn_with_filters("admin", cfg, Vec::new(), Vec::new(), out)
+    spawn_connection("admin", cfg, (Vec::new(), Vec::new()), out, false)
 }
 
 /// The publishing connection of source `name`: `<client_id>-out`, a clean session, no
@@ -140,12 +140,12 @@ fn spawn_out_connection(name: &str, cfg: &MqttConfig) -> Result<SourceHandle, So
         ..cfg.clone()
     };
     let (none, _) = mpsc::channel(1);
-    spawn_with_filters(
+    spawn_connection(
         &format!("{name}-out"),
         &out_cfg,
-        Vec::new(),
-        Vec::new(),
+        (Vec::new(), Vec::new()),
         none,
+        false,
     )
 }
 
@@ -160,14 +160,25 @@ pub fn spawn_with_filters(
     forget: Vec<String>,
     out: mpsc::Sender<RawPublish>,
 ) -> Result<SourceHandle, SourceError> {
+    spawn_connection(name, cfg, (filters, forget), out, true)
+}
+
+/// One connection's loop; with `with_publisher` (every source, whatever filters it holds now:
+/// they may change in place) its publishes go through a second connection (`<client_id>-out`,
+/// clean session): rumqttc stops taking requests while its outgoing QoS 1 window is full, and
+/// an ack queued behind a publish would wait for the broker's answer to it.
+fn spawn_connection(
+    name: &str,
+    cfg: &MqttConfig,
+    (filters, forget): (Vec<String>, Vec<String>),
+    out: mpsc::Sender<RawPublish>,
+    with_publisher: bool,
+) -> Result<SourceHandle, SourceError> {
     let sub_qos = qos(cfg.qos)?;
-    // A subscribing source publishes through a second connection (`<client_id>-out`, clean
-    // session): rumqttc stops taking requests while its outgoing QoS 1 window is full, and an
-    // ack queued behind a publish would wait for the broker's answer to it.
-    let publisher = if filters.is_empty() {
-        None
-    } else {
+    let publisher = if with_publisher {
         Some(Box::new(spawn_out_connection(name, cfg)?))
+    } else {
+        None
     };
     let (client, eventloop) = connect(cfg, REQUEST_CHANNEL_CAPACITY)?;
     let link = MqttLink::with_order(client.clone(), sub_qos, cfg.ordered_acks);

@@ -60,7 +60,7 @@ function stopPageTimer() { if (pageTimer) { clearInterval(pageTimer); pageTimer 
 // ---- Products and broker config -------------------------------------------------------------
 
 /// Settings the form does not show, kept from the stored config on save.
-const KEPT = ["use_tls", "verify_cert", "client_id", "keep_alive_secs", "clean_session", "pattern", "use_shared", "shared_group", "qos", "ca_cert_pem", "ws_path", "gxp"];
+const KEPT = ["use_tls", "verify_cert", "client_id", "keep_alive_secs", "clean_session", "pattern", "use_shared", "shared_group", "qos", "ca_cert_pem", "ws_path", "gxp", "company_id"];
 
 function statusCell(p) {
   const text = p.connected ? "connected" : "disconnected" + (p.connection_error ? ": " + p.connection_error : "");

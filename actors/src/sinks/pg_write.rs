@@ -17,7 +17,7 @@ const INSERT_STATUS: &str = "INSERT INTO device_status (device_id, status, pendi
 const UPSERT_DEVICES: &str = "INSERT INTO devices (device_id, first_seen_at, last_seen_at, status, battery_v, rssi, uptime_s, fw, wire_format, company_id)
  SELECT d, t, t, s, b, r, u, f, w, c FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::float8[], $5::int4[], $6::int8[], $7::text[], $8::text[], $9::int8[]) AS x(d, t, s, b, r, u, f, w, c)
  ON CONFLICT (device_id) DO UPDATE SET
-   company_id = COALESCE(devices.company_id, EXCLUDED.company_id),
+   company_id = COALESCE(EXCLUDED.company_id, devices.company_id),
    last_seen_at = GREATEST(devices.last_seen_at, EXCLUDED.last_seen_at),
    status = COALESCE(EXCLUDED.status, devices.status),
    wire_format = COALESCE(EXCLUDED.wire_format, devices.wire_format),
@@ -84,10 +84,11 @@ struct DeviceCols<'a> {
 }
 
 impl<'a> DeviceCols<'a> {
-    /// Records the device's company (after `touch`), when known.
+    /// Records the device's company (after `touch`), when known: the latest wins, as a
+    /// product that claims a device or a corrected `company_id` moves it.
     fn owned_by(&mut self, id: &str, company: Option<i64>) {
         if let Some(&i) = self.idx.get(id) {
-            self.company[i] = self.company[i].or(company);
+            self.company[i] = company.or(self.company[i]);
         }
     }
 

@@ -71,11 +71,20 @@ impl SourceManager {
         let exited: Vec<String> = self
             .running
             .iter()
-            .filter(|(_, r)| r.handle.task.is_finished())
+            .filter(|(_, r)| {
+                r.handle.task.is_finished()
+                    || (r.handle.publisher.as_ref()).is_some_and(|p| p.task.is_finished())
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in &exited {
-            self.running.remove(name);
+            if let Some(r) = self.running.remove(name) {
+                // The half still running says goodbye before its replacement connects.
+                let _ = r.handle.control.send(crate::source::SourceControl::Stop);
+                if let Some(p) = &r.handle.publisher {
+                    let _ = p.control.send(crate::source::SourceControl::Stop);
+                }
+            }
             tracing::error!(source = %name, "an MQTT source's task ended by itself; starting it again");
             metrics::counter!(crate::metrics::SOURCE_EXITS_TOTAL).increment(1);
             metrics::gauge!(crate::metrics::MQTT_CONNECTED, "source" => name.clone()).set(0.0);

@@ -255,6 +255,7 @@ fn queue_webhook(
         body,
         ack: share,
         stats: sub.stats.clone(),
+        pending: None,
     };
     if let Err(job) = webhook.try_send(job) {
         failed(&sub.stats, "webhook");

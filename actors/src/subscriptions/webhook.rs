@@ -46,6 +46,25 @@ pub struct WebhookJob {
     pub ack: Option<AckToken>,
     /// The subscription's counters.
     pub stats: Arc<SubStats>,
+    /// Counts the job in [`PENDING`] from the time it is queued until it is dropped, whatever
+    /// ends it (delivered, given up, or its worker gone).
+    pub pending: Option<Pending>,
+}
+
+/// One job counted in [`PENDING`].
+pub struct Pending(());
+
+impl Pending {
+    fn new() -> Self {
+        PENDING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Pending(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        PENDING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// A webhook's queue. Dropping the last handle lets the worker finish what is queued and end.
@@ -72,12 +91,12 @@ impl Webhook {
     }
 
     /// Queues a message; gives it back when the queue is full.
-    pub fn try_send(&self, job: WebhookJob) -> Result<(), WebhookJob> {
-        PENDING.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.tx.try_send(job).map_err(|e| {
-            PENDING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            match e {
-                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+    pub fn try_send(&self, mut job: WebhookJob) -> Result<(), WebhookJob> {
+        job.pending = Some(Pending::new());
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(mut j) | mpsc::error::TrySendError::Closed(mut j) => {
+                j.pending = None;
+                j
             }
         })
     }
@@ -138,7 +157,6 @@ async fn deliver(spec: &WebhookSpec, client: &reqwest::Client, job: WebhookJob) 
             elapsed_ms = started.elapsed().as_millis() as u64, "webhook given up");
     }
     link::ack(job.ack);
-    PENDING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
 }
 
 /// The URL without credentials or query (which may hold tokens), for logs.
