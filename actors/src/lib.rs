@@ -26,6 +26,8 @@
 //!   [`pipeline::Pipeline`] (device queries and restarts, reply routes, source and sink
 //!   restarts, drain and flush); [`pipeline::RunningPipeline::shutdown`] stops it in order.
 //! - [`link`]: ack tokens and the publishing half of a connection.
+//! - [`queue_budget`]: the bytes (and, through a per-message overhead, the count) one source may
+//!   have queued towards the router.
 //! - [`transport`]: mqtt, mqtts, ws and wss options.
 //! - [`pg_listen`]: a reconnecting Postgres LISTEN.
 //! - [`metrics`]: every metric name and help text, in one place.
@@ -44,6 +46,7 @@ pub mod link;
 pub mod metrics;
 pub mod pg_listen;
 pub mod pipeline;
+pub mod queue_budget;
 pub mod router;
 pub mod sinks;
 pub mod source;

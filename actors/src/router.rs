@@ -62,7 +62,7 @@ pub struct RawPublish {
     /// The source it came from: its topic layout, and where replies and acks go.
     pub reply_route: Arc<ReplyRoute>,
     /// Its charge against the source's queue budget, given back when the router takes it.
-    pub charge: Option<crate::source::QueueCharge>,
+    pub charge: Option<crate::queue_budget::QueueCharge>,
 }
 
 /// Asks the router for a device's actor state (`None` when it has no live actor).

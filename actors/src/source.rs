@@ -8,10 +8,7 @@
 //! - `options`: the client options of either version, and [`connect`], which picks the client.
 //! - `events`: [`EventLoop`], either version's event loop yielding the same [`SourceEvent`]s.
 //! - `run`: the task (one path for both versions): forwarding, (re)subscribing, backoff.
-//! - `budget`: the bytes (and, through a per-message overhead, the count) one source may have
-//!   queued towards the router.
 
-mod budget;
 mod events;
 mod options;
 mod run;
@@ -23,7 +20,6 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch};
 
-pub use budget::{QueueBudget, QueueCharge};
 pub use events::{EventLoop, PollError, SourceEvent};
 pub use options::{connect, options, options_v311};
 
@@ -217,7 +213,7 @@ fn spawn_connection(
         leak_max_count: cfg.leak_max_count.max(1),
         leak_max_age: Duration::from_millis(cfg.leak_max_age_ms),
         full_queue_wait: Duration::from_secs(cfg.keep_alive_secs.max(2)) / 2,
-        budget: QueueBudget::new(cfg.max_queued_bytes),
+        budget: crate::queue_budget::QueueBudget::new(cfg.max_queued_bytes),
     };
     let task = tokio::spawn(lp.run());
     Ok(SourceHandle {

@@ -83,7 +83,7 @@ async fn restart(
     };
     let service = match service_of(&body) {
         Ok(s) => s,
-        Err(message) => return refused(StatusCode::BAD_REQUEST, &message, "", Value::Null),
+        Err(e) => return refused(StatusCode::BAD_REQUEST, &e.to_string(), "", Value::Null),
     };
     let Some(target) = RestartTarget::for_service(&service) else {
         let message = format!(
@@ -94,14 +94,17 @@ async fn restart(
     run(&s, target, service, &caller.0).await
 }
 
+/// A webhook body that is neither empty nor the old JSON.
+#[derive(Debug, thiserror::Error)]
+#[error("the body must be empty or JSON such as {{\"service\": \"mqtt\"}}: {0}")]
+struct BadBody(serde_json::Error);
+
 /// The body's `service`: `mqtt` when the body is empty or has none.
-fn service_of(body: &[u8]) -> Result<String, String> {
+fn service_of(body: &[u8]) -> Result<String, BadBody> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok("mqtt".into());
     }
-    let b: WebhookBody = serde_json::from_slice(body).map_err(|e| {
-        format!("the body must be empty or JSON such as {{\"service\": \"mqtt\"}}: {e}")
-    })?;
+    let b: WebhookBody = serde_json::from_slice(body).map_err(BadBody)?;
     Ok(b.service.unwrap_or_else(|| "mqtt".into()))
 }
 

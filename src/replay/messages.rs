@@ -80,17 +80,33 @@ fn connect(mqtt: &MqttConfig) -> Result<(AsyncClient, EventLoop), ReplayError> {
     Ok(AsyncClient::new(opts, 16))
 }
 
+/// Why one message was not replayed (it stays in the table).
+#[derive(Debug, thiserror::Error)]
+enum NotReplayed {
+    /// The client could not queue it.
+    #[error("cannot queue the publish: {0}")]
+    Queue(#[from] rumqttc::v5::ClientError),
+    /// The broker answered with a failure, or had no subscriber for it (thrown away).
+    #[error("the broker did not take it: {0:?}")]
+    Refused(rumqttc::v5::mqttbytes::v5::PubAckReason),
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Connection(#[from] rumqttc::v5::ConnectionError),
+    /// No PUBACK in time.
+    #[error("no PUBACK within 10 s")]
+    Timeout,
+}
+
 /// Publishes one message at QoS 1 and drives the connection until the broker acknowledges it.
 async fn publish_acked(
     client: &AsyncClient,
     el: &mut EventLoop,
     topic: &str,
     payload: Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), NotReplayed> {
     client
         .publish(topic, QoS::AtLeastOnce, false, payload)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let wait = async {
         loop {
             match el.poll().await {
@@ -99,15 +115,15 @@ async fn publish_acked(
                     // engine subscribed to that topic): the row stays.
                     return match a.reason {
                         rumqttc::v5::mqttbytes::v5::PubAckReason::Success => Ok(()),
-                        other => Err(format!("the broker did not take it: {other:?}")),
+                        other => Err(NotReplayed::Refused(other)),
                     };
                 }
                 Ok(_) => {}
-                Err(e) => return Err(format!("connection: {e}")),
+                Err(e) => return Err(e.into()),
             }
         }
     };
     tokio::time::timeout(ACK_WAIT, wait)
         .await
-        .map_err(|_| "no PUBACK within 10 s".to_string())?
+        .map_err(|_| NotReplayed::Timeout)?
 }

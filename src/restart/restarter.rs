@@ -195,7 +195,7 @@ impl Restarter {
                     json!({"healthy": false, "error": format!("unknown device {id}")}),
                 )
             }
-            Err(e) => return (Outcome::Failed, json!({"error": e})),
+            Err(e) => return (Outcome::Failed, json!({"error": e.to_string()})),
         }
         let was_running = match self.pipeline.restart_device(id).await {
             Ok(w) => w,
@@ -215,21 +215,20 @@ impl Restarter {
     }
 
     /// Whether the device has a live actor or a `devices` row.
-    async fn device_known(&self, id: &DeviceId) -> Result<bool, String> {
+    async fn device_known(&self, id: &DeviceId) -> Result<bool, RestartError> {
         if matches!(
             tokio::time::timeout(DEVICE_ANSWER, self.pipeline.device(id)).await,
             Ok(Ok(Some(_)))
         ) {
             return Ok(true);
         }
-        let c = self.pool.get().await.map_err(|e| e.to_string())?;
-        c.query_opt(
+        let c = self.pool.get().await?;
+        Ok(c.query_opt(
             "SELECT 1 FROM devices WHERE device_id = $1",
             &[&id.as_str()],
         )
-        .await
-        .map(|r| r.is_some())
-        .map_err(|e| e.to_string())
+        .await?
+        .is_some())
     }
 
     /// `pipeline`: the graceful-shutdown order inside the running process, then everything

@@ -56,7 +56,7 @@ pub(super) struct SourceLoop {
     /// that the loop polls (and pings) in time and the broker does not drop the connection.
     pub(super) full_queue_wait: Duration,
     /// What this source may have queued towards the router.
-    pub(super) budget: super::QueueBudget,
+    pub(super) budget: crate::queue_budget::QueueBudget,
 }
 
 impl SourceLoop {
