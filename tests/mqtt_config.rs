@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::broker::Broker as AuthBroker;
@@ -389,25 +388,15 @@ async fn rotating_the_secret_key_reseals_stored_passwords_so_only_the_new_key_op
     let new_key = "11".repeat(32);
     let key_file = env.dir.path().join("new.key");
     std::fs::write(&key_file, &new_key).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
-        .args([
-            "--config",
-            env.config_path.to_str().unwrap(),
+    let said = env.cli(
+        &[
             "rotate-secret-key",
             "--new-key-file",
             key_file.to_str().unwrap(),
-        ])
-        .env("FLEETFLOW_SECRET_KEY", KEY)
-        .env_remove("FLEETFLOW_POSTGRES__URL")
-        .env_remove("FLEETFLOW_MQTT__URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[("FLEETFLOW_SECRET_KEY", KEY)],
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("re-sealed 1 broker password"));
+    assert!(said.contains("re-sealed 1 broker password"), "{said}");
     let after: Vec<u8> = env
         .db()
         .await
@@ -541,6 +530,29 @@ async fn refusals(env: &TestEnv, id: &str) -> i64 {
     .await
 }
 
+/// Tenant B publishes as `id` (its `n`th try): refused and recorded (2104), and no row of A's
+/// device changed from `before`.
+async fn hijack_is_refused(
+    env: &TestEnv,
+    prefix: &str,
+    id: &str,
+    n: i64,
+    before: &(i64, i64, Option<String>),
+) {
+    hijack(env, prefix, id, n as u64).await;
+    common::eventually(
+        Duration::from_secs(10),
+        "the hijack refused and recorded",
+        || async { (refusals(env, id).await >= n).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        &device_rows(env, id).await,
+        before,
+        "no row of A's device changed"
+    );
+}
+
 #[tokio::test]
 async fn a_device_id_stays_its_tenants_after_its_actor_is_passivated_and_the_engine_restarts() {
     let mut env = TestEnv::start(Options {
@@ -578,35 +590,13 @@ async fn a_device_id_stays_its_tenants_after_its_actor_is_passivated_and_the_eng
         .unwrap();
     assert_eq!(owner_row["source"], "tenant-a", "{owner_row}");
 
-    hijack(&env, &other_prefix, &id, 1).await;
-    common::eventually(
-        Duration::from_secs(10),
-        "B refused and recorded",
-        || async { (refusals(&env, &id).await >= 1).then_some(()) },
-    )
-    .await;
-    assert_eq!(
-        device_rows(&env, &id).await,
-        before,
-        "no row of A's device changed"
-    );
+    hijack_is_refused(&env, &other_prefix, &id, 1, &before).await;
 
     // After an engine restart too (the binding is in the database, not only in memory).
     env.terminate(Duration::from_secs(20));
     env.spawn_engine();
     env.wait_ready(Duration::from_secs(20)).await;
-    hijack(&env, &other_prefix, &id, 2).await;
-    common::eventually(
-        Duration::from_secs(10),
-        "refused again after a restart",
-        || async { (refusals(&env, &id).await >= 2).then_some(()) },
-    )
-    .await;
-    assert_eq!(
-        device_rows(&env, &id).await,
-        before,
-        "no row of A's device changed"
-    );
+    hijack_is_refused(&env, &other_prefix, &id, 2, &before).await;
     // Positive control: A's own device still writes.
     let owner = env.device(&id).await;
     owner.publish("data", r#"{"type":"reading","seq":2}"#).await;

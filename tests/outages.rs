@@ -164,22 +164,8 @@ async fn a_storage_outage_retries_then_fails_with_2204_keeps_the_bytes_and_a_rep
 
     // Storage is back: the admin command replays the dead letter.
     s3.start_again().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"))
-        .args([
-            "--config",
-            env.config_path.to_str().unwrap(),
-            "replay-dead-letters",
-        ])
-        .env_remove("FLEETFLOW_POSTGRES__URL")
-        .env_remove("FLEETFLOW_MQTT__URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1 dead letter"));
+    let said = env.cli(&["replay-dead-letters"], &[]);
+    assert!(said.contains("replayed 1 dead letter"), "{said}");
     let store = object_store::aws::AmazonS3Builder::new()
         .with_endpoint(s3.endpoint())
         .with_bucket_name("fleetflow")
@@ -368,24 +354,7 @@ async fn a_quarantined_devices_readings_are_kept_in_dead_letters_and_a_replay_st
     assert_eq!(stored().await, 0, "acknowledged, kept, not stored");
     tokio::time::sleep(Duration::from_millis(1600)).await; // the quarantine ends
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"))
-        .args([
-            "--config",
-            env.config_path.to_str().unwrap(),
-            "replay-dead-letters",
-            "--source",
-            "default",
-        ])
-        .env_remove("FLEETFLOW_POSTGRES__URL")
-        .env_remove("FLEETFLOW_MQTT__URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = env.cli(&["replay-dead-letters", "--source", "default"], &[]);
     assert!(said.contains("replayed 5 dead letter"), "{said}");
     eventually(
         Duration::from_secs(10),

@@ -266,6 +266,25 @@ level = "info,fleetflow_actors=debug"
         }
     }
 
+    /// Runs a `fleetflow` subcommand on this engine's config file (with `env` set) and answers
+    /// its standard output; panics with its standard error when it fails.
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+            .args(["--config", self.config_path.to_str().unwrap()])
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("FLEETFLOW_POSTGRES__URL")
+            .env_remove("FLEETFLOW_MQTT__URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fleetflow {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub async fn device(&self, id: &str) -> TestDevice {
         TestDevice::connect(&self.services, &self.prefix, id).await
     }
