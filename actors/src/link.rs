@@ -148,7 +148,7 @@ pub fn ack_all(tokens: impl IntoIterator<Item = AckToken>) {
         }
     }
     if acked > 0 {
-        metrics::counter!(m::MQTT_ACKS_TOTAL).increment(acked);
+        fleetflow_protocol::hot_counter!(m::MQTT_ACKS_TOTAL).increment(acked);
     }
     if stale > 0 {
         metrics::counter!(m::MQTT_ACKS_STALE_TOTAL).increment(stale);

@@ -38,8 +38,9 @@ use crate::sinks::rows::{PendingRow, Row};
 use fleetflow_protocol::errors::{
     excerpt, Admit, ErrorCode, ErrorRateLimiter, ErrorRecord, INVALID_DEVICE,
 };
+use fleetflow_protocol::hot_counter;
 use fleetflow_protocol::ids::DeviceId;
-use fleetflow_protocol::topic::{TopicError, TopicParser};
+use fleetflow_protocol::topic::{TopicError, TopicKind, TopicParser};
 use owners::Owners;
 use parking::{ParkLimits, Parking};
 
@@ -236,7 +237,7 @@ impl DeviceRouter {
         let Some(e) = self.devices.get_mut(&id) else {
             return;
         };
-        metrics::counter!(m::DEVICE_MAILBOX_PUSHED_TOTAL).increment(1);
+        hot_counter!(m::DEVICE_MAILBOX_PUSHED_TOTAL).increment(1);
         // While a parked message waits for room (pumping), later ones queue behind it.
         let inbound = if e.parked.is_empty() && !e.parked.pumping {
             match e.addr.try_send(inbound) {
@@ -434,8 +435,8 @@ impl DeviceRouter {
             Ok(p) => p,
             Err(e) => return self.reject(msg, e, ctx),
         };
-        metrics::counter!(m::MQTT_MESSAGES_TOTAL, "kind" => parsed.kind.label()).increment(1);
-        metrics::counter!(m::ROUTER_ROUTED_TOTAL).increment(1);
+        count_received(&parsed.kind);
+        hot_counter!(m::ROUTER_ROUTED_TOTAL).increment(1);
         let inbound = Inbound {
             topic: msg.topic,
             kind: parsed.kind,
@@ -650,4 +651,15 @@ impl Handler<StopAll> for DeviceRouter {
             n
         })
     }
+}
+
+/// `fleetflow_mqtt_messages_total` by topic kind, through cached handles (every message).
+fn count_received(kind: &TopicKind) {
+    let c = match kind {
+        TopicKind::Status => hot_counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "status"),
+        TopicKind::Data => hot_counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "data"),
+        TopicKind::Chunk { .. } => hot_counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "chunk"),
+        TopicKind::CmdResult => hot_counter!(m::MQTT_MESSAGES_TOTAL, "kind" => "cmd_result"),
+    };
+    c.increment(1);
 }

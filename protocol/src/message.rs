@@ -169,6 +169,31 @@ impl<'de> Deserialize<'de> for Reading {
     }
 }
 
+/// How fleetflow's firmware and the simulator begin a reading: `type` first, unspaced.
+const READING_PREFIX: &[u8] = br#"{"type":"reading","#;
+
+/// A payload that begins with [`READING_PREFIX`], decoded as a reading in one pass instead of
+/// a format probe and then the reading (the most frequent message). `None` when it also names
+/// a GXP chunk (`chunk_id`, which the probe puts first) or is not a valid reading: the general
+/// path then decides, with its own errors.
+fn reading_in_one_pass(payload: &[u8]) -> Option<Result<DeviceMsg, DecodeError>> {
+    let r: Reading = serde_json::from_slice(payload).ok()?;
+    if r.extra.get("chunk_id").is_some_and(|v| !v.is_null()) {
+        return None;
+    }
+    Some(checked_reading(r))
+}
+
+/// A decoded reading's range checks.
+fn checked_reading(mut r: Reading) -> Result<DeviceMsg, DecodeError> {
+    r.extra.remove("type");
+    if r.seq > i64::MAX as u64 {
+        return Err(DecodeError::field("seq is over 2^63-1"));
+    }
+    check_measurements(&r.values)?;
+    Ok(DeviceMsg::Reading(r))
+}
+
 /// A timestamp field (RFC 3339 or epoch milliseconds) deserialised on its own.
 struct TsField(Option<DateTime<Utc>>);
 
@@ -363,6 +388,11 @@ fn check_len(payload: &[u8], max: usize) -> Result<(), DecodeError> {
 
 fn decode_data(payload: &Bytes, limits: DecodeLimits) -> Result<DeviceMsg, DecodeError> {
     check_len(payload, MAX_JSON_CHUNK_BYTES)?;
+    if payload.starts_with(READING_PREFIX) && payload.len() <= MAX_JSON_BYTES {
+        if let Some(r) = reading_in_one_pass(payload) {
+            return r;
+        }
+    }
     let probe: FormatProbe<'_> = serde_json::from_slice(payload).map_err(json_error)?;
     if probe.chunk_id.is_some() {
         return gxp::decode_chunk(payload).map(DeviceMsg::GxpChunk);
@@ -381,13 +411,8 @@ fn decode_data(payload: &Bytes, limits: DecodeLimits) -> Result<DeviceMsg, Decod
     }
     match kind.as_ref() {
         "reading" => {
-            let mut r: Reading = serde_json::from_slice(payload).map_err(json_error)?;
-            r.extra.remove("type");
-            if r.seq > i64::MAX as u64 {
-                return Err(DecodeError::field("seq is over 2^63-1"));
-            }
-            check_measurements(&r.values)?;
-            Ok(DeviceMsg::Reading(r))
+            let r: Reading = serde_json::from_slice(payload).map_err(json_error)?;
+            checked_reading(r)
         }
         "capture_meta" => {
             let m: CaptureMeta = serde_json::from_slice(payload).map_err(json_error)?;
@@ -509,6 +534,32 @@ mod tests {
             &Bytes::copy_from_slice(json.as_bytes()),
             DecodeLimits::default(),
         )
+    }
+
+    #[test]
+    fn the_one_pass_reading_path_decodes_as_the_general_path_does() {
+        let one_pass = r#"{"type":"reading","seq":7,"temperature_c":21.5,"x":[1]}"#;
+        let general = r#"{ "type": "reading", "seq": 7, "temperature_c": 21.5, "x": [1] }"#;
+        assert!(one_pass.as_bytes().starts_with(READING_PREFIX));
+        assert!(!general.as_bytes().starts_with(READING_PREFIX));
+        assert_eq!(data(one_pass).unwrap(), data(general).unwrap());
+        // Errors come from the general path, with its messages.
+        for bad in [
+            r#"{"type":"reading","seq":-1}"#,
+            r#"{"type":"reading","seq":9223372036854775808}"#,
+            r#"{"type":"reading","temperature_c":1}"#,
+            r#"{"type":"reading","seq":1,"temperature_c":"hot"}"#,
+        ] {
+            let spaced = bad.replacen(r#""type":"reading","#, r#""type": "reading", "#, 1);
+            assert_eq!(
+                data(bad).unwrap_err().code,
+                data(&spaced).unwrap_err().code,
+                "{bad}"
+            );
+        }
+        // A reading that also names a GXP chunk is decided by the format probe, as before.
+        let both = r#"{"type":"reading","seq":1,"chunk_id":3}"#;
+        assert!(data(both).is_err());
     }
 
     #[test]

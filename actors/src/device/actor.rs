@@ -293,7 +293,7 @@ impl Handler<Inbound> for DeviceActor {
     type Result = ();
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
-        metrics::counter!(m::DEVICE_MAILBOX_POPPED_TOTAL).increment(1);
+        fleetflow_protocol::hot_counter!(m::DEVICE_MAILBOX_POPPED_TOTAL).increment(1);
         self.last_msg = Instant::now();
         self.note_reply_route(&msg.reply_route);
         match self.health {
@@ -322,20 +322,27 @@ impl Handler<Inbound> for DeviceActor {
         }
         let wall = Utc::now();
         let now = clock();
-        let logged = publish_log::inbound(
+        let ack = msg.ack.as_ref().map(|_| MessageAck);
+        self.msg_ack = msg.ack;
+        let mut reading_seq = None;
+        self.guarded(ctx, |core, out| {
+            let from = out.len();
+            core.handle(&msg.kind, &msg.payload, ack, now, wall, out);
+            reading_seq = out[from..].iter().find_map(|e| match e {
+                Effect::Row(Row::Reading(r), _) => r.seq,
+                _ => None,
+            });
+        });
+        // After the message's own rows, so that the log never takes their place in the sink.
+        let logged = publish_log::inbound_decoded(
             &self.deps.publish_log,
             self.core.id(),
             &msg.topic,
             &msg.kind,
             &msg.payload,
             wall,
+            reading_seq,
         );
-        let ack = msg.ack.as_ref().map(|_| MessageAck);
-        self.msg_ack = msg.ack;
-        self.guarded(ctx, |core, out| {
-            core.handle(&msg.kind, &msg.payload, ack, now, wall, out)
-        });
-        // After the message's own rows, so that the log never takes their place in the sink.
         self.log(logged);
         if let Some(t) = self.msg_ack.take() {
             // Every path of the state machine says when to ack; none may forget it.

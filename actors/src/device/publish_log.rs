@@ -46,6 +46,20 @@ pub fn inbound(
     payload: &Bytes,
     at: DateTime<Utc>,
 ) -> Option<PublishLogRow> {
+    inbound_decoded(cfg, device, topic, kind, payload, at, None)
+}
+
+/// [`inbound`] for a message the state machine has already decoded: `reading_seq` is the `seq`
+/// of the reading it stored, so the sampler need not parse the payload again.
+pub fn inbound_decoded(
+    cfg: &PublishLogConfig,
+    device: &DeviceId,
+    topic: &Bytes,
+    kind: &TopicKind,
+    payload: &Bytes,
+    at: DateTime<Utc>,
+    reading_seq: Option<i64>,
+) -> Option<PublishLogRow> {
     if !cfg.enabled {
         return None;
     }
@@ -58,7 +72,12 @@ pub fn inbound(
                 json!({"capture_id": capture_id, "index": index, "payload_length": payload.len()}),
             )
         }
-        TopicKind::Data => data_payload(cfg, payload)?,
+        TopicKind::Data => match reading_seq {
+            Some(seq) if !sampled(seq as u64, cfg.readings_sample_every) => return None,
+            // Decoded as a reading: valid JSON.
+            Some(_) => as_logged(cfg, payload, true),
+            None => data_payload(cfg, payload)?,
+        },
         _ => as_logged(cfg, payload, false),
     };
     Some(row(device, topic.clone(), Direction::In, logged, at))
@@ -267,6 +286,28 @@ mod tests {
         assert_eq!(row.payload, LogPayload::Json(Bytes::from_static(meta)));
         assert!(log(TopicKind::Data, br#"{"type":"reading","seq":4}"#).is_some());
         assert!(log(TopicKind::Data, br#"{"type":"reading","seq":5}"#).is_none());
+    }
+
+    #[test]
+    fn a_decoded_readings_seq_samples_as_parsing_it_would() {
+        let t = Bytes::from_static(b"p/d1/data");
+        for seq in 0..8i64 {
+            let p = Bytes::from(format!(r#"{{"type":"reading","seq":{seq}}}"#));
+            let parsed = inbound(&cfg(), &id(), &t, &TopicKind::Data, &p, Utc::now());
+            let hinted = inbound_decoded(
+                &cfg(),
+                &id(),
+                &t,
+                &TopicKind::Data,
+                &p,
+                Utc::now(),
+                Some(seq),
+            );
+            assert_eq!(parsed.is_some(), hinted.is_some(), "seq {seq}");
+            if let Some(row) = hinted {
+                assert_eq!(row.payload, LogPayload::Json(p));
+            }
+        }
     }
 
     #[test]

@@ -18,11 +18,13 @@ impl DeviceCore {
                 out.push(Effect::Ack(a));
             }
         }
-        let kind = match &msg {
-            DeviceMsg::CaptureMeta(_) | DeviceMsg::GxpMeta(_) => "capture_meta",
-            _ => "chunk",
+        let counter = match &msg {
+            DeviceMsg::CaptureMeta(_) | DeviceMsg::GxpMeta(_) => {
+                crate::hot_counter!(m::MESSAGES_TOTAL, "kind" => "capture_meta")
+            }
+            _ => crate::hot_counter!(m::MESSAGES_TOTAL, "kind" => "chunk"),
         };
-        metrics::counter!(m::MESSAGES_TOTAL, "kind" => kind).increment(1);
+        counter.increment(1);
         match msg {
             DeviceMsg::CaptureMeta(meta) => {
                 self.format = Some(WireFormat::V1);
@@ -205,7 +207,7 @@ impl DeviceCore {
         let outcome = asm.add(chunk.index, &chunk.data);
         let problem = match outcome {
             ChunkOutcome::Accepted => {
-                metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "accepted").increment(1);
+                crate::hot_counter!(m::CHUNKS_TOTAL, "outcome" => "accepted").increment(1);
                 None
             }
             ChunkOutcome::Duplicate => {
@@ -213,7 +215,7 @@ impl DeviceCore {
                 None
             }
             ChunkOutcome::Complete => {
-                metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "accepted").increment(1);
+                crate::hot_counter!(m::CHUNKS_TOTAL, "outcome" => "accepted").increment(1);
                 self.complete(&chunk.capture_id, now, out);
                 None
             }
@@ -268,7 +270,7 @@ impl DeviceCore {
             }
             return;
         }
-        metrics::counter!(m::CHUNKS_TOTAL, "outcome" => "buffered").increment(1);
+        crate::hot_counter!(m::CHUNKS_TOTAL, "outcome" => "buffered").increment(1);
         self.held += n;
         let e = self.early.entry(chunk.capture_id).or_insert_with(|| Early {
             chunks: Vec::new(),

@@ -336,7 +336,7 @@ impl DeviceCore {
                 out.push(Effect::Row(row, ack));
             }
             DeviceMsg::CmdResult(c) => {
-                metrics::counter!(m::MESSAGES_TOTAL, "kind" => "cmd_result").increment(1);
+                crate::hot_counter!(m::MESSAGES_TOTAL, "kind" => "cmd_result").increment(1);
                 let row = CommandResultRow {
                     device_id: self.id.clone(),
                     result: json!({"ok": c.ok, "detail": c.detail}),
@@ -357,7 +357,7 @@ impl DeviceCore {
 
     /// A status heartbeat: its row, and the wake handshake's answer for `"Alive"`.
     fn on_status(&mut self, s: message::Status, wall: DateTime<Utc>, out: &mut Vec<Effect>) -> Row {
-        metrics::counter!(m::MESSAGES_TOTAL, "kind" => "status").increment(1);
+        crate::hot_counter!(m::MESSAGES_TOTAL, "kind" => "status").increment(1);
         if s.is_wake() {
             self.on_wake(wall, out);
         }
@@ -377,7 +377,7 @@ impl DeviceCore {
 
     /// A reading's row; it refreshes `devices.last_seen_at` at most every [`TOUCH_EVERY`].
     fn reading_row(&mut self, r: message::Reading, now: Instant, wall: DateTime<Utc>) -> Row {
-        metrics::counter!(m::MESSAGES_TOTAL, "kind" => "reading").increment(1);
+        crate::hot_counter!(m::MESSAGES_TOTAL, "kind" => "reading").increment(1);
         let touch_device = self
             .last_touch
             .is_none_or(|t| now.duration_since(t) >= TOUCH_EVERY);
