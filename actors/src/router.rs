@@ -119,7 +119,8 @@ struct LiveDevice {
 /// The router actor: hands each message to its device's actor (see the module doc).
 pub struct DeviceRouter {
     arbiters: Arc<Vec<ArbiterHandle>>,
-    deps: Option<DeviceDeps>,
+    /// Shared by every device actor (one pointer each, not a copy of the addresses).
+    deps: Option<Arc<DeviceDeps>>,
     devices: HashMap<DeviceId, LiveDevice>,
     next_generation: u64,
     invalid: ErrorRateLimiter<ErrorCode>,
@@ -183,7 +184,7 @@ impl DeviceRouter {
 
     /// Sets what device actors need (done once, before the first message).
     pub fn set_deps(&mut self, deps: DeviceDeps) {
-        self.deps = Some(deps);
+        self.deps = Some(Arc::new(deps));
     }
 
     fn arbiter_for(&self, id: &DeviceId) -> &ArbiterHandle {

@@ -66,10 +66,38 @@ enum Health {
     },
 }
 
+/// The effects buffer, one per arbiter thread instead of one per actor: an idle actor then
+/// holds no effects capacity (8 effects are about 1.5 KiB, more than the rest of the actor).
+mod scratch {
+    use std::cell::Cell;
+
+    use fleetflow_protocol::state_machine::Effect;
+
+    thread_local! {
+        static SCRATCH: Cell<Vec<Effect>> = const { Cell::new(Vec::new()) };
+    }
+
+    /// `pending` when it holds effects already, else this thread's empty buffer.
+    pub(super) fn take_or(pending: Vec<Effect>) -> Vec<Effect> {
+        if pending.is_empty() {
+            SCRATCH.take()
+        } else {
+            pending
+        }
+    }
+
+    /// Returns a drained buffer to this thread, keeping the larger of the two.
+    pub(super) fn give_back(mut v: Vec<Effect>) {
+        v.clear();
+        let kept = SCRATCH.take();
+        SCRATCH.set(if kept.capacity() > v.capacity() { kept } else { v });
+    }
+}
+
 /// One device's actor.
 pub struct DeviceActor {
     core: DeviceCore,
-    deps: DeviceDeps,
+    deps: Arc<DeviceDeps>,
     generation: u64,
     /// The source this device's messages come from, and its ack and command topics there.
     reply_route: Option<(Arc<ReplyRoute>, String, String)>,
@@ -84,7 +112,7 @@ pub struct DeviceActor {
 
 impl DeviceActor {
     /// A fresh actor for `id`; `generation` tells the router which incarnation it is.
-    pub fn new(id: DeviceId, generation: u64, deps: DeviceDeps) -> Self {
+    pub fn new(id: DeviceId, generation: u64, deps: Arc<DeviceDeps>) -> Self {
         let policy = RestartPolicy::new(&deps.devices);
         Self {
             core: DeviceCore::new(
@@ -96,7 +124,7 @@ impl DeviceActor {
             deps,
             generation,
             reply_route: None,
-            effects: Vec::with_capacity(8),
+            effects: Vec::new(),
             timer: None,
             msg_ack: None,
             last_msg: Instant::now(),
@@ -145,7 +173,7 @@ impl DeviceActor {
                 }
             }
         }
-        self.effects = effects;
+        scratch::give_back(effects);
         if !blocked.is_empty() {
             // The sink is full: stop taking messages until it has room (backpressure).
             let pg = self.deps.pg.clone();
@@ -169,13 +197,13 @@ impl DeviceActor {
         ctx: &mut Context<Self>,
         f: impl FnOnce(&mut DeviceCore, &mut Vec<Effect>),
     ) {
-        let mut out = std::mem::take(&mut self.effects);
+        let mut out = scratch::take_or(std::mem::take(&mut self.effects));
         let result = catch_unwind(AssertUnwindSafe(|| f(&mut self.core, &mut out)));
         self.effects = out;
         match result {
             Ok(()) => self.run_effects(ctx),
             Err(panic) => {
-                self.effects.clear();
+                scratch::give_back(std::mem::take(&mut self.effects));
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
