@@ -7,28 +7,15 @@
 
 use crate::common;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
-use actix::prelude::*;
-use bytes::Bytes;
-use fleetflow_actors::config::{AssemblyConfig, DevicesConfig, ObjectsConfig, SinksConfig};
-use fleetflow_actors::device::{DeviceDeps, DeviceSnapshot};
-use fleetflow_actors::link::{MqttLink, ReplyRoute};
-use fleetflow_actors::router::{DeviceRouter, QueryDevice, QueryDevices, RawPublish};
-use fleetflow_actors::sinks::objects::ObjectSink;
-use fleetflow_actors::sinks::pg::PgSink;
+use fleetflow_actors::device::DeviceSnapshot;
+use fleetflow_actors::router::QueryDevices;
 use fleetflow_actors::FAULT_PANIC_MARKER;
-use fleetflow_protocol::budget::GlobalBudget;
 use fleetflow_protocol::ids::DeviceId;
-use fleetflow_protocol::schedule::ScheduleBook;
-use fleetflow_protocol::topic::TopicParser;
-use rumqttc::v5::Request;
 
-use common::acked;
-
-const PREFIX: &str = "ESP32CAM";
+use common::router_harness::Engine;
 
 /// The names of the threads the fault-injection panics ran on, in order.
 fn panic_threads() -> &'static Mutex<Vec<String>> {
@@ -54,105 +41,12 @@ fn panic_threads() -> &'static Mutex<Vec<String>> {
 /// Tests that read the panic threads run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Engine {
-    router: Addr<DeviceRouter>,
-    route: Arc<ReplyRoute>,
-    link: MqttLink,
-    requests: flume::Receiver<Request>,
-    next_pkid: u16,
-    _arbiters: Vec<Arbiter>,
-    _db_guard: common::TestDb,
+/// What only these tests do with the harness's engine.
+trait PanicOnce {
+    async fn panic_once(&mut self, device: &DeviceId) -> String;
 }
 
-impl Engine {
-    async fn start(arbiters: usize) -> Self {
-        let db_guard = common::migrated_database().await;
-        let url = db_guard.url.clone();
-        let sinks = SinksConfig {
-            max_batch_age_ms: 5,
-            ..Default::default()
-        };
-        let pg = PgSink::new(common::pool(&url), sinks).start();
-        let store = Arc::new(object_store::memory::InMemory::new());
-        let objects = ObjectSink::new(store, pg.clone(), ObjectsConfig::default()).start();
-        let threads: Vec<Arbiter> = (0..arbiters).map(|_| Arbiter::new()).collect();
-        let handles = Arc::new(threads.iter().map(|a| a.handle()).collect::<Vec<_>>());
-        let devices = DevicesConfig {
-            restart_backoff_min_ms: 1,
-            restart_backoff_max_ms: 1,
-            ..Default::default()
-        };
-        let router = DeviceRouter::create(move |ctx| {
-            let mut r = DeviceRouter::new(handles);
-            r.set_deps(DeviceDeps {
-                assembly: Arc::new(AssemblyConfig::default()),
-                devices: Arc::new(devices),
-                budget: Arc::new(GlobalBudget::new(64 << 20)),
-                pg,
-                objects,
-                router: ctx.address().recipient(),
-                book: Arc::new(ScheduleBook::new()),
-                publish_log: Arc::new(Default::default()),
-            });
-            r
-        });
-        let (link, requests) = common::recording_link();
-        let route = Arc::new(ReplyRoute {
-            source_name: Arc::from("default"),
-            link: link.clone(),
-            topics: TopicParser::new(PREFIX),
-            gxp: Arc::new(Default::default()),
-            company_id: None,
-        });
-        Self {
-            router,
-            route,
-            link,
-            requests,
-            next_pkid: 1,
-            _arbiters: threads,
-            _db_guard: db_guard,
-        }
-    }
-
-    /// Publishes `payload` on the device's `suffix` topic at QoS 1; returns its packet id.
-    async fn publish(&mut self, device: &DeviceId, suffix: &str, payload: &'static [u8]) -> u16 {
-        let pkid = self.next_pkid;
-        self.next_pkid += 1;
-        self.link.received();
-        self.router
-            .send(RawPublish {
-                topic: Bytes::from(format!("{PREFIX}/{device}/{suffix}")),
-                payload: Bytes::from_static(payload),
-                ack: Some(self.link.token(pkid)),
-                reply_route: self.route.clone(),
-                charge: None,
-            })
-            .await
-            .unwrap();
-        pkid
-    }
-
-    /// Waits until the broker acks of `pkids` all went out.
-    async fn wait_acked(&self, pkids: impl IntoIterator<Item = u16>) {
-        let mut want: BTreeSet<u16> = pkids.into_iter().collect();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !want.is_empty() {
-            for p in acked(&self.requests) {
-                want.remove(&p);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "packets {want:?} never acked"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn snapshot(&self, device: &DeviceId) -> Option<DeviceSnapshot> {
-        self.router.send(QueryDevice(device.clone())).await.unwrap()
-    }
-
+impl PanicOnce for Engine {
     /// Makes the device's actor panic once; returns the thread it ran on.
     async fn panic_once(&mut self, device: &DeviceId) -> String {
         let before = self.snapshot(device).await.map_or(0, |s| s.restarts);

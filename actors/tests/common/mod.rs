@@ -2,6 +2,9 @@
 //! link whose broker acks the test can read.
 #![allow(dead_code)]
 
+pub mod alloc_count;
+pub mod router_harness;
+
 use std::path::Path;
 use std::str::FromStr;
 
