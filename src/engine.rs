@@ -29,6 +29,9 @@ pub enum EngineError {
     /// MQTT settings.
     #[error(transparent)]
     Source(#[from] source::SourceError),
+    /// The data path could not start (`[mqtt]` publisher or `[cluster]` settings).
+    #[error(transparent)]
+    Pipeline(#[from] fleetflow_actors::pipeline::StartError),
     /// Admin settings.
     #[error("{0}")]
     Admin(String),
@@ -89,6 +92,7 @@ impl Engine {
                 .clone()
                 .map(|k| Arc::new(k) as Arc<dyn PasswordOpener>),
             reconcile_every: Duration::from_secs(cfg.admin.restart_poll_secs.max(1)),
+            cluster: cfg.cluster.clone(),
         })?;
         let p = pipeline.handle.clone();
         let commands = crate::command_queue::CommandSender::new(

@@ -557,3 +557,119 @@ impl Default for ObjectsConfig {
         }
     }
 }
+
+/// `[cluster]`: several engine processes share one fleet through NATS JetStream
+/// (`docs/scale-out.md`). Off by default: the engine then reads `[mqtt]` alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Read the fleet from JetStream instead of the `[mqtt]` broker. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// NATS servers, comma-separated. Default `nats://127.0.0.1:4222`.
+    #[serde(default = "default_nats_urls")]
+    pub nats_urls: String,
+    /// This instance's name among the members; unique per process. Default: host name and
+    /// process id.
+    #[serde(default = "default_instance_id")]
+    pub instance_id: String,
+    /// The stream the partitions are read from: where NATS's MQTT listener stores QoS 1
+    /// messages before it PUBACKs them. Default `$MQTT_msgs`.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// The first token of the partitioned subjects, as in the server's `mappings`
+    /// (`{root}.{partition}.{prefix}.{device_id}.{kind}`). Default `ff`.
+    #[serde(default = "default_subject_root")]
+    pub subject_root: String,
+    /// Partitions of the fleet (by device id): the `partition(N, ...)` of the server's
+    /// `mappings`. Default 32.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Replicas of the members bucket (1 on a single NATS server, 3 on a cluster). Default 3.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// A member that has not renewed its entry for this long is gone and its partitions move,
+    /// in ms. Default 6000.
+    #[serde(default = "default_member_ttl_ms")]
+    pub member_ttl_ms: u64,
+    /// How long JetStream waits for an ack before it redelivers (to the partition's owner then),
+    /// in ms. Default 10000.
+    #[serde(default = "default_ack_wait_ms")]
+    pub ack_wait_ms: u64,
+    /// Messages of one partition delivered and not yet acknowledged, at most. Default 2000.
+    #[serde(default = "default_max_ack_pending")]
+    pub max_ack_pending: i64,
+    /// How long a partition's pin outlives a consumer that stopped pulling (a killed instance),
+    /// in ms. Default 5000.
+    #[serde(default = "default_pin_timeout_ms")]
+    pub pin_timeout_ms: u64,
+    /// QoS of the replies to devices (ACK/NACK, commands): 0 reaches every connected
+    /// subscriber; 1 is stored for persistent-session subscribers and survives their absence,
+    /// but clean-session subscribers do not get it. Default 0.
+    #[serde(default)]
+    pub reply_qos: u8,
+    /// How long a released partition's messages in flight may take to become durable before its
+    /// device actors stop, in ms. Default 5000.
+    #[serde(default = "default_drain_ms")]
+    pub drain_ms: u64,
+}
+
+fn default_nats_urls() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!(
+        "{}-{}",
+        if host.is_empty() { "fleetflow" } else { host },
+        std::process::id()
+    )
+}
+fn default_stream() -> String {
+    "$MQTT_msgs".into()
+}
+fn default_subject_root() -> String {
+    "ff".into()
+}
+fn default_partitions() -> u32 {
+    32
+}
+fn default_replicas() -> usize {
+    3
+}
+fn default_member_ttl_ms() -> u64 {
+    6000
+}
+fn default_ack_wait_ms() -> u64 {
+    10_000
+}
+fn default_max_ack_pending() -> i64 {
+    2000
+}
+fn default_pin_timeout_ms() -> u64 {
+    5000
+}
+fn default_drain_ms() -> u64 {
+    5000
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            nats_urls: default_nats_urls(),
+            instance_id: default_instance_id(),
+            stream: default_stream(),
+            subject_root: default_subject_root(),
+            partitions: default_partitions(),
+            replicas: default_replicas(),
+            member_ttl_ms: default_member_ttl_ms(),
+            ack_wait_ms: default_ack_wait_ms(),
+            max_ack_pending: default_max_ack_pending(),
+            pin_timeout_ms: default_pin_timeout_ms(),
+            reply_qos: 0,
+            drain_ms: default_drain_ms(),
+        }
+    }
+}

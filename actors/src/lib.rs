@@ -9,6 +9,9 @@
 //!   by others.
 //! - [`source_manager`]: runs one source per enabled `mqtt_configs` row (else the `[mqtt]` file
 //!   source), hot-reloaded on NOTIFY; restarts exactly the sources whose settings changed.
+//! - [`cluster`]: cluster mode (`[cluster]`): the partitions this instance owns among the live
+//!   members, pulled from NATS JetStream in place of the MQTT sources; acks and replies go
+//!   through NATS behind the same [`link`].
 //! - [`subscriptions`]: a product's subscriptions and the dispatcher that runs their actions
 //!   (`device_profile`, `store_json`, `republish`, `webhook`) between its source and the router,
 //!   splitting each message's broker ack among them.
@@ -40,6 +43,7 @@
 //! it comes in through traits such as [`source_manager::PasswordOpener`].
 
 pub mod batcher;
+pub mod cluster;
 pub mod config;
 pub mod device;
 pub mod link;

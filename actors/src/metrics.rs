@@ -38,6 +38,9 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (DEVICE_ACTORS_PASSIVATED_TOTAL, "counter", "Device actors stopped after being idle."),
     (DEVICE_ACTORS_RESTARTED_TOTAL, "counter", "Device actors restarted by their supervisor after a failure."),
     (DEVICE_ACTORS_QUARANTINED_TOTAL, "counter", "Devices put in quarantine after too many restarts."),
+    (CLUSTER_MEMBERS, "gauge", "Cluster mode: live engine instances in the members bucket, as this instance saw them last."),
+    (CLUSTER_PARTITIONS_OWNED, "gauge", "Cluster mode: partitions this instance owns and pulls."),
+    (CLUSTER_PARTITION_MOVES_TOTAL, "counter", "Cluster mode: partitions this instance acquired or released, by direction."),
     (MESSAGES_TOTAL, "counter", "Decoded device messages by kind (status, reading, capture_meta, chunk, cmd_result)."),
     (ASSEMBLIES_STARTED_TOTAL, "counter", "Captures whose assembly started."),
     (CAPTURES_STORED_TOTAL, "counter", "Captures stored and acknowledged with ACK_OK."),
@@ -135,6 +138,12 @@ pub const DEVICE_ACTORS_PASSIVATED_TOTAL: &str = "fleetflow_device_actors_passiv
 pub const DEVICE_ACTORS_RESTARTED_TOTAL: &str = "fleetflow_device_actors_restarted_total";
 /// Counter.
 pub const DEVICE_ACTORS_QUARANTINED_TOTAL: &str = "fleetflow_device_actors_quarantined_total";
+/// Gauge.
+pub const CLUSTER_MEMBERS: &str = "fleetflow_cluster_members";
+/// Gauge.
+pub const CLUSTER_PARTITIONS_OWNED: &str = "fleetflow_cluster_partitions_owned";
+/// Counter; label `direction`.
+pub const CLUSTER_PARTITION_MOVES_TOTAL: &str = "fleetflow_cluster_partition_moves_total";
 /// Counter; label `format`.
 pub const COMMANDS_SENT_TOTAL: &str = "fleetflow_commands_sent_total";
 /// Counter; label `table`.

@@ -66,6 +66,19 @@ pub struct PipelineSettings {
     pub passwords: Option<Arc<dyn PasswordOpener>>,
     /// How often the source manager re-reads `mqtt_configs` besides NOTIFY.
     pub reconcile_every: Duration,
+    /// `[cluster]`: when enabled, the fleet comes from NATS JetStream and no MQTT source runs.
+    pub cluster: crate::config::ClusterConfig,
+}
+
+/// Why the data path could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad `[mqtt]` settings for the command publisher.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Bad `[cluster]` settings.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Why a request through the handle failed.
@@ -115,7 +128,10 @@ pub struct RunningPipeline {
     pub handle: Pipeline,
     control: watch::Sender<ManagerControl>,
     manager_task: tokio::task::JoinHandle<()>,
-    publisher: SourceHandle,
+    /// The `[mqtt]` command publisher (none in cluster mode: commands go through NATS).
+    publisher: Option<SourceHandle>,
+    /// Cluster mode's partitions, released first at shutdown.
+    cluster: Option<crate::cluster::Cluster>,
     arbiters: Arc<Vec<ArbiterHandle>>,
 }
 
@@ -127,8 +143,13 @@ fn gone(part: &'static str) -> impl FnOnce(MailboxError) -> PipelineError {
 impl Pipeline {
     /// Starts the data path; must run inside an actix `System`. Fails only on bad `[mqtt]`
     /// settings for the command publisher.
-    pub fn start(s: PipelineSettings) -> Result<RunningPipeline, SourceError> {
-        let publisher = start_publisher(&s.mqtt)?;
+    pub fn start(s: PipelineSettings) -> Result<RunningPipeline, StartError> {
+        let clustered = s.cluster.enabled;
+        let publisher = if clustered {
+            None
+        } else {
+            Some(start_publisher(&s.mqtt)?)
+        };
         let pg = {
             let (pool, cfg) = (s.pool.clone(), s.sinks.clone());
             PgSink::create(move |_| PgSink::new(pool, cfg))
@@ -140,10 +161,28 @@ impl Pipeline {
         let arbiters = start_arbiters(s.devices.arbiters);
         let (tx, rx) = mpsc::channel::<RawPublish>(source::ROUTER_QUEUE_CAPACITY);
         let router = start_router(&s, rx, &pg, objects.clone(), arbiters.clone());
+        let cluster = clustered
+            .then(|| {
+                crate::cluster::start(crate::cluster::ClusterStart {
+                    cfg: s.cluster.clone(),
+                    prefix: s.mqtt.topic_prefix.clone(),
+                    out: tx.clone(),
+                    router: router.clone(),
+                    gxp: Arc::new(s.mqtt.gxp.clone()),
+                    company_id: s.mqtt.company_id,
+                })
+            })
+            .transpose()?;
         let mut manager = SourceManager::new(s.pool, s.pg_url, s.mqtt, tx, pg.clone(), s.passwords);
         manager.set_router(router.clone());
+        manager.set_cluster_mode(clustered);
         let links = manager.links.clone();
         let (control, sources, connected, manager_task) = manager.spawn(s.reconcile_every);
+        let (connected, default_link) = match (&cluster, &publisher) {
+            (Some(c), _) => (c.connected.clone(), c.publisher.clone()),
+            (None, Some(p)) => (connected, p.link.clone()),
+            (None, None) => unreachable!("a publisher or the cluster is started"),
+        };
         let handle = Pipeline {
             router,
             pg,
@@ -151,13 +190,14 @@ impl Pipeline {
             sources,
             links,
             connected,
-            default_link: publisher.link.clone(),
+            default_link,
         };
         Ok(RunningPipeline {
             handle,
             control,
             manager_task,
             publisher,
+            cluster,
             arbiters,
         })
     }
@@ -320,9 +360,18 @@ impl RunningPipeline {
     /// Graceful shutdown before `deadline`: stop forwarding, drain device actors, flush the
     /// Postgres sink (acks follow each commit), disconnect. Answers whether every step finished
     /// in time; what was not acknowledged is redelivered by the broker.
-    pub async fn shutdown(self, deadline: tokio::time::Instant) -> bool {
-        let p = &self.handle;
+    pub async fn shutdown(mut self, deadline: tokio::time::Instant) -> bool {
         let _ = self.control.send(ManagerControl::Drain);
+        if let Some(c) = self.cluster.take() {
+            // Stops pulling, drains each partition's messages into durable rows, stops its
+            // device actors and hands the partitions over (within `cluster.drain_ms`).
+            if tokio::time::timeout_at(deadline, c.stop()).await.is_err() {
+                tracing::warn!(
+                    "cluster partitions not released before the deadline; JetStream redelivers"
+                );
+            }
+        }
+        let p = &self.handle;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut clean = true;
         // Uploads under way finish while their device actors still live (they write the
@@ -361,7 +410,9 @@ impl RunningPipeline {
             );
         }
         let _ = self.control.send(ManagerControl::Stop);
-        let _ = self.publisher.control.send(SourceControl::Stop);
+        if let Some(publisher) = &self.publisher {
+            let _ = publisher.control.send(SourceControl::Stop);
+        }
         let stop_by = deadline + Duration::from_secs(3);
         if tokio::time::timeout_at(stop_by, self.manager_task)
             .await

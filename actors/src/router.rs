@@ -627,6 +627,32 @@ impl Handler<RestartDevice> for DeviceRouter {
     }
 }
 
+/// Stops the actors of these devices after what their mailboxes hold (cluster mode: their
+/// partition moved to another instance); answers how many were running.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct ReleaseDevices(pub Vec<DeviceId>);
+
+impl Handler<ReleaseDevices> for DeviceRouter {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, msg: ReleaseDevices, _ctx: &mut Self::Context) -> Self::Result {
+        let addrs: Vec<_> = msg
+            .0
+            .iter()
+            .filter_map(|id| self.devices.remove(id))
+            .map(|e| e.addr)
+            .collect();
+        Box::pin(async move {
+            let n = addrs.len();
+            for a in addrs {
+                let _ = a.send(Stop).await;
+            }
+            n
+        })
+    }
+}
+
 impl Handler<StopAll> for DeviceRouter {
     type Result = ResponseFuture<usize>;
 

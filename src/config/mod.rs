@@ -28,7 +28,8 @@ mod sections;
 pub use admin::{AdminConfig, RestartWebhookConfig, SecretFileError};
 pub use alerts::AlertsConfig;
 pub use fleetflow_actors::config::{
-    AssemblyConfig, DevicesConfig, MqttConfig, ObjectsConfig, PublishLogConfig, SinksConfig,
+    AssemblyConfig, ClusterConfig, DevicesConfig, MqttConfig, ObjectsConfig, PublishLogConfig,
+    SinksConfig,
 };
 pub use hosted::HostedConfig;
 pub use retention::RetentionConfig;
@@ -83,6 +84,10 @@ pub struct Config {
     /// How long images and rows are kept (off by default; `crate::retention`).
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Cluster mode: several engines share one fleet through NATS JetStream (off by default;
+    /// `docs/scale-out.md`).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// A config error, naming the field.

@@ -90,7 +90,11 @@ mod scratch {
     pub(super) fn give_back(mut v: Vec<Effect>) {
         v.clear();
         let kept = SCRATCH.take();
-        SCRATCH.set(if kept.capacity() > v.capacity() { kept } else { v });
+        SCRATCH.set(if kept.capacity() > v.capacity() {
+            kept
+        } else {
+            v
+        });
     }
 }
 

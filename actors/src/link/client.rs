@@ -14,6 +14,8 @@ pub enum MqttClient {
     V5(rumqttc::v5::AsyncClient),
     /// MQTT 3.1.1.
     V311(rumqttc::AsyncClient),
+    /// Cluster mode: acks and replies over NATS (`crate::cluster`).
+    Nats(crate::cluster::NatsClient),
 }
 
 impl From<rumqttc::v5::AsyncClient> for MqttClient {
@@ -37,6 +39,8 @@ pub enum ClientError {
     /// From the MQTT 3.1.1 client.
     #[error(transparent)]
     V311(Box<rumqttc::ClientError>),
+    #[error(transparent)]
+    Nats(#[from] crate::cluster::WriterGone),
 }
 
 impl From<rumqttc::v5::ClientError> for ClientError {
@@ -79,6 +83,7 @@ impl MqttClient {
                 p.pkid = pkid;
                 Ok(c.try_ack(&p)?)
             }
+            MqttClient::Nats(c) => Ok(c.ack(pkid)?),
         }
     }
 
@@ -93,6 +98,7 @@ impl MqttClient {
         match self {
             MqttClient::V5(c) => Ok(c.try_publish(topic, qos, retain, payload)?),
             MqttClient::V311(c) => Ok(c.try_publish(topic, v311_qos(qos), retain, payload)?),
+            MqttClient::Nats(c) => Ok(c.publish(topic, payload)?),
         }
     }
 
@@ -112,6 +118,8 @@ impl MqttClient {
                     .iter()
                     .map(|f| rumqttc::SubscribeFilter::new(f.clone(), v311_qos(qos))),
             )?),
+            // The stream's subjects are fixed when the cluster starts.
+            MqttClient::Nats(_) => Ok(()),
         }
     }
 
@@ -120,6 +128,7 @@ impl MqttClient {
         match self {
             MqttClient::V5(c) => Ok(c.try_unsubscribe(filter)?),
             MqttClient::V311(c) => Ok(c.try_unsubscribe(filter)?),
+            MqttClient::Nats(_) => Ok(()),
         }
     }
 
@@ -128,6 +137,7 @@ impl MqttClient {
         match self {
             MqttClient::V5(c) => Ok(c.try_disconnect()?),
             MqttClient::V311(c) => Ok(c.try_disconnect()?),
+            MqttClient::Nats(_) => Ok(()),
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct SourceManager {
     pool: Pool,
     pg_url: String,
     default_cfg: MqttConfig,
+    /// Cluster mode: the fleet comes from NATS JetStream and no MQTT source runs here.
+    cluster_mode: bool,
     tx: mpsc::Sender<RawPublish>,
     pg: Addr<PgSink>,
     secret_key: Option<Arc<dyn PasswordOpener>>,
@@ -147,6 +149,7 @@ impl SourceManager {
             pool,
             pg_url,
             default_cfg,
+            cluster_mode: false,
             tx,
             pg,
             secret_key,
@@ -157,6 +160,11 @@ impl SourceManager {
             http: reqwest::Client::new(),
             connected: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Cluster mode: runs no MQTT source (before [`SourceManager::spawn`]).
+    pub fn set_cluster_mode(&mut self, on: bool) {
+        self.cluster_mode = on;
     }
 
     /// Sets the router (before [`SourceManager::spawn`]).

@@ -80,6 +80,9 @@ pub(super) struct WantedSource {
 impl SourceManager {
     /// The sources wanted now: enabled database rows, or the default source.
     pub(super) async fn desired(&self) -> Result<HashMap<String, WantedSource>, ManagerError> {
+        if self.cluster_mode {
+            return Ok(HashMap::new());
+        }
         let c = self.pool.get().await?;
         let rows = c
             .query(

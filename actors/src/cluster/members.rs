@@ -1,0 +1,340 @@
+//! The members bucket and the ownership loop. Every `member_ttl / 4` the instance renews its
+//! entry in the `{stream}_members` KV bucket (entries expire after `member_ttl`), lists the live
+//! members and starts or releases partitions to match the assignment. A release runs beside the
+//! loop: it drains, stops the partition's device actors and unpins the consumer for the next
+//! owner.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use async_nats::jetstream::{self, consumer::PullConsumer, kv};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::nats_client::{run_writer, AckSlots, NatsClient, Outgoing};
+use super::partition::{PartitionLoop, GROUP};
+use super::{assign, stream, subjects, ClusterError};
+use crate::config::ClusterConfig;
+use crate::link::{MqttClient, MqttLink, ReplyRoute};
+use crate::metrics as m;
+use crate::router::{DeviceRouter, RawPublish, ReleaseDevices};
+use fleetflow_protocol::ids::DeviceId;
+
+/// What cluster mode needs from the engine.
+pub struct ClusterStart {
+    /// `[cluster]`.
+    pub cfg: ClusterConfig,
+    /// The fleet's topic prefix (`mqtt.topic_prefix`).
+    pub prefix: String,
+    /// The router's queue.
+    pub out: mpsc::Sender<RawPublish>,
+    /// The router (device actors of released partitions stop through it).
+    pub router: Addr<DeviceRouter>,
+    /// The product's GXP settings (`mqtt.gxp`).
+    pub gxp: Arc<fleetflow_protocol::gxp::GxpSettings>,
+    /// The company that owns the fleet (`mqtt.company_id`).
+    pub company_id: Option<i64>,
+}
+
+/// The running cluster mode.
+pub struct Cluster {
+    /// Publishes to devices through NATS (commands for devices without a live actor).
+    pub publisher: MqttLink,
+    /// True once the stream and the members bucket are set up, while NATS is reachable.
+    pub connected: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Cluster {
+    /// Releases every partition (drained), leaves the members and stops.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts cluster mode: connects in the background (retrying), then owns partitions.
+pub fn start(s: ClusterStart) -> Result<Cluster, ClusterError> {
+    validate(&s.cfg)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let publisher = MqttLink::new(
+        MqttClient::Nats(NatsClient::new(tx.clone(), None)),
+        QoS::AtLeastOnce,
+    );
+    publisher.next_epoch();
+    let route = Arc::new(ReplyRoute {
+        source_name: Arc::from("default"),
+        link: publisher.clone(),
+        topics: fleetflow_protocol::topic::TopicParser::new(&s.prefix),
+        gxp: s.gxp,
+        company_id: s.company_id,
+    });
+    let connected = Arc::new(AtomicBool::new(false));
+    let (stop, stop_rx) = watch::channel(false);
+    let owner = Owner {
+        cfg: s.cfg,
+        prefix: s.prefix,
+        out: s.out,
+        router: s.router,
+        route,
+        tx,
+        connected: connected.clone(),
+        running: HashMap::new(),
+    };
+    let task = tokio::spawn(owner.run(rx, stop_rx));
+    Ok(Cluster {
+        publisher,
+        connected,
+        stop,
+        task,
+    })
+}
+
+fn validate(cfg: &ClusterConfig) -> Result<(), ClusterError> {
+    if !(1..=4096).contains(&cfg.partitions) {
+        return Err(ClusterError::Config("partitions must be 1..=4096".into()));
+    }
+    let key_ok = |c: char| c.is_ascii_alphanumeric() || "-_=".contains(c);
+    if cfg.instance_id.is_empty() || !cfg.instance_id.chars().all(key_ok) {
+        return Err(ClusterError::Config(format!(
+            "instance_id {:?} must be letters, digits, '-', '_' or '='",
+            cfg.instance_id
+        )));
+    }
+    if cfg.nats_urls.trim().is_empty() {
+        return Err(ClusterError::Config("nats_urls is empty".into()));
+    }
+    if cfg.member_ttl_ms < 1000 || cfg.pin_timeout_ms < 1000 {
+        return Err(ClusterError::Config(
+            "member_ttl_ms and pin_timeout_ms must be at least 1000".into(),
+        ));
+    }
+    Ok(())
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    join: JoinHandle<HashSet<String>>,
+}
+
+/// What the ownership loop holds once connected.
+struct Setup {
+    consumers: Vec<PullConsumer>,
+    stream: jetstream::stream::Stream,
+    members: kv::Store,
+}
+
+struct Owner {
+    cfg: ClusterConfig,
+    prefix: String,
+    out: mpsc::Sender<RawPublish>,
+    router: Addr<DeviceRouter>,
+    route: Arc<ReplyRoute>,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    connected: Arc<AtomicBool>,
+    running: HashMap<u32, Running>,
+}
+
+impl Owner {
+    async fn run(mut self, rx: mpsc::UnboundedReceiver<Outgoing>, mut stop: watch::Receiver<bool>) {
+        let Some(client) = self.connect(&mut stop).await else {
+            return;
+        };
+        tokio::spawn(run_writer(client.clone(), rx, self.cfg.reply_qos));
+        let js = jetstream::new(client);
+        let Some(setup) = self.setup(&js, &mut stop).await else {
+            return;
+        };
+        self.connected.store(true, Ordering::Release);
+        tracing::info!(instance = %self.cfg.instance_id, stream = %self.cfg.stream, partitions = self.cfg.partitions, "cluster mode: joined");
+        let every =
+            Duration::from_millis(self.cfg.member_ttl_ms / 4).max(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => {}
+            }
+            match self.round(&setup).await {
+                Ok(()) => self.connected.store(true, Ordering::Release),
+                Err(e) => {
+                    self.connected.store(false, Ordering::Release);
+                    tracing::warn!(error = %e, "cluster: membership round failed");
+                }
+            }
+        }
+        let owned: Vec<u32> = self.running.keys().copied().collect();
+        let releases: Vec<_> = owned.into_iter().map(|p| self.release(p, &setup)).collect();
+        for r in releases {
+            let _ = r.await;
+        }
+        let _ = setup.members.delete(&self.cfg.instance_id).await;
+        self.connected.store(false, Ordering::Release);
+        tracing::info!(instance = %self.cfg.instance_id, "cluster mode: left");
+    }
+
+    /// Connects to NATS, retrying until it answers or the engine stops.
+    async fn connect(&self, stop: &mut watch::Receiver<bool>) -> Option<async_nats::Client> {
+        let urls: Vec<&str> = self.cfg.nats_urls.split(',').map(str::trim).collect();
+        loop {
+            let opts = async_nats::ConnectOptions::new()
+                .name(format!("fleetflow {}", self.cfg.instance_id))
+                .retry_on_initial_connect();
+            match opts.connect(urls.clone()).await {
+                Ok(c) => return Some(c),
+                Err(e) => tracing::warn!(error = %e, "cluster: cannot connect to NATS; retrying"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return None,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    /// Sets up the stream, the consumers and the members bucket, retrying.
+    async fn setup(
+        &self,
+        js: &jetstream::Context,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Setup> {
+        loop {
+            match self.try_setup(js).await {
+                Ok(s) => return Some(s),
+                Err(e) => tracing::warn!(error = %e, "cluster: setup failed; retrying"),
+            }
+            tokio::select! {
+                _ = stop.changed() => return None,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    async fn try_setup(&self, js: &jetstream::Context) -> Result<Setup, ClusterError> {
+        let (stream, consumers) = stream::ensure(js, &self.cfg).await?;
+        let bucket = format!("{}_members", self.cfg.subject_root);
+        let members = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    max_age: Duration::from_millis(self.cfg.member_ttl_ms),
+                    num_replicas: self.cfg.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| ClusterError::Setup(format!("bucket {bucket}: {e}")))?,
+        };
+        Ok(Setup {
+            consumers,
+            stream,
+            members,
+        })
+    }
+
+    /// Renews this member, reads the live ones and moves partitions to match.
+    async fn round(&mut self, s: &Setup) -> Result<(), ClusterError> {
+        let me = self.cfg.instance_id.clone();
+        s.members
+            .put(&me, Bytes::from_static(b"{}"))
+            .await
+            .map_err(|e| ClusterError::Setup(format!("renewing the member entry: {e}")))?;
+        let mut members: Vec<String> = s
+            .members
+            .keys()
+            .await
+            .map_err(|e| ClusterError::Setup(format!("listing members: {e}")))?
+            .try_collect()
+            .await
+            .map_err(|e| ClusterError::Setup(format!("listing members: {e}")))?;
+        if !members.contains(&me) {
+            members.push(me.clone());
+        }
+        members.sort();
+        let owned: HashSet<u32> = assign::owned_by(&members, self.cfg.partitions, &me)
+            .into_iter()
+            .collect();
+        metrics::gauge!(m::CLUSTER_MEMBERS).set(members.len() as f64);
+        let lost: Vec<u32> = self
+            .running
+            .keys()
+            .filter(|p| !owned.contains(p))
+            .copied()
+            .collect();
+        for p in lost {
+            tokio::spawn(self.release(p, s));
+        }
+        for p in owned {
+            if !self.running.contains_key(&p) {
+                self.acquire(p, s.consumers[p as usize].clone());
+            }
+        }
+        metrics::gauge!(m::CLUSTER_PARTITIONS_OWNED).set(self.running.len() as f64);
+        Ok(())
+    }
+
+    fn acquire(&mut self, p: u32, consumer: PullConsumer) {
+        let slots = Arc::new(AckSlots::default());
+        let link = MqttLink::new(
+            MqttClient::Nats(NatsClient::new(self.tx.clone(), Some(slots.clone()))),
+            QoS::AtLeastOnce,
+        );
+        link.next_epoch();
+        let looped = PartitionLoop {
+            index: p,
+            consumer,
+            link,
+            slots,
+            out: self.out.clone(),
+            route: self.route.clone(),
+            lead: subjects::lead_tokens(&self.cfg.subject_root),
+            prefix_tokens: subjects::prefix_tokens(&self.prefix),
+            pull_expiry: Duration::from_millis(self.cfg.pin_timeout_ms / 3),
+            drain: Duration::from_millis(self.cfg.drain_ms),
+            devices: HashSet::new(),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let join = tokio::spawn(looped.run(stop_rx));
+        self.running.insert(p, Running { stop, join });
+        metrics::counter!(m::CLUSTER_PARTITION_MOVES_TOTAL, "direction" => "acquired").increment(1);
+        tracing::info!(partition = p, instance = %self.cfg.instance_id, "cluster: partition acquired");
+    }
+
+    /// Stops pulling `p`; the returned future drains it, stops its devices' actors and unpins
+    /// its consumer.
+    fn release(
+        &mut self,
+        p: u32,
+        s: &Setup,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let running = self.running.remove(&p);
+        let router = self.router.clone();
+        let stream = s.stream.clone();
+        let instance = self.cfg.instance_id.clone();
+        let name = stream::consumer_name(&self.cfg, p);
+        async move {
+            let Some(r) = running else { return };
+            let _ = r.stop.send(true);
+            let devices = r.join.await.unwrap_or_default();
+            let ids: Vec<DeviceId> = devices
+                .iter()
+                .filter_map(|d| DeviceId::parse(d).ok())
+                .collect();
+            let stopped = router.send(ReleaseDevices(ids)).await.unwrap_or(0);
+            if let Err(e) = stream.unpin_consumer(&name, GROUP).await {
+                tracing::debug!(partition = p, error = %e, "unpin failed (the pin times out instead)");
+            }
+            metrics::counter!(m::CLUSTER_PARTITION_MOVES_TOTAL, "direction" => "released")
+                .increment(1);
+            tracing::info!(partition = p, instance = %instance, device_actors_stopped = stopped, "cluster: partition released");
+        }
+    }
+}

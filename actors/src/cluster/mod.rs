@@ -1,0 +1,39 @@
+//! Cluster mode (`[cluster]`): several engine processes share one fleet through NATS JetStream.
+//!
+//! Devices publish over MQTT to NATS (its MQTT listener); the stream (`stream`) captures their
+//! subjects, each stored under the partition of its device id. Each instance renews an entry in
+//! the members bucket and owns the partitions that rendezvous hashing gives it over the live
+//! members (`assign`). For each it pulls the partition's consumer in a pinned priority group
+//! (`partition`), so that JetStream delivers a partition to one instance at a time even while
+//! two disagree about the members, and hands the messages to the router like an MQTT source.
+//! Acks go to JetStream once the message is durable, replies to the device's MQTT topic through
+//! NATS (`nats_client`). A released partition drains, its device actors stop, and its pin is
+//! released so that the next owner starts at once.
+//!
+//! - `assign`: partitions to members (rendezvous hashing).
+//! - `subjects`: MQTT topics, NATS subjects and the partition token.
+//! - `stream`: the stream and the partition consumers.
+//! - `partition`: one owned partition's pull loop and its release.
+//! - `nats_client`: acks and replies over NATS behind [`crate::link::MqttClient`].
+//! - `members`: the members bucket and the ownership loop.
+
+pub mod assign;
+mod members;
+mod nats_client;
+mod partition;
+pub mod stream;
+pub mod subjects;
+
+pub use members::{start, Cluster, ClusterStart};
+pub use nats_client::{AckSlots, NatsClient, Outgoing, WriterGone};
+
+/// Why cluster mode could not start or keep going.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// `[cluster]` settings that cannot work.
+    #[error("invalid [cluster] settings: {0}")]
+    Config(String),
+    /// The stream, its consumers or the members bucket could not be set up.
+    #[error("cluster setup: {0}")]
+    Setup(String),
+}

@@ -1,0 +1,182 @@
+//! Acks and replies over NATS, behind the link's client type ([`crate::link::MqttClient::Nats`]):
+//! the rest of the engine acks a JetStream message and publishes to a device exactly as it does
+//! over MQTT. A JetStream message is acknowledged by publishing `+ACK` to its reply subject; the
+//! link's packet id names a slot holding that subject. Replies to devices go to the subject of
+//! their MQTT topic: a plain publish, which NATS's MQTT listener delivers at QoS 0 to every
+//! connected subscriber (`reply_qos = 0`, the default), or a store in `$MQTT_msgs` with the
+//! `Nmqtt-Pub: 1` header, which reaches a device's persistent QoS 1 session, also while it is
+//! offline (`reply_qos = 1`; a clean-session subscriber does not get these).
+//!
+//! One writer task owns the NATS connection's publishes. Its queue is unbounded but bounded in
+//! practice: an ack per delivered message (at most `max_ack_pending` per partition) and a reply
+//! per device message.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::subjects::{reply_subject, topic_to_subject};
+
+/// What the writer publishes.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A reply or command to a device, by MQTT topic.
+    Publish {
+        /// The device's topic (`{prefix}/{device_id}/ack`).
+        topic: String,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// The ack of one JetStream message, to its reply subject.
+    Ack(String),
+}
+
+/// The NATS side of a link: its writer, and the ack slots of one partition's consumer.
+#[derive(Clone, Debug)]
+pub struct NatsClient {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    slots: Option<Arc<AckSlots>>,
+}
+
+/// The writer task is gone (the engine is stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("the NATS writer has stopped")]
+pub struct WriterGone;
+
+impl NatsClient {
+    /// A client that publishes through `tx`; `slots` when it acks a partition's messages.
+    pub fn new(tx: mpsc::UnboundedSender<Outgoing>, slots: Option<Arc<AckSlots>>) -> Self {
+        Self { tx, slots }
+    }
+
+    /// Acks the message in slot `pkid` (nothing when the slot is empty: already acked).
+    pub fn ack(&self, pkid: u16) -> Result<(), WriterGone> {
+        let Some(subject) = self.slots.as_ref().and_then(|s| s.take(pkid)) else {
+            return Ok(());
+        };
+        self.tx.send(Outgoing::Ack(subject)).map_err(|_| WriterGone)
+    }
+
+    /// Publishes to a device's topic.
+    pub fn publish(&self, topic: String, payload: Bytes) -> Result<(), WriterGone> {
+        self.tx
+            .send(Outgoing::Publish { topic, payload })
+            .map_err(|_| WriterGone)
+    }
+}
+
+/// The reply subjects of a partition's unacknowledged messages, by a 16-bit slot number (the
+/// link's packet id). `max_ack_pending` keeps far fewer than 65,535 in use.
+#[derive(Debug)]
+pub struct AckSlots {
+    inner: Mutex<SlotTable>,
+}
+
+#[derive(Debug)]
+struct SlotTable {
+    next: u16,
+    used: usize,
+    subjects: Vec<Option<String>>,
+}
+
+impl Default for AckSlots {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(SlotTable {
+                next: 0,
+                used: 0,
+                subjects: vec![None; 1 << 16],
+            }),
+        }
+    }
+}
+
+impl AckSlots {
+    /// Keeps `reply` and answers its slot (1..=65535); `None` when every slot is taken.
+    pub fn put(&self, reply: String) -> Option<u16> {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if t.used >= usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            t.next = t.next.wrapping_add(1).max(1);
+            let i = usize::from(t.next);
+            if t.subjects[i].is_none() {
+                t.subjects[i] = Some(reply);
+                t.used += 1;
+                return Some(t.next);
+            }
+        }
+    }
+
+    /// Takes the reply subject out of slot `pkid`.
+    pub fn take(&self, pkid: u16) -> Option<String> {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let s = t.subjects[usize::from(pkid)].take();
+        if s.is_some() {
+            t.used -= 1;
+        }
+        s
+    }
+
+    /// Forgets every slot (the partition was released: JetStream redelivers those).
+    pub fn clear(&self) {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        t.subjects.iter_mut().for_each(|s| *s = None);
+        t.used = 0;
+    }
+}
+
+/// Publishes what the links queue, in order, until every sender is gone; replies at `reply_qos`.
+pub async fn run_writer(
+    client: async_nats::Client,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    reply_qos: u8,
+) {
+    let mut qos1 = async_nats::HeaderMap::new();
+    qos1.insert("Nmqtt-Pub", "1");
+    while let Some(out) = rx.recv().await {
+        let sent = match out {
+            // Stored for the device's QoS 1 session (delivered once it is connected).
+            Outgoing::Publish { topic, payload } if reply_qos > 0 => {
+                client
+                    .publish_with_headers(reply_subject(&topic), qos1.clone(), payload)
+                    .await
+            }
+            Outgoing::Publish { topic, payload } => {
+                client.publish(topic_to_subject(&topic), payload).await
+            }
+            Outgoing::Ack(subject) => client.publish(subject, Bytes::from_static(b"+ACK")).await,
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "NATS publish failed (an ack is redelivered, a reply resent by the device)");
+        }
+    }
+    let _ = client.flush().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_taken_once_and_slots_are_reused_after_the_wrap() {
+        let s = AckSlots::default();
+        let a = s.put("$JS.ACK.a".into()).unwrap();
+        let b = s.put("$JS.ACK.b".into()).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(s.take(a).as_deref(), Some("$JS.ACK.a"));
+        assert_eq!(s.take(a), None, "an ack goes once");
+        for i in 0..70_000u32 {
+            let p = s.put(format!("r{i}")).unwrap();
+            assert_ne!(p, 0);
+            assert_eq!(s.take(p).as_deref(), Some(format!("r{i}").as_str()));
+        }
+        assert_eq!(
+            s.take(b).as_deref(),
+            Some("$JS.ACK.b"),
+            "a held slot is never reused"
+        );
+    }
+}
