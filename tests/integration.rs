@@ -8,6 +8,7 @@ mod common;
 mod admin;
 mod alerts;
 mod broker_restarts;
+mod cluster;
 mod compat;
 mod compose;
 mod console;

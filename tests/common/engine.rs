@@ -35,6 +35,8 @@ pub struct Options {
     pub objects_extra: String,
     /// Environment variables for the engine process (e.g. `FLEETFLOW_SECRET_KEY`).
     pub env: Vec<(String, String)>,
+    /// The topic prefix (default: a random one per engine).
+    pub prefix: Option<String>,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             s3_endpoint: None,
             objects_extra: String::new(),
             env: Vec::new(),
+            prefix: None,
         }
     }
 }
@@ -78,7 +81,10 @@ impl TestEnv {
             None => create_database(&services.pg_url).await,
         };
         let dir = tempfile::tempdir().unwrap();
-        let prefix = format!("t{}", random_hex(10));
+        let prefix = opts
+            .prefix
+            .clone()
+            .unwrap_or_else(|| format!("t{}", random_hex(10)));
 
         let port = free_port();
         let objects_dir = dir.path().join("objects");

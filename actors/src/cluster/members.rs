@@ -1,5 +1,5 @@
 //! The members bucket and the ownership loop. Every `member_ttl / 4` the instance renews its
-//! entry in the `{stream}_members` KV bucket (entries expire after `member_ttl`), lists the live
+//! entry in the `{root}_{prefix}_members` KV bucket (entries expire after `member_ttl`), lists the live
 //! members and starts or releases partitions to match the assignment. A release runs beside the
 //! loop: it drains, stops the partition's device actors and unpins the consumer for the next
 //! owner.
@@ -218,8 +218,12 @@ impl Owner {
     }
 
     async fn try_setup(&self, js: &jetstream::Context) -> Result<Setup, ClusterError> {
-        let (stream, consumers) = stream::ensure(js, &self.cfg).await?;
-        let bucket = format!("{}_members", self.cfg.subject_root);
+        let (stream, consumers) = stream::ensure(js, &self.cfg, &self.prefix).await?;
+        let bucket = format!(
+            "{}_{}_members",
+            self.cfg.subject_root,
+            subjects::name_part(&self.prefix)
+        );
         let members = match js.get_key_value(&bucket).await {
             Ok(kv) => kv,
             Err(_) => js
@@ -319,7 +323,7 @@ impl Owner {
         let router = self.router.clone();
         let stream = s.stream.clone();
         let instance = self.cfg.instance_id.clone();
-        let name = stream::consumer_name(&self.cfg, p);
+        let name = stream::consumer_name(&self.cfg, &self.prefix, p);
         async move {
             let Some(r) = running else { return };
             let _ = r.stop.send(true);

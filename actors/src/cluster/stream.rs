@@ -11,21 +11,21 @@ use async_nats::jetstream::consumer::{
 use async_nats::jetstream::Context;
 
 use super::partition::GROUP;
-use super::subjects::partition_filter;
+use super::subjects::{name_part, partition_filter};
 use super::ClusterError;
 use crate::config::ClusterConfig;
 
-/// A partition consumer's durable name.
-pub fn consumer_name(cfg: &ClusterConfig, partition: u32) -> String {
-    format!("{}-p{partition}", cfg.subject_root)
+/// A partition consumer's durable name: one set of consumers per fleet prefix.
+pub fn consumer_name(cfg: &ClusterConfig, prefix: &str, partition: u32) -> String {
+    format!("{}-{}-p{partition}", cfg.subject_root, name_part(prefix))
 }
 
 /// The consumer of one partition: pinned (one puller at a time), acked one by one, redelivered
 /// for ever.
-pub fn consumer_config(cfg: &ClusterConfig, partition: u32) -> pull::Config {
+pub fn consumer_config(cfg: &ClusterConfig, prefix: &str, partition: u32) -> pull::Config {
     pull::Config {
-        durable_name: Some(consumer_name(cfg, partition)),
-        filter_subject: partition_filter(&cfg.subject_root, partition),
+        durable_name: Some(consumer_name(cfg, prefix, partition)),
+        filter_subject: partition_filter(&cfg.subject_root, partition, prefix),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
         ack_wait: Duration::from_millis(cfg.ack_wait_ms),
@@ -43,6 +43,7 @@ pub fn consumer_config(cfg: &ClusterConfig, partition: u32) -> pull::Config {
 pub async fn ensure(
     js: &Context,
     cfg: &ClusterConfig,
+    prefix: &str,
 ) -> Result<(async_nats::jetstream::stream::Stream, Vec<PullConsumer>), ClusterError> {
     let stream = js.get_stream(&cfg.stream).await.map_err(|e| {
         ClusterError::Setup(format!(
@@ -53,9 +54,11 @@ pub async fn ensure(
     let mut consumers = Vec::with_capacity(cfg.partitions as usize);
     for p in 0..cfg.partitions {
         let c = stream
-            .create_consumer(consumer_config(cfg, p))
+            .create_consumer(consumer_config(cfg, prefix, p))
             .await
-            .map_err(|e| ClusterError::Setup(format!("consumer {}: {e}", consumer_name(cfg, p))))?;
+            .map_err(|e| {
+                ClusterError::Setup(format!("consumer {}: {e}", consumer_name(cfg, prefix, p)))
+            })?;
         consumers.push(c);
     }
     Ok((stream, consumers))

@@ -41,9 +41,26 @@ pub fn stored_device(subject: &str, lead: usize, prefix_tokens: usize) -> Option
     subject.split('.').nth(lead + prefix_tokens)
 }
 
-/// The filter of one partition's consumer.
-pub fn partition_filter(root: &str, partition: u32) -> String {
-    format!("{MQTT_MSGS}.{root}.{partition}.>")
+/// The filter of one partition's consumer: that partition of one prefix's fleet.
+pub fn partition_filter(root: &str, partition: u32, prefix: &str) -> String {
+    format!(
+        "{MQTT_MSGS}.{root}.{partition}.{}.>",
+        topic_to_subject(prefix)
+    )
+}
+
+/// A prefix as a part of a consumer or bucket name (letters, digits, `-` and `_` only).
+pub fn name_part(prefix: &str) -> String {
+    prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// How many subject tokens the prefix takes.
@@ -103,7 +120,8 @@ mod tests {
         assert_eq!(stored_device(stored, lead, 1), Some("d1"));
         assert_eq!(stored_to_topic("$MQTT.msgs.ff.7", lead), None);
         assert_eq!(reply_subject("p/d1/ack"), "$MQTT.msgs.p.d1.ack");
-        assert_eq!(partition_filter("ff", 5), "$MQTT.msgs.ff.5.>");
+        assert_eq!(partition_filter("ff", 5, "a/b"), "$MQTT.msgs.ff.5.a.b.>");
+        assert_eq!(name_part("a/b.c"), "a_b_c");
     }
 
     #[test]

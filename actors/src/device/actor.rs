@@ -313,11 +313,13 @@ impl Actor for DeviceActor {
         ctx.set_mailbox_capacity(self.deps.devices.mailbox_capacity);
         metrics::gauge!(m::DEVICE_ACTORS).increment(1.0);
         metrics::counter!(m::DEVICE_ACTORS_SPAWNED_TOTAL).increment(1);
+        tracing::debug!(device = %self.core.id(), generation = self.generation, "device actor started");
         self.schedule_idle_check(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         metrics::gauge!(m::DEVICE_ACTORS).decrement(1.0);
+        tracing::debug!(device = %self.core.id(), generation = self.generation, "device actor stopped");
     }
 }
 
