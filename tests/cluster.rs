@@ -193,12 +193,15 @@ async fn wait_for(env: &TestEnv, sql: &str, want: i64, within: Duration) {
     }
 }
 
+/// An instance's name, its log, and when it was killed (if it was).
+type InstanceLog = (String, String, Option<DateTime<Utc>>);
+/// An actor's life: the instance, from, to.
+type Life = (String, DateTime<Utc>, DateTime<Utc>);
+
 /// Per device, the intervals its actor lived on each instance (from the engines' debug logs;
-/// `ended` closes those of a killed instance).
-fn actor_lives(
-    logs: &[(String, String, Option<DateTime<Utc>>)],
-) -> HashMap<String, Vec<(String, DateTime<Utc>, DateTime<Utc>)>> {
-    let mut out: HashMap<String, Vec<(String, DateTime<Utc>, DateTime<Utc>)>> = HashMap::new();
+/// the kill time closes those of a killed instance).
+fn actor_lives(logs: &[InstanceLog]) -> HashMap<String, Vec<Life>> {
+    let mut out: HashMap<String, Vec<Life>> = HashMap::new();
     for (instance, log, ended) in logs {
         let end_of_log = ended.unwrap_or_else(Utc::now);
         let mut open: HashMap<String, DateTime<Utc>> = HashMap::new();
