@@ -113,8 +113,9 @@ fn device(d: usize) -> String {
 }
 
 /// Publishes at QoS 1 over MQTT 3.1.1 through the NATS nodes (one connection per node, each
-/// device always on the same one) and waits for every PUBACK; `on_half` runs once half of them
-/// are acknowledged.
+/// device always on the same one) and waits until every message was acknowledged; `on_half`
+/// runs once half of them are. A connection that fails moves to the next node and publishes
+/// again what was not acknowledged (as a device does; the database keeps one row per reading).
 async fn publish(msgs: Vec<(String, Vec<u8>)>, mut on_half: impl FnMut()) {
     let ports = mqtt_ports();
     let mut lanes: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); ports.len()];
@@ -129,40 +130,13 @@ async fn publish(msgs: Vec<(String, Vec<u8>)>, mut on_half: impl FnMut()) {
     let total: usize = lanes.iter().map(Vec::len).sum();
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut tasks = Vec::new();
-    for (port, lane) in ports.into_iter().zip(lanes) {
-        let acked_tx = acked_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut o = MqttOptions::new(format!("pub-{}", random_hex(6)), "127.0.0.1", port);
-            o.set_keep_alive(Duration::from_secs(30));
-            o.set_inflight(100);
-            let (client, mut ev) = AsyncClient::new(o, 200);
-            let n = lane.len();
-            let sender = tokio::spawn(async move {
-                for (topic, body) in lane {
-                    client
-                        .publish(topic, QoS::AtLeastOnce, false, body)
-                        .await
-                        .unwrap();
-                }
-                client
-            });
-            let mut acked = 0;
-            while acked < n {
-                match tokio::time::timeout(Duration::from_secs(30), ev.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
-                        acked += 1;
-                        let _ = acked_tx.send(());
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => panic!("publisher on port {port}: {e}"),
-                    Err(_) => {
-                        panic!("publisher on port {port}: no PUBACK for 30 s ({acked} of {n})")
-                    }
-                }
-            }
-            let client = sender.await.unwrap();
-            let _ = client.disconnect().await;
-        }));
+    for (i, lane) in lanes.into_iter().enumerate() {
+        tasks.push(tokio::spawn(publish_lane(
+            ports.clone(),
+            i,
+            lane,
+            acked_tx.clone(),
+        )));
     }
     drop(acked_tx);
     let mut acked = 0;
@@ -174,10 +148,96 @@ async fn publish(msgs: Vec<(String, Vec<u8>)>, mut on_half: impl FnMut()) {
             on_half();
         }
     }
+    let mut failovers = 0;
     for t in tasks {
-        t.await.unwrap();
+        failovers += t.await.unwrap();
     }
     assert_eq!(acked, total, "every message acknowledged by NATS");
+    if failovers > 0 {
+        eprintln!("publishers failed over {failovers} times");
+    }
+}
+
+/// One connection's messages, through `ports[first]` and the next nodes when one fails;
+/// answers how many times it moved.
+async fn publish_lane(
+    ports: Vec<u16>,
+    first: usize,
+    lane: Vec<(String, Vec<u8>)>,
+    acked_tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> usize {
+    let mut left: Vec<(String, Vec<u8>)> = lane;
+    let mut node = first;
+    let mut moves = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !left.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} messages never acknowledged",
+            left.len()
+        );
+        let port = ports[node % ports.len()];
+        let mut o = MqttOptions::new(format!("pub-{}", random_hex(6)), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_inflight(100);
+        let (client, mut ev) = AsyncClient::new(o, 200);
+        let batch = std::mem::take(&mut left);
+        let sender = {
+            let client = client.clone();
+            let batch = batch.clone();
+            tokio::spawn(async move {
+                for (topic, body) in batch {
+                    if client
+                        .publish(topic, QoS::AtLeastOnce, false, body)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+        };
+        // pkid of each published message, in order; acked ones are dropped from `pending`.
+        let mut sent = 0usize;
+        let mut pending: HashMap<u16, usize> = HashMap::new();
+        let mut acked = vec![false; batch.len()];
+        let mut done = 0;
+        let failed = loop {
+            if done == batch.len() {
+                break false;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid)))) => {
+                    pending.insert(pkid, sent);
+                    sent += 1;
+                }
+                Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
+                    if let Some(i) = pending.remove(&a.pkid) {
+                        if !acked[i] {
+                            acked[i] = true;
+                            done += 1;
+                            let _ = acked_tx.send(());
+                        }
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break true,
+            }
+        };
+        sender.abort();
+        let _ = client.try_disconnect();
+        if failed {
+            left = batch
+                .into_iter()
+                .zip(acked)
+                .filter(|(_, a)| !a)
+                .map(|(m, _)| m)
+                .collect();
+            node += 1;
+            moves += 1;
+        }
+    }
+    moves
 }
 
 /// Waits until `sql` answers `want`.
@@ -356,4 +416,73 @@ async fn three_instances_share_a_fleet_and_survive_a_kill_and_a_join() {
         "no device changed instance: the check above proved nothing"
     );
     eprintln!("{moved} devices changed instance, never two live actors at once");
+}
+
+/// Runs `scripts/services <verb> <node>`.
+fn services(verb: &str, node: &str) {
+    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services"))
+        .args([verb, node])
+        .output()
+        .expect("scripts/services");
+    assert!(
+        out.status.success(),
+        "scripts/services {verb} {node}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the node again when the test ends, passed or not.
+struct Restart(&'static str);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        services("nats-start", self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_node_killed_mid_stream_loses_nothing_acknowledged_and_ingest_goes_on() {
+    let prefix = format!("n{}", random_hex(8));
+    let e0 = engine("n0", &prefix, None).await;
+    let e1 = engine("n1", &prefix, Some(e0.db_url.clone())).await;
+    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    let _restart = Restart("n2");
+
+    let readings = "SELECT count(*) FROM sensor_readings WHERE seq IS NOT NULL";
+    publish(phase(&prefix, 1, 20, true), || services("nats-kill", "n2")).await;
+    wait_for(
+        &e0,
+        readings,
+        (DEVICES * 20) as i64,
+        Duration::from_secs(90),
+    )
+    .await;
+    wait_for(
+        &e0,
+        "SELECT count(*) FROM captures WHERE ingest_status = 'stored'",
+        (DEVICES / 10) as i64,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // With the node still down, ingest goes on (its devices connect to the others).
+    publish(phase(&prefix, 21, 5, false), || {}).await;
+    wait_for(
+        &e0,
+        readings,
+        (DEVICES * 25) as i64,
+        Duration::from_secs(60),
+    )
+    .await;
+    let distinct = e0
+        .scalar_i64(
+            "SELECT count(DISTINCT (device_id, seq)) FROM sensor_readings WHERE seq IS NOT NULL",
+        )
+        .await;
+    assert_eq!(
+        distinct,
+        (DEVICES * 25) as i64,
+        "one row per acknowledged reading"
+    );
+    assert_eq!(settled(&[&e0, &e1], Duration::from_secs(10)).await.len(), 2);
 }
