@@ -609,7 +609,8 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub reply_qos: u8,
     /// How long a released partition's messages in flight may take to become durable before its
-    /// device actors stop, in ms. Default 5000.
+    /// device actors stop, in ms; at most half of `pin_timeout_ms` (the pin must outlive the
+    /// drain, or the next owner could start while this one's actors still live). Default 2000.
     #[serde(default = "default_drain_ms")]
     pub drain_ms: u64,
 }
@@ -651,7 +652,7 @@ fn default_pin_timeout_ms() -> u64 {
     5000
 }
 fn default_drain_ms() -> u64 {
-    5000
+    2000
 }
 
 impl Default for ClusterConfig {

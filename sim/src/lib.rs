@@ -85,7 +85,7 @@ impl Firmware {
         match self {
             Self::V1 => DeviceKind::V1,
             Self::Gxp => DeviceKind::Gxp,
-            Self::Mixed if n % 2 == 0 => DeviceKind::Gxp,
+            Self::Mixed if n.is_multiple_of(2) => DeviceKind::Gxp,
             Self::Mixed => DeviceKind::V1,
         }
     }

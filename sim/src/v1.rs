@@ -84,7 +84,7 @@ fn send_chunk(cx: &mut Ctx<'_>, device: &str, capture_id: &str, i: usize) {
     let binary = match cfg.chunk_form {
         ChunkForm::Binary => true,
         ChunkForm::Json => false,
-        ChunkForm::Mixed => i % 2 == 0,
+        ChunkForm::Mixed => i.is_multiple_of(2),
     };
     let (topic, payload) = if binary {
         (

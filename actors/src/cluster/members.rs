@@ -302,7 +302,9 @@ impl Owner {
             lead: subjects::lead_tokens(&self.cfg.subject_root),
             prefix_tokens: subjects::prefix_tokens(&self.prefix),
             pull_expiry: Duration::from_millis(self.cfg.pin_timeout_ms / 3),
-            drain: Duration::from_millis(self.cfg.drain_ms),
+            // The pin outlives the last pull by at least two thirds of its timeout: the drain
+            // ends before it, so the next owner cannot start while these actors live.
+            drain: Duration::from_millis(self.cfg.drain_ms.min(self.cfg.pin_timeout_ms / 2)),
             devices: HashSet::new(),
         };
         let (stop, stop_rx) = watch::channel(false);

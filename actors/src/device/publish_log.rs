@@ -121,7 +121,7 @@ fn row(
 
 /// Whether item `n` of a 1-in-`every` sample is logged (0 or 1: every one).
 fn sampled(n: u64, every: u32) -> bool {
-    every <= 1 || n % u64::from(every) == 0
+    every <= 1 || n.is_multiple_of(u64::from(every))
 }
 
 /// A `/data` payload: a GXP chunk (sampled, without its data), a reading (sampled by `seq`), or

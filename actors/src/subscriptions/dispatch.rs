@@ -405,7 +405,7 @@ impl Dispatcher {
     ) {
         metrics::counter!(m::ERRORS_TOTAL, "code" => code.label()).increment(1);
         self.admitted += 1;
-        if self.admitted % 1024 == 0 {
+        if self.admitted.is_multiple_of(1024) {
             self.errors.prune(Instant::now().into_std());
         }
         match self
