@@ -16,9 +16,12 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use common::engine::{Options, TestEnv};
 use common::services::random_hex;
+use fleetflow_sim::gxp::wire as gxp_wire;
 
 const DEVICES: usize = 300;
 const PARTITIONS: f64 = 32.0;
+/// Captures of phase A: one v1 and one GXP from every tenth device.
+const CAPTURES: i64 = (DEVICES / 10 * 2) as i64;
 
 fn nats_urls() -> String {
     std::env::var("FLEETFLOW_TEST_NATS_URLS").unwrap_or_else(|_| {
@@ -80,7 +83,8 @@ fn jpeg() -> Vec<u8> {
 }
 
 /// The messages of one phase: `per_device` readings (seq from `first_seq`) for every device,
-/// and, when `captures`, one v1 capture (metadata and two binary chunks) for every tenth.
+/// and, when `captures`, a capture from every tenth device in each format: fleetflow v1
+/// (metadata and two binary chunks) and the GXP firmware's (metadata and base64 JSON chunks).
 fn phase(prefix: &str, first_seq: u64, per_device: u64, captures: bool) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for seq in first_seq..first_seq + per_device {
@@ -91,6 +95,30 @@ fn phase(prefix: &str, first_seq: u64, per_device: u64, captures: bool) -> Vec<(
     }
     if captures {
         let image = jpeg();
+        // GXP firmware captures: flat metadata, then base64 JSON chunks, all on /data.
+        for d in (5..DEVICES).step_by(10) {
+            let id = device(d);
+            let name = format!("image_{first_seq:06}.jpg");
+            let meta = gxp_wire::metadata(&gxp_wire::Meta {
+                device_id: &id,
+                image_name: &name,
+                captured_at: "2026-11-29T08:00:00Z",
+                image_size: image.len(),
+                chunk_size: 256,
+                location: "test",
+                sensors: gxp_wire::Sensors {
+                    temperature: 21.0,
+                    humidity: 40.0,
+                    pressure: 1000.0,
+                    gas_resistance_ohm: 10_000.0,
+                },
+            });
+            out.push((format!("{prefix}/{id}/data"), meta.to_vec()));
+            for (i, part) in image.chunks(256).enumerate() {
+                let c = gxp_wire::chunk(&id, &name, i, 256, part);
+                out.push((format!("{prefix}/{id}/data"), c.to_vec()));
+            }
+        }
         for d in (0..DEVICES).step_by(10) {
             let id = device(d);
             let meta = format!(
@@ -240,6 +268,51 @@ async fn publish_lane(
     moves
 }
 
+/// Listens on `{prefix}/+/ack` through a NATS node's MQTT listener; answers the devices that got
+/// an ACK_OK (both formats name it `ACK_OK`).
+async fn ack_listener(
+    prefix: &str,
+) -> std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>> {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let port = mqtt_ports()[0];
+    let mut o = MqttOptions::new(format!("acks-{}", random_hex(6)), "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut ev) = AsyncClient::new(o, 10);
+    client
+        .subscribe(format!("{prefix}/+/ack"), QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let seen = got.clone();
+    tokio::spawn(async move {
+        let _client = client;
+        while let Ok(e) = ev.poll().await {
+            match e {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    seen.lock().unwrap().insert(String::new());
+                }
+                Event::Incoming(Packet::Publish(p))
+                    if p.payload.windows(6).any(|w| w == b"ACK_OK") =>
+                {
+                    let device = p.topic.split('/').nth(1).unwrap_or_default().to_string();
+                    seen.lock().unwrap().insert(device);
+                }
+                _ => {}
+            }
+        }
+    });
+    // Subscribed before anything is sent (the empty name marks the SUBACK).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.lock().unwrap().contains("") {
+        assert!(
+            Instant::now() < deadline,
+            "no SUBACK from NATS's MQTT listener"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    got.lock().unwrap().remove("");
+    got
+}
+
 /// Waits until `sql` answers `want`.
 async fn wait_for(env: &TestEnv, sql: &str, want: i64, within: Duration) {
     let deadline = Instant::now() + within;
@@ -307,6 +380,7 @@ async fn three_instances_share_a_fleet_and_survive_a_kill_and_a_join() {
     eprintln!("partitions owned by e0, e1, e2: {owned:?}");
 
     // Phase A: readings and captures, all instances up.
+    let acks = ack_listener(&prefix).await;
     publish(phase(&prefix, 1, 10, true), || {}).await;
     let readings = "SELECT count(*) FROM sensor_readings WHERE seq IS NOT NULL";
     wait_for(
@@ -319,10 +393,20 @@ async fn three_instances_share_a_fleet_and_survive_a_kill_and_a_join() {
     wait_for(
         &e0,
         "SELECT count(*) FROM captures WHERE ingest_status = 'stored'",
-        (DEVICES / 10) as i64,
+        CAPTURES,
         Duration::from_secs(60),
     )
     .await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (acks.lock().unwrap().len() as i64) < CAPTURES {
+        assert!(
+            Instant::now() < deadline,
+            "ACK_OK reached {} of {CAPTURES} capturing devices",
+            acks.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Phase B: e2 is killed halfway; the others own every partition within 10 s.
     let mut killed_at = None;
@@ -370,7 +454,7 @@ async fn three_instances_share_a_fleet_and_survive_a_kill_and_a_join() {
         .await;
     assert_eq!(distinct, (DEVICES * 25) as i64);
     let per_device = e0
-        .scalar_i64("SELECT count(*) FROM (SELECT device_id FROM sensor_readings GROUP BY device_id HAVING count(*) = 25) d")
+        .scalar_i64("SELECT count(*) FROM (SELECT device_id FROM sensor_readings WHERE seq IS NOT NULL GROUP BY device_id HAVING count(*) = 25) d")
         .await;
     assert_eq!(
         per_device, DEVICES as i64,
@@ -460,7 +544,7 @@ async fn a_nats_node_killed_mid_stream_loses_nothing_acknowledged_and_ingest_goe
     wait_for(
         &e0,
         "SELECT count(*) FROM captures WHERE ingest_status = 'stored'",
-        (DEVICES / 10) as i64,
+        CAPTURES,
         Duration::from_secs(60),
     )
     .await;
