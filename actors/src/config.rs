@@ -618,14 +618,26 @@ pub struct ClusterConfig {
 fn default_nats_urls() -> String {
     "nats://127.0.0.1:4222".into()
 }
+/// The host name (with any character a member key cannot hold made `-`) and the process id.
 fn default_instance_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    let host = host.trim();
-    format!(
-        "{}-{}",
-        if host.is_empty() { "fleetflow" } else { host },
-        std::process::id()
-    )
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let host = if host.is_empty() {
+        "fleetflow".to_string()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
 }
 fn default_stream() -> String {
     "$MQTT_msgs".into()

@@ -86,6 +86,12 @@ impl AckToken {
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
+
+    /// Cluster mode: the message's partition was released since it arrived (JetStream
+    /// redelivers it to the partition's next owner, so it must not start a device actor here).
+    pub fn is_released(&self) -> bool {
+        self.link.is_partition() && self.epoch != self.link.epoch()
+    }
 }
 
 impl Drop for AckToken {
@@ -98,7 +104,7 @@ impl Drop for AckToken {
                 return; // another share of this packet already counted it
             }
         }
-        self.link.leaked(self.epoch, self.seq);
+        self.link.leaked(self.epoch, self.pkid, self.seq);
     }
 }
 
@@ -216,6 +222,11 @@ impl MqttLink {
         }))
     }
 
+    /// Whether this link acks a cluster partition's JetStream messages.
+    pub fn is_partition(&self) -> bool {
+        self.0.client.as_ref().is_some_and(MqttClient::is_partition)
+    }
+
     /// Whether both handles are the same connection.
     pub fn same_connection(&self, other: &MqttLink) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
@@ -242,9 +253,15 @@ impl MqttLink {
     }
 
     /// A token of `epoch` dropped unacknowledged: counted, and its receive-order slot skipped
-    /// so that it holds back no later ack.
-    fn leaked(&self, epoch: u64, seq: u64) {
+    /// so that it holds back no later ack. In cluster mode the message is naked instead, so
+    /// that JetStream redelivers it at once.
+    fn leaked(&self, epoch: u64, pkid: u16, seq: u64) {
         let _gate = self.0.gate.read().unwrap_or_else(|e| e.into_inner());
+        if epoch == self.epoch() && self.0.client.as_ref().is_some_and(|c| c.nak(pkid)) {
+            self.0.unacked.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!(m::MQTT_ACKS_LEAKED_TOTAL).increment(1);
+            return;
+        }
         if epoch == self.epoch() {
             if let Some(o) = &self.0.order {
                 let mut o = o.lock().unwrap_or_else(|e| e.into_inner());
@@ -347,7 +364,10 @@ impl MqttLink {
         match client.ack(pkid) {
             Ok(()) => {
                 let left = self.0.unacked.fetch_sub(1, Ordering::AcqRel) - 1;
-                metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
+                if !client.is_partition() {
+                    // One MQTT connection's window; cluster partitions have their own bound.
+                    metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
+                }
                 true
             }
             Err(e) => {

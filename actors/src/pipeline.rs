@@ -141,8 +141,8 @@ fn gone(part: &'static str) -> impl FnOnce(MailboxError) -> PipelineError {
 }
 
 impl Pipeline {
-    /// Starts the data path; must run inside an actix `System`. Fails only on bad `[mqtt]`
-    /// settings for the command publisher.
+    /// Starts the data path; must run inside an actix `System`. Fails on bad `[mqtt]`
+    /// settings for the command publisher, or bad `[cluster]` settings.
     pub fn start(s: PipelineSettings) -> Result<RunningPipeline, StartError> {
         let clustered = s.cluster.enabled;
         let publisher = if clustered {
@@ -362,7 +362,13 @@ impl RunningPipeline {
     /// in time; what was not acknowledged is redelivered by the broker.
     pub async fn shutdown(mut self, deadline: tokio::time::Instant) -> bool {
         let _ = self.control.send(ManagerControl::Drain);
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         if let Some(c) = self.cluster.take() {
+            // Uploads under way write their captures rows and answer ACK_OK while their device
+            // actors still live; releasing the partitions stops those actors.
+            if !matches!(self.handle.objects_idle(left()).await, Ok(true)) {
+                tracing::warn!("object uploads still running when the partitions are released");
+            }
             // Stops pulling, drains each partition's messages into durable rows, stops its
             // device actors and hands the partitions over (within `cluster.drain_ms`).
             if tokio::time::timeout_at(deadline, c.stop()).await.is_err() {
@@ -372,7 +378,6 @@ impl RunningPipeline {
             }
         }
         let p = &self.handle;
-        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut clean = true;
         // Uploads under way finish while their device actors still live (they write the
         // captures rows and answer ACK_OK), then again after the mailboxes drained.

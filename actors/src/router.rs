@@ -432,6 +432,12 @@ impl Handler<RawPublish> for DeviceRouter {
 
 impl DeviceRouter {
     fn route(&mut self, msg: RawPublish, ctx: &mut Context<Self>) {
+        if msg.ack.as_ref().is_some_and(AckToken::is_released) {
+            // Its partition moved while it queued: the new owner gets it again from JetStream,
+            // and no actor may start for its device here.
+            hot_counter!(m::CLUSTER_RELEASED_MESSAGES_TOTAL).increment(1);
+            return;
+        }
         let parsed = match msg.reply_route.topics.parse(&msg.topic) {
             Ok(p) => p,
             Err(e) => return self.reject(msg, e, ctx),
@@ -645,9 +651,8 @@ impl Handler<ReleaseDevices> for DeviceRouter {
             .collect();
         Box::pin(async move {
             let n = addrs.len();
-            for a in addrs {
-                let _ = a.send(Stop).await;
-            }
+            // All at once: each finishes its mailbox, and the partition's pin is running out.
+            futures::future::join_all(addrs.iter().map(|a| a.send(Stop))).await;
             n
         })
     }

@@ -2,6 +2,9 @@
 //! first message (a status) is stored and acknowledged, counted by the test binary's allocator
 //! (`common::alloc_count`). Everything the device brings in is counted: its actor and mailbox,
 //! its timer, the router's entry and owner binding. Issue 15's target is 2 KiB or less.
+//!
+//! The count is the whole process's: it holds because nextest runs each test in a process of its
+//! own (`scripts/test`); under `cargo test`, other tests' threads would move it.
 
 use crate::common;
 

@@ -541,6 +541,10 @@ mod tests {
         let one_pass = r#"{"type":"reading","seq":7,"temperature_c":21.5,"x":[1]}"#;
         let general = r#"{ "type": "reading", "seq": 7, "temperature_c": 21.5, "x": [1] }"#;
         assert!(one_pass.as_bytes().starts_with(READING_PREFIX));
+        assert!(
+            reading_in_one_pass(one_pass.as_bytes()).is_some(),
+            "the one-pass path takes it"
+        );
         assert!(!general.as_bytes().starts_with(READING_PREFIX));
         assert_eq!(data(one_pass).unwrap(), data(general).unwrap());
         // Errors come from the general path, with its messages.

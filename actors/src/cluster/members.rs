@@ -87,6 +87,8 @@ pub fn start(s: ClusterStart) -> Result<Cluster, ClusterError> {
         tx,
         connected: connected.clone(),
         running: HashMap::new(),
+        releasing: tokio::task::JoinSet::new(),
+        releasing_parts: HashSet::new(),
     };
     let task = tokio::spawn(owner.run(rx, stop_rx));
     Ok(Cluster {
@@ -110,6 +112,11 @@ fn validate(cfg: &ClusterConfig) -> Result<(), ClusterError> {
     }
     if cfg.nats_urls.trim().is_empty() {
         return Err(ClusterError::Config("nats_urls is empty".into()));
+    }
+    if !(1..=60_000).contains(&cfg.max_ack_pending) {
+        return Err(ClusterError::Config(
+            "max_ack_pending must be 1..=60000 (acks are named by 16-bit slots)".into(),
+        ));
     }
     if cfg.member_ttl_ms < 1000 || cfg.pin_timeout_ms < 1000 {
         return Err(ClusterError::Config(
@@ -140,6 +147,10 @@ struct Owner {
     tx: mpsc::UnboundedSender<Outgoing>,
     connected: Arc<AtomicBool>,
     running: HashMap<u32, Running>,
+    /// Releases under way, by partition: a partition is not taken again before its release
+    /// (which unpins its consumer) is done.
+    releasing: tokio::task::JoinSet<u32>,
+    releasing_parts: HashSet<u32>,
 }
 
 impl Owner {
@@ -171,12 +182,18 @@ impl Owner {
                 }
             }
         }
-        let owned: Vec<u32> = self.running.keys().copied().collect();
-        let releases: Vec<_> = owned.into_iter().map(|p| self.release(p, &setup)).collect();
-        for r in releases {
-            let _ = r.await;
-        }
+        // Leave first, so that the next owners start pulling while these partitions drain.
         let _ = setup.members.delete(&self.cfg.instance_id).await;
+        let owned: Vec<u32> = self.running.keys().copied().collect();
+        for p in owned {
+            self.spawn_release(p, &setup);
+        }
+        while self.releasing.join_next().await.is_some() {}
+        // Acks queued by the drains go out before the process ends.
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.tx.send(Outgoing::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
+        }
         self.connected.store(false, Ordering::Release);
         tracing::info!(instance = %self.cfg.instance_id, "cluster mode: left");
     }
@@ -267,6 +284,11 @@ impl Owner {
             .into_iter()
             .collect();
         metrics::gauge!(m::CLUSTER_MEMBERS).set(members.len() as f64);
+        while let Some(done) = self.releasing.try_join_next() {
+            if let Ok(p) = done {
+                self.releasing_parts.remove(&p);
+            }
+        }
         let lost: Vec<u32> = self
             .running
             .keys()
@@ -274,10 +296,10 @@ impl Owner {
             .copied()
             .collect();
         for p in lost {
-            tokio::spawn(self.release(p, s));
+            self.spawn_release(p, s);
         }
         for p in owned {
-            if !self.running.contains_key(&p) {
+            if !self.running.contains_key(&p) && !self.releasing_parts.contains(&p) {
                 self.acquire(p, s.consumers[p as usize].clone());
             }
         }
@@ -314,33 +336,37 @@ impl Owner {
         tracing::info!(partition = p, instance = %self.cfg.instance_id, "cluster: partition acquired");
     }
 
-    /// Stops pulling `p`; the returned future drains it, stops its devices' actors and unpins
-    /// its consumer.
-    fn release(
-        &mut self,
-        p: u32,
-        s: &Setup,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let running = self.running.remove(&p);
+    /// Stops pulling `p` and, beside the loop, drains it, stops its devices' actors and unpins
+    /// its consumer. The whole release fits in the pin's lifetime (at least two thirds of
+    /// `pin_timeout_ms` after the last pull): the drain takes at most half of it, the actors'
+    /// stop at most a sixth.
+    fn spawn_release(&mut self, p: u32, s: &Setup) {
+        let Some(r) = self.running.remove(&p) else {
+            return;
+        };
+        self.releasing_parts.insert(p);
         let router = self.router.clone();
         let stream = s.stream.clone();
         let instance = self.cfg.instance_id.clone();
         let name = stream::consumer_name(&self.cfg, &self.prefix, p);
-        async move {
-            let Some(r) = running else { return };
+        let stop_within = Duration::from_millis(self.cfg.pin_timeout_ms / 6);
+        self.releasing.spawn(async move {
             let _ = r.stop.send(true);
             let devices = r.join.await.unwrap_or_default();
-            let ids: Vec<DeviceId> = devices
-                .iter()
-                .filter_map(|d| DeviceId::parse(d).ok())
-                .collect();
-            let stopped = router.send(ReleaseDevices(ids)).await.unwrap_or(0);
+            let ids: Vec<DeviceId> = devices.iter().filter_map(|d| DeviceId::parse(d).ok()).collect();
+            let stopped = match tokio::time::timeout(stop_within, router.send(ReleaseDevices(ids))).await {
+                Ok(n) => n.unwrap_or(0),
+                Err(_) => {
+                    tracing::warn!(partition = p, "device actors still stopping when the pin may lapse; the next owner may start beside them");
+                    0
+                }
+            };
             if let Err(e) = stream.unpin_consumer(&name, GROUP).await {
                 tracing::debug!(partition = p, error = %e, "unpin failed (the pin times out instead)");
             }
-            metrics::counter!(m::CLUSTER_PARTITION_MOVES_TOTAL, "direction" => "released")
-                .increment(1);
+            metrics::counter!(m::CLUSTER_PARTITION_MOVES_TOTAL, "direction" => "released").increment(1);
             tracing::info!(partition = p, instance = %instance, device_actors_stopped = stopped, "cluster: partition released");
-        }
+            p
+        });
     }
 }

@@ -11,6 +11,7 @@
 //! practice: an ack per delivered message (at most `max_ack_pending` per partition) and a reply
 //! per device message.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -30,6 +31,10 @@ pub enum Outgoing {
     },
     /// The ack of one JetStream message, to its reply subject.
     Ack(String),
+    /// A negative ack: JetStream redelivers the message now (its token was dropped).
+    Nak(String),
+    /// Answers once everything queued before it is published and flushed.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The NATS side of a link: its writer, and the ack slots of one partition's consumer.
@@ -58,6 +63,19 @@ impl NatsClient {
         self.tx.send(Outgoing::Ack(subject)).map_err(|_| WriterGone)
     }
 
+    /// Naks the message in slot `pkid`; false for a client without slots.
+    pub fn nak(&self, pkid: u16) -> bool {
+        let Some(subject) = self.slots.as_ref().and_then(|s| s.take(pkid)) else {
+            return false;
+        };
+        self.tx.send(Outgoing::Nak(subject)).is_ok()
+    }
+
+    /// Whether this client acks a partition's messages (not only publishes).
+    pub fn acks(&self) -> bool {
+        self.slots.is_some()
+    }
+
     /// Publishes to a device's topic.
     pub fn publish(&self, topic: String, payload: Bytes) -> Result<(), WriterGone> {
         self.tx
@@ -67,45 +85,31 @@ impl NatsClient {
 }
 
 /// The reply subjects of a partition's unacknowledged messages, by a 16-bit slot number (the
-/// link's packet id). `max_ack_pending` keeps far fewer than 65,535 in use.
-#[derive(Debug)]
+/// link's packet id). `max_ack_pending` (at most 60,000) keeps fewer than 65,535 in use.
+#[derive(Debug, Default)]
 pub struct AckSlots {
     inner: Mutex<SlotTable>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct SlotTable {
     next: u16,
-    used: usize,
-    subjects: Vec<Option<String>>,
-}
-
-impl Default for AckSlots {
-    fn default() -> Self {
-        Self {
-            inner: Mutex::new(SlotTable {
-                next: 0,
-                used: 0,
-                subjects: vec![None; 1 << 16],
-            }),
-        }
-    }
+    subjects: HashMap<u16, String>,
 }
 
 impl AckSlots {
     /// Keeps `reply` and answers its slot (1..=65535); `None` when every slot is taken.
     pub fn put(&self, reply: String) -> Option<u16> {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if t.used >= usize::from(u16::MAX) {
+        if t.subjects.len() >= usize::from(u16::MAX) {
             return None;
         }
         loop {
             t.next = t.next.wrapping_add(1).max(1);
-            let i = usize::from(t.next);
-            if t.subjects[i].is_none() {
-                t.subjects[i] = Some(reply);
-                t.used += 1;
-                return Some(t.next);
+            let slot = t.next;
+            if let std::collections::hash_map::Entry::Vacant(v) = t.subjects.entry(slot) {
+                v.insert(reply);
+                return Some(slot);
             }
         }
     }
@@ -113,18 +117,13 @@ impl AckSlots {
     /// Takes the reply subject out of slot `pkid`.
     pub fn take(&self, pkid: u16) -> Option<String> {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let s = t.subjects[usize::from(pkid)].take();
-        if s.is_some() {
-            t.used -= 1;
-        }
-        s
+        t.subjects.remove(&pkid)
     }
 
     /// Forgets every slot (the partition was released: JetStream redelivers those).
     pub fn clear(&self) {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        t.subjects.iter_mut().for_each(|s| *s = None);
-        t.used = 0;
+        t.subjects.clear();
     }
 }
 
@@ -148,6 +147,14 @@ pub async fn run_writer(
                 client.publish(topic_to_subject(&topic), payload).await
             }
             Outgoing::Ack(subject) => client.publish(subject, Bytes::from_static(b"+ACK")).await,
+            Outgoing::Nak(subject) => client.publish(subject, Bytes::from_static(b"-NAK")).await,
+            Outgoing::Flush(done) => {
+                if let Err(e) = client.flush().await {
+                    tracing::warn!(error = %e, "NATS flush failed");
+                }
+                let _ = done.send(());
+                continue;
+            }
         };
         if let Err(e) = sent {
             tracing::warn!(error = %e, "NATS publish failed (an ack is redelivered, a reply resent by the device)");

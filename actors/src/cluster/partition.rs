@@ -67,10 +67,14 @@ impl PartitionLoop {
             };
             loop {
                 tokio::select! {
-                    _ = stop.changed() => return self.release().await,
+                    _ = stop.changed() => {
+                        drop(msgs); // stop pulling: the pin starts to run out
+                        return self.release().await;
+                    }
                     m = msgs.next() => match m {
                         Some(Ok(m)) => {
                             if self.forward(m).await.is_break() {
+                                drop(msgs);
                                 return self.release().await;
                             }
                         }
@@ -125,7 +129,7 @@ impl PartitionLoop {
         }
     }
 
-    /// Stops pulling (the caller dropped the pull stream), waits up to `drain` for the
+    /// After the pull stream was dropped (no more pulls), waits up to `drain` for the
     /// delivered messages to be acknowledged, then moves the epoch: what is still unacked is
     /// redelivered to the next owner.
     async fn release(self) -> HashSet<String> {

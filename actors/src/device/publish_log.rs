@@ -308,6 +308,12 @@ mod tests {
                 assert_eq!(row.payload, LogPayload::Json(p));
             }
         }
+        // The hint decides, not the payload: seq 1 is left out (every 2nd), hint 2 is kept.
+        let p = Bytes::from_static(br#"{"type":"reading","seq":1}"#);
+        assert!(inbound(&cfg(), &id(), &t, &TopicKind::Data, &p, Utc::now()).is_none());
+        assert!(
+            inbound_decoded(&cfg(), &id(), &t, &TopicKind::Data, &p, Utc::now(), Some(2)).is_some()
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub enum ClientError {
     /// From the MQTT 3.1.1 client.
     #[error(transparent)]
     V311(Box<rumqttc::ClientError>),
+    /// Cluster mode: the NATS writer has stopped.
     #[error(transparent)]
     Nats(#[from] crate::cluster::WriterGone),
 }
@@ -88,6 +89,20 @@ impl MqttClient {
     }
 
     /// Queues a publish, without waiting.
+    /// Cluster mode: naks the JetStream message in slot `pkid` so that it is redelivered now;
+    /// false for MQTT clients (the broker redelivers after a reconnect).
+    pub fn nak(&self, pkid: u16) -> bool {
+        match self {
+            MqttClient::Nats(c) => c.nak(pkid),
+            _ => false,
+        }
+    }
+
+    /// Whether this client acks a cluster partition's JetStream messages.
+    pub fn is_partition(&self) -> bool {
+        matches!(self, MqttClient::Nats(c) if c.acks())
+    }
+
     pub fn publish(
         &self,
         topic: String,
