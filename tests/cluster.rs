@@ -577,3 +577,26 @@ async fn a_nats_node_killed_mid_stream_loses_nothing_acknowledged_and_ingest_goe
     // Both instances still own their partitions, with one node down.
     settled(&[&e0, &e1], Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_cannot_renew_its_membership_fences_itself_and_comes_back() {
+    let prefix = format!("f{}", random_hex(8));
+    let e0 = engine("f0", &prefix, None).await;
+    settled(&[&e0], Duration::from_secs(30)).await;
+    let _restart = (Restart("n2"), Restart("n3"));
+    // Without two of three nodes JetStream has no quorum: the member entry cannot be renewed.
+    services("nats-kill", "n2");
+    services("nats-kill", "n3");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while e0.metric("fleetflow_cluster_partitions_owned").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the instance kept its partitions without a membership"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    services("nats-start", "n2");
+    services("nats-start", "n3");
+    // The positive control: with the quorum back, it owns every partition again.
+    settled(&[&e0], Duration::from_secs(60)).await;
+}

@@ -167,6 +167,8 @@ impl Owner {
         tracing::info!(instance = %self.cfg.instance_id, stream = %self.cfg.stream, partitions = self.cfg.partitions, "cluster mode: joined");
         let every =
             Duration::from_millis(self.cfg.member_ttl_ms / 4).max(Duration::from_millis(250));
+        let ttl = Duration::from_millis(self.cfg.member_ttl_ms);
+        let mut renewed = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -175,10 +177,26 @@ impl Owner {
                 _ = tick.tick() => {}
             }
             match self.round(&setup).await {
-                Ok(()) => self.connected.store(true, Ordering::Release),
+                Ok(()) => {
+                    self.connected.store(true, Ordering::Release);
+                    renewed = tokio::time::Instant::now();
+                }
                 Err(e) => {
                     self.connected.store(false, Ordering::Release);
                     tracing::warn!(error = %e, "cluster: membership round failed");
+                    if renewed.elapsed() >= ttl && !self.running.is_empty() {
+                        // Our entry has expired: the others own these partitions now. Fence
+                        // ourselves: stop pulling and stop their actors here.
+                        tracing::warn!(
+                            partitions = self.running.len(),
+                            "cluster: membership lapsed; releasing every partition"
+                        );
+                        let owned: Vec<u32> = self.running.keys().copied().collect();
+                        for p in owned {
+                            self.spawn_release(p, &setup);
+                        }
+                        metrics::gauge!(m::CLUSTER_PARTITIONS_OWNED).set(0.0);
+                    }
                 }
             }
         }
