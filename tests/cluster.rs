@@ -19,6 +19,7 @@ use common::services::random_hex;
 use fleetflow_sim::gxp::wire as gxp_wire;
 
 const DEVICES: usize = 300;
+const TOKEN: &str = "cluster-test-admin-token";
 const PARTITIONS: f64 = 32.0;
 /// Captures of phase A: one v1 and one GXP from every tenth device.
 const CAPTURES: i64 = (DEVICES / 10 * 2) as i64;
@@ -42,7 +43,7 @@ fn mqtt_ports() -> Vec<u16> {
 
 async fn engine(instance: &str, prefix: &str, db: Option<String>) -> TestEnv {
     let extra = format!(
-        "[cluster]\nenabled = true\nnats_urls = \"{}\"\ninstance_id = \"{instance}\"\nmember_ttl_ms = 3000\npin_timeout_ms = 2000\nack_wait_ms = 4000\ndrain_ms = 2000\n",
+        "[admin]\ntoken = \"{TOKEN}\"\n[cluster]\nenabled = true\nnats_urls = \"{}\"\ninstance_id = \"{instance}\"\nmember_ttl_ms = 3000\npin_timeout_ms = 2000\nack_wait_ms = 4000\ndrain_ms = 2000\n",
         nats_urls()
     );
     TestEnv::start(Options {
@@ -599,4 +600,103 @@ async fn an_instance_that_cannot_renew_its_membership_fences_itself_and_comes_ba
     services("nats-start", "n3");
     // The positive control: with the quorum back, it owns every partition again.
     settled(&[&e0], Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_queued_on_any_instance_reaches_the_device_through_nats_and_completes() {
+    let prefix = format!("c{}", random_hex(8));
+    let e0 = engine("c0", &prefix, None).await;
+    let e1 = engine("c1", &prefix, Some(e0.db_url.clone())).await;
+    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    let id = device(7);
+    // The device: subscribed to its /ack and /cmd through a NATS node's MQTT port.
+    let mut o = MqttOptions::new(
+        format!("dev-{}", random_hex(6)),
+        "127.0.0.1",
+        mqtt_ports()[1],
+    );
+    o.set_keep_alive(Duration::from_secs(30));
+    let (dev, mut ev) = AsyncClient::new(o, 10);
+    dev.subscribe(format!("{prefix}/{id}/cmd"), QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::spawn(async move {
+        loop {
+            let e = match ev.poll().await {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("device connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                if let Ok(v) = serde_json::from_slice(&p.payload) {
+                    let _ = got_tx.send(v);
+                }
+            }
+        }
+    });
+    publish(
+        vec![(
+            format!("{prefix}/{id}/status"),
+            br#"{"status":"online"}"#.to_vec(),
+        )],
+        || {},
+    )
+    .await;
+    wait_for(
+        &e0,
+        &format!("SELECT count(*) FROM devices WHERE device_id = '{id}'"),
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    // Queued through each instance in turn: whichever owns the device, the command gets there.
+    for (n, via) in [&e0, &e1].into_iter().enumerate() {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/devices/{id}/commands", via.http))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"name": "capture_now", "args": {"n": n}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let body: serde_json::Value = r.json().await.unwrap();
+        let command_id = body["command_id"].as_str().unwrap().to_string();
+        let cmd = loop {
+            let Ok(v) = tokio::time::timeout(Duration::from_secs(15), got.recv()).await else {
+                let st = e0.scalar_i64(&format!("SELECT count(*) FROM device_commands WHERE id = '{command_id}' AND status = 'sent'")).await;
+                let m0 = e0
+                    .metric("fleetflow_mqtt_publishes_total{kind=\"command\"}")
+                    .await;
+                let m1 = e1
+                    .metric("fleetflow_mqtt_publishes_total{kind=\"command\"}")
+                    .await;
+                panic!(
+                    "the command did not reach the device (sent rows: {st}, published {m0} + {m1})"
+                );
+            };
+            let v = v.unwrap();
+            if v["type"] == "command" {
+                break v;
+            }
+        };
+        assert_eq!(cmd["command_id"], command_id.as_str());
+        assert_eq!(cmd["args"]["n"], n);
+        let result = format!(r#"{{"command_id":"{command_id}","ok":true,"detail":"done {n}"}}"#);
+        publish(
+            vec![(format!("{prefix}/{id}/cmd/result"), result.into_bytes())],
+            || {},
+        )
+        .await;
+        wait_for(
+            &e0,
+            &format!("SELECT count(*) FROM device_commands WHERE id = '{command_id}' AND status = 'succeeded'"),
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
 }
