@@ -603,7 +603,7 @@ async fn an_instance_that_cannot_renew_its_membership_fences_itself_and_comes_ba
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_command_queued_on_any_instance_reaches_the_device_through_nats_and_completes() {
+async fn any_instance_answers_for_a_device_and_a_command_queued_on_any_reaches_it_through_nats() {
     let prefix = format!("c{}", random_hex(8));
     let e0 = engine("c0", &prefix, None).await;
     let e1 = engine("c1", &prefix, Some(e0.db_url.clone())).await;
@@ -653,6 +653,20 @@ async fn a_command_queued_on_any_instance_reaches_the_device_through_nats_and_co
         Duration::from_secs(20),
     )
     .await;
+    // Either instance answers for the device's actor, wherever it lives (one of the two only
+    // through the other).
+    for via in [&e0, &e1] {
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/devices/{id}", via.http))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["actor"]["state"], "running", "{v}");
+    }
     // Queued through each instance in turn: whichever owns the device, the command gets there.
     for (n, via) in [&e0, &e1].into_iter().enumerate() {
         let r = reqwest::Client::new()

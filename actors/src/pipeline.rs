@@ -120,6 +120,8 @@ pub struct Pipeline {
     links: Links,
     connected: Arc<AtomicBool>,
     default_link: MqttLink,
+    /// Cluster mode: device state held by the other instances.
+    peers: Option<crate::cluster::DeviceQueries>,
 }
 
 /// The started runtime: the handle, plus what only shutdown touches.
@@ -191,6 +193,7 @@ impl Pipeline {
             links,
             connected,
             default_link,
+            peers: cluster.as_ref().map(|c| c.queries.clone()),
         };
         Ok(RunningPipeline {
             handle,
@@ -212,23 +215,45 @@ impl Pipeline {
         self.connected.load(Ordering::Acquire)
     }
 
-    /// A device's actor state (`None` when it has no live actor).
+    /// A device's actor state (`None` when it has no live actor here, or in cluster mode on any
+    /// instance).
     pub async fn device(&self, id: &DeviceId) -> Result<Option<DeviceSnapshot>, PipelineError> {
-        self.router
+        let local = self
+            .router
             .send(QueryDevice(id.clone()))
             .await
-            .map_err(gone("device router"))
+            .map_err(gone("device router"))?;
+        match (local, &self.peers) {
+            (Some(s), _) => Ok(Some(s)),
+            (None, Some(peers)) => Ok(peers
+                .ask(std::slice::from_ref(id))
+                .await
+                .remove(id.as_str())),
+            (None, None) => Ok(None),
+        }
     }
 
-    /// The actor state of several devices, by id (those without a live actor are left out).
+    /// The actor state of several devices, by id (those without a live actor are left out); in
+    /// cluster mode the other instances answer for the devices they hold.
     pub async fn devices(
         &self,
         ids: Vec<DeviceId>,
     ) -> Result<HashMap<String, DeviceSnapshot>, PipelineError> {
-        self.router
-            .send(QueryDevices(ids))
+        let mut found = self
+            .router
+            .send(QueryDevices(ids.clone()))
             .await
-            .map_err(gone("device router"))
+            .map_err(gone("device router"))?;
+        if let Some(peers) = &self.peers {
+            let missing: Vec<DeviceId> = ids
+                .into_iter()
+                .filter(|i| !found.contains_key(i.as_str()))
+                .collect();
+            if !missing.is_empty() {
+                found.extend(peers.ask(&missing).await);
+            }
+        }
+        Ok(found)
     }
 
     /// Forgets a device's binding to its source (its `device_owners` row was deleted).

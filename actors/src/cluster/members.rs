@@ -48,6 +48,8 @@ pub struct Cluster {
     pub publisher: MqttLink,
     /// True once the stream and the members bucket are set up, while NATS is reachable.
     pub connected: Arc<AtomicBool>,
+    /// Device state held by the other instances.
+    pub queries: super::DeviceQueries,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -77,6 +79,7 @@ pub fn start(s: ClusterStart) -> Result<Cluster, ClusterError> {
         company_id: s.company_id,
     });
     let connected = Arc::new(AtomicBool::new(false));
+    let queries = super::DeviceQueries::default();
     let (stop, stop_rx) = watch::channel(false);
     let owner = Owner {
         cfg: s.cfg,
@@ -86,6 +89,7 @@ pub fn start(s: ClusterStart) -> Result<Cluster, ClusterError> {
         route,
         tx,
         connected: connected.clone(),
+        queries: queries.clone(),
         running: HashMap::new(),
         releasing: tokio::task::JoinSet::new(),
         releasing_parts: HashSet::new(),
@@ -94,6 +98,7 @@ pub fn start(s: ClusterStart) -> Result<Cluster, ClusterError> {
     Ok(Cluster {
         publisher,
         connected,
+        queries,
         stop,
         task,
     })
@@ -146,6 +151,7 @@ struct Owner {
     route: Arc<ReplyRoute>,
     tx: mpsc::UnboundedSender<Outgoing>,
     connected: Arc<AtomicBool>,
+    queries: super::DeviceQueries,
     running: HashMap<u32, Running>,
     /// Releases under way, by partition: a partition is not taken again before its release
     /// (which unpins its consumer) is done.
@@ -159,6 +165,17 @@ impl Owner {
             return;
         };
         tokio::spawn(run_writer(client.clone(), rx, self.cfg.reply_qos));
+        let asked = format!(
+            "{}.{}.devices",
+            self.cfg.subject_root,
+            subjects::name_part(&self.prefix)
+        );
+        self.queries.connected(client.clone(), asked.clone());
+        tokio::spawn(super::queries::serve(
+            client.clone(),
+            asked,
+            self.router.clone(),
+        ));
         let js = jetstream::new(client);
         let Some(setup) = self.setup(&js, &mut stop).await else {
             return;

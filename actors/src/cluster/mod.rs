@@ -16,16 +16,19 @@
 //! - `partition`: one owned partition's pull loop and its release.
 //! - `nats_client`: acks and replies over NATS behind [`crate::link::MqttClient`].
 //! - `members`: the members bucket and the ownership loop.
+//! - `queries`: device state from whichever instance holds the actor (admin API).
 
 pub mod assign;
 mod members;
 mod nats_client;
 mod partition;
+mod queries;
 pub mod stream;
 pub mod subjects;
 
 pub use members::{start, Cluster, ClusterStart};
 pub use nats_client::{AckSlots, NatsClient, Outgoing, WriterGone};
+pub use queries::DeviceQueries;
 
 /// Why cluster mode could not start or keep going.
 #[derive(Debug, thiserror::Error)]
