@@ -316,6 +316,16 @@ async fn ack_listener(
     got
 }
 
+/// Waits until `readings` readings and `captures` stored captures are in the database.
+async fn wait_stored(env: &TestEnv, readings: usize, captures: i64, within: Duration) {
+    let sql = "SELECT count(*) FROM sensor_readings WHERE seq IS NOT NULL";
+    wait_for(env, sql, readings as i64, within).await;
+    if captures > 0 {
+        let sql = "SELECT count(*) FROM captures WHERE ingest_status = 'stored'";
+        wait_for(env, sql, captures, within).await;
+    }
+}
+
 /// Every device has readings 1..=`per_device`, each once (the unique index keeps duplicates out;
 /// this finds the missing).
 async fn every_reading_once(env: &TestEnv, per_device: i64) {
@@ -400,21 +410,7 @@ async fn three_instances_share_a_fleet_and_survive_a_kill_and_a_join() {
     // Phase A: readings and captures, all instances up.
     let acks = ack_listener(&prefix).await;
     publish(phase(&prefix, 1, 10, true), || {}).await;
-    let readings = "SELECT count(*) FROM sensor_readings WHERE seq IS NOT NULL";
-    wait_for(
-        &e0,
-        readings,
-        (DEVICES * 10) as i64,
-        Duration::from_secs(60),
-    )
-    .await;
-    wait_for(
-        &e0,
-        "SELECT count(*) FROM captures WHERE ingest_status = 'stored'",
-        CAPTURES,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_stored(&e0, DEVICES * 10, CAPTURES, Duration::from_secs(60)).await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     while (acks.lock().unwrap().len() as i64) < CAPTURES {
@@ -443,26 +439,14 @@ async fn three_instances_share_a_fleet_and_survive_a_kill_and_a_join() {
         "after the kill, e0 and e1 own {owned:?} ({:?} after it)",
         killed.elapsed()
     );
-    wait_for(
-        &e0,
-        readings,
-        (DEVICES * 20) as i64,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_stored(&e0, DEVICES * 20, 0, Duration::from_secs(60)).await;
 
     // Phase C: a new instance joins and takes its share.
     let e3 = engine("e3", &prefix, db.clone()).await;
     let owned = settled(&[&e0, &e1, &e3], Duration::from_secs(30)).await;
     eprintln!("after the join, e0, e1, e3 own {owned:?}");
     publish(phase(&prefix, 21, 5, false), || {}).await;
-    wait_for(
-        &e0,
-        readings,
-        (DEVICES * 25) as i64,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_stored(&e0, DEVICES * 25, 0, Duration::from_secs(60)).await;
 
     every_reading_once(&e0, 25).await;
 
@@ -537,36 +521,16 @@ async fn a_nats_node_killed_mid_stream_loses_nothing_acknowledged_and_ingest_goe
     settled(&[&e0, &e1], Duration::from_secs(30)).await;
     let _restart = Restart("n2");
 
-    let readings = "SELECT count(*) FROM sensor_readings WHERE seq IS NOT NULL";
     let moved = publish(phase(&prefix, 1, 20, true), || services("nats-kill", "n2")).await;
     assert!(
         moved > 0,
         "the kill reached no publisher: the check below proves nothing"
     );
-    wait_for(
-        &e0,
-        readings,
-        (DEVICES * 20) as i64,
-        Duration::from_secs(90),
-    )
-    .await;
-    wait_for(
-        &e0,
-        "SELECT count(*) FROM captures WHERE ingest_status = 'stored'",
-        CAPTURES,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_stored(&e0, DEVICES * 20, CAPTURES, Duration::from_secs(90)).await;
 
     // With the node still down, ingest goes on (its devices connect to the others).
     publish(phase(&prefix, 21, 5, false), || {}).await;
-    wait_for(
-        &e0,
-        readings,
-        (DEVICES * 25) as i64,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_stored(&e0, DEVICES * 25, 0, Duration::from_secs(60)).await;
     every_reading_once(&e0, 25).await;
     // Both instances still own their partitions, with one node down.
     settled(&[&e0, &e1], Duration::from_secs(10)).await;

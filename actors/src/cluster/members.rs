@@ -65,7 +65,10 @@ impl Cluster {
 /// Starts cluster mode: connects in the background (retrying), then owns partitions.
 pub fn start(s: ClusterStart) -> Result<Cluster, ClusterError> {
     validate(&s.cfg)?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(super::nats_client::writer_capacity(
+        s.cfg.partitions,
+        s.cfg.max_ack_pending,
+    ));
     let publisher = MqttLink::new(
         MqttClient::Nats(NatsClient::new(tx.clone(), None)),
         QoS::AtLeastOnce,
@@ -149,7 +152,7 @@ struct Owner {
     out: mpsc::Sender<RawPublish>,
     router: Addr<DeviceRouter>,
     route: Arc<ReplyRoute>,
-    tx: mpsc::UnboundedSender<Outgoing>,
+    tx: mpsc::Sender<Outgoing>,
     connected: Arc<AtomicBool>,
     queries: super::DeviceQueries,
     running: HashMap<u32, Running>,
@@ -160,7 +163,7 @@ struct Owner {
 }
 
 impl Owner {
-    async fn run(mut self, rx: mpsc::UnboundedReceiver<Outgoing>, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, rx: mpsc::Receiver<Outgoing>, mut stop: watch::Receiver<bool>) {
         let Some(client) = self.connect(&mut stop).await else {
             return;
         };
@@ -226,7 +229,7 @@ impl Owner {
         while self.releasing.join_next().await.is_some() {}
         // Acks queued by the drains go out before the process ends.
         let (done, flushed) = tokio::sync::oneshot::channel();
-        if self.tx.send(Outgoing::Flush(done)).is_ok() {
+        if self.tx.send(Outgoing::Flush(done)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
         }
         self.connected.store(false, Ordering::Release);

@@ -7,9 +7,9 @@
 //! `Nmqtt-Pub: 1` header, which reaches a device's persistent QoS 1 session, also while it is
 //! offline (`reply_qos = 1`; a clean-session subscriber does not get these).
 //!
-//! One writer task owns the NATS connection's publishes. Its queue is unbounded but bounded in
-//! practice: an ack per delivered message (at most `max_ack_pending` per partition) and a reply
-//! per device message.
+//! One writer task owns the NATS connection's publishes, from a bounded queue
+//! ([`writer_capacity`]): room for an ack of every message the partitions may hold unacknowledged,
+//! plus replies. Full, an ack fails (the message is redelivered) and a publish is refused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,18 +40,25 @@ pub enum Outgoing {
 /// The NATS side of a link: its writer, and the ack slots of one partition's consumer.
 #[derive(Clone, Debug)]
 pub struct NatsClient {
-    tx: mpsc::UnboundedSender<Outgoing>,
+    tx: mpsc::Sender<Outgoing>,
     slots: Option<Arc<AckSlots>>,
 }
 
-/// The writer task is gone (the engine is stopping).
+/// The writer's queue is full or the writer is gone (the engine is stopping).
 #[derive(Debug, thiserror::Error)]
-#[error("the NATS writer has stopped")]
+#[error("the NATS writer's queue is full or closed")]
 pub struct WriterGone;
+
+/// The writer's queue: an ack for every message `partitions` may hold unacknowledged, and as
+/// many replies and commands again on top, at least 4096.
+pub fn writer_capacity(partitions: u32, max_ack_pending: i64) -> usize {
+    let acks = partitions as usize * max_ack_pending.max(1) as usize;
+    acks + acks.max(4096)
+}
 
 impl NatsClient {
     /// A client that publishes through `tx`; `slots` when it acks a partition's messages.
-    pub fn new(tx: mpsc::UnboundedSender<Outgoing>, slots: Option<Arc<AckSlots>>) -> Self {
+    pub fn new(tx: mpsc::Sender<Outgoing>, slots: Option<Arc<AckSlots>>) -> Self {
         Self { tx, slots }
     }
 
@@ -60,7 +67,9 @@ impl NatsClient {
         let Some(subject) = self.slots.as_ref().and_then(|s| s.take(pkid)) else {
             return Ok(());
         };
-        self.tx.send(Outgoing::Ack(subject)).map_err(|_| WriterGone)
+        self.tx
+            .try_send(Outgoing::Ack(subject))
+            .map_err(|_| WriterGone)
     }
 
     /// Naks the message in slot `pkid`; false for a client without slots.
@@ -68,7 +77,7 @@ impl NatsClient {
         let Some(subject) = self.slots.as_ref().and_then(|s| s.take(pkid)) else {
             return false;
         };
-        self.tx.send(Outgoing::Nak(subject)).is_ok()
+        self.tx.try_send(Outgoing::Nak(subject)).is_ok()
     }
 
     /// Whether this client acks a partition's messages (not only publishes).
@@ -79,7 +88,7 @@ impl NatsClient {
     /// Publishes to a device's topic.
     pub fn publish(&self, topic: String, payload: Bytes) -> Result<(), WriterGone> {
         self.tx
-            .send(Outgoing::Publish { topic, payload })
+            .try_send(Outgoing::Publish { topic, payload })
             .map_err(|_| WriterGone)
     }
 }
@@ -130,7 +139,7 @@ impl AckSlots {
 /// Publishes what the links queue, in order, until every sender is gone; replies at `reply_qos`.
 pub async fn run_writer(
     client: async_nats::Client,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut rx: mpsc::Receiver<Outgoing>,
     reply_qos: u8,
 ) {
     let mut qos1 = async_nats::HeaderMap::new();

@@ -31,7 +31,13 @@ pub fn stored_to_topic(subject: &str, lead: usize) -> Option<String> {
         if i > 0 {
             out.push('/');
         }
-        out.push_str(&token.replace("//", "."));
+        // A '.' inside a level is `//`; device ids and kinds have none (no copy for those).
+        let mut parts = token.split("//");
+        out.push_str(parts.next().unwrap_or_default());
+        for p in parts {
+            out.push('.');
+            out.push_str(p);
+        }
     }
     (!out.is_empty()).then_some(out)
 }
