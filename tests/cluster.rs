@@ -31,7 +31,7 @@ fn nats_urls() -> String {
 }
 
 /// The MQTT ports of the NATS nodes.
-fn mqtt_ports() -> Vec<u16> {
+pub(crate) fn mqtt_ports() -> Vec<u16> {
     std::env::var("FLEETFLOW_TEST_NATS_MQTT_URLS")
         .unwrap_or_else(|_| {
             "mqtt://127.0.0.1:11893,mqtt://127.0.0.1:11894,mqtt://127.0.0.1:11895".into()
@@ -41,7 +41,17 @@ fn mqtt_ports() -> Vec<u16> {
         .collect()
 }
 
-async fn engine(instance: &str, prefix: &str, db: Option<String>) -> TestEnv {
+pub(crate) async fn engine(instance: &str, prefix: &str, db: Option<String>) -> TestEnv {
+    engine_with(instance, prefix, db, Options::default()).await
+}
+
+/// [`engine`], with other options besides.
+pub(crate) async fn engine_with(
+    instance: &str,
+    prefix: &str,
+    db: Option<String>,
+    opts: Options,
+) -> TestEnv {
     let extra = format!(
         "[admin]\ntoken = \"{TOKEN}\"\n[cluster]\nenabled = true\nnats_urls = \"{}\"\ninstance_id = \"{instance}\"\nmember_ttl_ms = 3000\npin_timeout_ms = 2000\nack_wait_ms = 4000\ndrain_ms = 2000\n",
         nats_urls()
@@ -50,14 +60,14 @@ async fn engine(instance: &str, prefix: &str, db: Option<String>) -> TestEnv {
         extra,
         pg_url: db,
         prefix: Some(prefix.to_string()),
-        ..Default::default()
+        ..opts
     })
     .await
 }
 
 /// Partitions each running engine owns, once their views agree (the owned sum to 32 and
 /// every one of them owns some), within `within`.
-async fn settled(engines: &[&TestEnv], within: Duration) -> Vec<f64> {
+pub(crate) async fn settled(engines: &[&TestEnv], within: Duration) -> Vec<f64> {
     let deadline = Instant::now() + within;
     loop {
         let mut owned = Vec::new();
@@ -137,7 +147,7 @@ fn phase(prefix: &str, first_seq: u64, per_device: u64, captures: bool) -> Vec<(
     out
 }
 
-fn device(d: usize) -> String {
+pub(crate) fn device(d: usize) -> String {
     format!("CC00{d:08X}")
 }
 
@@ -146,7 +156,7 @@ fn device(d: usize) -> String {
 /// runs once half of them are. A connection that fails moves to the next node and publishes
 /// again what was not acknowledged (as a device does; the database keeps one row per reading).
 /// Answers how many times a connection moved.
-async fn publish(msgs: Vec<(String, Vec<u8>)>, mut on_half: impl FnMut()) -> usize {
+pub(crate) async fn publish(msgs: Vec<(String, Vec<u8>)>, mut on_half: impl FnMut()) -> usize {
     let ports = mqtt_ports();
     let mut lanes: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); ports.len()];
     for (topic, body) in msgs {
@@ -342,7 +352,7 @@ async fn every_reading_once(env: &TestEnv, per_device: i64) {
 }
 
 /// Waits until `sql` answers `want`.
-async fn wait_for(env: &TestEnv, sql: &str, want: i64, within: Duration) {
+pub(crate) async fn wait_for(env: &TestEnv, sql: &str, want: i64, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let n = env.scalar_i64(sql).await;
@@ -355,13 +365,13 @@ async fn wait_for(env: &TestEnv, sql: &str, want: i64, within: Duration) {
 }
 
 /// An instance's name, its log, and when it was killed (if it was).
-type InstanceLog = (String, String, Option<DateTime<Utc>>);
+pub(crate) type InstanceLog = (String, String, Option<DateTime<Utc>>);
 /// An actor's life: the instance, from, to.
-type Life = (String, DateTime<Utc>, DateTime<Utc>);
+pub(crate) type Life = (String, DateTime<Utc>, DateTime<Utc>);
 
 /// Per device, the intervals its actor lived on each instance (from the engines' debug logs;
 /// the kill time closes those of a killed instance).
-fn actor_lives(logs: &[InstanceLog]) -> HashMap<String, Vec<Life>> {
+pub(crate) fn actor_lives(logs: &[InstanceLog]) -> HashMap<String, Vec<Life>> {
     let mut out: HashMap<String, Vec<Life>> = HashMap::new();
     for (instance, log, ended) in logs {
         let end_of_log = ended.unwrap_or_else(Utc::now);
