@@ -450,6 +450,9 @@ async fn three_instances_share_a_fleet_and_survive_a_kill_and_a_join() {
         killed.elapsed()
     );
     wait_stored(&e0, DEVICES * 20, 0, Duration::from_secs(60)).await;
+    let replayed = e0.metric("fleetflow_cluster_replayed_messages_total").await
+        + e1.metric("fleetflow_cluster_replayed_messages_total").await;
+    eprintln!("messages e2 left unacknowledged, read again by e0 and e1: {replayed}");
 
     // Phase C: a new instance joins and takes its share.
     let e3 = engine("e3", &prefix, db.clone()).await;

@@ -41,6 +41,8 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (CLUSTER_MEMBERS, "gauge", "Cluster mode: live engine instances in the members bucket, as this instance saw them last."),
     (CLUSTER_PARTITIONS_OWNED, "gauge", "Cluster mode: partitions this instance owns and pulls."),
     (CLUSTER_PARTITION_MOVES_TOTAL, "counter", "Cluster mode: partitions this instance acquired or released, by direction."),
+    (CLUSTER_REPLAYED_MESSAGES_TOTAL, "counter", "Cluster mode: messages read again from the stream when a partition starts pulling: those delivered to a previous owner (or era) and not acknowledged, which the partition's first cumulative ack would otherwise pass."),
+    (CLUSTER_PARTITION_RESTARTS_TOTAL, "counter", "Cluster mode: partitions restarted from their ack floor because one of their messages could not be acknowledged (its token was dropped)."),
     (CLUSTER_RELEASED_MESSAGES_TOTAL, "counter", "Cluster mode: messages of a partition released while they queued, dropped before any device actor (JetStream redelivers them to the partition's new owner)."),
     (MESSAGES_TOTAL, "counter", "Decoded device messages by kind (status, reading, capture_meta, chunk, cmd_result)."),
     (ASSEMBLIES_STARTED_TOTAL, "counter", "Captures whose assembly started."),
@@ -145,6 +147,10 @@ pub const CLUSTER_MEMBERS: &str = "fleetflow_cluster_members";
 pub const CLUSTER_PARTITIONS_OWNED: &str = "fleetflow_cluster_partitions_owned";
 /// Counter; label `direction`.
 pub const CLUSTER_PARTITION_MOVES_TOTAL: &str = "fleetflow_cluster_partition_moves_total";
+/// Counter.
+pub const CLUSTER_REPLAYED_MESSAGES_TOTAL: &str = "fleetflow_cluster_replayed_messages_total";
+/// Counter.
+pub const CLUSTER_PARTITION_RESTARTS_TOTAL: &str = "fleetflow_cluster_partition_restarts_total";
 /// Counter.
 pub const CLUSTER_RELEASED_MESSAGES_TOTAL: &str = "fleetflow_cluster_released_messages_total";
 /// Counter; label `format`.

@@ -80,9 +80,15 @@ def run(ctx, python, name, instances):
     base_cpu = [ctx.proc_stats(q.pid)["cpu_s"] for q in procs]
     deadline = time.time() + 600
     n = 0
+    last, last_t = -1, time.time()
     while time.time() < deadline:
         n = int(ctx.psql(url, R))
         if n >= sent:
+            break
+        if n != last:
+            last, last_t = n, time.time()
+        elif time.time() - last_t > 60:
+            ctx.log(f"  {name}: no progress for 60 s at {n} of {sent} readings")
             break
         time.sleep(0.5)
     cpu = sum(ctx.proc_stats(q.pid)["cpu_s"] - b for q, b in zip(procs, base_cpu))
@@ -92,6 +98,9 @@ def run(ctx, python, name, instances):
         q.wait(timeout=60)
     span = float(ctx.psql(url, "SELECT COALESCE(EXTRACT(EPOCH FROM max(created_at) - min(created_at)), 0) FROM sensor_readings WHERE seq IS NOT NULL") or 0)
     distinct = int(ctx.psql(url, "SELECT count(DISTINCT (device_id, seq)) FROM sensor_readings WHERE seq IS NOT NULL"))
+    profile = ctx.psql(url, "SELECT string_agg(c::text, ' ' ORDER BY s) FROM (SELECT date_trunc('second', created_at) s, "
+                            "count(*) c FROM sensor_readings WHERE seq IS NOT NULL GROUP BY 1) x")
+    ctx.log(f"  {name}: readings committed per second of the drain: {profile}")
     ctx.psql(ctx.ADMIN, f"DROP DATABASE IF EXISTS {db}")
     return {"name": name, "instances": len(envs), "sent": sent, "stored": n, "distinct": distinct,
             "span_s": span, "rate": n / span if span > 0 else 0, "cpu_s": cpu}

@@ -65,10 +65,7 @@ impl Cluster {
 /// Starts cluster mode: connects in the background (retrying), then owns partitions.
 pub fn start(s: ClusterStart) -> Result<Cluster, ClusterError> {
     validate(&s.cfg)?;
-    let (tx, rx) = mpsc::channel(super::nats_client::writer_capacity(
-        s.cfg.partitions,
-        s.cfg.max_ack_pending,
-    ));
+    let (tx, rx) = mpsc::channel(super::nats_client::writer_capacity(s.cfg.partitions));
     let publisher = MqttLink::new(
         MqttClient::Nats(NatsClient::new(tx.clone(), None)),
         QoS::AtLeastOnce,
@@ -338,23 +335,29 @@ impl Owner {
         }
         for p in owned {
             if !self.running.contains_key(&p) && !self.releasing_parts.contains(&p) {
-                self.acquire(p, s.consumers[p as usize].clone());
+                self.acquire(p, s.consumers[p as usize].clone(), s.stream.clone());
             }
         }
         metrics::gauge!(m::CLUSTER_PARTITIONS_OWNED).set(self.running.len() as f64);
         Ok(())
     }
 
-    fn acquire(&mut self, p: u32, consumer: PullConsumer) {
+    fn acquire(&mut self, p: u32, consumer: PullConsumer, stream: jetstream::stream::Stream) {
         let slots = Arc::new(AckSlots::default());
-        let link = MqttLink::new(
+        // In delivery order: a cumulative ack covers every message delivered before it.
+        let link = MqttLink::with_order(
             MqttClient::Nats(NatsClient::new(self.tx.clone(), Some(slots.clone()))),
             QoS::AtLeastOnce,
+            true,
         );
         link.next_epoch();
         let looped = PartitionLoop {
             index: p,
+            filter: subjects::partition_filter(&self.cfg.subject_root, p, &self.prefix),
             consumer,
+            stream,
+            fresh: true,
+            last_dseq: 0,
             link,
             slots,
             out: self.out.clone(),

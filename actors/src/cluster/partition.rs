@@ -1,7 +1,19 @@
 //! One owned partition: pulls its JetStream consumer in the pinned priority group (while this
 //! instance pulls, JetStream delivers the partition to no other), hands each message to the
-//! router as an MQTT source does, with an ack token that acks JetStream once the message is
-//! durable, and on release waits for what it delivered to become durable.
+//! router as an MQTT source does, with an ack token that raises the partition's cumulative ack
+//! floor once the message and all before it are durable, and on release waits for what it
+//! delivered to become durable.
+//!
+//! **Eras.** A cumulative ack (`AckPolicy::All`) acknowledges every message of the partition up
+//! to its stream sequence, including messages delivered to a previous owner (or to this one
+//! before a restart) that JetStream has not redelivered yet. So each era (a pull stream and a
+//! link epoch) starts by reading those again: once the first message arrives (the consumer is
+//! pinned to this instance, so nobody else is delivered anything), the consumer's ack floor and
+//! delivered sequence bound what may be outstanding, and the stream's message API reads that range
+//! from the stream by subject, one message after another ([`replay_end`]). The replayed messages take their places in the delivery
+//! order first, so no ack of this era can pass one before it is durable. Duplicates this makes
+//! are the redeliveries of before (the database keeps one row per reading). A message that can
+//! never be acked (its token was dropped) ends the era: the next one starts from the floor.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -9,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -16,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use super::nats_client::AckSlots;
 use super::subjects::{stored_device, stored_to_topic};
 use crate::link::{MqttLink, ReplyRoute};
+use crate::metrics as m;
 use crate::router::RawPublish;
 
 /// The priority group every instance pulls in; the server pins one puller per consumer.
@@ -25,7 +39,15 @@ pub const GROUP: &str = "fleetflow";
 pub(super) struct PartitionLoop {
     pub(super) index: u32,
     pub(super) consumer: PullConsumer,
-    /// Acks of this partition's messages (its own epoch: moved at release).
+    /// The stream (replays read their messages from it).
+    pub(super) stream: Stream,
+    /// The partition's filter subject.
+    pub(super) filter: String,
+    /// No message of this era has arrived yet (the replay runs before the first).
+    pub(super) fresh: bool,
+    /// The consumer sequence of the last delivery (each delivery takes the next one).
+    pub(super) last_dseq: u64,
+    /// Acks of this partition's messages (in delivery order; its epoch is the era).
     pub(super) link: MqttLink,
     pub(super) slots: Arc<AckSlots>,
     pub(super) out: mpsc::Sender<RawPublish>,
@@ -42,9 +64,23 @@ pub(super) struct PartitionLoop {
     pub(super) devices: HashSet<String>,
 }
 
+/// The end (exclusive) of the stream range a new era must read again, given its first
+/// message (`first_seq`, delivered `delivered` times) and the consumer's delivered stream
+/// sequence read after it. A first delivery comes after everything delivered before it, so what
+/// was outstanding lies below it; a redelivery may have outstanding messages on both sides, up
+/// to the last delivered one.
+pub fn replay_end(first_seq: u64, delivered: i64, consumer_delivered: u64) -> u64 {
+    if delivered <= 1 {
+        first_seq
+    } else {
+        consumer_delivered.max(first_seq) + 1
+    }
+}
+
 impl PartitionLoop {
     /// Pulls until told to stop (or the router is gone); answers the devices it fed.
     pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) -> HashSet<String> {
+        let slots = self.slots.clone();
         loop {
             let pulled = self
                 .consumer
@@ -66,59 +102,156 @@ impl PartitionLoop {
                 }
             };
             loop {
-                tokio::select! {
-                    _ = stop.changed() => {
-                        drop(msgs); // stop pulling: the pin starts to run out
-                        return self.release().await;
+                let next = tokio::select! {
+                    // Dropping `msgs` stops pulling: the pin starts to run out.
+                    _ = stop.changed() => return self.release().await,
+                    _ = slots.broken(), if !self.fresh => {
+                        self.next_era("a message cannot be acknowledged");
+                        continue;
                     }
-                    m = msgs.next() => match m {
-                        Some(Ok(m)) => {
-                            if self.forward(m).await.is_break() {
-                                drop(msgs);
-                                return self.release().await;
-                            }
+                    m = msgs.next() => m,
+                };
+                match next {
+                    Some(Ok(m)) => {
+                        if self.on_message(m).await.is_break() {
+                            return self.release().await;
                         }
-                        Some(Err(e)) => {
-                            tracing::debug!(partition = self.index, error = %e, "pull interrupted; pulling again");
-                            break;
-                        }
-                        None => break,
                     }
+                    Some(Err(e)) => {
+                        tracing::debug!(partition = self.index, error = %e, "pull interrupted; pulling again");
+                        break;
+                    }
+                    None => break,
                 }
             }
         }
     }
 
-    /// Hands one message to the router; breaks when the router is gone.
-    async fn forward(&mut self, m: async_nats::jetstream::Message) -> ControlFlow<()> {
-        // The message itself: its reply subject is the JetStream ack subject (`split` would move
-        // it into an `Acker`; the link acks through the slot instead).
-        let m = m.message;
-        let Some(reply) = m.reply else {
+    /// A pulled message: a new era when a delivery before it went missing (its consumer
+    /// sequence is not the next one), the replay first when it opens an era, then the message.
+    async fn on_message(&mut self, m: async_nats::jetstream::Message) -> ControlFlow<()> {
+        let Ok((seq, dseq, delivered)) = m
+            .info()
+            .map(|i| (i.stream_sequence, i.consumer_sequence, i.delivered))
+        else {
+            tracing::warn!(partition = self.index, subject = %m.subject, "a message without JetStream metadata: skipped");
             return ControlFlow::Continue(());
         };
-        let Some(pkid) = self.slots.put(reply.to_string()) else {
+        if !self.fresh && dseq != self.last_dseq + 1 {
+            self.next_era("a delivery went missing (lost in transit or to an old pull)");
+        }
+        self.last_dseq = dseq;
+        if self.fresh {
+            match self.replay(seq, delivered).await {
+                Ok(ControlFlow::Continue(())) => self.fresh = false,
+                Ok(ControlFlow::Break(())) => return ControlFlow::Break(()),
+                Err(e) => {
+                    // This message stays unacked (JetStream redelivers it); the era starts
+                    // with the next delivery.
+                    tracing::warn!(partition = self.index, error = %e, "cannot read the partition's outstanding messages again; retrying with the next delivery");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return ControlFlow::Continue(());
+                }
+            }
+        }
+        let Some(reply) = m.message.reply.as_ref().map(|r| r.to_string()) else {
+            return ControlFlow::Continue(());
+        };
+        self.forward(m.message.subject.as_str(), m.message.payload, reply)
+            .await
+    }
+
+    /// Reads again what may be outstanding below the era's first message (see the module doc)
+    /// and hands it on, each holding its place in the delivery order without a reply subject.
+    async fn replay(&mut self, first_seq: u64, delivered: i64) -> Result<ControlFlow<()>, String> {
+        let info = self.consumer.info().await.map_err(|e| e.to_string())?;
+        let start = info.ack_floor.stream_sequence + 1;
+        let end = replay_end(first_seq, delivered, info.delivered.stream_sequence);
+        if start >= end {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let mut replayed = 0u64;
+        let mut next = start;
+        while next < end {
+            let m = match self
+                .stream
+                .get_first_raw_message_by_subject(&self.filter, next)
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(e.to_string()),
+            };
+            if m.sequence >= end {
+                break;
+            }
+            next = m.sequence + 1;
+            replayed += 1;
+            if self
+                .forward(m.subject.as_str(), m.payload, String::new())
+                .await
+                .is_break()
+            {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        metrics::counter!(m::CLUSTER_REPLAYED_MESSAGES_TOTAL).increment(replayed);
+        tracing::info!(
+            partition = self.index,
+            from = start,
+            to = end,
+            replayed,
+            "cluster: read the partition's outstanding messages again"
+        );
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// A new era, from the consumer's floor, because of `why`: what the old era still has in
+    /// flight is acked on an epoch that is gone, so it acks nothing, and the next delivery
+    /// replays what may be outstanding.
+    fn next_era(&mut self, why: &str) {
+        metrics::counter!(m::CLUSTER_PARTITION_RESTARTS_TOTAL).increment(1);
+        tracing::warn!(
+            partition = self.index,
+            reason = why,
+            "cluster: the partition starts a new era from its ack floor"
+        );
+        self.link.next_epoch();
+        self.slots.clear();
+        self.fresh = true;
+    }
+
+    /// Hands one message to the router with a token for `reply` (empty for a replayed message);
+    /// breaks when the router is gone.
+    async fn forward(&mut self, subject: &str, payload: Bytes, reply: String) -> ControlFlow<()> {
+        let Some(pkid) = self.slots.put(reply) else {
+            // Cannot happen below 65,535 unacked (max_ack_pending is at most 60,000); skipping
+            // it would let a later ack pass it, so the era ends instead.
             tracing::warn!(
                 partition = self.index,
-                "every ack slot is taken: the message is left for redelivery"
+                "every ack slot is taken: restarting the partition"
             );
+            self.slots.break_era();
             return ControlFlow::Continue(());
         };
         self.link.received();
         let ack = self.link.token(pkid);
-        let Some(topic) = stored_to_topic(m.subject.as_str(), self.lead) else {
-            tracing::warn!(subject = %m.subject, "a stored subject without a device: acked and skipped");
+        let Some(topic) = stored_to_topic(subject, self.lead) else {
+            tracing::warn!(
+                subject,
+                "a stored subject without a device: acked and skipped"
+            );
             crate::link::ack(Some(ack));
             return ControlFlow::Continue(());
         };
-        if let Some(d) = stored_device(m.subject.as_str(), self.lead, self.prefix_tokens) {
+        if let Some(d) = stored_device(subject, self.lead, self.prefix_tokens) {
             if !self.devices.contains(d) {
                 self.devices.insert(d.to_owned());
             }
         }
         let msg = RawPublish {
             topic: Bytes::from(topic),
-            payload: m.payload,
+            payload,
             ack: Some(ack),
             reply_route: self.route.clone(),
             charge: None,
@@ -148,5 +281,20 @@ impl PartitionLoop {
         self.link.next_epoch();
         self.slots.clear();
         self.devices
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replay_end;
+
+    #[test]
+    fn an_era_replays_below_a_first_delivery_and_up_to_the_last_delivered_for_a_redelivery() {
+        // A first delivery: everything outstanding was delivered before it, so lies below it.
+        assert_eq!(replay_end(100, 1, 150), 100);
+        // A redelivery: outstanding messages may lie above it, up to the last delivered.
+        assert_eq!(replay_end(40, 2, 150), 151);
+        // Never short of the message itself.
+        assert_eq!(replay_end(200, 3, 150), 201);
     }
 }

@@ -20,13 +20,14 @@ pub fn consumer_name(cfg: &ClusterConfig, prefix: &str, partition: u32) -> Strin
     format!("{}-{}-p{partition}", cfg.subject_root, name_part(prefix))
 }
 
-/// The consumer of one partition: pinned (one puller at a time), acked one by one, redelivered
-/// for ever.
+/// The consumer of one partition: pinned (one puller at a time), acked cumulatively (one `+ACK`
+/// covers every message up to it: see `partition.rs` for why that is safe across owners),
+/// redelivered for ever.
 pub fn consumer_config(cfg: &ClusterConfig, prefix: &str, partition: u32) -> pull::Config {
     pull::Config {
         durable_name: Some(consumer_name(cfg, prefix, partition)),
         filter_subject: partition_filter(&cfg.subject_root, partition, prefix),
-        ack_policy: AckPolicy::Explicit,
+        ack_policy: AckPolicy::All,
         deliver_policy: DeliverPolicy::All,
         ack_wait: Duration::from_millis(cfg.ack_wait_ms),
         max_deliver: -1,
@@ -57,7 +58,11 @@ pub async fn ensure(
             .create_consumer(consumer_config(cfg, prefix, p))
             .await
             .map_err(|e| {
-                ClusterError::Setup(format!("consumer {}: {e}", consumer_name(cfg, prefix, p)))
+                ClusterError::Setup(format!(
+                    "consumer {}: {e} (a consumer of that name made with other settings, such \
+                     as by a version that acked one by one, must be deleted first)",
+                    consumer_name(cfg, prefix, p)
+                ))
             })?;
         consumers.push(c);
     }
