@@ -53,7 +53,7 @@ pub(crate) async fn engine_with(
     opts: Options,
 ) -> TestEnv {
     let extra = format!(
-        "[admin]\ntoken = \"{TOKEN}\"\n[cluster]\nenabled = true\nnats_urls = \"{}\"\ninstance_id = \"{instance}\"\nmember_ttl_ms = 3000\npin_timeout_ms = 2000\nack_wait_ms = 4000\ndrain_ms = 2000\n",
+        "[admin]\ntoken = \"{TOKEN}\"\nrestart_cooldown_secs = 0\n[cluster]\nenabled = true\nnats_urls = \"{}\"\ninstance_id = \"{instance}\"\nmember_ttl_ms = 3000\npin_timeout_ms = 2000\nack_wait_ms = 4000\ndrain_ms = 2000\n",
         nats_urls()
     );
     TestEnv::start(Options {
@@ -573,7 +573,8 @@ async fn an_instance_that_cannot_renew_its_membership_fences_itself_and_comes_ba
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn any_instance_answers_for_a_device_and_a_command_queued_on_any_reaches_it_through_nats() {
+async fn any_instance_answers_for_a_device_restarts_it_where_it_lives_and_a_command_queued_on_any_reaches_it(
+) {
     let prefix = format!("c{}", random_hex(8));
     let e0 = engine("c0", &prefix, None).await;
     let e1 = engine("c1", &prefix, Some(e0.db_url.clone())).await;
@@ -683,4 +684,27 @@ async fn any_instance_answers_for_a_device_and_a_command_queued_on_any_reaches_i
         )
         .await;
     }
+    // A `device:` restart requested through either instance restarts the actor where it lives;
+    // neither starts a second actor for the device (all restarts are on one instance).
+    for via in [&e0, &e1] {
+        let r: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/api/v1/restarts", via.http))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"target": format!("device:{id}"), "reason": "test"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["status"], "completed", "{r}");
+        assert_eq!(r["result"]["was_running"], true, "{r}");
+    }
+    let restarted = "fleetflow_device_actors_restarted_total";
+    let (r0, r1) = (e0.metric(restarted).await, e1.metric(restarted).await);
+    assert_eq!(r0 + r1, 2.0, "two restarts ran: {r0} on c0, {r1} on c1");
+    assert!(
+        r0 == 0.0 || r1 == 0.0,
+        "restarted on both instances: {r0} and {r1}"
+    );
 }

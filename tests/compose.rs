@@ -88,6 +88,20 @@ fn the_compose_file_has_every_service_with_consistent_ports_volumes_and_dependen
     // The engine is scraped by Prometheus at the port it listens on.
     let prom = std::fs::read_to_string(root().join("dashboards/prometheus.yml")).unwrap();
     assert!(prom.contains("fleetflow:9464"));
+    // So is every engine of the cluster profile, each its own `instance` in the Grafana panels.
+    let mut cluster_engines = 0;
+    for (name, svc) in services {
+        let cluster = &svc["environment"]["FLEETFLOW_CLUSTER__ENABLED"];
+        if cluster.as_str() == Some("true") {
+            cluster_engines += 1;
+            let target = format!("{}:9464", name.as_str().unwrap());
+            assert!(
+                prom.contains(&target),
+                "Prometheus does not scrape {target}"
+            );
+        }
+    }
+    assert_eq!(cluster_engines, 2, "the cluster profile runs two engines");
     let env = &services[&Yaml::String("fleetflow".into())]["environment"];
     assert_eq!(env["FLEETFLOW_HTTP__BIND"].as_str(), Some("0.0.0.0:9464"));
 }

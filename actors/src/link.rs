@@ -253,8 +253,8 @@ impl MqttLink {
     }
 
     /// A token of `epoch` dropped unacknowledged: counted, and its receive-order slot skipped
-    /// so that it holds back no later ack. In cluster mode the message is naked instead, so
-    /// that JetStream redelivers it at once.
+    /// so that it holds back no later ack. In cluster mode its partition's era ends instead:
+    /// its slot keeps holding back the acks behind it (`cluster/partition.rs`).
     fn leaked(&self, epoch: u64, pkid: u16, seq: u64) {
         let _gate = self.0.gate.read().unwrap_or_else(|e| e.into_inner());
         if epoch == self.epoch() && self.0.client.as_ref().is_some_and(|c| c.nak(pkid)) {

@@ -43,7 +43,7 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (CLUSTER_PARTITION_MOVES_TOTAL, "counter", "Cluster mode: partitions this instance acquired or released, by direction."),
     (CLUSTER_REPLAYED_MESSAGES_TOTAL, "counter", "Cluster mode: messages read again from the stream when a partition starts pulling: those delivered to a previous owner (or era) and not acknowledged, which the partition's first cumulative ack would otherwise pass."),
     (CLUSTER_PARTITION_RESTARTS_TOTAL, "counter", "Cluster mode: partitions restarted from their ack floor because one of their messages could not be acknowledged (its token was dropped)."),
-    (CLUSTER_RELEASED_MESSAGES_TOTAL, "counter", "Cluster mode: messages of a partition released while they queued, dropped before any device actor (JetStream redelivers them to the partition's new owner)."),
+    (CLUSTER_RELEASED_MESSAGES_TOTAL, "counter", "Cluster mode: messages of a partition released (or of a partition era that ended) while they queued, dropped before any device actor (the next owner or era reads them again)."),
     (MESSAGES_TOTAL, "counter", "Decoded device messages by kind (status, reading, capture_meta, chunk, cmd_result)."),
     (ASSEMBLIES_STARTED_TOTAL, "counter", "Captures whose assembly started."),
     (CAPTURES_STORED_TOTAL, "counter", "Captures stored and acknowledged with ACK_OK."),

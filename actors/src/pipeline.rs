@@ -31,7 +31,7 @@ use crate::device::{DeviceDeps, DeviceSnapshot};
 use crate::link::{MqttLink, ReplyRoute};
 use crate::router::{
     DeviceRouter, ForgetOwner, QueryDevice, QueryDevices, RawPublish, ReplyRouteOf, RestartDevice,
-    StopAll,
+    RestartRunning, StopAll,
 };
 use crate::sinks::objects::{ObjectSink, ProbeStore, ReplaceStore, StoreProbeError};
 use crate::sinks::pg::{Flush, PgProbeError, PgSink, Probe, ReplacePool};
@@ -264,12 +264,29 @@ impl Pipeline {
             .map_err(gone("device router"))
     }
 
-    /// Restarts a device's actor; answers whether one was running.
+    /// Restarts a device's actor; answers whether one was running. In cluster mode only the
+    /// instance that holds the actor restarts it (asked over NATS when it is another one), and a
+    /// device with no live actor anywhere is left alone: its partition's owner starts a fresh
+    /// actor with its next message.
     pub async fn restart_device(&self, id: &DeviceId) -> Result<bool, PipelineError> {
-        self.router
-            .send(RestartDevice(id.clone()))
+        let Some(peers) = &self.peers else {
+            return self
+                .router
+                .send(RestartDevice(id.clone()))
+                .await
+                .map_err(gone("device router"));
+        };
+        let here = self
+            .router
+            .send(RestartRunning(id.clone()))
             .await
-            .map_err(gone("device router"))
+            .map_err(gone("device router"))?;
+        Ok(here || peers.restart(id).await)
+    }
+
+    /// Whether this engine runs in cluster mode (devices may live on other instances).
+    pub fn is_cluster(&self) -> bool {
+        self.peers.is_some()
     }
 
     /// The connection and topic layout a device's latest message came from, if it has a live

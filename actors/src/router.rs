@@ -89,6 +89,12 @@ pub struct QueryDevices(pub Vec<DeviceId>);
 #[rtype(result = "bool")]
 pub struct RestartDevice(pub DeviceId);
 
+/// Cluster mode: restarts a device's actor only if it lives on this instance (another instance
+/// may own the device's partition); answers whether it did.
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct RestartRunning(pub DeviceId);
+
 /// An operator moved a device to another product: its binding is forgotten (the caller
 /// deleted its `device_owners` row), and its next message binds it to the source it comes from.
 #[derive(Debug, Message)]
@@ -630,6 +636,17 @@ impl Handler<RestartDevice> for DeviceRouter {
             }
         }
         was_running
+    }
+}
+
+impl Handler<RestartRunning> for DeviceRouter {
+    type Result = bool;
+
+    fn handle(&mut self, msg: RestartRunning, ctx: &mut Self::Context) -> bool {
+        if !self.devices.contains_key(&msg.0) {
+            return false;
+        }
+        <Self as Handler<RestartDevice>>::handle(self, RestartDevice(msg.0), ctx)
     }
 }
 

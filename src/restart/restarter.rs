@@ -207,6 +207,12 @@ impl Restarter {
                 Outcome::Completed,
                 json!({"was_running": was_running, "healthy": true, "state": s.state}),
             ),
+            // Cluster mode starts no actor for a device its partition's owner may start.
+            Ok(Ok(None)) if !was_running && self.pipeline.is_cluster() => (
+                Outcome::Completed,
+                json!({"was_running": false, "healthy": true, "state": "idle",
+                       "detail": "no instance holds a live actor for it: its next message starts a fresh one"}),
+            ),
             _ => (
                 Outcome::Failed,
                 json!({"was_running": was_running, "healthy": false}),

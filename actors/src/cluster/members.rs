@@ -171,6 +171,11 @@ impl Owner {
             subjects::name_part(&self.prefix)
         );
         self.queries.connected(client.clone(), asked.clone());
+        tokio::spawn(super::queries::serve_restarts(
+            client.clone(),
+            asked.clone(),
+            self.router.clone(),
+        ));
         tokio::spawn(super::queries::serve(
             client.clone(),
             asked,

@@ -162,8 +162,13 @@ impl AckSlots {
     }
 
     /// Raises the floor to `subject` (released in delivery order, so always the newest); true
-    /// when the caller must queue an [`Outgoing::AckFloor`] (none is queued yet).
+    /// when the caller must queue an [`Outgoing::AckFloor`] (none is queued yet). A broken era
+    /// raises it no more: a message without a place in the order (no slot was free) may lie
+    /// below `subject`.
     fn advance(&self, subject: String) -> bool {
+        if self.broken.load(Ordering::Acquire) {
+            return false;
+        }
         *self.floor.lock().unwrap_or_else(|e| e.into_inner()) = Some(subject);
         !self.queued.swap(true, Ordering::AcqRel)
     }
@@ -192,11 +197,11 @@ impl AckSlots {
         }
     }
 
-    /// Forgets every slot and the floor (a new era: JetStream keeps what was not acked).
+    /// Forgets every slot (a new era: JetStream keeps what was not acked). A floor not sent yet
+    /// is kept: everything up to it is durable, so it may still go.
     pub fn clear(&self) {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         t.subjects.clear();
-        *self.floor.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.broken.store(false, Ordering::Release);
     }
 }
@@ -303,10 +308,22 @@ mod tests {
         assert!(c.nak(a), "handled: the link must not skip it");
         assert!(rx.try_recv().is_err(), "a nak sends nothing");
         assert!(slots.broken().now_or_never().is_some());
+        let b = slots.put("$JS.ACK.b".into()).unwrap();
+        c.ack(b).unwrap();
+        assert!(
+            rx.try_recv().is_err(),
+            "a broken era moves the floor no more (a message may have no place below it)"
+        );
         slots.clear();
         assert!(
             slots.broken().now_or_never().is_none(),
             "mended by the new era"
+        );
+        let d = slots.put("$JS.ACK.d".into()).unwrap();
+        c.ack(d).unwrap();
+        assert!(
+            matches!(rx.try_recv(), Ok(Outgoing::AckFloor(_))),
+            "the new era acks"
         );
         let (tx, _rx) = mpsc::channel(1);
         assert!(

@@ -113,7 +113,7 @@ impl PartitionLoop {
                 };
                 match next {
                     Some(Ok(m)) => {
-                        if self.on_message(m).await.is_break() {
+                        if self.on_message(m, &mut stop).await.is_break() {
                             return self.release().await;
                         }
                     }
@@ -129,7 +129,11 @@ impl PartitionLoop {
 
     /// A pulled message: a new era when a delivery before it went missing (its consumer
     /// sequence is not the next one), the replay first when it opens an era, then the message.
-    async fn on_message(&mut self, m: async_nats::jetstream::Message) -> ControlFlow<()> {
+    async fn on_message(
+        &mut self,
+        m: async_nats::jetstream::Message,
+        stop: &mut watch::Receiver<bool>,
+    ) -> ControlFlow<()> {
         let Ok((seq, dseq, delivered)) = m
             .info()
             .map(|i| (i.stream_sequence, i.consumer_sequence, i.delivered))
@@ -142,15 +146,17 @@ impl PartitionLoop {
         }
         self.last_dseq = dseq;
         if self.fresh {
-            match self.replay(seq, delivered).await {
+            match self.replay(seq, delivered, stop).await {
                 Ok(ControlFlow::Continue(())) => self.fresh = false,
                 Ok(ControlFlow::Break(())) => return ControlFlow::Break(()),
                 Err(e) => {
                     // This message stays unacked (JetStream redelivers it); the era starts
                     // with the next delivery.
                     tracing::warn!(partition = self.index, error = %e, "cannot read the partition's outstanding messages again; retrying with the next delivery");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    return ControlFlow::Continue(());
+                    return tokio::select! {
+                        _ = stop.changed() => ControlFlow::Break(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => ControlFlow::Continue(()),
+                    };
                 }
             }
         }
@@ -163,7 +169,12 @@ impl PartitionLoop {
 
     /// Reads again what may be outstanding below the era's first message (see the module doc)
     /// and hands it on, each holding its place in the delivery order without a reply subject.
-    async fn replay(&mut self, first_seq: u64, delivered: i64) -> Result<ControlFlow<()>, String> {
+    async fn replay(
+        &mut self,
+        first_seq: u64,
+        delivered: i64,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<ControlFlow<()>, String> {
         let info = self.consumer.info().await.map_err(|e| e.to_string())?;
         let start = info.ack_floor.stream_sequence + 1;
         let end = replay_end(first_seq, delivered, info.delivered.stream_sequence);
@@ -173,6 +184,9 @@ impl PartitionLoop {
         let mut replayed = 0u64;
         let mut next = start;
         while next < end {
+            if stop.has_changed().unwrap_or(true) {
+                return Ok(ControlFlow::Break(())); // released: the next owner reads them
+            }
             let m = match self
                 .stream
                 .get_first_raw_message_by_subject(&self.filter, next)
@@ -225,8 +239,8 @@ impl PartitionLoop {
     /// breaks when the router is gone.
     async fn forward(&mut self, subject: &str, payload: Bytes, reply: String) -> ControlFlow<()> {
         let Some(pkid) = self.slots.put(reply) else {
-            // Cannot happen below 65,535 unacked (max_ack_pending is at most 60,000); skipping
-            // it would let a later ack pass it, so the era ends instead.
+            // Only with more than 65,535 unacked (replayed and redelivered copies on top of
+            // max_ack_pending); the era is broken at once, so that no later ack passes it.
             tracing::warn!(
                 partition = self.index,
                 "every ack slot is taken: restarting the partition"

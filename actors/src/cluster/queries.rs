@@ -2,7 +2,9 @@
 //! the other instances for the devices it has no actor for. A request on
 //! `{root}.{prefix}.devices` carries device ids; every instance answers with the snapshots of the
 //! ones it holds (none answers for a device nobody holds), and the asker gathers the answers for
-//! a short while (scatter-gather over core NATS).
+//! a short while (scatter-gather over core NATS). A `device:` restart is asked the same way on
+//! `{root}.{prefix}.devices.restart`: only the instance that holds the actor restarts it and
+//! answers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -13,7 +15,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceSnapshot;
-use crate::router::{DeviceRouter, QueryDevices};
+use crate::router::{DeviceRouter, QueryDevices, RestartRunning};
 use fleetflow_protocol::ids::DeviceId;
 
 /// How long the asker gathers answers.
@@ -98,6 +100,60 @@ impl DeviceQueries {
             }
         }
         out
+    }
+}
+
+impl DeviceQueries {
+    /// Asks the instance that holds `id`'s actor to restart it; true once one answers that it
+    /// did (false before cluster mode connects, or when no instance holds one).
+    pub async fn restart(&self, id: &DeviceId) -> bool {
+        let Some((client, subject)) = self.client.get() else {
+            return false;
+        };
+        let ask = client.request(restart_subject(subject), id.as_str().to_owned().into());
+        matches!(
+            tokio::time::timeout(GATHER, ask).await,
+            Ok(Ok(m)) if m.payload.as_ref() == RESTARTED
+        )
+    }
+}
+
+/// The answer of the instance that restarted an actor.
+const RESTARTED: &[u8] = b"restarted";
+
+fn restart_subject(devices: &str) -> String {
+    format!("{devices}.restart")
+}
+
+/// Restarts the actors this instance holds when another instance asks (the others stay silent),
+/// until the subscription ends.
+pub(super) async fn serve_restarts(
+    client: async_nats::Client,
+    subject: String,
+    router: Addr<DeviceRouter>,
+) {
+    let mut requests = match client.subscribe(restart_subject(&subject)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: cannot serve device restarts");
+            return;
+        }
+    };
+    while let Some(m) = requests.next().await {
+        let Some(reply) = m.reply else { continue };
+        let Some(id) = std::str::from_utf8(&m.payload)
+            .ok()
+            .and_then(|s| DeviceId::parse(s).ok())
+        else {
+            continue;
+        };
+        match router.send(RestartRunning(id)).await {
+            Ok(true) => {
+                let _ = client.publish(reply, RESTARTED.into()).await;
+            }
+            Ok(false) => {}
+            Err(_) => return,
+        }
     }
 }
 
