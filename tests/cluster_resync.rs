@@ -1,10 +1,15 @@
 //! Cluster mode (issue 16): captures in flight when their instance is killed with `kill -9`
-//! complete through NACK resync. The dead instance had taken the metadata and the first chunks
-//! into its assembly (and acknowledged them to JetStream); the instance that takes the partition
-//! over sees the remaining chunks of a capture it does not know, answers `NACK need_metadata`,
-//! and the device's answers (metadata again, then the chunks NACKed as missing) complete it.
-//! The devices are played by this test over MQTT 3.1.1 through a NATS node, answering every
-//! NACK as the firmware does.
+//! complete on the instance that takes the partition over, in both device formats. The dead
+//! instance had taken the metadata and the first chunks into its assembly (and acknowledged them
+//! to JetStream), so the new owner sees the rest of a capture it does not know:
+//! - a fleetflow v1 device is answered `NACK need_metadata`, sends its metadata again, and then the
+//!   chunks NACKed as missing;
+//! - a GXP device re-sends its metadata on its own (the firmware does, often many times); the new
+//!   owner has buffered the later chunks, NACKs the first ones as `missing_chunks`, and the device
+//!   re-sends exactly those.
+//!
+//! The devices are played by this test over MQTT 3.1.1 through a NATS node, answering every NACK
+//! as the firmware does.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -15,6 +20,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use crate::cluster::{actor_lives, device, engine_with, mqtt_ports, publish, settled, wait_for};
 use crate::common::engine::Options;
 use crate::common::services::random_hex;
+use fleetflow_sim::gxp::wire as gxp_wire;
 
 /// Devices with a capture in flight.
 const DEVICES: usize = 40;
@@ -30,17 +36,88 @@ fn jpeg() -> Vec<u8> {
     j
 }
 
-fn meta(prefix: &str, id: &str, image: &[u8]) -> (String, Vec<u8>) {
-    let body = format!(
-        r#"{{"type":"capture_meta","capture_id":"r1","image_bytes":{},"total_chunks":{CHUNKS},"chunk_size":{CHUNK}}}"#,
-        image.len()
-    );
-    (format!("{prefix}/{id}/data"), body.into_bytes())
+/// The device firmware a test plays.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Format {
+    V1,
+    Gxp,
 }
 
-fn chunk(prefix: &str, id: &str, image: &[u8], i: usize) -> (String, Vec<u8>) {
-    let part = image.chunks(CHUNK).nth(i).expect("chunk index").to_vec();
-    (format!("{prefix}/{id}/chunk/r1/{i}"), part)
+const GXP_IMAGE: &str = "image_000001.jpg";
+
+fn meta(f: Format, prefix: &str, id: &str, image: &[u8]) -> (String, Vec<u8>) {
+    let body = match f {
+        Format::V1 => format!(
+            r#"{{"type":"capture_meta","capture_id":"r1","image_bytes":{},"total_chunks":{CHUNKS},"chunk_size":{CHUNK}}}"#,
+            image.len()
+        )
+        .into_bytes(),
+        Format::Gxp => gxp_wire::metadata(&gxp_wire::Meta {
+            device_id: id,
+            image_name: GXP_IMAGE,
+            captured_at: "2026-11-29T08:00:00Z",
+            image_size: image.len(),
+            chunk_size: CHUNK,
+            location: "test",
+            sensors: gxp_wire::Sensors {
+                temperature: 21.0,
+                humidity: 40.0,
+                pressure: 1000.0,
+                gas_resistance_ohm: 10_000.0,
+            },
+        })
+        .to_vec(),
+    };
+    (format!("{prefix}/{id}/data"), body)
+}
+
+fn chunk(f: Format, prefix: &str, id: &str, image: &[u8], i: usize) -> (String, Vec<u8>) {
+    let part = image.chunks(CHUNK).nth(i).expect("chunk index");
+    match f {
+        Format::V1 => (format!("{prefix}/{id}/chunk/r1/{i}"), part.to_vec()),
+        Format::Gxp => (
+            format!("{prefix}/{id}/data"),
+            gxp_wire::chunk(id, GXP_IMAGE, i, CHUNK, part).to_vec(),
+        ),
+    }
+}
+
+/// What the engine answered a device on `/ack`.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    AckOk,
+    NeedMetadata,
+    Missing(Vec<usize>),
+    Other,
+}
+
+fn answer(f: Format, v: &serde_json::Value) -> Answer {
+    match f {
+        Format::V1 => match (v["type"].as_str(), v["reason"].as_str()) {
+            (Some("ACK_OK"), _) => Answer::AckOk,
+            (Some("NACK"), Some("need_metadata")) => Answer::NeedMetadata,
+            (Some("NACK"), _) => Answer::Missing(
+                v["missing"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|r| r[0].as_u64().unwrap()..=r[1].as_u64().unwrap())
+                    .map(|i| i as usize)
+                    .collect(),
+            ),
+            _ => Answer::Other,
+        },
+        Format::Gxp if !v["ACK_OK"].is_null() => Answer::AckOk,
+        Format::Gxp => match v["missing_chunks"].as_array() {
+            Some(m) => Answer::Missing(
+                m.iter()
+                    .filter_map(|i| i.as_u64())
+                    .map(|i| i as usize)
+                    .collect(),
+            ),
+            None => Answer::Other,
+        },
+    }
 }
 
 /// The devices' side: subscribed to every `/ack`, forwarding (device, answer) to the test.
@@ -90,7 +167,21 @@ async fn devices_side(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn captures_in_flight_on_a_killed_instance_complete_through_nack_resync() {
+async fn v1_captures_in_flight_on_a_killed_instance_complete_through_nack_resync() {
+    in_flight_across_a_kill(Format::V1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gxp_captures_in_flight_on_a_killed_instance_complete_when_the_firmware_sends_its_metadata_again(
+) {
+    in_flight_across_a_kill(Format::Gxp).await;
+}
+
+/// Devices of format `f` send the metadata and half their chunks; the instance holding some of
+/// them is killed; the rest of the chunks (and, from GXP firmware, the metadata again) follow, and
+/// every NACK is answered. Every capture is stored and ACKed, and exactly the killed instance's
+/// devices had to resynchronise.
+async fn in_flight_across_a_kill(f: Format) {
     let prefix = format!("r{}", random_hex(8));
     // A short assembly timeout: the missing chunks are NACKed soon after the metadata comes again.
     let opts = || Options {
@@ -107,9 +198,9 @@ async fn captures_in_flight_on_a_killed_instance_complete_through_nack_resync() 
     // The metadata and the first half of the chunks, taken into the assemblies of both instances.
     let mut first = Vec::new();
     for id in &ids {
-        first.push(meta(&prefix, id, &image));
+        first.push(meta(f, &prefix, id, &image));
         for i in 0..CHUNKS / 2 {
-            first.push(chunk(&prefix, id, &image, i));
+            first.push(chunk(f, &prefix, id, &image, i));
         }
     }
     publish(first, || {}).await;
@@ -126,48 +217,54 @@ async fn captures_in_flight_on_a_killed_instance_complete_through_nack_resync() 
     e1.kill9();
     settled(&[&e0], Duration::from_secs(10)).await;
 
-    // The rest of the chunks; the devices answer every NACK until every capture is ACKed.
+    // The rest of the chunks (GXP firmware: and its metadata again); the devices answer every
+    // NACK until every capture is ACKed.
     let mut rest = Vec::new();
     for id in &ids {
         for i in CHUNKS / 2..CHUNKS {
-            rest.push(chunk(&prefix, id, &image, i));
+            rest.push(chunk(f, &prefix, id, &image, i));
+        }
+        if f == Format::Gxp {
+            rest.push(meta(f, &prefix, id, &image));
         }
     }
     publish(rest, || {}).await;
     let resync_from = Instant::now();
     let mut acked: HashSet<String> = HashSet::new();
-    let mut asked_metadata: HashSet<String> = HashSet::new();
+    // Devices whose first chunk the new owner never had: v1 asked for the metadata, GXP NACKed
+    // for chunk 0.
+    let mut resynced: HashSet<String> = HashSet::new();
     let mut missing_nacks = 0;
     let deadline = Instant::now() + Duration::from_secs(90);
     while acked.len() < DEVICES {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(Some((dev, v))) = tokio::time::timeout(left, answers.recv()).await else {
             panic!(
-                "{} of {DEVICES} captures ACKed; NACKs: need_metadata from {}, missing {missing_nacks}",
+                "{f:?}: {} of {DEVICES} captures ACKed; {} devices resynchronised, missing-chunk NACKs {missing_nacks}",
                 acked.len(),
-                asked_metadata.len()
+                resynced.len()
             );
         };
-        let mut resend = Vec::new();
-        match (v["type"].as_str(), v["reason"].as_str()) {
-            (Some("ACK_OK"), _) => {
+        let resend = match answer(f, &v) {
+            Answer::AckOk => {
                 acked.insert(dev);
+                continue;
             }
-            (Some("NACK"), Some("need_metadata")) => {
-                asked_metadata.insert(dev.clone());
-                resend.push(meta(&prefix, &dev, &image));
+            Answer::NeedMetadata => {
+                resynced.insert(dev.clone());
+                vec![meta(f, &prefix, &dev, &image)]
             }
-            (Some("NACK"), _) => {
+            Answer::Missing(list) => {
                 missing_nacks += 1;
-                for r in v["missing"].as_array().into_iter().flatten() {
-                    let (s, e) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
-                    for i in s..=e {
-                        resend.push(chunk(&prefix, &dev, &image, i as usize));
-                    }
+                if f == Format::Gxp && list.contains(&0) {
+                    resynced.insert(dev.clone());
                 }
+                list.into_iter()
+                    .map(|i| chunk(f, &prefix, &dev, &image, i))
+                    .collect()
             }
-            _ => {}
-        }
+            Answer::Other => continue,
+        };
         for (topic, body) in resend {
             client
                 .publish(topic, QoS::AtLeastOnce, false, body)
@@ -176,8 +273,7 @@ async fn captures_in_flight_on_a_killed_instance_complete_through_nack_resync() 
         }
     }
     let stored = format!(
-        "SELECT count(*) FROM captures WHERE ingest_status = 'stored' AND device_id LIKE 'CC00%' \
-         AND device_capture_id = 'r1' AND image_bytes = {}",
+        "SELECT count(*) FROM captures WHERE ingest_status = 'stored' AND image_bytes = {}",
         image.len()
     );
     wait_for(&e0, &stored, DEVICES as i64, Duration::from_secs(20)).await;
@@ -202,16 +298,16 @@ async fn captures_in_flight_on_a_killed_instance_complete_through_nack_resync() 
         m
     });
     eprintln!(
-        "devices on the killed instance {:?}, on the survivor {:?}; need_metadata from {}, missing-chunk NACKs {missing_nacks}",
+        "{f:?}: devices on the killed instance {:?}, on the survivor {:?}; resynchronised {}, missing-chunk NACKs {missing_nacks}",
         by_instance.get(&true),
         by_instance.get(&false),
-        asked_metadata.len()
+        resynced.len()
     );
     assert!(
-        !asked_metadata.is_empty(),
-        "no device was asked for its metadata again: the kill lost no assembly"
+        !resynced.is_empty(),
+        "{f:?}: no device had to resynchronise: the kill lost no assembly"
     );
-    for d in &asked_metadata {
+    for d in &resynced {
         assert!(
             on_killed.contains(d),
             "{d} resynced but its actor was not on the killed instance"
