@@ -572,15 +572,12 @@ async fn an_instance_that_cannot_renew_its_membership_fences_itself_and_comes_ba
     settled(&[&e0], Duration::from_secs(60)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn any_instance_answers_for_a_device_restarts_it_where_it_lives_and_a_command_queued_on_any_reaches_it(
-) {
-    let prefix = format!("c{}", random_hex(8));
-    let e0 = engine("c0", &prefix, None).await;
-    let e1 = engine("c1", &prefix, Some(e0.db_url.clone())).await;
-    settled(&[&e0, &e1], Duration::from_secs(30)).await;
-    let id = device(7);
-    // The device: subscribed to its /ack and /cmd through a NATS node's MQTT port.
+/// The device's side of `/cmd`: subscribed through a NATS node's MQTT port (SUBACK received),
+/// every JSON command forwarded.
+async fn cmd_listener(
+    prefix: &str,
+    id: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
     let mut o = MqttOptions::new(
         format!("dev-{}", random_hex(6)),
         "127.0.0.1",
@@ -591,8 +588,11 @@ async fn any_instance_answers_for_a_device_restarts_it_where_it_lives_and_a_comm
     dev.subscribe(format!("{prefix}/{id}/cmd"), QoS::AtMostOnce)
         .await
         .unwrap();
-    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let (got_tx, got) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
+        let _dev = dev;
+        let mut subscribed_tx = Some(subscribed_tx);
         loop {
             let e = match ev.poll().await {
                 Ok(e) => e,
@@ -602,13 +602,72 @@ async fn any_instance_answers_for_a_device_restarts_it_where_it_lives_and_a_comm
                     continue;
                 }
             };
-            if let Event::Incoming(Packet::Publish(p)) = e {
-                if let Ok(v) = serde_json::from_slice(&p.payload) {
-                    let _ = got_tx.send(v);
+            match e {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(t) = subscribed_tx.take() {
+                        let _ = t.send(());
+                    }
                 }
+                Event::Incoming(Packet::Publish(p)) => {
+                    if let Ok(v) = serde_json::from_slice(&p.payload) {
+                        let _ = got_tx.send(v);
+                    }
+                }
+                _ => {}
             }
         }
     });
+    tokio::time::timeout(Duration::from_secs(10), subscribed)
+        .await
+        .expect("no SUBACK from NATS's MQTT listener")
+        .unwrap();
+    got
+}
+
+/// The GXP wake handshake through NATS: a device that wakes sends `Alive` and must get its
+/// command on `/cmd` within a second or two (docs/gxp.md): `capture_image` when it was never
+/// scheduled, then `next_wake` in the future.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gxp_device_waking_through_nats_gets_capture_image_then_next_wake_within_2_s() {
+    let prefix = format!("w{}", random_hex(8));
+    let e0 = engine("w0", &prefix, None).await;
+    let e1 = engine("w1", &prefix, Some(e0.db_url.clone())).await;
+    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    let id = device(11);
+    let mut cmds = cmd_listener(&prefix, &id).await;
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let alive = fleetflow_sim::gxp::wire::alive(&id, 0).to_vec();
+        publish(vec![(format!("{prefix}/{id}/status"), alive)], || {}).await;
+        let sent = Instant::now();
+        let cmd = tokio::time::timeout(Duration::from_secs(2), cmds.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no /cmd within 2 s of Alive (answers so far: {answers:?})"))
+            .unwrap();
+        eprintln!("answered {cmd} after {:?}", sent.elapsed());
+        answers.push(cmd);
+    }
+    assert_eq!(
+        answers[0],
+        serde_json::json!({"device_id": id, "capture_image": true})
+    );
+    let wake: DateTime<Utc> = answers[1]["next_wake"]
+        .as_str()
+        .unwrap_or_else(|| panic!("next_wake: {}", answers[1]))
+        .parse()
+        .unwrap();
+    assert!(wake > Utc::now(), "next_wake {wake} is in the future");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_instance_answers_for_a_device_restarts_it_where_it_lives_and_a_command_queued_on_any_reaches_it(
+) {
+    let prefix = format!("c{}", random_hex(8));
+    let e0 = engine("c0", &prefix, None).await;
+    let e1 = engine("c1", &prefix, Some(e0.db_url.clone())).await;
+    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    let id = device(7);
+    let mut got = cmd_listener(&prefix, &id).await;
     publish(
         vec![(
             format!("{prefix}/{id}/status"),
