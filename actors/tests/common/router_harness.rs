@@ -50,6 +50,8 @@ impl Engine {
         let devices = DevicesConfig {
             restart_backoff_min_ms: 1,
             restart_backoff_max_ms: 1,
+            // Fleet-scale tests (idle_memory.rs) hold up to a million live actors.
+            max_actors: 2_000_000,
             ..Default::default()
         };
         let router = DeviceRouter::create(move |ctx| {
@@ -93,7 +95,8 @@ impl Engine {
         payload: &'static [u8],
     ) -> u16 {
         let pkid = self.next_pkid;
-        self.next_pkid += 1;
+        // Packet ids wrap as on a real connection (0 is not one).
+        self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
         self.link.received();
         self.router
             .send(RawPublish {
