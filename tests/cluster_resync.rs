@@ -179,8 +179,8 @@ async fn gxp_captures_in_flight_on_a_killed_instance_complete_when_the_firmware_
 
 /// Devices of format `f` send the metadata and half their chunks; the instance holding some of
 /// them is killed; the rest of the chunks (and, from GXP firmware, the metadata again) follow, and
-/// every NACK is answered. Every capture is stored and ACKed, and exactly the killed instance's
-/// devices had to resynchronise.
+/// every NACK is answered. Every capture is stored and ACKed, and only the killed instance's
+/// devices had to resynchronise (some of them did).
 async fn in_flight_across_a_kill(f: Format) {
     let prefix = format!("r{}", random_hex(8));
     // A short assembly timeout: the missing chunks are NACKed soon after the metadata comes again.

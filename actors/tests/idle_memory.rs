@@ -51,6 +51,7 @@ async fn an_idle_device_actor_holds_at_most_2_kib() {
     let n: usize = std::env::var("FLEETFLOW_IDLE_MEMORY_DEVICES")
         .ok()
         .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
         .unwrap_or(20_000);
     let fleet = ids(10_000, n);
     one_status_each(&mut e, &fleet).await;

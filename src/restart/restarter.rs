@@ -207,11 +207,13 @@ impl Restarter {
                 Outcome::Completed,
                 json!({"was_running": was_running, "healthy": true, "state": s.state}),
             ),
-            // Cluster mode starts no actor for a device its partition's owner may start.
+            // Cluster mode starts no actor for a device another instance may own. Silence does not
+            // tell "no actor anywhere" from "its holder did not answer in time": not claimed done.
             Ok(Ok(None)) if !was_running && self.pipeline.is_cluster() => (
-                Outcome::Completed,
-                json!({"was_running": false, "healthy": true, "state": "idle",
-                       "detail": "no instance holds a live actor for it: its next message starts a fresh one"}),
+                Outcome::Failed,
+                json!({"was_running": false, "healthy": false,
+                       "error": "no instance answered for a live actor of this device within 500 ms: \
+                                 it has none (its next message starts a fresh one), or its holder is unreachable"}),
             ),
             _ => (
                 Outcome::Failed,
