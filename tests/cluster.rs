@@ -19,7 +19,7 @@ use common::services::random_hex;
 use fleetflow_sim::gxp::wire as gxp_wire;
 
 const DEVICES: usize = 300;
-const TOKEN: &str = "cluster-test-admin-token";
+pub(crate) const TOKEN: &str = "cluster-test-admin-token";
 const PARTITIONS: f64 = 32.0;
 /// Captures of phase A: one v1 and one GXP from every tenth device.
 const CAPTURES: i64 = (DEVICES / 10 * 2) as i64;

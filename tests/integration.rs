@@ -9,6 +9,7 @@ mod admin;
 mod alerts;
 mod broker_restarts;
 mod cluster;
+mod cluster_console;
 mod cluster_resync;
 mod compat;
 mod compose;

@@ -1,0 +1,53 @@
+//! Cluster mode (issue 16): the console of either instance, in a real browser over WebDriver,
+//! shows a device's live actor wherever it lives, and its "restart actor" button restarts the
+//! actor on the instance that holds it.
+
+use std::time::Duration;
+
+use crate::cluster::{device, engine, publish, settled, wait_for, TOKEN};
+use crate::common::browser::Browser;
+use crate::common::services::random_hex;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_of_either_instance_shows_a_devices_actor_and_restarts_it_where_it_lives() {
+    let prefix = format!("u{}", random_hex(8));
+    let e0 = engine("u0", &prefix, None).await;
+    let e1 = engine("u1", &prefix, Some(e0.db_url.clone())).await;
+    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    let id = device(21);
+    publish(
+        vec![(
+            format!("{prefix}/{id}/status"),
+            br#"{"status":"online","battery_v":3.9}"#.to_vec(),
+        )],
+        || {},
+    )
+    .await;
+    wait_for(
+        &e0,
+        &format!("SELECT count(*) FROM devices WHERE device_id = '{id}'"),
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    let b = Browser::start().await;
+    for via in [&e0, &e1] {
+        b.login(&via.http, TOKEN).await;
+        // The devices list: the actor column, from whichever instance holds it.
+        b.wait_text(&format!("#devices tr[data-device=\"{id}\"]"), "running")
+            .await;
+        // The device page's button restarts it where it lives.
+        b.goto(&format!("{}/#device={id}", via.http)).await;
+        b.click(&format!("button[data-restart-device=\"{id}\"]"))
+            .await;
+        b.wait_text("#msg", "restarted (completed)").await;
+    }
+    let restarted = "fleetflow_device_actors_restarted_total";
+    let (r0, r1) = (e0.metric(restarted).await, e1.metric(restarted).await);
+    assert_eq!(r0 + r1, 2.0, "two restarts ran: {r0} on u0, {r1} on u1");
+    assert!(
+        r0 == 0.0 || r1 == 0.0,
+        "restarted on both instances: {r0} and {r1}"
+    );
+}
