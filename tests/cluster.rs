@@ -572,26 +572,27 @@ async fn an_instance_that_cannot_renew_its_membership_fences_itself_and_comes_ba
     settled(&[&e0], Duration::from_secs(60)).await;
 }
 
-/// The device's side of `/cmd`: subscribed through a NATS node's MQTT port (SUBACK received),
-/// every JSON command forwarded.
-async fn cmd_listener(
-    prefix: &str,
-    id: &str,
-) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+/// An MQTT 3.1.1 client of NATS node `node` (its MQTT port) subscribed to `filter`, once the
+/// SUBACK is in; every JSON message is forwarded with its device (the topic's second level). The
+/// client is returned for publishing, and must be kept.
+pub(crate) async fn subscriber(
+    filter: String,
+    node: usize,
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+) {
     let mut o = MqttOptions::new(
         format!("dev-{}", random_hex(6)),
         "127.0.0.1",
-        mqtt_ports()[1],
+        mqtt_ports()[node],
     );
     o.set_keep_alive(Duration::from_secs(30));
-    let (dev, mut ev) = AsyncClient::new(o, 10);
-    dev.subscribe(format!("{prefix}/{id}/cmd"), QoS::AtMostOnce)
-        .await
-        .unwrap();
-    let (got_tx, got) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let (client, mut ev) = AsyncClient::new(o, 1000);
+    client.subscribe(filter, QoS::AtMostOnce).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let _dev = dev;
         let mut subscribed_tx = Some(subscribed_tx);
         loop {
             let e = match ev.poll().await {
@@ -609,8 +610,11 @@ async fn cmd_listener(
                     }
                 }
                 Event::Incoming(Packet::Publish(p)) => {
+                    let dev = p.topic.split('/').nth(1).unwrap_or_default().to_string();
                     if let Ok(v) = serde_json::from_slice(&p.payload) {
-                        let _ = got_tx.send(v);
+                        if tx.send((dev, v)).is_err() {
+                            return;
+                        }
                     }
                 }
                 _ => {}
@@ -621,7 +625,37 @@ async fn cmd_listener(
         .await
         .expect("no SUBACK from NATS's MQTT listener")
         .unwrap();
-    got
+    (client, rx)
+}
+
+/// A device announced through NATS (one status), once its `devices` row is in.
+pub(crate) async fn announce(env: &TestEnv, prefix: &str, id: &str) {
+    let status = br#"{"status":"online","battery_v":3.9}"#.to_vec();
+    publish(vec![(format!("{prefix}/{id}/status"), status)], || {}).await;
+    wait_for(
+        env,
+        &format!("SELECT count(*) FROM devices WHERE device_id = '{id}'"),
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+/// An admin API call through `via`: the status and the JSON answer.
+async fn api(
+    via: &TestEnv,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .request(method, format!("{}/api/v1/{path}", via.http))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 /// The GXP wake handshake through NATS: a device that wakes sends `Alive` and must get its
@@ -634,7 +668,7 @@ async fn a_gxp_device_waking_through_nats_gets_capture_image_then_next_wake_with
     let e1 = engine("w1", &prefix, Some(e0.db_url.clone())).await;
     settled(&[&e0, &e1], Duration::from_secs(30)).await;
     let id = device(11);
-    let mut cmds = cmd_listener(&prefix, &id).await;
+    let (_dev, mut cmds) = subscriber(format!("{prefix}/{id}/cmd"), 1).await;
     let mut answers = Vec::new();
     for _ in 0..2 {
         let alive = fleetflow_sim::gxp::wire::alive(&id, 0).to_vec();
@@ -643,7 +677,8 @@ async fn a_gxp_device_waking_through_nats_gets_capture_image_then_next_wake_with
         let cmd = tokio::time::timeout(Duration::from_secs(2), cmds.recv())
             .await
             .unwrap_or_else(|_| panic!("no /cmd within 2 s of Alive (answers so far: {answers:?})"))
-            .unwrap();
+            .unwrap()
+            .1;
         eprintln!("answered {cmd} after {:?}", sent.elapsed());
         answers.push(cmd);
     }
@@ -667,47 +702,30 @@ async fn any_instance_answers_for_a_device_restarts_it_where_it_lives_and_a_comm
     let e1 = engine("c1", &prefix, Some(e0.db_url.clone())).await;
     settled(&[&e0, &e1], Duration::from_secs(30)).await;
     let id = device(7);
-    let mut got = cmd_listener(&prefix, &id).await;
-    publish(
-        vec![(
-            format!("{prefix}/{id}/status"),
-            br#"{"status":"online"}"#.to_vec(),
-        )],
-        || {},
-    )
-    .await;
-    wait_for(
-        &e0,
-        &format!("SELECT count(*) FROM devices WHERE device_id = '{id}'"),
-        1,
-        Duration::from_secs(20),
-    )
-    .await;
+    let (_dev, mut got) = subscriber(format!("{prefix}/{id}/cmd"), 1).await;
+    announce(&e0, &prefix, &id).await;
     // Either instance answers for the device's actor, wherever it lives (one of the two only
     // through the other).
     for via in [&e0, &e1] {
-        let v: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/api/v1/devices/{id}", via.http))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, v) = api(
+            via,
+            reqwest::Method::GET,
+            &format!("devices/{id}"),
+            serde_json::Value::Null,
+        )
+        .await;
         assert_eq!(v["actor"]["state"], "running", "{v}");
     }
     // Queued through each instance in turn: whichever owns the device, the command gets there.
     for (n, via) in [&e0, &e1].into_iter().enumerate() {
-        let r = reqwest::Client::new()
-            .post(format!("{}/api/v1/devices/{id}/commands", via.http))
-            .bearer_auth(TOKEN)
-            .json(&serde_json::json!({"name": "capture_now", "args": {"n": n}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let body: serde_json::Value = r.json().await.unwrap();
+        let (status, body) = api(
+            via,
+            reqwest::Method::POST,
+            &format!("devices/{id}/commands"),
+            serde_json::json!({"name": "capture_now", "args": {"n": n}}),
+        )
+        .await;
+        assert_eq!(status, 201);
         let command_id = body["command_id"].as_str().unwrap().to_string();
         let cmd = loop {
             let Ok(v) = tokio::time::timeout(Duration::from_secs(15), got.recv()).await else {
@@ -722,7 +740,7 @@ async fn any_instance_answers_for_a_device_restarts_it_where_it_lives_and_a_comm
                     "the command did not reach the device (sent rows: {st}, published {m0} + {m1})"
                 );
             };
-            let v = v.unwrap();
+            let (_, v) = v.unwrap();
             if v["type"] == "command" {
                 break v;
             }
@@ -746,16 +764,13 @@ async fn any_instance_answers_for_a_device_restarts_it_where_it_lives_and_a_comm
     // A `device:` restart requested through either instance restarts the actor where it lives;
     // neither starts a second actor for the device (all restarts are on one instance).
     for via in [&e0, &e1] {
-        let r: serde_json::Value = reqwest::Client::new()
-            .post(format!("{}/api/v1/restarts", via.http))
-            .bearer_auth(TOKEN)
-            .json(&serde_json::json!({"target": format!("device:{id}"), "reason": "test"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, r) = api(
+            via,
+            reqwest::Method::POST,
+            "restarts",
+            serde_json::json!({"target": format!("device:{id}"), "reason": "test"}),
+        )
+        .await;
         assert_eq!(r["status"], "completed", "{r}");
         assert_eq!(r["result"]["was_running"], true, "{r}");
     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::cluster::{device, engine, publish, settled, wait_for, TOKEN};
+use crate::cluster::{announce, device, engine, settled, TOKEN};
 use crate::common::browser::Browser;
 use crate::common::services::random_hex;
 
@@ -15,21 +15,7 @@ async fn the_console_of_either_instance_shows_a_devices_actor_and_restarts_it_wh
     let e1 = engine("u1", &prefix, Some(e0.db_url.clone())).await;
     settled(&[&e0, &e1], Duration::from_secs(30)).await;
     let id = device(21);
-    publish(
-        vec![(
-            format!("{prefix}/{id}/status"),
-            br#"{"status":"online","battery_v":3.9}"#.to_vec(),
-        )],
-        || {},
-    )
-    .await;
-    wait_for(
-        &e0,
-        &format!("SELECT count(*) FROM devices WHERE device_id = '{id}'"),
-        1,
-        Duration::from_secs(20),
-    )
-    .await;
+    announce(&e0, &prefix, &id).await;
 
     let b = Browser::start().await;
     for via in [&e0, &e1] {

@@ -15,9 +15,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 
-use crate::cluster::{actor_lives, device, engine_with, mqtt_ports, publish, settled, wait_for};
+use crate::cluster::{actor_lives, device, engine_with, publish, settled, subscriber, wait_for};
 use crate::common::engine::Options;
 use crate::common::services::random_hex;
 use fleetflow_sim::gxp::wire as gxp_wire;
@@ -120,52 +120,6 @@ fn answer(f: Format, v: &serde_json::Value) -> Answer {
     }
 }
 
-/// The devices' side: subscribed to every `/ack`, forwarding (device, answer) to the test.
-async fn devices_side(
-    prefix: &str,
-) -> (
-    AsyncClient,
-    tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
-) {
-    let mut o = MqttOptions::new(
-        format!("resync-{}", random_hex(6)),
-        "127.0.0.1",
-        mqtt_ports()[0],
-    );
-    o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut ev) = AsyncClient::new(o, 1000);
-    client
-        .subscribe(format!("{prefix}/+/ack"), QoS::AtMostOnce)
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut subscribed_tx = Some(subscribed_tx);
-        while let Ok(e) = ev.poll().await {
-            match e {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    if let Some(t) = subscribed_tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Event::Incoming(Packet::Publish(p)) => {
-                    let dev = p.topic.split('/').nth(1).unwrap_or_default().to_string();
-                    if let Ok(v) = serde_json::from_slice(&p.payload) {
-                        let _ = tx.send((dev, v));
-                    }
-                }
-                _ => {}
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), subscribed)
-        .await
-        .expect("no SUBACK from NATS's MQTT listener")
-        .unwrap();
-    (client, rx)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn v1_captures_in_flight_on_a_killed_instance_complete_through_nack_resync() {
     in_flight_across_a_kill(Format::V1).await;
@@ -193,7 +147,8 @@ async fn in_flight_across_a_kill(f: Format) {
     settled(&[&e0, &e1], Duration::from_secs(30)).await;
     let image = jpeg();
     let ids: Vec<String> = (0..DEVICES).map(device).collect();
-    let (client, mut answers) = devices_side(&prefix).await;
+    // The devices' side: every `/ack`, as (device, answer).
+    let (client, mut answers) = subscriber(format!("{prefix}/+/ack"), 0).await;
 
     // The metadata and the first half of the chunks, taken into the assemblies of both instances.
     let mut first = Vec::new();
