@@ -93,6 +93,35 @@ fn jpeg() -> Vec<u8> {
     j
 }
 
+/// GXP firmware metadata of one image (flat fields, as the devices in the field send it).
+pub(crate) fn gxp_meta(id: &str, image_name: &str, image_size: usize, chunk: usize) -> Vec<u8> {
+    gxp_wire::metadata(&gxp_wire::Meta {
+        device_id: id,
+        image_name,
+        captured_at: "2026-11-29T08:00:00Z",
+        image_size,
+        chunk_size: chunk,
+        location: "test",
+        sensors: gxp_wire::Sensors {
+            temperature: 21.0,
+            humidity: 40.0,
+            pressure: 1000.0,
+            gas_resistance_ohm: 10_000.0,
+        },
+    })
+    .to_vec()
+}
+
+/// Two instances on one database and one fleet prefix (`{tag}` plus random hex), with their
+/// partitions settled; `opts` for both.
+pub(crate) async fn two_engines(tag: &str, opts: Options) -> (String, TestEnv, TestEnv) {
+    let prefix = format!("{tag}{}", random_hex(8));
+    let e0 = engine_with(&format!("{tag}0"), &prefix, None, opts.clone()).await;
+    let e1 = engine_with(&format!("{tag}1"), &prefix, Some(e0.db_url.clone()), opts).await;
+    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    (prefix, e0, e1)
+}
+
 /// The messages of one phase: `per_device` readings (seq from `first_seq`) for every device,
 /// and, when `captures`, a capture from every tenth device in each format: fleetflow v1
 /// (metadata and two binary chunks) and the GXP firmware's (metadata and base64 JSON chunks).
@@ -110,21 +139,8 @@ fn phase(prefix: &str, first_seq: u64, per_device: u64, captures: bool) -> Vec<(
         for d in (5..DEVICES).step_by(10) {
             let id = device(d);
             let name = format!("image_{first_seq:06}.jpg");
-            let meta = gxp_wire::metadata(&gxp_wire::Meta {
-                device_id: &id,
-                image_name: &name,
-                captured_at: "2026-11-29T08:00:00Z",
-                image_size: image.len(),
-                chunk_size: 256,
-                location: "test",
-                sensors: gxp_wire::Sensors {
-                    temperature: 21.0,
-                    humidity: 40.0,
-                    pressure: 1000.0,
-                    gas_resistance_ohm: 10_000.0,
-                },
-            });
-            out.push((format!("{prefix}/{id}/data"), meta.to_vec()));
+            let meta = gxp_meta(&id, &name, image.len(), 256);
+            out.push((format!("{prefix}/{id}/data"), meta));
             for (i, part) in image.chunks(256).enumerate() {
                 let c = gxp_wire::chunk(&id, &name, i, 256, part);
                 out.push((format!("{prefix}/{id}/data"), c.to_vec()));
@@ -528,10 +544,7 @@ impl Drop for Restart {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_node_killed_mid_stream_loses_nothing_acknowledged_and_ingest_goes_on() {
-    let prefix = format!("n{}", random_hex(8));
-    let e0 = engine("n0", &prefix, None).await;
-    let e1 = engine("n1", &prefix, Some(e0.db_url.clone())).await;
-    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    let (prefix, e0, e1) = two_engines("n", Options::default()).await;
     let _restart = Restart("n2");
 
     let moved = publish(phase(&prefix, 1, 20, true), || services("nats-kill", "n2")).await;
@@ -663,10 +676,7 @@ async fn api(
 /// scheduled, then `next_wake` in the future.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gxp_device_waking_through_nats_gets_capture_image_then_next_wake_within_2_s() {
-    let prefix = format!("w{}", random_hex(8));
-    let e0 = engine("w0", &prefix, None).await;
-    let e1 = engine("w1", &prefix, Some(e0.db_url.clone())).await;
-    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    let (prefix, _e0, _e1) = two_engines("w", Options::default()).await;
     let id = device(11);
     let (_dev, mut cmds) = subscriber(format!("{prefix}/{id}/cmd"), 1).await;
     let mut answers = Vec::new();
@@ -697,10 +707,7 @@ async fn a_gxp_device_waking_through_nats_gets_capture_image_then_next_wake_with
 #[tokio::test(flavor = "multi_thread")]
 async fn any_instance_answers_for_a_device_restarts_it_where_it_lives_and_a_command_queued_on_any_reaches_it(
 ) {
-    let prefix = format!("c{}", random_hex(8));
-    let e0 = engine("c0", &prefix, None).await;
-    let e1 = engine("c1", &prefix, Some(e0.db_url.clone())).await;
-    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    let (prefix, e0, e1) = two_engines("c", Options::default()).await;
     let id = device(7);
     let (_dev, mut got) = subscriber(format!("{prefix}/{id}/cmd"), 1).await;
     announce(&e0, &prefix, &id).await;

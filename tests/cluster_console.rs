@@ -2,18 +2,13 @@
 //! shows a device's live actor wherever it lives, and its "restart actor" button restarts the
 //! actor on the instance that holds it.
 
-use std::time::Duration;
-
-use crate::cluster::{announce, device, engine, settled, TOKEN};
+use crate::cluster::{announce, device, two_engines, TOKEN};
 use crate::common::browser::Browser;
-use crate::common::services::random_hex;
+use crate::common::engine::Options;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_of_either_instance_shows_a_devices_actor_and_restarts_it_where_it_lives() {
-    let prefix = format!("u{}", random_hex(8));
-    let e0 = engine("u0", &prefix, None).await;
-    let e1 = engine("u1", &prefix, Some(e0.db_url.clone())).await;
-    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    let (prefix, e0, e1) = two_engines("u", Options::default()).await;
     let id = device(21);
     announce(&e0, &prefix, &id).await;
 

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use rumqttc::QoS;
 
-use crate::cluster::{actor_lives, device, engine_with, publish, settled, subscriber, wait_for};
+use crate::cluster::{
+    actor_lives, device, gxp_meta, publish, settled, subscriber, two_engines, wait_for,
+};
 use crate::common::engine::Options;
-use crate::common::services::random_hex;
 use fleetflow_sim::gxp::wire as gxp_wire;
 
 /// Devices with a capture in flight.
@@ -52,21 +53,7 @@ fn meta(f: Format, prefix: &str, id: &str, image: &[u8]) -> (String, Vec<u8>) {
             image.len()
         )
         .into_bytes(),
-        Format::Gxp => gxp_wire::metadata(&gxp_wire::Meta {
-            device_id: id,
-            image_name: GXP_IMAGE,
-            captured_at: "2026-11-29T08:00:00Z",
-            image_size: image.len(),
-            chunk_size: CHUNK,
-            location: "test",
-            sensors: gxp_wire::Sensors {
-                temperature: 21.0,
-                humidity: 40.0,
-                pressure: 1000.0,
-                gas_resistance_ohm: 10_000.0,
-            },
-        })
-        .to_vec(),
+        Format::Gxp => gxp_meta(id, GXP_IMAGE, image.len(), CHUNK),
     };
     (format!("{prefix}/{id}/data"), body)
 }
@@ -136,15 +123,12 @@ async fn gxp_captures_in_flight_on_a_killed_instance_complete_when_the_firmware_
 /// every NACK is answered. Every capture is stored and ACKed, and only the killed instance's
 /// devices had to resynchronise (some of them did).
 async fn in_flight_across_a_kill(f: Format) {
-    let prefix = format!("r{}", random_hex(8));
     // A short assembly timeout: the missing chunks are NACKed soon after the metadata comes again.
-    let opts = || Options {
+    let opts = Options {
         assembly_timeout_ms: 3_000,
         ..Options::default()
     };
-    let e0 = engine_with("r0", &prefix, None, opts()).await;
-    let mut e1 = engine_with("r1", &prefix, Some(e0.db_url.clone()), opts()).await;
-    settled(&[&e0, &e1], Duration::from_secs(30)).await;
+    let (prefix, e0, mut e1) = two_engines("r", opts).await;
     let image = jpeg();
     let ids: Vec<String> = (0..DEVICES).map(device).collect();
     // The devices' side: every `/ack`, as (device, answer).

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use async_nats::Subject;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -123,7 +124,7 @@ impl NatsClient {
 pub struct AckSlots {
     inner: Mutex<SlotTable>,
     /// The newest reply subject whose cumulative ack may go (every message before it is durable).
-    floor: Mutex<Option<String>>,
+    floor: Mutex<Option<Subject>>,
     /// An [`Outgoing::AckFloor`] of these slots waits in the writer's queue.
     queued: AtomicBool,
     /// A message of this era will never be acknowledged: the partition restarts from its floor.
@@ -134,13 +135,13 @@ pub struct AckSlots {
 #[derive(Debug, Default)]
 struct SlotTable {
     next: u16,
-    subjects: HashMap<u16, String>,
+    subjects: HashMap<u16, Subject>,
 }
 
 impl AckSlots {
     /// Keeps `reply` and answers its slot (1..=65535); `None` when every slot is taken. An empty
     /// `reply` marks a replayed message: it holds its place in the order and acks nothing.
-    pub fn put(&self, reply: String) -> Option<u16> {
+    pub fn put(&self, reply: Subject) -> Option<u16> {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if t.subjects.len() >= usize::from(u16::MAX) {
             return None;
@@ -156,7 +157,7 @@ impl AckSlots {
     }
 
     /// Takes the reply subject out of slot `pkid`.
-    pub fn take(&self, pkid: u16) -> Option<String> {
+    pub fn take(&self, pkid: u16) -> Option<Subject> {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         t.subjects.remove(&pkid)
     }
@@ -165,7 +166,7 @@ impl AckSlots {
     /// when the caller must queue an [`Outgoing::AckFloor`] (none is queued yet). A broken era
     /// raises it no more: a message without a place in the order (no slot was free) may lie
     /// below `subject`.
-    fn advance(&self, subject: String) -> bool {
+    fn advance(&self, subject: Subject) -> bool {
         if self.broken.load(Ordering::Acquire) {
             return false;
         }
@@ -179,7 +180,7 @@ impl AckSlots {
     }
 
     /// The writer's turn: the floor to send now, if it moved since the last one.
-    fn take_floor(&self) -> Option<String> {
+    fn take_floor(&self) -> Option<Subject> {
         self.queued.store(false, Ordering::Release);
         self.floor.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
@@ -257,7 +258,7 @@ mod tests {
         assert_eq!(s.take(a).as_deref(), Some("$JS.ACK.a"));
         assert_eq!(s.take(a), None, "an ack goes once");
         for i in 0..70_000u32 {
-            let p = s.put(format!("r{i}")).unwrap();
+            let p = s.put(format!("r{i}").into()).unwrap();
             assert_ne!(p, 0);
             assert_eq!(s.take(p).as_deref(), Some(format!("r{i}").as_str()));
         }
@@ -274,7 +275,7 @@ mod tests {
         let slots = Arc::new(AckSlots::default());
         let c = NatsClient::new(tx, Some(slots.clone()));
         let a = slots.put("$JS.ACK.s.c.1.10.1.0.0".into()).unwrap();
-        let replayed = slots.put(String::new()).unwrap();
+        let replayed = slots.put(Subject::from_static("")).unwrap();
         let b = slots.put("$JS.ACK.s.c.1.12.2.0.0".into()).unwrap();
         c.ack(replayed).unwrap();
         assert!(rx.try_recv().is_err(), "a replayed message acks nothing");

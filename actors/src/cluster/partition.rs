@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
+use async_nats::Subject;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -31,6 +32,9 @@ use super::subjects::{stored_device, stored_to_topic};
 use crate::link::{MqttLink, ReplyRoute};
 use crate::metrics as m;
 use crate::router::RawPublish;
+
+/// The reply subject of a replayed message: it holds its place in the order and acks nothing.
+const NO_REPLY: Subject = Subject::from_static("");
 
 /// The priority group every instance pulls in; the server pins one puller per consumer.
 pub const GROUP: &str = "fleetflow";
@@ -160,7 +164,8 @@ impl PartitionLoop {
                 }
             }
         }
-        let Some(reply) = m.message.reply.as_ref().map(|r| r.to_string()) else {
+        // The reply subject is the JetStream ack subject, kept as is (no copy).
+        let Some(reply) = m.message.reply else {
             return ControlFlow::Continue(());
         };
         self.forward(m.message.subject.as_str(), m.message.payload, reply)
@@ -202,7 +207,7 @@ impl PartitionLoop {
             next = m.sequence + 1;
             replayed += 1;
             if self
-                .forward(m.subject.as_str(), m.payload, String::new())
+                .forward(m.subject.as_str(), m.payload, NO_REPLY)
                 .await
                 .is_break()
             {
@@ -230,14 +235,20 @@ impl PartitionLoop {
             reason = why,
             "cluster: the partition starts a new era from its ack floor"
         );
-        self.link.next_epoch();
-        self.slots.clear();
+        self.new_epoch();
         self.fresh = true;
     }
 
-    /// Hands one message to the router with a token for `reply` (empty for a replayed message);
+    /// Acks of the messages delivered so far will not go any more (JetStream keeps those).
+    fn new_epoch(&self) {
+        self.link.next_epoch();
+        self.slots.clear();
+    }
+
+    /// Hands one message to the router with a token for `reply` (empty for a replayed message:
+    /// [`NO_REPLY`]);
     /// breaks when the router is gone.
-    async fn forward(&mut self, subject: &str, payload: Bytes, reply: String) -> ControlFlow<()> {
+    async fn forward(&mut self, subject: &str, payload: Bytes, reply: Subject) -> ControlFlow<()> {
         let Some(pkid) = self.slots.put(reply) else {
             // Only with more than 65,535 unacked (replayed and redelivered copies on top of
             // max_ack_pending); the era is broken at once, so that no later ack passes it.
@@ -292,8 +303,7 @@ impl PartitionLoop {
                 "released with messages in flight: JetStream redelivers them to the next owner"
             );
         }
-        self.link.next_epoch();
-        self.slots.clear();
+        self.new_epoch();
         self.devices
     }
 }
