@@ -41,6 +41,15 @@ enum Command {
         #[arg(long, default_value = "default")]
         source: String,
     },
+    /// Delete a fleet's partition consumers and members bucket from NATS JetStream (cluster
+    /// mode: `[cluster]` and `[mqtt] topic_prefix` name them). For a fleet taken out of
+    /// service, or consumers an earlier version made with other settings. Refused while an
+    /// instance is a member; the stream's messages stay.
+    ClusterForget {
+        /// Delete even while the members bucket names live instances.
+        #[arg(long)]
+        force: bool,
+    },
     /// Re-seal every stored broker password under a new key (the current one comes from
     /// FLEETFLOW_SECRET_KEY or FLEETFLOW_SECRET_KEY_FILE).
     RotateSecretKey {
@@ -100,6 +109,27 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             let n = rt.block_on(fleetflow::rotate::rotate(&cfg, &old, &new))?;
             println!("re-sealed {n} broker password(s); restart the engines with the new key");
+            Ok(())
+        }
+        Command::ClusterForget { force } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let prefix = &cfg.mqtt.topic_prefix;
+            let f = rt.block_on(fleetflow_actors::cluster::forget(
+                &cfg.cluster,
+                prefix,
+                force,
+            ))?;
+            println!(
+                "fleet {prefix:?}: deleted {} partition consumer(s){}",
+                f.consumers,
+                if f.members_bucket {
+                    " and the members bucket"
+                } else {
+                    ""
+                }
+            );
             Ok(())
         }
         Command::Run => run(cfg),

@@ -41,6 +41,64 @@ pub(crate) fn mqtt_ports() -> Vec<u16> {
         .collect()
 }
 
+/// A fleet prefix (`{tag}` plus random hex) whose partition consumers and members bucket are
+/// deleted (`fleetflow cluster-forget --force`) when it is dropped, after its engines: every
+/// prefix leaves 32 replicated consumers that cost NATS CPU even idle, and the rest of the suite
+/// shares the same two cores.
+pub(crate) struct Fleet(String);
+
+impl Fleet {
+    pub(crate) fn new(tag: &str) -> Self {
+        Fleet(format!("{tag}{}", random_hex(8)))
+    }
+
+    /// A prefix that begins with this one and adds `-p1`: its consumers' names begin with
+    /// this one's (`{root}-{prefix}-p1-p{n}` against `{root}-{prefix}-p{n}`).
+    fn lookalike(&self) -> Self {
+        Fleet(format!("{}-p1", self.0))
+    }
+
+    /// `fleetflow cluster-forget` on this prefix: its status and standard output.
+    fn forget(&self, force: bool) -> (bool, String) {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"));
+        cmd.arg("cluster-forget")
+            .env("FLEETFLOW_CLUSTER__NATS_URLS", nats_urls())
+            .env("FLEETFLOW_MQTT__TOPIC_PREFIX", &self.0);
+        if force {
+            cmd.arg("--force");
+        }
+        let out = cmd.output().expect("fleetflow cluster-forget");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let (ok, text) = self.forget(true);
+        if !ok {
+            eprintln!("cluster-forget {}: {text}", self.0);
+        }
+    }
+}
+
 pub(crate) async fn engine(instance: &str, prefix: &str, db: Option<String>) -> TestEnv {
     engine_with(instance, prefix, db, Options::default()).await
 }
@@ -114,8 +172,8 @@ pub(crate) fn gxp_meta(id: &str, image_name: &str, image_size: usize, chunk: usi
 
 /// Two instances on one database and one fleet prefix (`{tag}` plus random hex), with their
 /// partitions settled; `opts` for both.
-pub(crate) async fn two_engines(tag: &str, opts: Options) -> (String, TestEnv, TestEnv) {
-    let prefix = format!("{tag}{}", random_hex(8));
+pub(crate) async fn two_engines(tag: &str, opts: Options) -> (Fleet, TestEnv, TestEnv) {
+    let prefix = Fleet::new(tag);
     let e0 = engine_with(&format!("{tag}0"), &prefix, None, opts.clone()).await;
     let e1 = engine_with(&format!("{tag}1"), &prefix, Some(e0.db_url.clone()), opts).await;
     settled(&[&e0, &e1], Duration::from_secs(30)).await;
@@ -429,7 +487,7 @@ pub(crate) fn actor_lives(logs: &[InstanceLog]) -> HashMap<String, Vec<Life>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_share_a_fleet_and_survive_a_kill_and_a_join() {
-    let prefix = format!("k{}", random_hex(8));
+    let prefix = Fleet::new("k");
     let e0 = engine("e0", &prefix, None).await;
     let db = Some(e0.db_url.clone());
     let e1 = engine("e1", &prefix, db.clone()).await;
@@ -567,9 +625,55 @@ async fn a_nats_node_killed_mid_stream_loses_nothing_acknowledged_and_ingest_goe
     settled(&[&e0, &e1], Duration::from_secs(30)).await;
 }
 
+/// `fleetflow cluster-forget` refuses while an instance of the fleet is a member, then deletes
+/// its 32 partition consumers and its members bucket, and leaves alone a fleet whose prefix
+/// begins the same way (which goes on ingesting).
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_forget_deletes_one_fleets_consumers_once_no_instance_is_a_member() {
+    let prefix = Fleet::new("g");
+    let other = prefix.lookalike();
+    let mut e0 = engine("g0", &prefix, None).await;
+    let e1 = engine("g1", &other, None).await;
+    settled(&[&e0], Duration::from_secs(30)).await;
+    settled(&[&e1], Duration::from_secs(30)).await;
+
+    let (ok, text) = prefix.forget(false);
+    assert!(
+        !ok && text.contains("g0"),
+        "refused while g0 is a member: {text}"
+    );
+    e0.kill9();
+    // The member entry expires member_ttl_ms (3 s) after its last renewal.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let (ok, text) = prefix.forget(false);
+        if ok {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "still refused: {text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        text.contains("deleted 32 partition consumer(s) and the members bucket"),
+        "{text}"
+    );
+    let (ok, again) = prefix.forget(false);
+    assert!(
+        ok && again.contains("deleted 0 partition consumer(s)\n"),
+        "{again}"
+    );
+
+    // The lookalike fleet kept its consumers: its instance still owns them and ingests.
+    assert_eq!(
+        settled(&[&e1], Duration::from_secs(5)).await,
+        vec![PARTITIONS]
+    );
+    announce(&e1, &other, "CC0F00000001").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_that_cannot_renew_its_membership_fences_itself_and_comes_back() {
-    let prefix = format!("f{}", random_hex(8));
+    let prefix = Fleet::new("f");
     let e0 = engine("f0", &prefix, None).await;
     settled(&[&e0], Duration::from_secs(30)).await;
     let _restart = (Restart("n2"), Restart("n3"));

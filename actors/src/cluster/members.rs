@@ -276,11 +276,7 @@ impl Owner {
 
     async fn try_setup(&self, js: &jetstream::Context) -> Result<Setup, ClusterError> {
         let (stream, consumers) = stream::ensure(js, &self.cfg, &self.prefix).await?;
-        let bucket = format!(
-            "{}_{}_members",
-            self.cfg.subject_root,
-            subjects::name_part(&self.prefix)
-        );
+        let bucket = stream::members_bucket(&self.cfg, &self.prefix);
         let members = match js.get_key_value(&bucket).await {
             Ok(kv) => kv,
             Err(_) => js

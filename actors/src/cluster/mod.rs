@@ -17,8 +17,10 @@
 //! - `nats_client`: acks and replies over NATS behind [`crate::link::MqttClient`].
 //! - `members`: the members bucket and the ownership loop.
 //! - `queries`: device state from whichever instance holds the actor (admin API).
+//! - `forget`: deleting a fleet prefix's consumers and members bucket (`cluster-forget`).
 
 pub mod assign;
+mod forget;
 mod members;
 mod nats_client;
 mod partition;
@@ -26,6 +28,7 @@ mod queries;
 pub mod stream;
 pub mod subjects;
 
+pub use forget::{forget, Forgotten};
 pub use members::{start, Cluster, ClusterStart};
 pub use nats_client::{AckSlots, NatsClient, Outgoing, WriterGone};
 pub use queries::DeviceQueries;
@@ -39,4 +42,7 @@ pub enum ClusterError {
     /// The stream, its consumers or the members bucket could not be set up.
     #[error("cluster setup: {0}")]
     Setup(String),
+    /// A fleet prefix's consumers or members bucket could not be deleted.
+    #[error("cluster-forget: {0}")]
+    Forget(String),
 }

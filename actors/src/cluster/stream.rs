@@ -20,6 +20,11 @@ pub fn consumer_name(cfg: &ClusterConfig, prefix: &str, partition: u32) -> Strin
     format!("{}-{}-p{partition}", cfg.subject_root, name_part(prefix))
 }
 
+/// The members bucket of a fleet prefix (KV): one entry per live instance.
+pub fn members_bucket(cfg: &ClusterConfig, prefix: &str) -> String {
+    format!("{}_{}_members", cfg.subject_root, name_part(prefix))
+}
+
 /// The consumer of one partition: pinned (one puller at a time), acked cumulatively (one `+ACK`
 /// covers every message up to it: see `partition.rs` for why that is safe across owners),
 /// redelivered for ever.

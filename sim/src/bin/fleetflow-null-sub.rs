@@ -53,7 +53,9 @@ async fn main() -> anyhow::Result<()> {
     props.receive_maximum = Some(a.receive_maximum);
     props.max_packet_size = Some(1 << 20);
     o.set_connect_properties(props);
-    let (client, mut el) = AsyncClient::new(o, a.receive_maximum as usize * 2 + 1024);
+    // Room for an ack of every packet id: brokers may send past the receive maximum (Mosquitto
+    // 2.0 does once acks flow), and `try_ack` must never find the request channel full.
+    let (client, mut el) = AsyncClient::new(o, usize::from(u16::MAX) + 1024);
     let filters: Vec<Filter> = fleetflow_protocol::topic::TopicParser::new(a.prefix.clone())
         .subscriptions()
         .into_iter()
