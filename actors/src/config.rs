@@ -491,6 +491,11 @@ pub struct ObjectsConfig {
     /// Allow plain HTTP endpoints. Default false.
     #[serde(default)]
     pub allow_http: bool,
+    /// For `file://` stores: fsync each object and its directory before the write counts as done
+    /// (and so before its capture is acknowledged), as an S3 PUT's answer means it is stored.
+    /// Default true; turning it off trades images acknowledged before a power loss for speed.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
     /// Uploads in flight at once. Default 16.
     #[serde(default = "default_upload_concurrency")]
     pub upload_concurrency: usize,
@@ -554,6 +559,7 @@ impl Default for ObjectsConfig {
             mailbox_capacity: default_objects_mailbox(),
             dead_letter_dir: default_dead_letter_dir(),
             dead_letter_max_bytes: default_dead_letter_max_bytes(),
+            fsync: true,
         }
     }
 }

@@ -104,7 +104,7 @@ impl DeadLetterDir {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&path, &req.image)?;
+        write_durably(&path, &req.image)?;
         let meta = DeadLetter {
             device_id: req.device_id.to_string(),
             capture_id: req.capture_id.clone(),
@@ -117,9 +117,9 @@ impl DeadLetterDir {
             reason: reason.to_string(),
             failed_at: Utc::now(),
         };
-        std::fs::write(
-            path.with_extension("json"),
-            serde_json::to_vec_pretty(&meta)?,
+        write_durably(
+            &path.with_extension("json"),
+            &serde_json::to_vec_pretty(&meta)?,
         )?;
         metrics::counter!(m::DEAD_LETTERS_TOTAL).increment(1);
         Ok(path)
@@ -155,4 +155,22 @@ impl DeadLetterDir {
         std::fs::remove_file(image.with_extension("json"))?;
         Ok(())
     }
+}
+
+/// Writes `bytes` to `path` so that it survives a power loss once this returns: a temporary file
+/// in the same directory, synced, renamed over `path`, then the directory synced. The capture is
+/// marked failed and its messages acknowledged once the image is here, so here is its only copy.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

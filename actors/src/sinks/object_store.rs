@@ -35,7 +35,8 @@ pub fn build(cfg: &ObjectsConfig) -> Result<Arc<dyn ObjectStore>, ObjectsError> 
         let root = root
             .canonicalize()
             .map_err(|e| ObjectsError::Dir(root.display().to_string(), e))?;
-        return Ok(Arc::new(LocalFileSystem::new_with_prefix(root)?));
+        let local = LocalFileSystem::new_with_prefix(root)?.with_fsync(cfg.fsync);
+        return Ok(Arc::new(local));
     }
     if let Some(s3) = s3(cfg)? {
         return Ok(Arc::new(s3));
@@ -64,4 +65,29 @@ pub fn s3(cfg: &ObjectsConfig) -> Result<Option<AmazonS3>, ObjectsError> {
         b = b.with_secret_access_key(secrecy::ExposeSecret::expose_secret(s));
     }
     Ok(Some(b.build()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(fsync: Option<bool>) -> Arc<dyn ObjectStore> {
+        let dir = std::env::temp_dir().join(format!("ff-objects-{}", std::process::id()));
+        let mut cfg = ObjectsConfig {
+            url: format!("file://{}", dir.display()),
+            ..ObjectsConfig::default()
+        };
+        if let Some(f) = fsync {
+            cfg.fsync = f;
+        }
+        build(&cfg).unwrap()
+    }
+
+    /// A local object is on disk before the write returns (and so before its capture is
+    /// acknowledged), unless the operator turned that off.
+    #[test]
+    fn local_objects_are_fsynced_by_default() {
+        assert!(format!("{:?}", local(None)).contains("fsync: true"));
+        assert!(format!("{:?}", local(Some(false))).contains("fsync: false"));
+    }
 }
