@@ -12,7 +12,7 @@ use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::device::{period, Ctx, Device, Out, Wake};
+use super::device::{period, Ctx, Device, Out, Sent, Wake};
 use super::gxp;
 use super::progress::Live;
 use super::report::ConnReport;
@@ -158,11 +158,20 @@ async fn on_event(
             phase.subscribed = true;
         }
         Ok(Event::Incoming(Packet::SubAck(_))) => cx.report.suback += 1,
-        Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
-            if let Some(Some(r)) = cx.out.order.pop_front() {
-                cx.out.by_pkid.insert(pkid, r);
+        Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => match cx.out.order.pop_front() {
+            Some(Sent::Reading(di, seq)) => {
+                cx.out.by_pkid.insert(pkid, (di, seq));
             }
-        }
+            Some(Sent::LastOf { device, capture }) => {
+                let c = index
+                    .get(&device)
+                    .and_then(|&di| devices[di].inflight.get_mut(&capture));
+                if let Some(c) = c {
+                    c.last_chunk_at = Instant::now();
+                }
+            }
+            _ => {}
+        },
         Ok(Event::Incoming(Packet::PubAck(a))) => {
             cx.out.unacked = cx.out.unacked.saturating_sub(1);
             if let Some((di, seq)) = cx.out.by_pkid.remove(&a.pkid) {

@@ -20,12 +20,25 @@ use tokio::time::Instant;
 pub(super) struct Capture {
     /// Its metadata, resent by the retry timer.
     pub meta: Bytes,
-    /// When its last chunk went out (latency starts here).
+    /// When its last chunk (the last message of its latest burst) was written to the
+    /// connection: latency starts here. Until rumqttc reports that write, the queueing time.
     pub last_chunk_at: Instant,
+    /// When that burst was queued on the connection (250 devices share one; a device's own
+    /// link has no such queue), for the queue-inclusive latency.
+    pub queued_at: Instant,
     /// When the engine last said anything about it.
     pub last_heard: Instant,
     /// Gone silent: ignores NACKs, never completes.
     pub silent: bool,
+}
+
+impl Capture {
+    /// A new burst of the capture was queued at `now`: both clocks restart (the connection
+    /// loop moves `last_chunk_at` on when the burst's last message is written).
+    pub fn requeued(&mut self, now: Instant) {
+        self.last_chunk_at = now;
+        self.queued_at = now;
+    }
 }
 
 /// One simulated device.
@@ -63,11 +76,21 @@ impl Device {
     }
 }
 
+/// What a queued publish is, for the connection loop to act on once rumqttc sends it.
+pub(super) enum Sent {
+    /// Nothing to track.
+    Other,
+    /// A reading (device index, seq), matched to its PUBACK.
+    Reading(usize, u64),
+    /// The last message of a capture's burst (device id, capture id or image name).
+    LastOf { device: String, capture: String },
+}
+
 /// Publishes and remembers which were readings, so PUBACKs can be matched to them.
 pub(super) struct Out<'a> {
     pub(super) client: &'a AsyncClient,
-    /// In rumqttc's send order: `Some(device index, seq)` for readings.
-    pub(super) order: VecDeque<Option<(usize, u64)>>,
+    /// What each queued publish is, in rumqttc's send order.
+    pub(super) order: VecDeque<Sent>,
     /// Readings sent, by packet id, until their PUBACK.
     pub(super) by_pkid: HashMap<u16, (usize, u64)>,
     /// Publishes sent and not yet PUBACKed.
@@ -91,7 +114,8 @@ impl Out<'_> {
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
         {
             Ok(()) => {
-                self.order.push_back(reading);
+                self.order
+                    .push_back(reading.map_or(Sent::Other, |(d, s)| Sent::Reading(d, s)));
                 self.unacked += 1;
                 self.live.published();
             }
@@ -103,7 +127,18 @@ impl Out<'_> {
     }
 
     pub(super) fn puback_pending(&self) -> bool {
-        !self.by_pkid.is_empty() || self.order.iter().any(Option::is_some)
+        !self.by_pkid.is_empty() || self.order.iter().any(|s| matches!(s, Sent::Reading(..)))
+    }
+
+    /// Marks the publish queued last as the end of `capture`'s burst on `device`: when rumqttc
+    /// writes it, the capture's latency clock starts.
+    pub fn mark_last(&mut self, device: &str, capture: &str) {
+        if let Some(s @ Sent::Other) = self.order.back_mut() {
+            *s = Sent::LastOf {
+                device: device.to_owned(),
+                capture: capture.to_owned(),
+            };
+        }
     }
 }
 

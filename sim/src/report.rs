@@ -44,8 +44,19 @@ pub struct SideCounts {
     pub metadata_copies: u64,
     /// Of those, copies with null fields.
     pub null_copies: u64,
-    /// Last chunk → ACK_OK, ms.
+    /// Last chunk written → ACK_OK, ms.
     pub latencies_ms: Vec<f64>,
+    /// Last chunk queued on the shared connection → ACK_OK, ms.
+    pub queued_latencies_ms: Vec<f64>,
+}
+
+impl SideCounts {
+    /// An ACK_OK for `c`: its latency from the last chunk's write and from its queueing.
+    pub(crate) fn record_latency(&mut self, c: &crate::device::Capture) {
+        let ms = |t: tokio::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
+        self.latencies_ms.push(ms(c.last_chunk_at));
+        self.queued_latencies_ms.push(ms(c.queued_at));
+    }
 }
 
 /// The GXP wake handshakes on one connection.
@@ -135,8 +146,11 @@ pub struct SimReport {
     pub readings_per_sec: f64,
     /// Metadata resent by the device-side retry timer.
     pub device_retries: u64,
-    /// Latency percentiles, ms.
+    /// Latency percentiles, ms: from a capture's last chunk written to the connection to its
+    /// ACK_OK.
     pub latency_ms: Latency,
+    /// The same from the last chunk queued on the connection the simulator's devices share.
+    pub latency_from_queue_ms: Latency,
     /// The devices speaking fleetflow's protocol.
     pub v1: Side,
     /// The devices running the GXP firmware.
@@ -181,8 +195,10 @@ pub struct Side {
     pub metadata_copies: u64,
     /// Of those, copies with null fields.
     pub null_metadata_copies: u64,
-    /// Last chunk → ACK_OK percentiles, ms.
+    /// Last chunk written → ACK_OK percentiles, ms.
     pub latency_ms: Latency,
+    /// Last chunk queued on the shared connection → ACK_OK percentiles, ms.
+    pub latency_from_queue_ms: Latency,
 }
 
 /// The GXP wake handshakes of the run.
@@ -259,6 +275,9 @@ impl Side {
             metadata_copies: sum(|p| p.metadata_copies),
             null_metadata_copies: sum(|p| p.null_copies),
             latency_ms: Latency::of(parts.iter().flat_map(|p| p.latencies_ms.iter())),
+            latency_from_queue_ms: Latency::of(
+                parts.iter().flat_map(|p| p.queued_latencies_ms.iter()),
+            ),
         }
     }
 }
@@ -315,6 +334,7 @@ impl SimReport {
             acked_readings,
             readings_per_sec: readings_sent as f64 / elapsed.as_secs_f64().max(0.001),
             latency_ms: all.latency_ms,
+            latency_from_queue_ms: all.latency_from_queue_ms,
             v1,
             gxp,
             gxp_handshake: Handshake::merge(

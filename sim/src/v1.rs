@@ -31,8 +31,7 @@ pub(super) fn on_answer(cx: &mut Ctx<'_>, d: &mut Device, payload: &[u8]) {
             Some(c) if !c.silent => {
                 cx.report.v1.acks += 1;
                 cx.live.acked();
-                let ms = c.last_chunk_at.elapsed().as_secs_f64() * 1000.0;
-                cx.report.v1.latencies_ms.push(ms);
+                cx.report.v1.record_latency(&c);
             }
             Some(_) => cx.report.v1.acks += 1,
             None => cx.report.v1.duplicate_acks += 1,
@@ -74,7 +73,8 @@ fn on_nack(cx: &mut Ctx<'_>, d: &mut Device, msg: AckMsg) {
             cx.report.v1.resends += 1;
         }
     }
-    c.last_chunk_at = Instant::now();
+    cx.out.mark_last(&d.id, &msg.capture_id);
+    c.requeued(Instant::now());
 }
 
 /// Sends chunk `i` in the configured form.
@@ -212,12 +212,14 @@ fn send_capture(cx: &mut Ctx<'_>, d: &mut Device) {
             send_chunk(cx, &d.id, &capture_id, i);
         }
     }
+    cx.out.mark_last(&d.id, &capture_id);
     let now = Instant::now();
     d.inflight.insert(
         capture_id,
         Capture {
             meta,
             last_chunk_at: now,
+            queued_at: now,
             last_heard: now,
             silent: plan.silent,
         },

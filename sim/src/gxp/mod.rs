@@ -149,8 +149,7 @@ fn on_ack_ok(cx: &mut Ctx<'_>, d: &mut Device, image_name: &str) {
         Some(c) if !c.silent => {
             cx.report.gxp.acks += 1;
             cx.live.acked();
-            let ms = c.last_chunk_at.elapsed().as_secs_f64() * 1000.0;
-            cx.report.gxp.latencies_ms.push(ms);
+            cx.report.gxp.record_latency(&c);
         }
         Some(_) => cx.report.gxp.acks += 1,
         None => cx.report.gxp.duplicate_acks += 1,
@@ -173,7 +172,8 @@ fn on_nack(cx: &mut Ctx<'_>, d: &mut Device, image_name: &str, missing: &[u32]) 
         send_chunk(cx, &d.id, image_name, i as usize);
         cx.report.gxp.resends += 1;
     }
-    c.last_chunk_at = Instant::now();
+    cx.out.mark_last(&d.id, image_name);
+    c.requeued(Instant::now());
 }
 
 /// `send_image`: the metadata and every chunk again.
@@ -189,8 +189,9 @@ fn resend_image(cx: &mut Ctx<'_>, d: &mut Device, name: &str) {
         send_chunk(cx, &d.id, name, i);
     }
     cx.report.gxp.resends += 1 + total as u64;
+    cx.out.mark_last(&d.id, name);
     c.last_heard = Instant::now();
-    c.last_chunk_at = c.last_heard;
+    c.requeued(c.last_heard);
 }
 
 fn send_chunk(cx: &mut Ctx<'_>, device: &str, image_name: &str, i: usize) {
@@ -249,12 +250,14 @@ fn send_capture(cx: &mut Ctx<'_>, d: &mut Device) {
     for k in k..copies.len() {
         send_meta_copy(cx, &topic, &meta, &d.id, &name, k);
     }
+    cx.out.mark_last(&d.id, &name);
     let now = Instant::now();
     d.inflight.insert(
         name,
         Capture {
             meta,
             last_chunk_at: now,
+            queued_at: now,
             last_heard: now,
             silent: plan.silent,
         },
