@@ -44,11 +44,15 @@ enum Command {
     /// Delete a fleet's partition consumers and members bucket from NATS JetStream (cluster
     /// mode: `[cluster]` and `[mqtt] topic_prefix` name them). For a fleet taken out of
     /// service, or consumers an earlier version made with other settings. Refused while an
-    /// instance is a member; the stream's messages stay.
+    /// instance is a member, and while a consumer holds messages (deleting it deletes them).
     ClusterForget {
-        /// Delete even while the members bucket names live instances.
+        /// Delete even while the members bucket names live instances (they stall until
+        /// restarted).
         #[arg(long)]
         force: bool,
+        /// Delete consumers that still hold messages: those messages are lost.
+        #[arg(long)]
+        discard_pending: bool,
     },
     /// Re-seal every stored broker password under a new key (the current one comes from
     /// FLEETFLOW_SECRET_KEY or FLEETFLOW_SECRET_KEY_FILE).
@@ -111,29 +115,44 @@ fn main() -> anyhow::Result<()> {
             println!("re-sealed {n} broker password(s); restart the engines with the new key");
             Ok(())
         }
-        Command::ClusterForget { force } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let prefix = &cfg.mqtt.topic_prefix;
-            let f = rt.block_on(fleetflow_actors::cluster::forget(
-                &cfg.cluster,
-                prefix,
-                force,
-            ))?;
-            println!(
-                "fleet {prefix:?}: deleted {} partition consumer(s){}",
-                f.consumers,
-                if f.members_bucket {
-                    " and the members bucket"
-                } else {
-                    ""
-                }
-            );
-            Ok(())
-        }
+        Command::ClusterForget {
+            force,
+            discard_pending,
+        } => cluster_forget(
+            &cfg,
+            fleetflow_actors::cluster::ForgetOptions {
+                force_members: force,
+                discard_pending,
+            },
+        ),
         Command::Run => run(cfg),
     }
+}
+
+/// `fleetflow cluster-forget`: the fleet of `[mqtt] topic_prefix` under `[cluster]`.
+fn cluster_forget(
+    cfg: &Config,
+    opts: fleetflow_actors::cluster::ForgetOptions,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let prefix = &cfg.mqtt.topic_prefix;
+    let f = rt.block_on(fleetflow_actors::cluster::forget(
+        &cfg.cluster,
+        prefix,
+        opts,
+    ))?;
+    let bucket = if f.members_bucket {
+        " and the members bucket"
+    } else {
+        ""
+    };
+    println!(
+        "fleet {prefix:?}: deleted {} partition consumer(s){bucket}",
+        f.consumers
+    );
+    Ok(())
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {

@@ -58,22 +58,25 @@ impl Fleet {
         Fleet(format!("{}-p1", self.0))
     }
 
-    /// `fleetflow cluster-forget` on this prefix: its status and standard output.
-    fn forget(&self, force: bool) -> (bool, String) {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"));
-        cmd.arg("cluster-forget")
+    /// `fleetflow cluster-forget` on this prefix with `flags`: its status and its output.
+    fn forget(&self, flags: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+            .arg("cluster-forget")
+            .args(flags)
             .env("FLEETFLOW_CLUSTER__NATS_URLS", nats_urls())
-            .env("FLEETFLOW_MQTT__TOPIC_PREFIX", &self.0);
-        if force {
-            cmd.arg("--force");
+            .env("FLEETFLOW_MQTT__TOPIC_PREFIX", &self.0)
+            .output();
+        match out {
+            Ok(out) => (
+                out.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            ),
+            Err(e) => (false, format!("cannot run fleetflow: {e}")),
         }
-        let out = cmd.output().expect("fleetflow cluster-forget");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
     }
 }
 
@@ -92,7 +95,7 @@ impl std::fmt::Display for Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        let (ok, text) = self.forget(true);
+        let (ok, text) = self.forget(&["--force", "--discard-pending"]);
         if !ok {
             eprintln!("cluster-forget {}: {text}", self.0);
         }
@@ -227,8 +230,8 @@ pub(crate) fn device(d: usize) -> String {
 
 /// Publishes at QoS 1 over MQTT 3.1.1 through the NATS nodes (one connection per node, each
 /// device always on the same one) and waits until every message was acknowledged; `on_half`
-/// runs once the first connection has half of its messages acknowledged (so none has finished:
-/// a node killed then still has a publisher to lose). A connection that fails moves to the next node and publishes
+/// runs once whichever connection is first to have half of its messages acknowledged does (so
+/// none with two or more has finished: a node killed then still has a publisher to lose). A connection that fails moves to the next node and publishes
 /// again what was not acknowledged (as a device does; the database keeps one row per reading).
 /// Answers how many times a connection moved.
 pub(crate) async fn publish(msgs: Vec<(String, Vec<u8>)>, mut on_half: impl FnMut()) -> usize {
@@ -625,9 +628,10 @@ async fn a_nats_node_killed_mid_stream_loses_nothing_acknowledged_and_ingest_goe
     settled(&[&e0, &e1], Duration::from_secs(30)).await;
 }
 
-/// `fleetflow cluster-forget` refuses while an instance of the fleet is a member, then deletes
-/// its 32 partition consumers and its members bucket, and leaves alone a fleet whose prefix
-/// begins the same way (which goes on ingesting).
+/// `fleetflow cluster-forget` refuses while an instance of the fleet is a member, then while a
+/// consumer holds a message NATS acknowledged (deleting it would delete the message), then with
+/// `--discard-pending` deletes the 32 partition consumers and the members bucket, and leaves
+/// alone a fleet whose prefix begins the same way (which goes on ingesting).
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_forget_deletes_one_fleets_consumers_once_no_instance_is_a_member() {
     let prefix = Fleet::new("g");
@@ -637,27 +641,40 @@ async fn cluster_forget_deletes_one_fleets_consumers_once_no_instance_is_a_membe
     settled(&[&e0], Duration::from_secs(30)).await;
     settled(&[&e1], Duration::from_secs(30)).await;
 
-    let (ok, text) = prefix.forget(false);
+    let (ok, text) = prefix.forget(&[]);
     assert!(
-        !ok && text.contains("g0"),
+        !ok && text.contains("instances g0 are still members"),
         "refused while g0 is a member: {text}"
     );
     e0.kill9();
+    // Stored by NATS, and held by its partition's consumer now that no instance pulls.
+    let status = br#"{"status":"online"}"#.to_vec();
+    publish(
+        vec![(format!("{prefix}/CC0F00000002/status"), status)],
+        || {},
+    )
+    .await;
     // The member entry expires member_ttl_ms (3 s) after its last renewal.
     let deadline = Instant::now() + Duration::from_secs(15);
     let text = loop {
-        let (ok, text) = prefix.forget(false);
-        if ok {
+        let (ok, text) = prefix.forget(&[]);
+        assert!(!ok, "deleted a consumer that holds a message: {text}");
+        if !text.contains("still members") {
             break text;
         }
-        assert!(Instant::now() < deadline, "still refused: {text}");
+        assert!(Instant::now() < deadline, "still a member: {text}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(
-        text.contains("deleted 32 partition consumer(s) and the members bucket"),
+        text.contains("consumers still hold messages") && text.contains("(1)"),
         "{text}"
     );
-    let (ok, again) = prefix.forget(false);
+    let (ok, text) = prefix.forget(&["--discard-pending"]);
+    assert!(
+        ok && text.contains("deleted 32 partition consumer(s) and the members bucket"),
+        "{text}"
+    );
+    let (ok, again) = prefix.forget(&[]);
     assert!(
         ok && again.contains("deleted 0 partition consumer(s)\n"),
         "{again}"

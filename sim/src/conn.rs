@@ -63,6 +63,7 @@ pub(super) async fn run_connection(
             order: VecDeque::new(),
             by_pkid: HashMap::new(),
             unacked: 0,
+            queued: 0,
             live: live.clone(),
         },
         rng: rand::rngs::StdRng::seed_from_u64(cfg.seed ^ ((conn as u64) << 32)),
@@ -198,7 +199,8 @@ async fn on_event(
         Ok(_) => {}
         Err(e) => {
             cx.report.connection_errors += 1;
-            tracing::warn!(error = %e, conn, "simulator connection error");
+            let lost = cx.out.forget_queued();
+            tracing::warn!(error = %e, conn, lost, "simulator connection error");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

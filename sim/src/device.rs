@@ -95,6 +95,8 @@ pub(super) struct Out<'a> {
     pub(super) by_pkid: HashMap<u16, (usize, u64)>,
     /// Publishes sent and not yet PUBACKed.
     pub unacked: usize,
+    /// Publishes queued so far (for [`Out::mark_last`]).
+    pub queued: u64,
     pub(super) live: Live,
 }
 
@@ -117,6 +119,7 @@ impl Out<'_> {
                 self.order
                     .push_back(reading.map_or(Sent::Other, |(d, s)| Sent::Reading(d, s)));
                 self.unacked += 1;
+                self.queued += 1;
                 self.live.published();
             }
             Err(e) => {
@@ -130,9 +133,24 @@ impl Out<'_> {
         !self.by_pkid.is_empty() || self.order.iter().any(|s| matches!(s, Sent::Reading(..)))
     }
 
-    /// Marks the publish queued last as the end of `capture`'s burst on `device`: when rumqttc
-    /// writes it, the capture's latency clock starts.
-    pub fn mark_last(&mut self, device: &str, capture: &str) {
+    /// After a connection error: rumqttc drops what it had queued or in flight when the broker
+    /// starts a new session (`clean_start`), so none of it will be written or acknowledged.
+    /// Answers how many queued publishes were lost.
+    pub(super) fn forget_queued(&mut self) -> usize {
+        let lost = self.order.len();
+        self.order.clear();
+        self.by_pkid.clear();
+        self.unacked = 0;
+        lost
+    }
+
+    /// Marks the publish queued last as the end of `capture`'s burst on `device`, when the burst
+    /// (which began with `since` publishes queued) queued any: when rumqttc writes it, the
+    /// capture's latency clock starts.
+    pub fn mark_last(&mut self, since: u64, device: &str, capture: &str) {
+        if self.queued == since {
+            return;
+        }
         if let Some(s @ Sent::Other) = self.order.back_mut() {
             *s = Sent::LastOf {
                 device: device.to_owned(),

@@ -51,6 +51,7 @@ fn on_nack(cx: &mut Ctx<'_>, d: &mut Device, msg: AckMsg) {
         return;
     }
     c.last_heard = Instant::now();
+    let since = cx.out.queued;
     let data_topic = format!("{}/{}/data", cx.cfg.prefix, d.id);
     let ranges: Vec<[u32; 2]> = match msg.reason.as_deref() {
         Some("need_metadata") => {
@@ -73,7 +74,7 @@ fn on_nack(cx: &mut Ctx<'_>, d: &mut Device, msg: AckMsg) {
             cx.report.v1.resends += 1;
         }
     }
-    cx.out.mark_last(&d.id, &msg.capture_id);
+    cx.out.mark_last(since, &d.id, &msg.capture_id);
     c.requeued(Instant::now());
 }
 
@@ -188,6 +189,7 @@ fn send_reading(cx: &mut Ctx<'_>, di: usize, d: &mut Device) {
 
 fn send_capture(cx: &mut Ctx<'_>, d: &mut Device) {
     let cfg = cx.cfg;
+    let since = cx.out.queued;
     d.captures_sent += 1;
     let capture_id = format!("img_{:06}", d.captures_sent);
     let total = image::total_chunks(cx.image.len(), cfg.chunk_size);
@@ -212,7 +214,7 @@ fn send_capture(cx: &mut Ctx<'_>, d: &mut Device) {
             send_chunk(cx, &d.id, &capture_id, i);
         }
     }
-    cx.out.mark_last(&d.id, &capture_id);
+    cx.out.mark_last(since, &d.id, &capture_id);
     let now = Instant::now();
     d.inflight.insert(
         capture_id,

@@ -4,10 +4,18 @@
 //! test and bench fleets: each prefix keeps `partitions` replicated consumers, and NATS spends
 //! CPU on them even while nothing flows.
 //!
-//! Refused while the members bucket names a live instance (entries expire `member_ttl_ms` after
-//! their last renewal), unless forced: an instance still running would make its consumers again
-//! and, meanwhile, lose its pins. Messages stay in the stream; an instance started later for the
-//! same prefix makes fresh consumers and reads what the stream still holds.
+//! Two refusals guard it:
+//! - **Live members.** While the members bucket names an instance (entries expire `member_ttl_ms`
+//!   after their last renewal), unless `force_members`: a running instance does not make its
+//!   consumers again; its pulls fail until it is restarted.
+//! - **Messages held.** `$MQTT_msgs` keeps a message only while a consumer is interested in it,
+//!   so deleting a consumer deletes the messages it still holds (pending or delivered and not
+//!   acknowledged), which NATS has already acknowledged to the devices. Unless `discard_pending`,
+//!   a consumer that holds any is not deleted.
+//!
+//! A consumer is deleted only when its name and its filter subject are this prefix's (prefixes
+//! that differ only in characters a NATS name cannot hold share names; the filters tell them
+//! apart).
 
 use std::time::Duration;
 
@@ -26,12 +34,21 @@ pub struct Forgotten {
     pub members_bucket: bool,
 }
 
+/// What may be deleted despite the checks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ForgetOptions {
+    /// Delete even while the members bucket names live instances.
+    pub force_members: bool,
+    /// Delete consumers that still hold messages (those messages are lost).
+    pub discard_pending: bool,
+}
+
 /// Deletes every partition consumer of `prefix` on `cfg.stream` (whatever partition count made
-/// them) and the prefix's members bucket. `force` skips the live-member check.
+/// them) and the prefix's members bucket.
 pub async fn forget(
     cfg: &ClusterConfig,
     prefix: &str,
-    force: bool,
+    opts: ForgetOptions,
 ) -> Result<Forgotten, ClusterError> {
     let urls: Vec<&str> = cfg.nats_urls.split(',').map(str::trim).collect();
     let client = tokio::time::timeout(
@@ -46,25 +63,41 @@ pub async fn forget(
     let js = jetstream::new(client);
     let bucket = stream::members_bucket(cfg, prefix);
     let has_bucket = stream_exists(&js, &format!("KV_{bucket}")).await?;
-    if has_bucket && !force {
+    if has_bucket && !opts.force_members {
         let live = live_members(&js, &bucket).await?;
         if !live.is_empty() {
             return Err(ClusterError::Forget(format!(
-                "instances {} are still members of fleet {prefix:?}: stop them first, wait \
-                 member_ttl_ms, or force",
+                "instances {} are still members of fleet {prefix:?}: stop them first and wait \
+                 member_ttl_ms (or --force)",
                 live.join(", ")
             )));
         }
     }
     let mut done = Forgotten::default();
     if stream_exists(&js, &cfg.stream).await? {
-        done.consumers = delete_consumers(&js, cfg, prefix).await?;
+        let s = js
+            .get_stream(&cfg.stream)
+            .await
+            .map_err(|e| ClusterError::Forget(format!("stream {}: {e}", cfg.stream)))?;
+        let doomed = partition_consumers(&s, cfg, prefix, opts.discard_pending).await?;
+        done.consumers = delete_consumers(&s, &doomed).await?;
     }
     if has_bucket {
+        let live = if opts.force_members {
+            Vec::new()
+        } else {
+            live_members(&js, &bucket).await?
+        };
         js.delete_key_value(&bucket)
             .await
             .map_err(|e| ClusterError::Forget(format!("deleting bucket {bucket}: {e}")))?;
         done.members_bucket = true;
+        if !live.is_empty() {
+            return Err(ClusterError::Forget(format!(
+                "instances {} joined fleet {prefix:?} while it was being forgotten; restart them",
+                live.join(", ")
+            )));
+        }
     }
     Ok(done)
 }
@@ -95,25 +128,53 @@ async fn live_members(js: &jetstream::Context, bucket: &str) -> Result<Vec<Strin
         .map_err(|e| ClusterError::Forget(format!("listing {bucket}: {e}")))
 }
 
-async fn delete_consumers(
-    js: &jetstream::Context,
+/// The prefix's partition consumers, by name and filter subject; an error names those that
+/// still hold messages unless `discard_pending`.
+async fn partition_consumers(
+    s: &jetstream::stream::Stream,
     cfg: &ClusterConfig,
     prefix: &str,
-) -> Result<usize, ClusterError> {
-    let s = js
-        .get_stream(&cfg.stream)
-        .await
-        .map_err(|e| ClusterError::Forget(format!("stream {}: {e}", cfg.stream)))?;
+    discard_pending: bool,
+) -> Result<Vec<String>, ClusterError> {
     let names: Vec<String> = s
         .consumer_names()
         .try_collect()
         .await
         .map_err(|e| ClusterError::Forget(format!("listing consumers: {e}")))?;
+    let (mut doomed, mut holding) = (Vec::new(), Vec::new());
+    for name in names {
+        let Some(p) = partition_of(cfg, prefix, &name) else {
+            continue;
+        };
+        let info = s
+            .consumer_info(&name)
+            .await
+            .map_err(|e| ClusterError::Forget(format!("consumer {name}: {e}")))?;
+        if info.config.filter_subject != subjects::partition_filter(&cfg.subject_root, p, prefix) {
+            continue;
+        }
+        let held = info.num_pending + info.num_ack_pending as u64;
+        if held > 0 {
+            holding.push(format!("{name} ({held})"));
+        }
+        doomed.push(name);
+    }
+    if !holding.is_empty() && !discard_pending {
+        return Err(ClusterError::Forget(format!(
+            "consumers still hold messages NATS acknowledged to devices: {}; deleting them would \
+             delete those messages (let an instance drain them, or --discard-pending)",
+            holding.join(", ")
+        )));
+    }
+    Ok(doomed)
+}
+
+async fn delete_consumers(
+    s: &jetstream::stream::Stream,
+    names: &[String],
+) -> Result<usize, ClusterError> {
     let mut deleted = 0;
-    for name in names
-        .iter()
-        .filter(|n| is_partition_consumer(cfg, prefix, n))
-    {
+    for name in names {
         match s.delete_consumer(name).await {
             Ok(_) => deleted += 1,
             Err(e) if is_not_found(&e) => {}
@@ -128,12 +189,15 @@ fn is_not_found(e: &jetstream::stream::ConsumerError) -> bool {
         if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND)
 }
 
-/// Whether `name` is one of `prefix`'s partition consumers (`{root}-{prefix}-p{n}`), and not
-/// another prefix's that merely starts the same way.
-fn is_partition_consumer(cfg: &ClusterConfig, prefix: &str, name: &str) -> bool {
+/// The partition of `name` when it is named as one of `prefix`'s partition consumers
+/// (`{root}-{prefix}-p{n}`), and not another prefix's that merely starts the same way.
+fn partition_of(cfg: &ClusterConfig, prefix: &str, name: &str) -> Option<u32> {
     let head = format!("{}-{}-p", cfg.subject_root, subjects::name_part(prefix));
-    name.strip_prefix(&head)
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    let n = name.strip_prefix(&head)?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
 }
 
 #[cfg(test)]
@@ -144,12 +208,27 @@ mod tests {
     fn only_the_prefixs_own_partition_consumers_match() {
         let cfg = ClusterConfig::default();
         let own = stream::consumer_name(&cfg, "fleet", 7);
-        assert!(is_partition_consumer(&cfg, "fleet", &own));
+        assert_eq!(partition_of(&cfg, "fleet", &own), Some(7));
         let other = stream::consumer_name(&cfg, "fleet-p1", 3);
-        assert!(!is_partition_consumer(&cfg, "fleet", &other));
-        assert!(is_partition_consumer(&cfg, "fleet-p1", &other));
-        assert!(!is_partition_consumer(&cfg, "fleet", "somebody-else"));
+        assert_eq!(partition_of(&cfg, "fleet", &other), None);
+        assert_eq!(partition_of(&cfg, "fleet-p1", &other), Some(3));
+        assert_eq!(partition_of(&cfg, "fleet", "somebody-else"), None);
         let bare = format!("{}-fleet-p", cfg.subject_root);
-        assert!(!is_partition_consumer(&cfg, "fleet", &bare));
+        assert_eq!(partition_of(&cfg, "fleet", &bare), None);
+    }
+
+    /// Prefixes that share consumer names (`/` and `_` both become `_`) have different filter
+    /// subjects, which is what `partition_consumers` compares before deleting.
+    #[test]
+    fn prefixes_sharing_names_differ_in_their_filters() {
+        let cfg = ClusterConfig::default();
+        assert_eq!(
+            stream::consumer_name(&cfg, "acme/cams", 1),
+            stream::consumer_name(&cfg, "acme_cams", 1)
+        );
+        assert_ne!(
+            subjects::partition_filter(&cfg.subject_root, 1, "acme/cams"),
+            subjects::partition_filter(&cfg.subject_root, 1, "acme_cams")
+        );
     }
 }

@@ -28,7 +28,7 @@ mod queries;
 pub mod stream;
 pub mod subjects;
 
-pub use forget::{forget, Forgotten};
+pub use forget::{forget, ForgetOptions, Forgotten};
 pub use members::{start, Cluster, ClusterStart};
 pub use nats_client::{AckSlots, NatsClient, Outgoing, WriterGone};
 pub use queries::DeviceQueries;

@@ -104,7 +104,7 @@ impl DeadLetterDir {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        write_durably(&path, &req.image)?;
+        write_durably(&self.root, &path, &req.image)?;
         let meta = DeadLetter {
             device_id: req.device_id.to_string(),
             capture_id: req.capture_id.clone(),
@@ -118,6 +118,7 @@ impl DeadLetterDir {
             failed_at: Utc::now(),
         };
         write_durably(
+            &self.root,
             &path.with_extension("json"),
             &serde_json::to_vec_pretty(&meta)?,
         )?;
@@ -158,9 +159,10 @@ impl DeadLetterDir {
 }
 
 /// Writes `bytes` to `path` so that it survives a power loss once this returns: a temporary file
-/// in the same directory, synced, renamed over `path`, then the directory synced. The capture is
-/// marked failed and its messages acknowledged once the image is here, so here is its only copy.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// in the same directory, synced, renamed over `path`, then every directory from its own up to
+/// `root` synced (`create_dir_all` may just have made them, and a new directory's entry lives in
+/// its parent). This copy is what `fleetflow replay-dead-letters` uploads later.
+fn write_durably(root: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
@@ -169,8 +171,13 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        std::fs::File::open(d)?.sync_all()?;
+        if d == root || !d.starts_with(root) {
+            break;
+        }
+        dir = d.parent();
     }
     Ok(())
 }

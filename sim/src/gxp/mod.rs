@@ -168,11 +168,12 @@ fn on_nack(cx: &mut Ctx<'_>, d: &mut Device, image_name: &str, missing: &[u32]) 
     }
     let now = Instant::now();
     c.last_heard = now;
+    let since = cx.out.queued;
     for &i in missing.iter().filter(|&&i| (i as usize) < total) {
         send_chunk(cx, &d.id, image_name, i as usize);
         cx.report.gxp.resends += 1;
     }
-    cx.out.mark_last(&d.id, image_name);
+    cx.out.mark_last(since, &d.id, image_name);
     c.requeued(Instant::now());
 }
 
@@ -182,6 +183,7 @@ fn resend_image(cx: &mut Ctx<'_>, d: &mut Device, name: &str) {
     let Some(c) = d.inflight.get_mut(name) else {
         return;
     };
+    let since = cx.out.queued;
     let topic = format!("{}/{}/data", cx.cfg.prefix, d.id);
     cx.out
         .publish(topic, c.meta.clone(), None, &mut cx.report.gxp);
@@ -189,7 +191,7 @@ fn resend_image(cx: &mut Ctx<'_>, d: &mut Device, name: &str) {
         send_chunk(cx, &d.id, name, i);
     }
     cx.report.gxp.resends += 1 + total as u64;
-    cx.out.mark_last(&d.id, name);
+    cx.out.mark_last(since, &d.id, name);
     c.last_heard = Instant::now();
     c.requeued(c.last_heard);
 }
@@ -210,6 +212,7 @@ fn send_chunk(cx: &mut Ctx<'_>, device: &str, image_name: &str, i: usize) {
 
 fn send_capture(cx: &mut Ctx<'_>, d: &mut Device) {
     let cfg = cx.cfg;
+    let since = cx.out.queued;
     d.captures_sent += 1;
     let name = wire::image_name(d.captures_sent);
     let total = image::total_chunks(cx.image.len(), cfg.chunk_size);
@@ -250,7 +253,7 @@ fn send_capture(cx: &mut Ctx<'_>, d: &mut Device) {
     for k in k..copies.len() {
         send_meta_copy(cx, &topic, &meta, &d.id, &name, k);
     }
-    cx.out.mark_last(&d.id, &name);
+    cx.out.mark_last(since, &d.id, &name);
     let now = Instant::now();
     d.inflight.insert(
         name,
