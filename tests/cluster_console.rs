@@ -2,7 +2,7 @@
 //! shows a device's live actor wherever it lives, and its "restart actor" button restarts the
 //! actor on the instance that holds it.
 
-use crate::cluster::{announce, device, two_engines, TOKEN};
+use crate::cluster_harness::{announce, device, two_engines, TOKEN};
 use crate::common::browser::Browser;
 use crate::common::engine::Options;
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use rumqttc::QoS;
 
-use crate::cluster::{
+use crate::cluster_harness::{
     actor_lives, device, gxp_meta, publish, settled, subscriber, two_engines, wait_for,
 };
 use crate::common::engine::Options;

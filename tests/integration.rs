@@ -10,6 +10,7 @@ mod alerts;
 mod broker_restarts;
 mod cluster;
 mod cluster_console;
+mod cluster_harness;
 mod cluster_resync;
 mod compat;
 mod compose;
