@@ -11,6 +11,9 @@ session holds the subscriptions, on NATS its partition consumers exist, so the b
 - `cluster-1`: one instance in cluster mode on the 3-node NATS cluster (`scripts/services up
   --cluster`);
 - `cluster-3`: three instances; on 2 cores they share the CPU with NATS and PostgreSQL.
+- `cluster-1-r1`: one instance on one standalone NATS server (`scripts/services nats-single`:
+  stream and consumers R1, the 3-node cluster stopped), like for like with the one Mosquitto
+  server of the `mosquitto` path; no replication, so it does not survive a node's loss.
 
 FLEETFLOW_BENCH_BACKLOG (default 200,000 readings from 1,000 devices).
 """
@@ -39,7 +42,11 @@ def _ready(port, timeout=30):
 def _start(ctx, env_extra, port, log):
     env = dict(os.environ, FLEETFLOW_HTTP__BIND=f"127.0.0.1:{port}", FLEETFLOW_LOG__LEVEL="warn", **env_extra)
     p = subprocess.Popen([f"{ctx.BIN}/fleetflow"], env=env, stdout=log, stderr=log)
-    _ready(port)
+    try:
+        _ready(port)
+    except SystemExit:
+        p.kill()
+        raise
     return p
 
 
@@ -50,8 +57,9 @@ def _publish(python, port, prefix, n):
     return per_device * DEVICES
 
 
-def run(ctx, python, name, instances):
-    """One path: prime, stop, publish the backlog, start `instances` engines, time the drain."""
+def run(ctx, python, name, instances, nats=None):
+    """One path: prime, stop, publish the backlog, start `instances` engines, time the drain.
+    `nats`: the NATS servers' client and MQTT URLs and the replicas (None for Mosquitto)."""
     db = f"fleetflow_bench_{name.replace('-', '_')}"
     ctx.psql(ctx.ADMIN, f"DROP DATABASE IF EXISTS {db}")
     ctx.psql(ctx.ADMIN, f"CREATE DATABASE {db}")
@@ -63,8 +71,9 @@ def run(ctx, python, name, instances):
         mqtt_port = int(ctx.MQTT.rsplit(":", 1)[1])
         envs = [dict(base, FLEETFLOW_MQTT__CLIENT_ID=f"eng-{prefix}")]
     else:
-        mqtt_port = int(os.environ["FLEETFLOW_TEST_NATS_MQTT_URLS"].split(",")[0].rsplit(":", 1)[1])
-        envs = [dict(base, FLEETFLOW_CLUSTER__ENABLED="true", FLEETFLOW_CLUSTER__NATS_URLS=os.environ["FLEETFLOW_TEST_NATS_URLS"],
+        mqtt_port = int(nats["mqtt_urls"].split(",")[0].rsplit(":", 1)[1])
+        envs = [dict(base, FLEETFLOW_CLUSTER__ENABLED="true", FLEETFLOW_CLUSTER__NATS_URLS=nats["urls"],
+                     FLEETFLOW_CLUSTER__REPLICAS=str(nats["replicas"]),
                      FLEETFLOW_CLUSTER__INSTANCE_ID=f"{prefix}-{i}") for i in range(instances)]
     log = open(f"bench-results/{name}-engine.log", "w")
     ports = [19464 + i for i in range(len(envs))]
