@@ -160,9 +160,12 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     // The actix System (the router, the sinks' actors and the control-plane actors) drives its
     // own thread; everything spawned with `tokio::spawn` (the MQTT source loops, the Postgres
     // connections' I/O, the HTTP server, webhooks, the control-plane loops) runs on a
-    // multi-threaded runtime that uses every core. Device actors keep their own arbiters.
-    let system = actix::System::with_tokio_rt(|| {
+    // multi-threaded runtime of `[runtime] io_threads` workers. Device actors keep their own
+    // arbiters.
+    let io_threads = cfg.runtime.io_threads();
+    let system = actix::System::with_tokio_rt(move || {
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(io_threads)
             .enable_all()
             .thread_name("fleetflow-io")
             .build()

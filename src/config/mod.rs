@@ -33,7 +33,9 @@ pub use fleetflow_actors::config::{
 };
 pub use hosted::HostedConfig;
 pub use retention::RetentionConfig;
-pub use sections::{HttpConfig, LogConfig, LogFormat, PostgresConfig, ShutdownConfig};
+pub use sections::{
+    HttpConfig, LogConfig, LogFormat, PostgresConfig, RuntimeConfig, ShutdownConfig,
+};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -69,6 +71,9 @@ pub struct Config {
     /// Shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The engine's threads.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// Admin API and console.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -264,6 +269,19 @@ mod tests {
         let cfg = Config::from_toml(&text).unwrap();
         assert_eq!(cfg.mqtt.topic_prefix, "ESP32CAM");
         assert_eq!(cfg.assembly.assembly_timeout_ms, 30_000);
+    }
+
+    /// The I/O runtime leaves a core to the actix thread and the arbiters, keeps at least one
+    /// worker, and takes an explicit count as it is; so does `[objects] fsync` default on.
+    #[test]
+    fn io_threads_default_to_one_fewer_than_the_cores_and_objects_to_fsync() {
+        let cfg = Config::from_toml("").unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(cfg.runtime.io_threads(), cores.saturating_sub(1).max(1));
+        assert!(cfg.objects.fsync);
+        let cfg = Config::from_toml("[runtime]\nio_threads = 3\n[objects]\nfsync = false").unwrap();
+        assert_eq!(cfg.runtime.io_threads(), 3);
+        assert!(!cfg.objects.fsync);
     }
 
     #[test]

@@ -121,6 +121,31 @@ impl Default for LogConfig {
     }
 }
 
+/// `[runtime]`: the engine's threads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads of the tokio runtime that drives the sources, sinks, uploads and the HTTP
+    /// server. 0 (the default): one fewer than the cores, at least one, since the actix hub
+    /// thread and the device arbiters (`devices.arbiters`, one per core) run beside them. On 2
+    /// cores one worker cut the p99 capture latency at half load from 315–503 ms to 131–166 ms
+    /// (docs/performance.md).
+    #[serde(default)]
+    pub io_threads: usize,
+}
+
+impl RuntimeConfig {
+    /// The worker threads to start.
+    pub fn io_threads(&self) -> usize {
+        match self.io_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1))
+                .max(1),
+            n => n,
+        }
+    }
+}
+
 /// `[shutdown]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
