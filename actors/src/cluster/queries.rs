@@ -101,9 +101,7 @@ impl DeviceQueries {
         }
         out
     }
-}
 
-impl DeviceQueries {
     /// Asks the instance that holds `id`'s actor to restart it; true once one answers that it
     /// did (false before cluster mode connects, or when no instance holds one).
     pub async fn restart(&self, id: &DeviceId) -> bool {
@@ -132,57 +130,71 @@ pub(super) async fn serve_restarts(
     subject: String,
     router: Addr<DeviceRouter>,
 ) {
-    let mut requests = match client.subscribe(restart_subject(&subject)).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cluster: cannot serve device restarts");
-            return;
-        }
-    };
-    while let Some(m) = requests.next().await {
-        let Some(reply) = m.reply else { continue };
-        let Some(id) = std::str::from_utf8(&m.payload)
-            .ok()
-            .and_then(|s| DeviceId::parse(s).ok())
-        else {
-            continue;
-        };
-        match router.send(RestartRunning(id)).await {
-            Ok(true) => {
-                let _ = client.publish(reply, RESTARTED.into()).await;
+    serve_requests(
+        client,
+        restart_subject(&subject),
+        "device restarts",
+        |payload| {
+            let router = router.clone();
+            async move {
+                let Some(id) = std::str::from_utf8(&payload)
+                    .ok()
+                    .and_then(|s| DeviceId::parse(s).ok())
+                else {
+                    return Ok(None);
+                };
+                let restarted = router.send(RestartRunning(id)).await.map_err(drop)?;
+                Ok(restarted.then(|| RESTARTED.into()))
             }
-            Ok(false) => {}
-            Err(_) => return,
-        }
-    }
+        },
+    )
+    .await;
 }
 
 /// Answers the other instances' requests with this instance's snapshots, until the
 /// subscription ends.
 pub(super) async fn serve(client: async_nats::Client, subject: String, router: Addr<DeviceRouter>) {
+    serve_requests(client, subject, "device queries", |payload| {
+        let router = router.clone();
+        async move {
+            let Ok(ids) = serde_json::from_slice::<Vec<String>>(&payload) else {
+                return Ok(None);
+            };
+            let ids: Vec<DeviceId> = ids.iter().filter_map(|i| DeviceId::parse(i).ok()).collect();
+            let found = router.send(QueryDevices(ids)).await.map_err(drop)?;
+            if found.is_empty() {
+                return Ok(None); // the asker gathers from those that hold some
+            }
+            let wire: HashMap<&String, WireSnapshot> =
+                found.iter().map(|(k, v)| (k, v.into())).collect();
+            Ok(serde_json::to_vec(&wire).ok().map(Into::into))
+        }
+    })
+    .await;
+}
+
+/// Serves requests on `subject` until the subscription ends: `answer` turns a request's
+/// payload into its reply (`None`: stay silent), or fails when the router is gone, which ends it.
+async fn serve_requests<F, Fut>(client: async_nats::Client, subject: String, what: &str, answer: F)
+where
+    F: Fn(bytes::Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<bytes::Bytes>, ()>>,
+{
     let mut requests = match client.subscribe(subject).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "cluster: cannot serve device queries");
+            tracing::warn!(error = %e, "cluster: cannot serve {what}");
             return;
         }
     };
     while let Some(m) = requests.next().await {
         let Some(reply) = m.reply else { continue };
-        let Ok(ids) = serde_json::from_slice::<Vec<String>>(&m.payload) else {
-            continue;
-        };
-        let ids: Vec<DeviceId> = ids.iter().filter_map(|i| DeviceId::parse(i).ok()).collect();
-        let Ok(found) = router.send(QueryDevices(ids)).await else {
-            return;
-        };
-        if found.is_empty() {
-            continue; // the asker gathers from those that hold some
-        }
-        let wire: HashMap<&String, WireSnapshot> =
-            found.iter().map(|(k, v)| (k, v.into())).collect();
-        if let Ok(body) = serde_json::to_vec(&wire) {
-            let _ = client.publish(reply, body.into()).await;
+        match answer(m.payload).await {
+            Ok(Some(body)) => {
+                let _ = client.publish(reply, body).await;
+            }
+            Ok(None) => {}
+            Err(()) => return,
         }
     }
 }
