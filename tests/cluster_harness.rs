@@ -597,3 +597,19 @@ pub(crate) async fn api(
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
 }
+
+/// `want` actor restarts ran in all (`fleetflow_device_actors_restarted_total` of `e0` and `e1`),
+/// every one of them on the same instance: the one that holds the device.
+pub(crate) async fn restarts_ran_on_one_instance(e0: &TestEnv, e1: &TestEnv, want: f64) {
+    let restarted = "fleetflow_device_actors_restarted_total";
+    let (r0, r1) = (e0.metric(restarted).await, e1.metric(restarted).await);
+    assert_eq!(
+        r0 + r1,
+        want,
+        "{want} restarts ran: {r0} on one, {r1} on the other"
+    );
+    assert!(
+        r0 == 0.0 || r1 == 0.0,
+        "restarted on both instances: {r0} and {r1}"
+    );
+}
