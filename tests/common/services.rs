@@ -108,10 +108,17 @@ pub fn random_device() -> String {
     random_hex(12).to_uppercase()
 }
 
+/// A port that was free a moment ago, for a server a test starts. Picked below the kernel's
+/// ephemeral range (32768–60999 by default), not by binding port 0: a port from that range can
+/// be taken by any outgoing connection of the tests running beside this one before the server
+/// binds it (Mosquitto then fails to open its listener).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000 after 1000 tries")
 }
