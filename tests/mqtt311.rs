@@ -1,9 +1,10 @@
 //! Brokers that speak only MQTT 3.1.1 (issue 13, item 1d): NATS server's MQTT listener refuses
 //! MQTT 5, and the engine set to `protocol_version = "3.1.1"` ingests through it: readings land
-//! once, acks reach the broker after the rows are durable, the persistent session keeps what
-//! arrives while the engine is down, and a v1 capture gets its ACK_OK back over 3.1.1. A product
-//! configured through the admin API with `"protocol_version": "3.1.1"` does the same, and its
-//! connection test speaks the version it is given.
+//! once, acks reach the broker after the rows are durable, a reading in flight when the engine
+//! dies is redelivered, the persistent session keeps what arrives while the engine is down, and
+//! a v1 capture gets its ACK_OK back over 3.1.1. A product configured through the admin API with
+//! `"protocol_version": "3.1.1"` does the same, and its connection test speaks the version it is
+//! given.
 
 use crate::common;
 
@@ -56,6 +57,12 @@ fn nats_binary() -> PathBuf {
 
 /// A NATS server with JetStream and its MQTT listener on free ports, killed when dropped (also
 /// when the test panics).
+///
+/// `ack_wait` is 3 s, not NATS's 30 s: the server redelivers a message it handed to a connection
+/// that died before acknowledging it only when `ack_wait` runs out, even once the session has
+/// resumed (measured: 29.6 s with the default). A test that kills the engine would otherwise
+/// wait half a minute, or fail when a publish races the server noticing the closed socket (CI
+/// saw this once).
 struct Nats {
     /// The MQTT listener on 127.0.0.1.
     mqtt_port: u16,
@@ -73,7 +80,8 @@ impl Nats {
             &conf,
             format!(
                 "server_name: ff_test_{}\nhost: 127.0.0.1\nport: {}\n\
-                 jetstream {{ store_dir: \"{}\" }}\nmqtt {{ host: 127.0.0.1, port: {mqtt_port} }}\n",
+                 jetstream {{ store_dir: \"{}\" }}\n\
+                 mqtt {{ host: 127.0.0.1, port: {mqtt_port}, ack_wait: \"3s\" }}\n",
                 random_hex(6),
                 free_port(),
                 dir.path().join("js").display()
@@ -217,6 +225,16 @@ impl Drop for Device311 {
     }
 }
 
+/// Sends `sig` (such as `-STOP`) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill {sig} {pid}: {st}");
+}
+
 async fn readings(env: &TestEnv, id: &str) -> i64 {
     env.scalar_i64(&format!(
         "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
@@ -283,13 +301,18 @@ async fn the_file_source_set_to_3_1_1_ingests_from_a_broker_that_refuses_mqtt_5(
         (acked >= 4.0 && unacked == 0.0).then_some(())
     })
     .await;
-    // The persistent session (clean_session false) keeps what arrives while the engine is down.
-    env.kill9();
+    // A reading handed to the engine but not acknowledged when it dies is redelivered: the engine
+    // is stopped (its socket stays open, so the broker delivers to it), then killed.
+    signal(env.pid(), "-STOP");
     dev.publish("data", reading(4)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.kill9();
+    // The persistent session (clean_session false) keeps what arrives while the engine is down.
+    dev.publish("data", reading(5)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     env.spawn_engine();
     env.wait_ready(Duration::from_secs(30)).await;
-    wait_readings(&env, &id, 4).await;
+    wait_readings(&env, &id, 5).await;
     capture_is_acked(&mut dev).await;
     assert!(
         env.log().contains("MQTT connected"),
