@@ -161,16 +161,21 @@ impl DeadLetterDir {
 /// Writes `bytes` to `path` so that it survives a power loss once this returns: a temporary file
 /// in the same directory, synced, renamed over `path`, then every directory from its own up to
 /// `root` synced (`create_dir_all` may just have made them, and a new directory's entry lives in
-/// its parent). This copy is what `fleetflow replay-dead-letters` uploads later.
+/// its parent). This copy is what `fleetflow replay-dead-letters` uploads later. A write that
+/// fails (a full disk) removes its temporary file, so that it does not count against the
+/// directory's bound.
 fn write_durably(root: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     let mut dir = path.parent();
     while let Some(d) = dir {
         std::fs::File::open(d)?.sync_all()?;
@@ -180,4 +185,36 @@ fn write_durably(root: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> 
         dir = d.parent();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_durably;
+
+    #[test]
+    fn a_durable_write_replaces_the_file_and_leaves_no_temporary_file() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("a/b/x.jpg");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        write_durably(root.path(), &path, b"one").unwrap();
+        write_durably(root.path(), &path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x.jpg"]);
+    }
+
+    #[test]
+    fn a_failed_durable_write_removes_its_temporary_file() {
+        let root = tempfile::tempdir().unwrap();
+        // A directory where the file should go: the rename over it fails.
+        let path = root.path().join("x.jpg");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("keep"), b"").unwrap();
+        assert!(write_durably(root.path(), &path, b"image").is_err());
+        assert!(!root.path().join(".x.jpg.tmp").exists());
+        assert!(path.join("keep").exists());
+    }
 }
