@@ -144,19 +144,12 @@ async fn a_graceful_broker_restart_mid_stream_loses_no_acknowledged_reading() {
 async fn kill_9_while_the_engine_lags(autosave_interval: u32) -> (usize, PublishReport) {
     let mut broker = Broker::persistent(autosave_interval, false);
     let env = engine_on(&broker, None).await;
-    let (port, pid) = (broker.port, env.pid().to_string());
-    let signal = |sig: &str| {
-        let st = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
+    let port = broker.port;
     let (ids, report) = stream_with(&env, port, || async {
-        signal("-STOP");
+        env.signal("-STOP");
         tokio::time::sleep(Duration::from_secs(3)).await;
         broker.restart(false);
-        signal("-CONT");
+        env.signal("-CONT");
     })
     .await;
     assert!(report.reconnects >= 1, "the broker kill was seen");

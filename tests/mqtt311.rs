@@ -66,6 +66,8 @@ fn nats_binary() -> PathBuf {
 struct Nats {
     /// The MQTT listener on 127.0.0.1.
     mqtt_port: u16,
+    /// The monitoring endpoint (`/jsz`) on 127.0.0.1.
+    http_port: u16,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -74,13 +76,13 @@ impl Nats {
     fn start() -> Self {
         let bin = nats_binary();
         let dir = tempfile::tempdir().unwrap();
-        let mqtt_port = free_port();
+        let (mqtt_port, http_port) = (free_port(), free_port());
         let conf = dir.path().join("nats.conf");
         std::fs::write(
             &conf,
             format!(
                 "server_name: ff_test_{}\nhost: 127.0.0.1\nport: {}\n\
-                 jetstream {{ store_dir: \"{}\" }}\n\
+                 http: \"127.0.0.1:{http_port}\"\njetstream {{ store_dir: \"{}\" }}\n\
                  mqtt {{ host: 127.0.0.1, port: {mqtt_port}, ack_wait: \"3s\" }}\n",
                 random_hex(6),
                 free_port(),
@@ -99,6 +101,7 @@ impl Nats {
             .expect("start nats-server");
         let mut nats = Self {
             mqtt_port,
+            http_port,
             child,
             dir,
         };
@@ -117,6 +120,23 @@ impl Nats {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("nats-server's MQTT listener did not open:\n{}", self.log());
+    }
+
+    /// QoS 1 messages the server has handed to MQTT subscribers and not had acknowledged: the
+    /// sum of `num_ack_pending` over the consumers of `$MQTT_msgs` (one per session's filter).
+    async fn mqtt_ack_pending(&self) -> u64 {
+        let url = format!(
+            "http://127.0.0.1:{}/jsz?accounts=true&streams=true&consumers=true",
+            self.http_port
+        );
+        let jsz: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        let streams = jsz["account_details"].as_array().into_iter().flatten();
+        streams
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+            .filter(|s| s["name"] == "$MQTT_msgs")
+            .flat_map(|s| s["consumer_detail"].as_array().into_iter().flatten())
+            .filter_map(|c| c["num_ack_pending"].as_u64())
+            .sum()
     }
 
     fn log(&self) -> String {
@@ -225,16 +245,6 @@ impl Drop for Device311 {
     }
 }
 
-/// Sends `sig` (such as `-STOP`) to process `pid`.
-fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(st.success(), "kill {sig} {pid}: {st}");
-}
-
 async fn readings(env: &TestEnv, id: &str) -> i64 {
     env.scalar_i64(&format!(
         "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
@@ -303,9 +313,12 @@ async fn the_file_source_set_to_3_1_1_ingests_from_a_broker_that_refuses_mqtt_5(
     .await;
     // A reading handed to the engine but not acknowledged when it dies is redelivered: the engine
     // is stopped (its socket stays open, so the broker delivers to it), then killed.
-    signal(env.pid(), "-STOP");
+    env.signal("-STOP");
     dev.publish("data", reading(4)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(T, "reading 4 handed to the stopped engine", || async {
+        (nats.mqtt_ack_pending().await >= 1).then_some(())
+    })
+    .await;
     env.kill9();
     // The persistent session (clean_session false) keeps what arrives while the engine is down.
     dev.publish("data", reading(5)).await;

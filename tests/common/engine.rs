@@ -186,6 +186,17 @@ level = "info,fleetflow_actors=debug"
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`, ...) to the running engine.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid();
+        assert_ne!(pid, 0, "no engine is running to send {sig} to");
+        let st = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill {sig} {pid}: {st}");
+    }
+
     /// SIGKILL, no cleanup.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

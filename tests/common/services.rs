@@ -113,10 +113,14 @@ pub fn random_device() -> String {
 /// be taken by any outgoing connection of the tests running beside this one before the server
 /// binds it (Mosquitto then fails to open its listener).
 pub fn free_port() -> u16 {
+    // Never the same port twice in one test process (two calls before either port is bound).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = rand::rng();
     for _ in 0..1000 {
         let port = rng.random_range(20_000..32_000);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
