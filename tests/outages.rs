@@ -222,11 +222,24 @@ async fn ten_thousand_devices_sending_metadata_without_chunks_stay_within_the_by
     env.spawn_engine();
     env.wait_ready(Duration::from_secs(30)).await;
     let pid = env.pid();
+    let dev = env.device("FEEDFACE0000").await;
+    let ids: Vec<String> = (0..10_000u64)
+        .map(|n| format!("{:012X}", 0xE0_0000_0000u64 + n))
+        .collect();
+    // The 10,000 device actors first (a status each), so that the baseline holds them and what
+    // the RSS grows by afterwards is the assemblies'.
+    for id in &ids {
+        let status = r#"{"status":"online","battery_v":3.9}"#;
+        dev.publish_raw(&format!("{}/{id}/status", env.prefix), status)
+            .await;
+    }
+    eventually(Duration::from_secs(60), "10,000 device actors", || async {
+        (env.metric("fleetflow_device_actors").await >= 10_000.0).then_some(())
+    })
+    .await;
     let rss_base = rss_bytes(pid);
 
-    let dev = env.device("FEEDFACE0000").await;
-    for n in 0..10_000u64 {
-        let id = format!("{:012X}", 0xE0_0000_0000u64 + n);
+    for id in &ids {
         let meta = r#"{"type":"capture_meta","capture_id":"flood","image_bytes":204800,"total_chunks":200,"chunk_size":1024}"#;
         dev.publish_raw(&format!("{}/{id}/data", env.prefix), meta)
             .await;
