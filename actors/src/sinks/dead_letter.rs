@@ -75,15 +75,21 @@ impl DeadLetterDir {
         &self.root
     }
 
+    /// Bytes in the directory. A temporary file older than [`STALE_TMP`] was left by a process
+    /// that died mid-write: it is removed instead of counted.
     fn used(&self) -> u64 {
         fn walk(p: &Path) -> u64 {
             let Ok(rd) = std::fs::read_dir(p) else {
                 return 0;
             };
             rd.filter_map(|e| e.ok())
-                .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => walk(&e.path()),
-                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                .map(|e| match (e.file_type(), e.metadata()) {
+                    (Ok(t), _) if t.is_dir() => walk(&e.path()),
+                    (_, Ok(m)) if is_stale_tmp(&e.path(), &m) => {
+                        let _ = std::fs::remove_file(e.path());
+                        0
+                    }
+                    (_, m) => m.map(|m| m.len()).unwrap_or(0),
                 })
                 .sum()
         }
@@ -117,11 +123,14 @@ impl DeadLetterDir {
             reason: reason.to_string(),
             failed_at: Utc::now(),
         };
-        write_durably(
-            &self.root,
-            &path.with_extension("json"),
-            &serde_json::to_vec_pretty(&meta)?,
-        )?;
+        let sidecar = serde_json::to_vec_pretty(&meta).map_err(DeadLetterError::from);
+        if let Err(e) = sidecar.and_then(|json| {
+            write_durably(&self.root, &path.with_extension("json"), &json).map_err(Into::into)
+        }) {
+            // Without its sidecar the image would never be listed, replayed or removed.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         metrics::counter!(m::DEAD_LETTERS_TOTAL).increment(1);
         Ok(path)
     }
@@ -158,6 +167,20 @@ impl DeadLetterDir {
     }
 }
 
+/// How old a temporary file must be to count as left behind by a process that died mid-write.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether `path` is one of [`write_durably`]'s temporary files, older than [`STALE_TMP`].
+fn is_stale_tmp(path: &Path, meta: &std::fs::Metadata) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let old = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_TMP);
+    meta.is_file() && name.starts_with('.') && name.ends_with(".tmp") && old
+}
+
 /// Writes `bytes` to `path` so that it survives a power loss once this returns: a temporary file
 /// in the same directory, synced, renamed over `path`, then every directory from its own up to
 /// `root` synced (`create_dir_all` may just have made them, and a new directory's entry lives in
@@ -189,7 +212,7 @@ fn write_durably(root: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> 
 
 #[cfg(test)]
 mod tests {
-    use super::write_durably;
+    use super::{write_durably, DeadLetterDir};
 
     #[test]
     fn a_durable_write_replaces_the_file_and_leaves_no_temporary_file() {
@@ -204,6 +227,60 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["x.jpg"]);
+    }
+
+    #[test]
+    fn temporary_files_left_over_an_hour_ago_are_removed_and_not_counted() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = DeadLetterDir::new(root.path(), 1 << 20);
+        let stale = root.path().join(".old.jpg.tmp");
+        let fresh = root.path().join(".new.jpg.tmp");
+        let kept = root.path().join("x.jpg");
+        for p in [&stale, &fresh, &kept] {
+            std::fs::write(p, [0u8; 100]).unwrap();
+        }
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for p in [&stale, &kept] {
+            let f = std::fs::File::options().write(true).open(p).unwrap();
+            f.set_modified(two_hours_ago).unwrap();
+        }
+        // The fresh one may be a write in progress; the old image is data.
+        assert_eq!(dir.used(), 200);
+        assert!(!stale.exists());
+        assert!(fresh.exists() && kept.exists());
+    }
+
+    #[test]
+    fn an_image_whose_sidecar_cannot_be_written_is_not_left_behind() {
+        use fleetflow_protocol::{assembler::Layout, ids::DeviceId, state_machine::StoreRequest};
+        let root = tempfile::tempdir().unwrap();
+        let dir = DeadLetterDir::new(root.path(), 1 << 20);
+        let req = StoreRequest {
+            format: fleetflow_protocol::state_machine::WireFormat::V1,
+            meta: None,
+            device_id: DeviceId::parse("AABBCCDDEEFF").unwrap(),
+            capture_id: "c1".into(),
+            captured_at: "2026-11-29T12:00:00Z".parse().unwrap(),
+            image: bytes::Bytes::from_static(b"jpeg"),
+            layout: Layout {
+                image_bytes: 4,
+                chunk_size: 1024,
+                total_chunks: 1,
+            },
+            sha256: None,
+            nack_rounds: 0,
+            completed_at: std::time::Instant::now(),
+        };
+        let image = root.path().join(req.object_key());
+        // Positive control: a put that can write both files keeps both.
+        assert_eq!(dir.put(&req, "test").unwrap(), image);
+        assert!(image.exists() && image.with_extension("json").exists());
+        dir.remove(&image).unwrap();
+        // A directory where the sidecar goes: its rename fails after the image was written.
+        std::fs::create_dir(image.with_extension("json")).unwrap();
+        std::fs::write(image.with_extension("json").join("keep"), b"").unwrap();
+        assert!(dir.put(&req, "test").is_err());
+        assert!(!image.exists(), "the image stayed without its sidecar");
     }
 
     #[test]
