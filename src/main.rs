@@ -129,20 +129,30 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `fleetflow cluster-forget`: the fleet of `[mqtt] topic_prefix` under `[cluster]`.
+/// `fleetflow cluster-forget`: the fleet of `[mqtt] topic_prefix` under `[cluster]`. Exits 2
+/// when it refuses (live members, messages held, instances that joined meanwhile), and 1 when
+/// NATS failed, so that a script can tell "act first" from "try again".
 fn cluster_forget(
     cfg: &Config,
     opts: fleetflow_actors::cluster::ForgetOptions,
 ) -> anyhow::Result<()> {
+    use fleetflow_actors::cluster::ClusterError;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let prefix = &cfg.mqtt.topic_prefix;
-    let f = rt.block_on(fleetflow_actors::cluster::forget(
+    let f = match rt.block_on(fleetflow_actors::cluster::forget(
         &cfg.cluster,
         prefix,
         opts,
-    ))?;
+    )) {
+        Ok(f) => f,
+        Err(ClusterError::Forget(e)) if e.is_refusal() => {
+            eprintln!("Error: cluster-forget: {e}");
+            std::process::exit(2);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let bucket = if f.members_bucket {
         " and the members bucket"
     } else {

@@ -132,6 +132,25 @@ async fn a_nats_node_killed_mid_stream_loses_nothing_acknowledged_and_ingest_goe
     settled(&[&e0, &e1], Duration::from_secs(30)).await;
 }
 
+/// `cluster-forget` with no NATS server to reach fails with exit code 1 (try again), apart from
+/// the refusals' 2.
+#[test]
+fn cluster_forget_exits_1_when_no_nats_server_answers() {
+    let port = common::free_port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"))
+        .arg("cluster-forget")
+        .env(
+            "FLEETFLOW_CLUSTER__NATS_URLS",
+            format!("nats://127.0.0.1:{port}"),
+        )
+        .env("FLEETFLOW_MQTT__TOPIC_PREFIX", "unreachable")
+        .output()
+        .expect("run fleetflow");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("NATS"), "{text}");
+}
+
 /// `fleetflow cluster-forget` refuses while an instance of the fleet is a member, then while a
 /// consumer holds a message NATS acknowledged (deleting it would delete the message), then with
 /// `--discard-pending` deletes the 32 partition consumers and the members bucket, and leaves
@@ -145,10 +164,11 @@ async fn cluster_forget_deletes_one_fleets_consumers_once_no_instance_is_a_membe
     settled(&[&e0], Duration::from_secs(30)).await;
     settled(&[&e1], Duration::from_secs(30)).await;
 
-    let (ok, text) = prefix.forget(&[]);
+    // A refusal exits 2 (act first), a NATS failure 1 (try again).
+    let (code, text) = prefix.forget(&[]);
     assert!(
-        !ok && text.contains("instances g0 are still members"),
-        "refused while g0 is a member: {text}"
+        code == 2 && text.contains("instances g0 are still members"),
+        "refused while g0 is a member: {code} {text}"
     );
     e0.kill9();
     // Stored by NATS, and held by its partition's consumer now that no instance pulls.
@@ -161,8 +181,8 @@ async fn cluster_forget_deletes_one_fleets_consumers_once_no_instance_is_a_membe
     // The member entry expires member_ttl_ms (3 s) after its last renewal.
     let deadline = Instant::now() + Duration::from_secs(15);
     let text = loop {
-        let (ok, text) = prefix.forget(&[]);
-        assert!(!ok, "deleted a consumer that holds a message: {text}");
+        let (code, text) = prefix.forget(&[]);
+        assert_eq!(code, 2, "deleted a consumer that holds a message: {text}");
         if !text.contains("still members") {
             break text;
         }
@@ -173,14 +193,14 @@ async fn cluster_forget_deletes_one_fleets_consumers_once_no_instance_is_a_membe
         text.contains("consumers still hold messages") && text.contains("(1)"),
         "{text}"
     );
-    let (ok, text) = prefix.forget(&["--discard-pending"]);
+    let (code, text) = prefix.forget(&["--discard-pending"]);
     assert!(
-        ok && text.contains("deleted 32 partition consumer(s) and the members bucket"),
+        code == 0 && text.contains("deleted 32 partition consumer(s) and the members bucket"),
         "{text}"
     );
-    let (ok, again) = prefix.forget(&[]);
+    let (code, again) = prefix.forget(&[]);
     assert!(
-        ok && again.contains("deleted 0 partition consumer(s)\n"),
+        code == 0 && again.contains("deleted 0 partition consumer(s)\n"),
         "{again}"
     );
 

@@ -55,8 +55,9 @@ impl Fleet {
         Fleet(format!("{}-p1", self.0))
     }
 
-    /// `fleetflow cluster-forget` on this prefix with `flags`: its status and its output.
-    pub(crate) fn forget(&self, flags: &[&str]) -> (bool, String) {
+    /// `fleetflow cluster-forget` on this prefix with `flags`: its exit code (-1 when it has
+    /// none) and its output.
+    pub(crate) fn forget(&self, flags: &[&str]) -> (i32, String) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetflow"))
             .arg("cluster-forget")
             .args(flags)
@@ -65,14 +66,14 @@ impl Fleet {
             .output();
         match out {
             Ok(out) => (
-                out.status.success(),
+                out.status.code().unwrap_or(-1),
                 format!(
                     "{}{}",
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
                 ),
             ),
-            Err(e) => (false, format!("cannot run fleetflow: {e}")),
+            Err(e) => (-1, format!("cannot run fleetflow: {e}")),
         }
     }
 }
@@ -92,8 +93,8 @@ impl std::fmt::Display for Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        let (ok, text) = self.forget(&["--force", "--discard-pending"]);
-        if !ok {
+        let (code, text) = self.forget(&["--force", "--discard-pending"]);
+        if code != 0 {
             eprintln!("cluster-forget {}: {text}", self.0);
         }
     }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::GetStreamErrorKind, ErrorCode};
 use futures::TryStreamExt;
 
-use super::{stream, subjects, ClusterError};
+use super::{stream, subjects, ClusterError, ForgetError};
 use crate::config::ClusterConfig;
 
 /// What was deleted.
@@ -58,27 +58,23 @@ pub async fn forget(
             .connect(urls),
     )
     .await
-    .map_err(|_| ClusterError::Forget("no NATS server answered within 10 s".into()))?
-    .map_err(|e| ClusterError::Forget(format!("connecting to NATS: {e}")))?;
+    .map_err(|_| nats("no NATS server answered within 10 s".into()))?
+    .map_err(|e| nats(format!("connecting to NATS: {e}")))?;
     let js = jetstream::new(client);
     let bucket = stream::members_bucket(cfg, prefix);
-    let has_bucket = stream_exists(&js, &format!("KV_{bucket}")).await?;
+    let has_bucket = get_stream(&js, &format!("KV_{bucket}")).await?.is_some();
     if has_bucket && !opts.force_members {
         let live = live_members(&js, &bucket).await?;
         if !live.is_empty() {
-            return Err(ClusterError::Forget(format!(
-                "instances {} are still members of fleet {prefix:?}: stop them first and wait \
-                 member_ttl_ms (or --force)",
-                live.join(", ")
-            )));
+            return Err(ForgetError::LiveMembers {
+                prefix: prefix.to_string(),
+                instances: live.join(", "),
+            }
+            .into());
         }
     }
     let mut done = Forgotten::default();
-    if stream_exists(&js, &cfg.stream).await? {
-        let s = js
-            .get_stream(&cfg.stream)
-            .await
-            .map_err(|e| ClusterError::Forget(format!("stream {}: {e}", cfg.stream)))?;
+    if let Some(s) = get_stream(&js, &cfg.stream).await? {
         let doomed = partition_consumers(&s, cfg, prefix, opts.discard_pending).await?;
         done.consumers = delete_consumers(&s, &doomed).await?;
     }
@@ -90,26 +86,35 @@ pub async fn forget(
         };
         js.delete_key_value(&bucket)
             .await
-            .map_err(|e| ClusterError::Forget(format!("deleting bucket {bucket}: {e}")))?;
+            .map_err(|e| nats(format!("deleting bucket {bucket}: {e}")))?;
         done.members_bucket = true;
         if !live.is_empty() {
-            return Err(ClusterError::Forget(format!(
-                "instances {} joined fleet {prefix:?} while it was being forgotten; restart them",
-                live.join(", ")
-            )));
+            return Err(ForgetError::JoinedMeanwhile {
+                prefix: prefix.to_string(),
+                instances: live.join(", "),
+            }
+            .into());
         }
     }
     Ok(done)
 }
 
-async fn stream_exists(js: &jetstream::Context, name: &str) -> Result<bool, ClusterError> {
+fn nats(msg: String) -> ClusterError {
+    ForgetError::Nats(msg).into()
+}
+
+/// The stream `name`, or `None` when JetStream has none by that name.
+async fn get_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<jetstream::stream::Stream>, ClusterError> {
     match js.get_stream(name).await {
-        Ok(_) => Ok(true),
+        Ok(s) => Ok(Some(s)),
         Err(e) => match e.kind() {
             GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
-                Ok(false)
+                Ok(None)
             }
-            _ => Err(ClusterError::Forget(format!("stream {name}: {e}"))),
+            _ => Err(nats(format!("stream {name}: {e}"))),
         },
     }
 }
@@ -118,14 +123,14 @@ async fn live_members(js: &jetstream::Context, bucket: &str) -> Result<Vec<Strin
     let kv = js
         .get_key_value(bucket)
         .await
-        .map_err(|e| ClusterError::Forget(format!("bucket {bucket}: {e}")))?;
+        .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
     let keys = kv
         .keys()
         .await
-        .map_err(|e| ClusterError::Forget(format!("listing {bucket}: {e}")))?;
+        .map_err(|e| nats(format!("listing {bucket}: {e}")))?;
     keys.try_collect()
         .await
-        .map_err(|e| ClusterError::Forget(format!("listing {bucket}: {e}")))
+        .map_err(|e| nats(format!("listing {bucket}: {e}")))
 }
 
 /// The prefix's partition consumers, by name and filter subject; an error names those that
@@ -140,7 +145,7 @@ async fn partition_consumers(
         .consumer_names()
         .try_collect()
         .await
-        .map_err(|e| ClusterError::Forget(format!("listing consumers: {e}")))?;
+        .map_err(|e| nats(format!("listing consumers: {e}")))?;
     let (mut doomed, mut holding) = (Vec::new(), Vec::new());
     for name in names {
         let Some(p) = partition_of(cfg, prefix, &name) else {
@@ -149,7 +154,7 @@ async fn partition_consumers(
         let info = s
             .consumer_info(&name)
             .await
-            .map_err(|e| ClusterError::Forget(format!("consumer {name}: {e}")))?;
+            .map_err(|e| nats(format!("consumer {name}: {e}")))?;
         if info.config.filter_subject != subjects::partition_filter(&cfg.subject_root, p, prefix) {
             continue;
         }
@@ -160,11 +165,7 @@ async fn partition_consumers(
         doomed.push(name);
     }
     if !holding.is_empty() && !discard_pending {
-        return Err(ClusterError::Forget(format!(
-            "consumers still hold messages NATS acknowledged to devices: {}; deleting them would \
-             delete those messages (let an instance drain them, or --discard-pending)",
-            holding.join(", ")
-        )));
+        return Err(ForgetError::MessagesHeld(holding.join(", ")).into());
     }
     Ok(doomed)
 }
@@ -178,7 +179,7 @@ async fn delete_consumers(
         match s.delete_consumer(name).await {
             Ok(_) => deleted += 1,
             Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(ClusterError::Forget(format!("deleting {name}: {e}"))),
+            Err(e) => return Err(nats(format!("deleting {name}: {e}"))),
         }
     }
     Ok(deleted)

@@ -42,7 +42,51 @@ pub enum ClusterError {
     /// The stream, its consumers or the members bucket could not be set up.
     #[error("cluster setup: {0}")]
     Setup(String),
-    /// A fleet prefix's consumers or members bucket could not be deleted.
+    /// A fleet prefix's consumers or members bucket were not deleted.
     #[error("cluster-forget: {0}")]
-    Forget(String),
+    Forget(#[from] ForgetError),
+}
+
+/// Why `cluster-forget` stopped: a refusal that an operator must act on (or override), or a
+/// NATS error that a retry may get past.
+#[derive(Debug, thiserror::Error)]
+pub enum ForgetError {
+    /// The members bucket names live instances (`--force` overrides).
+    #[error(
+        "instances {instances} are still members of fleet {prefix:?}: stop them first and wait \
+         member_ttl_ms (or --force)"
+    )]
+    LiveMembers {
+        /// The fleet prefix.
+        prefix: String,
+        /// The live instances, comma-separated.
+        instances: String,
+    },
+    /// Consumers hold messages that deleting them would delete (`--discard-pending` overrides).
+    #[error(
+        "consumers still hold messages NATS acknowledged to devices: {0}; deleting them would \
+         delete those messages (let an instance drain them, or --discard-pending)"
+    )]
+    MessagesHeld(String),
+    /// Instances joined while the fleet was being forgotten; its consumers are gone.
+    #[error(
+        "instances {instances} joined fleet {prefix:?} while it was being forgotten; restart them"
+    )]
+    JoinedMeanwhile {
+        /// The fleet prefix.
+        prefix: String,
+        /// The instances that joined, comma-separated.
+        instances: String,
+    },
+    /// NATS could not be reached or refused a request.
+    #[error("{0}")]
+    Nats(String),
+}
+
+impl ForgetError {
+    /// Whether this is a refusal (an operator must act, or override it) rather than a failure
+    /// that running the command again may get past.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, ForgetError::Nats(_))
+    }
 }
