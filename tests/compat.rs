@@ -57,7 +57,7 @@ async fn the_old_restart_webhook_calls_restart_the_pipeline_with_the_same_cooldo
         (status, body["error"].as_str()),
         (401, Some("Unauthorized"))
     );
-    eventually(Duration::from_secs(5), "the refused attempt recorded", || async {
+    eventually(Duration::from_secs(20), "the refused attempt recorded", || async {
         let n = env
             .scalar_i64("SELECT count(*) FROM admin_audit WHERE entry = 'restart_webhook' AND reason = 'unauthorized'")
             .await;
@@ -422,7 +422,7 @@ async fn named_tokens_say_who_restarted_and_refused_attempts_are_recorded_and_co
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let refusal = eventually(Duration::from_secs(5), "the refusal recorded", || async {
+    let refusal = eventually(Duration::from_secs(20), "the refusal recorded", || async {
         env.db()
             .await
             .query_opt(

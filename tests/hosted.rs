@@ -198,7 +198,7 @@ async fn a_credential_works_under_its_organisation_and_nowhere_else() {
         .await
         .expect("the new credential connects");
     // The engine counts the credential's connections from the broker's notices.
-    eventually(Duration::from_secs(5), "the connection counted", || async {
+    eventually(Duration::from_secs(20), "the connection counted", || async {
         let r = env
             .db()
             .await
@@ -520,7 +520,7 @@ async fn a_hosted_device_speaks_the_camera_protocol_and_publishing_stays_in_its_
     let ack = dev.next_ack(Duration::from_secs(20)).await;
     assert_eq!(ack["type"], "ACK_OK", "{ack}");
     // Readings are batched separately from captures: they may commit a moment later.
-    eventually(Duration::from_secs(5), "the reading", || async {
+    eventually(Duration::from_secs(20), "the reading", || async {
         (env.scalar_i64(&format!(
             "SELECT count(*) FROM sensor_readings WHERE device_id = '{id}'"
         ))

@@ -239,7 +239,7 @@ async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_wit
     assert_eq!(resp["live_reconnect"], true, "{resp}");
     let started = std::time::Instant::now();
     common::eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         "the engine connected to the second broker",
         || async {
             let r = env
@@ -265,7 +265,7 @@ async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_wit
     let new = common::TestDevice::connect(&services, &env.prefix, &id).await;
     new.publish("data", r#"{"type":"reading","seq":2}"#).await;
     common::eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         "the reading on the second broker",
         || async { (count().await == 2).then_some(()) },
     )
@@ -282,7 +282,7 @@ async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_wit
     assert_eq!(r.status(), 201);
     let sent: Value = r.json().await.unwrap();
     assert_eq!(sent["via"], "device_source", "{sent}");
-    let cmd = new.next_ack(Duration::from_secs(5)).await;
+    let cmd = new.next_ack(Duration::from_secs(20)).await;
     assert_eq!(cmd["type"], "command", "{cmd}");
     assert_eq!(cmd["command_id"], sent["command_id"]);
     old.publish("data", r#"{"type":"reading","seq":3}"#).await;
@@ -291,7 +291,7 @@ async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_wit
     // first does not.
     new.publish("data", r#"{"type":"reading","seq":4}"#).await;
     common::eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         "the reading sent on the second broker after the one on the first",
         || async {
             let seq4 = env
@@ -359,11 +359,11 @@ async fn putting_a_config_for_a_second_broker_moves_the_running_engine_there_wit
         "the CONNACK is recorded: {status}"
     );
     // Still ingesting from the second broker after the reconnect, same process.
-    new.publish("data", r#"{"type":"reading","seq":4}"#).await;
+    new.publish("data", r#"{"type":"reading","seq":5}"#).await;
     common::eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         "the reading after the reconnect",
-        || async { (count().await == 3).then_some(()) },
+        || async { (count().await == 4).then_some(()) },
     )
     .await;
     assert_eq!(env.pid(), pid);

@@ -112,17 +112,31 @@ pub fn random_device() -> String {
 /// ephemeral range (32768–60999 by default), not by binding port 0: a port from that range can
 /// be taken by any outgoing connection of the tests running beside this one before the server
 /// binds it (Mosquitto then fails to open its listener).
+///
+/// Under nextest each running test has a global slot (`NEXTEST_TEST_GLOBAL_SLOT`) that no test
+/// running at the same time shares, and each slot picks from its own 300 ports: a port a test
+/// keeps free on purpose (a server it stopped, a "closed" port) is not handed to a neighbour.
+/// The same port is never handed out twice in one process.
 pub fn free_port() -> u16 {
-    // Never the same port twice in one test process (two calls before either port is bound).
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let range = match std::env::var("NEXTEST_TEST_GLOBAL_SLOT")
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok())
+    {
+        Some(slot) => {
+            let lo = 20_000 + (slot % 40) * 300;
+            lo..lo + 300
+        }
+        None => 20_000..32_000,
+    };
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = rand::rng();
     for _ in 0..1000 {
-        let port = rng.random_range(20_000..32_000);
+        let port = rng.random_range(range.clone());
         if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }
     }
-    panic!("no free port in 20000..32000 after 1000 tries")
+    panic!("no free port in {range:?} after 1000 tries")
 }
