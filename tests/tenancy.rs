@@ -183,8 +183,11 @@ async fn a_products_rows_carry_its_company_and_rls_shows_them_to_that_company_on
         ..Options::default()
     })
     .await;
+    // A prefix of the product's own: under the file source's prefix, a copy delivered through
+    // that source first would bind the device there (no company) before the product claims it.
+    let prefix = format!("{}co", env.prefix);
     let base = json!({"host": env.services.mqtt_host, "port": env.services.mqtt_port,
-                      "prefix": env.prefix, "client_id": format!("ff-co-{}", common::random_hex(4))});
+                      "prefix": prefix, "client_id": format!("ff-co-{}", common::random_hex(4))});
     let mut bad = base.clone();
     bad["company_id"] = json!(0);
     let (code, resp) = put_config(&env, "tenant-7", bad).await;
@@ -196,8 +199,26 @@ async fn a_products_rows_carry_its_company_and_rls_shows_them_to_that_company_on
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["config"]["company_id"], 7, "{resp}");
 
+    // The product's source subscribes after the PUT returns: a canary device repeats a status
+    // until its row shows the subscription is in place.
+    let canary_id = common::random_device();
+    let canary = common::TestDevice::connect(&env.services, &prefix, &canary_id).await;
+    common::eventually(
+        std::time::Duration::from_secs(30),
+        "the product's source",
+        || async {
+            canary.publish("status", r#"{"status":"online"}"#).await;
+            let n = env
+                .scalar_i64(&format!(
+                    "SELECT count(*) FROM devices WHERE device_id = '{canary_id}'"
+                ))
+                .await;
+            (n == 1).then_some(())
+        },
+    )
+    .await;
     let id = common::random_device();
-    let dev = env.device(&id).await;
+    let dev = common::TestDevice::connect(&env.services, &prefix, &id).await;
     dev.publish("status", r#"{"status":"online","battery_v":3.8}"#)
         .await;
     dev.publish("data", r#"{"type":"reading","seq":1}"#).await;
