@@ -129,14 +129,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `fleetflow cluster-forget`: the fleet of `[mqtt] topic_prefix` under `[cluster]`. Exits 2
-/// when it refuses (live members, messages held, instances that joined meanwhile), and 1 when
-/// NATS failed, so that a script can tell "act first" from "try again".
+/// `fleetflow cluster-forget`: the fleet of `[mqtt] topic_prefix` under `[cluster]`. Exits 3
+/// when it refuses and deleted nothing (live members, messages held), 4 when it deleted the
+/// fleet but instances joined meanwhile (restart them), and 1 on any other error. 2 stays
+/// clap's, for a mistyped command line.
 fn cluster_forget(
     cfg: &Config,
     opts: fleetflow_actors::cluster::ForgetOptions,
 ) -> anyhow::Result<()> {
-    use fleetflow_actors::cluster::ClusterError;
+    use fleetflow_actors::cluster::{ClusterError, ForgetError};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -147,9 +148,11 @@ fn cluster_forget(
         opts,
     )) {
         Ok(f) => f,
-        Err(ClusterError::Forget(e)) if e.is_refusal() => {
+        Err(ClusterError::Forget(e)) if !matches!(e, ForgetError::Nats(_)) => {
+            let code = if e.is_refusal() { 3 } else { 4 };
             eprintln!("Error: cluster-forget: {e}");
-            std::process::exit(2);
+            drop(rt);
+            std::process::exit(code);
         }
         Err(e) => return Err(e.into()),
     };

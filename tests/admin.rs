@@ -202,8 +202,9 @@ async fn restarting_a_device_completes_then_a_second_request_within_the_cooldown
 #[tokio::test]
 async fn a_restart_requested_as_a_database_row_is_picked_up_at_once_and_the_sql_function_enforces_the_cooldown(
 ) {
-    // The worker also polls the table; an hour between polls leaves NOTIFY as the only way the
-    // row can be picked up within the wait below.
+    // The worker also polls the table; an hour between polls (the same setting paces the
+    // source manager's reconcile, which this test does not use) leaves NOTIFY, or the catch-up
+    // pass right after LISTEN, as the ways the row can be picked up within the wait below.
     let env = TestEnv::start(Options {
         extra: format!(
             "[admin]\ntoken = \"{TOKEN}\"\nrestart_cooldown_secs = 300\nrestart_poll_secs = 3600\n"
@@ -234,7 +235,7 @@ async fn a_restart_requested_as_a_database_row_is_picked_up_at_once_and_the_sql_
         .await
         .unwrap()
         .get(0);
-    // Woken by NOTIFY: polls are an hour apart, so finishing within 20 s proves the wake-up.
+    // Woken by NOTIFY: polls are an hour apart, so finishing within 20 s shows the wake-up.
     let (status, result) = eventually(Duration::from_secs(20), "the row to complete", || async {
         let r = env
             .db()

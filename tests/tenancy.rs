@@ -240,7 +240,7 @@ async fn a_products_rows_carry_its_company_and_rls_shows_them_to_that_company_on
                 .collect::<Vec<_>>()
         }
     };
-    common::eventually(std::time::Duration::from_secs(10), "the rows", || async {
+    common::eventually(std::time::Duration::from_secs(20), "the rows", || async {
         (companies("sensor_readings").await.len() == 1
             && companies("device_errors").await.len() == 1)
             .then_some(())

@@ -116,7 +116,8 @@ pub fn random_device() -> String {
 /// Under nextest each running test has a global slot (`NEXTEST_TEST_GLOBAL_SLOT`) that no test
 /// running at the same time shares, and each slot picks from its own 300 ports: a port a test
 /// keeps free on purpose (a server it stopped, a "closed" port) is not handed to a neighbour.
-/// The same port is never handed out twice in one process.
+/// The same port is never handed out twice in one process. Outside nextest (plain `cargo
+/// test`) every test draws from the whole of 20000..32000.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let range = match std::env::var("NEXTEST_TEST_GLOBAL_SLOT")
@@ -124,7 +125,12 @@ pub fn free_port() -> u16 {
         .and_then(|s| s.parse::<u16>().ok())
     {
         Some(slot) => {
-            let lo = 20_000 + (slot % 40) * 300;
+            // 40 slots of 300 ports fill 20000..32000, below the ephemeral range.
+            assert!(
+                slot < 40,
+                "free_port has ranges for 40 test threads, not slot {slot}"
+            );
+            let lo = 20_000 + slot * 300;
             lo..lo + 300
         }
         None => 20_000..32_000,

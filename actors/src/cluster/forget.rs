@@ -62,9 +62,12 @@ pub async fn forget(
     .map_err(|e| nats(format!("connecting to NATS: {e}")))?;
     let js = jetstream::new(client);
     let bucket = stream::members_bucket(cfg, prefix);
-    let has_bucket = get_stream(&js, &format!("KV_{bucket}")).await?.is_some();
+    let bucket_stream = get_stream(&js, &format!("KV_{bucket}")).await?;
+    let has_bucket = bucket_stream.is_some();
+    // Entries put after this revision are instances that joined while this command ran.
+    let floor = bucket_stream.map_or(0, |s| s.cached_info().state.last_sequence);
     if has_bucket && !opts.force_members {
-        let live = live_members(&js, &bucket).await?;
+        let live = live_members(&js, &bucket, None).await?;
         if !live.is_empty() {
             return Err(ForgetError::LiveMembers {
                 prefix: prefix.to_string(),
@@ -82,7 +85,7 @@ pub async fn forget(
         let live = if opts.force_members {
             Vec::new()
         } else {
-            live_members(&js, &bucket).await?
+            live_members(&js, &bucket, Some(floor)).await?
         };
         js.delete_key_value(&bucket)
             .await
@@ -92,6 +95,7 @@ pub async fn forget(
             return Err(ForgetError::JoinedMeanwhile {
                 prefix: prefix.to_string(),
                 instances: live.join(", "),
+                consumers: done.consumers,
             }
             .into());
         }
@@ -119,18 +123,39 @@ async fn get_stream(
     }
 }
 
-async fn live_members(js: &jetstream::Context, bucket: &str) -> Result<Vec<String>, ClusterError> {
+/// The instances the members bucket names; with `since`, only those whose entry was put after
+/// that revision. An expired entry that one replica has not removed yet is older than the
+/// revision read when the command began, so it is not taken for an instance that joined.
+async fn live_members(
+    js: &jetstream::Context,
+    bucket: &str,
+    since: Option<u64>,
+) -> Result<Vec<String>, ClusterError> {
     let kv = js
         .get_key_value(bucket)
         .await
         .map_err(|e| nats(format!("bucket {bucket}: {e}")))?;
-    let keys = kv
+    let keys: Vec<String> = kv
         .keys()
         .await
-        .map_err(|e| nats(format!("listing {bucket}: {e}")))?;
-    keys.try_collect()
+        .map_err(|e| nats(format!("listing {bucket}: {e}")))?
+        .try_collect()
         .await
-        .map_err(|e| nats(format!("listing {bucket}: {e}")))
+        .map_err(|e| nats(format!("listing {bucket}: {e}")))?;
+    let Some(floor) = since else {
+        return Ok(keys);
+    };
+    let mut joined = Vec::new();
+    for key in keys {
+        let entry = kv
+            .entry(key.as_str())
+            .await
+            .map_err(|e| nats(format!("reading {bucket}: {e}")))?;
+        if entry.is_some_and(|e| e.revision > floor) {
+            joined.push(key);
+        }
+    }
+    Ok(joined)
 }
 
 /// The prefix's partition consumers, by name and filter subject; an error names those that

@@ -68,15 +68,19 @@ pub enum ForgetError {
          delete those messages (let an instance drain them, or --discard-pending)"
     )]
     MessagesHeld(String),
-    /// Instances joined while the fleet was being forgotten; its consumers are gone.
+    /// Instances joined while the fleet was being forgotten, after its consumers (and members
+    /// bucket) were deleted: they run without consumers until restarted.
     #[error(
-        "instances {instances} joined fleet {prefix:?} while it was being forgotten; restart them"
+        "deleted {consumers} partition consumer(s) and the members bucket of fleet {prefix:?}, \
+         but instances {instances} joined it meanwhile: restart them"
     )]
     JoinedMeanwhile {
         /// The fleet prefix.
         prefix: String,
         /// The instances that joined, comma-separated.
         instances: String,
+        /// Partition consumers deleted.
+        consumers: usize,
     },
     /// NATS could not be reached or refused a request.
     #[error("{0}")]
@@ -84,9 +88,12 @@ pub enum ForgetError {
 }
 
 impl ForgetError {
-    /// Whether this is a refusal (an operator must act, or override it) rather than a failure
-    /// that running the command again may get past.
+    /// Whether this is a refusal: nothing was deleted, and an operator must act (or override
+    /// it) before running the command again.
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, ForgetError::Nats(_))
+        matches!(
+            self,
+            ForgetError::LiveMembers { .. } | ForgetError::MessagesHeld(_)
+        )
     }
 }
