@@ -148,8 +148,14 @@ fn cluster_forget(
         opts,
     )) {
         Ok(f) => f,
-        Err(ClusterError::Forget(e)) if !matches!(e, ForgetError::Nats(_)) => {
-            let code = if e.is_refusal() { 3 } else { 4 };
+        Err(ClusterError::Forget(e)) => {
+            let code = match e {
+                // Refused: nothing deleted.
+                ForgetError::LiveMembers { .. } | ForgetError::MessagesHeld(_) => 3,
+                // Deleted, but instances joined meanwhile.
+                ForgetError::JoinedMeanwhile { .. } => 4,
+                ForgetError::Nats(_) => 1,
+            };
             eprintln!("Error: cluster-forget: {e}");
             drop(rt);
             std::process::exit(code);

@@ -47,8 +47,8 @@ pub enum ClusterError {
     Forget(#[from] ForgetError),
 }
 
-/// Why `cluster-forget` stopped: a refusal that an operator must act on (or override), or a
-/// NATS error that a retry may get past.
+/// Why `cluster-forget` stopped: a refusal (nothing deleted: act, or override), a deletion that
+/// instances joined during, or a NATS error.
 #[derive(Debug, thiserror::Error)]
 pub enum ForgetError {
     /// The members bucket names live instances (`--force` overrides).
@@ -85,15 +85,4 @@ pub enum ForgetError {
     /// NATS could not be reached or refused a request.
     #[error("{0}")]
     Nats(String),
-}
-
-impl ForgetError {
-    /// Whether this is a refusal: nothing was deleted, and an operator must act (or override
-    /// it) before running the command again.
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            ForgetError::LiveMembers { .. } | ForgetError::MessagesHeld(_)
-        )
-    }
 }
