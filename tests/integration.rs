@@ -7,6 +7,7 @@ mod common;
 
 mod admin;
 mod alerts;
+mod backlog;
 mod broker_restarts;
 mod cluster;
 mod cluster_console;

@@ -79,6 +79,14 @@ pub struct MqttConfig {
     /// Default 10000.
     #[serde(default = "default_leak_max_age_ms")]
     pub leak_max_age_ms: u64,
+    /// QoS 1 messages received and not yet durable that this source lets into the pipeline.
+    /// At the bound it stops reading (up to half the keep-alive at a time) until some are
+    /// durable, so that a broker sending past the receive maximum (Mosquitto 2.0 does once acks
+    /// flow) cannot fill the devices' mailboxes with a backlog and push healthy devices'
+    /// messages into `dead_letters`. 0 turns the bound off. Default 65535 (the packet ids one
+    /// connection can have in flight).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
     /// Largest packet accepted, in bytes. Default 1 MiB.
     #[serde(default = "default_max_packet_bytes")]
     pub max_packet_bytes: u32,
@@ -202,6 +210,9 @@ fn default_leak_max_count() -> u64 {
 fn default_leak_max_age_ms() -> u64 {
     10_000
 }
+fn default_max_in_flight() -> u32 {
+    65_535
+}
 fn default_max_packet_bytes() -> u32 {
     1024 * 1024
 }
@@ -231,6 +242,7 @@ impl Default for MqttConfig {
             max_queued_bytes: default_max_queued_bytes(),
             leak_max_count: default_leak_max_count(),
             leak_max_age_ms: default_leak_max_age_ms(),
+            max_in_flight: default_max_in_flight(),
             max_packet_bytes: default_max_packet_bytes(),
             username: None,
             password: None,

@@ -13,12 +13,19 @@
 //! With `mqtt.ordered_acks` (the default) PUBACKs go out in the order the packets arrived on
 //! their connection (MQTT-4.6.0-2): a durable packet's ack waits for those before it (`order`).
 //!
+//! An ack that finds the client's request queue full is *held*, not leaked: it and every ack
+//! after it wait in the link, in order, and the source loop moves them on as the queue drains
+//! ([`MqttLink::flush_held`]). A broker that ignores the receive maximum (Mosquitto 2.0 does once
+//! acks flow) can have more packets in flight than the queue holds; counting those acks as leaks
+//! made the source reconnect and the broker redeliver everything in flight.
+//!
 //! - `client`: [`MqttClient`], the v5 or the 3.1.1 client behind one type.
 //! - `order`: the receive-order slots of one connection.
 
 pub mod client;
 mod order;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -190,6 +197,11 @@ struct LinkInner {
     born: Instant,
     /// Receive-order slots, when acks go out in receive order.
     order: Option<Mutex<order::AckOrder>>,
+    /// Packet ids of durable messages whose PUBACK found the request queue full, oldest first
+    /// (current epoch only); every later ack queues behind them.
+    held: Mutex<VecDeque<u16>>,
+    /// `held.len()`, read without the lock on every poll of the source loop.
+    held_len: AtomicUsize,
 }
 
 impl std::fmt::Debug for MqttLink {
@@ -219,6 +231,8 @@ impl MqttLink {
             first_leak_ms: AtomicU64::new(0),
             born: Instant::now(),
             order: ordered.then(|| Mutex::new(order::AckOrder::default())),
+            held: Mutex::new(VecDeque::new()),
+            held_len: AtomicUsize::new(0),
         }))
     }
 
@@ -245,6 +259,13 @@ impl MqttLink {
         if let Some(o) = &self.0.order {
             o.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
+        self.0
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.0.held_len.store(0, Ordering::Release);
+        metrics::gauge!(m::MQTT_ACKS_HELD).set(0.0);
         self.0.unacked.store(0, Ordering::Release);
         self.0.leaked.store(0, Ordering::Release);
         self.0.first_leak_ms.store(0, Ordering::Release);
@@ -356,28 +377,78 @@ impl MqttLink {
         }
     }
 
-    /// Queues the PUBACK of `pkid` (the caller holds the gate for `epoch`).
+    /// Queues the PUBACK of `pkid` (the caller holds the gate for `epoch`); on an MQTT
+    /// connection whose request queue is full, or while earlier acks are held, holds it for
+    /// [`MqttLink::flush_held`]. True when it was queued now.
     fn send_ack(&self, epoch: u64, pkid: u16) -> bool {
         let Some(client) = &self.0.client else {
             return false;
         };
-        match client.ack(pkid) {
-            Ok(()) => {
-                let left = self.0.unacked.fetch_sub(1, Ordering::AcqRel) - 1;
-                if !client.is_partition() {
-                    // One MQTT connection's window; cluster partitions have their own bound.
-                    metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
+        if client.is_partition() {
+            // A partition's acks fail only when its writer's bounded queue is full: JetStream
+            // redelivers the message (`cluster/partition.rs` ends the era).
+            return match client.ack(pkid) {
+                Ok(()) => {
+                    self.0.unacked.fetch_sub(1, Ordering::AcqRel);
+                    true
                 }
-                true
-            }
-            Err(e) => {
-                // The request channel holds an ack for every possible packet id, so this means
-                // the connection is going away; the broker redelivers on the next session.
-                tracing::warn!(error = %e, "could not queue an MQTT ack");
-                self.count_leak(epoch);
-                false
-            }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not queue a JetStream ack");
+                    self.count_leak(epoch);
+                    false
+                }
+            };
         }
+        let mut held = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_empty() && client.ack(pkid).is_ok() {
+            self.acked_one();
+            return true;
+        }
+        // Full (or closing: then the epoch moves and drops what is held). Not a leak: the ack
+        // goes out once the event loop has taken what is queued before it.
+        held.push_back(pkid);
+        self.0.held_len.store(held.len(), Ordering::Release);
+        metrics::gauge!(m::MQTT_ACKS_HELD).set(held.len() as f64);
+        false
+    }
+
+    /// One PUBACK queued: one fewer unacknowledged message on this connection.
+    fn acked_one(&self) {
+        let left = self.0.unacked.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
+    }
+
+    /// Acks held because the request queue was full (see the module doc).
+    pub fn held(&self) -> usize {
+        self.0.held_len.load(Ordering::Acquire)
+    }
+
+    /// Queues the held acks, oldest first, while the request queue takes them; answers how many
+    /// went. Called by the source loop between polls (one atomic load when nothing is held).
+    pub fn flush_held(&self) -> usize {
+        if self.held() == 0 {
+            return 0;
+        }
+        let Some(client) = &self.0.client else {
+            return 0;
+        };
+        let _gate = self.0.gate.read().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sent = 0;
+        while let Some(&pkid) = held.front() {
+            if client.ack(pkid).is_err() {
+                break;
+            }
+            held.pop_front();
+            self.acked_one();
+            sent += 1;
+        }
+        self.0.held_len.store(held.len(), Ordering::Release);
+        metrics::gauge!(m::MQTT_ACKS_HELD).set(held.len() as f64);
+        if sent > 0 {
+            fleetflow_protocol::hot_counter!(m::MQTT_ACKS_TOTAL).increment(sent as u64);
+        }
+        sent
     }
 
     /// Publishes with a chosen QoS (0 or 1; 2 is sent as 1) and retain flag, without waiting.

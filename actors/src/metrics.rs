@@ -11,7 +11,9 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (MQTT_ACKS_STALE_TOTAL, "counter", "Acknowledgements skipped because the connection they belonged to had closed (the broker redelivers)."),
     (MQTT_ACKS_LEAKED_TOTAL, "counter", "QoS 1 messages whose ack token was dropped unacknowledged (a closed mailbox, a gone sink, a refused message); the source reconnects past a bound so that the broker redelivers them."),
     (MQTT_LEAK_RECONNECTS_TOTAL, "counter", "Reconnects made to have the broker redeliver leaked QoS 1 messages (mqtt.leak_max_count / leak_max_age_ms)."),
-    (MQTT_UNACKED, "gauge", "QoS 1 messages received and not yet acknowledged to the broker (bounded by the receive maximum)."),
+    (MQTT_UNACKED, "gauge", "QoS 1 messages received and not yet acknowledged to the broker (the receive maximum bounds it only on a broker that respects it)."),
+    (MQTT_READ_PAUSES_TOTAL, "counter", "Times a source stopped reading because mqtt.max_in_flight messages were in the pipeline and not durable yet (a broker sending a backlog past the receive maximum)."),
+    (MQTT_ACKS_HELD, "gauge", "PUBACKs of durable messages waiting for room in the MQTT client's request queue (a broker sending past the receive maximum); they go out in order as it drains."),
     (MQTT_DROPPED_TOTAL, "counter", "Messages not forwarded because the router queue was full: QoS 0 at once, QoS 1 after half the keep-alive (those are redelivered by the broker after a reconnect)."),
     (MQTT_CONNECTED, "gauge", "1 while the MQTT source is connected, else 0, by source (a product id, default: the [mqtt] file source, admin: the [mqtt] command publisher). A source stopped for good keeps 0."),
     (MQTT_RECONNECTS_TOTAL, "counter", "MQTT connection attempts after a failure."),
@@ -96,6 +98,10 @@ pub const MQTT_ACKS_LEAKED_TOTAL: &str = "fleetflow_mqtt_leaked_acks_total";
 pub const MQTT_LEAK_RECONNECTS_TOTAL: &str = "fleetflow_mqtt_leak_reconnects_total";
 /// Gauge.
 pub const MQTT_UNACKED: &str = "fleetflow_mqtt_unacked";
+/// Gauge.
+pub const MQTT_ACKS_HELD: &str = "fleetflow_mqtt_acks_held";
+/// Counter.
+pub const MQTT_READ_PAUSES_TOTAL: &str = "fleetflow_mqtt_read_pauses_total";
 /// Counter.
 pub const MQTT_DROPPED_TOTAL: &str = "fleetflow_mqtt_dropped_total";
 /// Gauge; label `source`.

@@ -213,6 +213,7 @@ fn spawn_connection(
         leak_max_count: cfg.leak_max_count.max(1),
         leak_max_age: Duration::from_millis(cfg.leak_max_age_ms),
         full_queue_wait: Duration::from_secs(cfg.keep_alive_secs.max(2)) / 2,
+        max_in_flight: i64::from(cfg.max_in_flight),
         budget: crate::queue_budget::QueueBudget::new(cfg.max_queued_bytes),
     };
     let task = tokio::spawn(lp.run());

@@ -1,7 +1,8 @@
 //! An ack token split among the actions one message feeds: the broker ack goes out once, with
 //! the last share, and a dropped share holds it back (the broker then redelivers). A token
 //! dropped unacknowledged is counted as a leak; an ack tried after the connection was lost is
-//! refused; a real source moves the epoch as soon as it loses its connection.
+//! refused; a real source moves the epoch as soon as it loses its connection. An ack that finds
+//! the request queue full is held, in order, not leaked.
 
 use fleetflow_actors::link::{ack, ack_all, AckToken, MqttLink};
 use rumqttc::v5::mqttbytes::QoS;
@@ -216,4 +217,51 @@ fn ordered_slots_of_a_closed_connection_release_nothing_on_the_new_one() {
     assert_eq!(acked(&rx), Vec::<u16>::new());
     ack(Some(new));
     assert_eq!(acked(&rx), vec![1]);
+}
+
+#[test]
+fn an_ack_that_finds_the_request_queue_full_is_held_in_order_not_leaked() {
+    // A queue of 2: a broker that sends past the receive maximum can have more packets in
+    // flight than the client's request queue holds.
+    let (tx, rx) = flume::bounded(2);
+    let link = MqttLink::with_order(AsyncClient::from_senders(tx), QoS::AtLeastOnce, true);
+    link.next_epoch();
+    let tokens: Vec<AckToken> = (1..=5).map(|p| received(&link, p)).collect();
+    ack_all(tokens);
+    assert_eq!(link.held(), 3, "packets 3, 4 and 5 wait for room");
+    assert_eq!(
+        link.leaks().0,
+        0,
+        "a full queue is no leak (no reconnect, no redelivery)"
+    );
+    assert_eq!(link.unacked(), 3);
+    assert_eq!(link.flush_held(), 0, "still full: nothing moves");
+    assert_eq!(acked(&rx), vec![1, 2]);
+    // A later ack queues behind the held ones even though the queue has room now.
+    ack(Some(received(&link, 6)));
+    assert_eq!(acked(&rx), Vec::<u16>::new());
+    assert_eq!(link.flush_held(), 2);
+    assert_eq!(acked(&rx), vec![3, 4]);
+    assert_eq!(link.flush_held(), 2);
+    assert_eq!(acked(&rx), vec![5, 6]);
+    assert_eq!((link.held(), link.unacked()), (0, 0));
+    // With nothing held an ack goes straight to the queue again.
+    ack(Some(received(&link, 7)));
+    assert_eq!(acked(&rx), vec![7]);
+}
+
+#[test]
+fn held_acks_of_a_closed_connection_never_reach_the_next_one() {
+    let (tx, rx) = flume::bounded(1);
+    let link = MqttLink::with_order(AsyncClient::from_senders(tx), QoS::AtLeastOnce, true);
+    link.next_epoch();
+    ack_all([received(&link, 1), received(&link, 2)]);
+    assert_eq!(link.held(), 1);
+    link.next_epoch();
+    assert_eq!(link.held(), 0);
+    assert_eq!(acked(&rx), vec![1]);
+    assert_eq!(link.flush_held(), 0);
+    // Positive control: the new connection's own ack goes out.
+    ack(Some(received(&link, 2)));
+    assert_eq!(acked(&rx), vec![2]);
 }

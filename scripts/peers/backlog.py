@@ -101,6 +101,14 @@ def run(ctx, python, name, instances, nats=None):
             break
         time.sleep(0.5)
     cpu = sum(ctx.proc_stats(q.pid)["cpu_s"] - b for q, b in zip(procs, base_cpu))
+    for i, port in enumerate(ports[:len(procs)]):
+        # Each engine's metrics at the end of the drain, to read batch sizes and acks from.
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r, \
+                    open(f"bench-results/{name}-metrics-{i}.txt", "wb") as out:
+                out.write(r.read())
+        except OSError as e:
+            ctx.log(f"  {name}: no metrics from the engine on :{port} ({e})")
     for q in procs:
         q.terminate()
     for q in procs:

@@ -57,6 +57,8 @@ pub(super) struct SourceLoop {
     pub(super) full_queue_wait: Duration,
     /// What this source may have queued towards the router.
     pub(super) budget: crate::queue_budget::QueueBudget,
+    /// Messages received and not yet durable at which the loop stops reading (0: no bound).
+    pub(super) max_in_flight: i64,
 }
 
 impl SourceLoop {
@@ -101,7 +103,11 @@ impl SourceLoop {
                 break;
             }
             // Between polls, never racing one (rumqttc's poll is not cancel-safe while it
-            // writes): every event, keep-alive pings included, gives the check a turn.
+            // writes): every event, keep-alive pings included, gives the checks a turn. Acks
+            // held for a full request queue go first; each request the event loop takes is an
+            // event, so they drain as fast as it writes.
+            self.link.flush_held();
+            self.wait_for_durable().await;
             if self
                 .link
                 .leaks_exceed(self.leak_max_count, self.leak_max_age)
@@ -158,6 +164,24 @@ impl SourceLoop {
             }
         }
         self.say_goodbye().await;
+    }
+
+    /// While `max_in_flight` messages of this connection are in the pipeline and not durable
+    /// yet, reads nothing (the broker keeps the rest), for at most `full_queue_wait` so that
+    /// the loop still pings in time.
+    async fn wait_for_durable(&mut self) {
+        let over = |l: &MqttLink, max: i64| max > 0 && l.unacked() - l.held() as i64 >= max;
+        if !over(&self.link, self.max_in_flight) {
+            return;
+        }
+        metrics::counter!(m::MQTT_READ_PAUSES_TOTAL).increment(1);
+        let deadline = tokio::time::Instant::now() + self.full_queue_wait;
+        while over(&self.link, self.max_in_flight)
+            && *self.control.borrow() != SourceControl::Stop
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Counts a PUBLISH, gives it an ack token (QoS 1) and hands it to the router. A full
@@ -300,8 +324,16 @@ impl SourceLoop {
 
     /// Gives queued acks a moment (up to 2 s) to reach the broker, then disconnects.
     async fn say_goodbye(&mut self) {
-        let _ = self.client.disconnect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        // Held acks of durable messages first (the DISCONNECT queues behind them).
+        while self.link.held() > 0 && tokio::time::Instant::now() < deadline {
+            self.link.flush_held();
+            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let _ = self.client.disconnect();
         while tokio::time::Instant::now() < deadline {
             match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
                 Ok(Ok(SourceEvent::DisconnectSent)) | Ok(Err(_)) | Err(_) => break,
