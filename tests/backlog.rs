@@ -1,8 +1,9 @@
 //! A backlog the broker kept while the engine was down. Mosquitto 2.0 sends a resumed session's
 //! queue past the receive maximum once acks flow, so the engine bounds what it lets in itself
 //! (`mqtt.max_in_flight`): a healthy device's backlog must reach `sensor_readings`, not fill its
-//! mailbox and spill into `dead_letters`, and a full ack queue must not make the source reconnect
-//! (which has the broker send everything in flight again).
+//! mailbox and spill into `dead_letters`, and the source must not reconnect (a reconnect has the
+//! broker send everything in flight again). Acks held for a full request queue
+//! are covered by `actors/tests/ack_token.rs`: this backlog is too small to fill that queue.
 
 use crate::common;
 
@@ -14,10 +15,12 @@ use common::{eventually, random_device, Options, TestEnv};
 const DEVICES: usize = 5;
 const PER_DEVICE: u64 = 400;
 
-/// An engine with small device queues (8 in the mailbox, 8 parked) and `max_in_flight`.
+/// An engine with small device queues (8 in the mailbox, 8 parked), a receive maximum of 100
+/// (below the backlog) and `max_in_flight`.
 async fn engine(max_in_flight: u32) -> TestEnv {
     TestEnv::start(Options {
         env: vec![
+            ("FLEETFLOW_MQTT__RECEIVE_MAXIMUM".into(), "100".into()),
             ("FLEETFLOW_DEVICES__MAILBOX_CAPACITY".into(), "8".into()),
             ("FLEETFLOW_DEVICES__PARK_CAPACITY".into(), "8".into()),
             (
@@ -70,7 +73,7 @@ async fn drain_backlog(env: &mut TestEnv) -> (i64, i64) {
 }
 
 #[tokio::test]
-async fn a_backlog_sent_past_the_receive_maximum_is_stored_whole_without_dead_letters_or_reconnects(
+async fn a_broker_backlog_larger_than_the_device_queues_is_stored_whole_without_dead_letters_or_reconnects(
 ) {
     // Positive control: with the bound off the broker floods the small device queues, and the
     // scenario really does push healthy devices' readings into dead_letters.
@@ -80,8 +83,17 @@ async fn a_backlog_sent_past_the_receive_maximum_is_stored_whole_without_dead_le
         dead > 0,
         "without the bound the backlog overflows the device queues ({stored} stored)"
     );
+    assert_eq!(
+        control
+            .metric("fleetflow_dead_lettered_messages_total{reason=\"device_busy\"}")
+            .await,
+        dead as f64,
+        "the control's dead letters are the busy devices'"
+    );
     drop(control);
 
+    // The publisher sends the devices' readings round-robin (seq 1 of each, then seq 2, ...), so
+    // 40 in flight are 8 per device: they fit the mailboxes.
     let mut env = engine(40).await;
     let (stored, dead) = drain_backlog(&mut env).await;
     assert_eq!((stored, dead), (DEVICES as i64 * PER_DEVICE as i64, 0));
@@ -94,6 +106,7 @@ async fn a_backlog_sent_past_the_receive_maximum_is_stored_whole_without_dead_le
         0.0
     );
     assert_eq!(env.metric("fleetflow_mqtt_leaked_acks_total").await, 0.0);
+    assert_eq!(env.metric("fleetflow_mqtt_reconnects_total").await, 0.0);
     eventually(Duration::from_secs(20), "every PUBACK sent", || async {
         (env.metric("fleetflow_mqtt_unacked").await == 0.0).then_some(())
     })

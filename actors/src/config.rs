@@ -56,8 +56,10 @@ pub struct MqttConfig {
     #[serde(default = "default_session_expiry_secs")]
     pub session_expiry_secs: u32,
     /// MQTT v5 receive maximum: QoS 1 messages the broker may have unacknowledged with us.
-    /// Acks are held until data is durable, so this bounds the pipeline. Default 8192. MQTT 5
-    /// only (3.1.1 has no flow control: the broker's own in-flight limit applies).
+    /// Acks are held until data is durable, so on a broker that respects it this bounds the
+    /// pipeline (Mosquitto 2.0 stops respecting it once acks flow: `max_in_flight` is the
+    /// engine's own bound). Default 8192. MQTT 5 only (3.1.1 has no flow control: the broker's
+    /// own in-flight limit applies).
     #[serde(default = "default_receive_maximum")]
     pub receive_maximum: u16,
     /// Send PUBACKs in the order the messages arrived on the connection, as MQTT 5 §4.6
@@ -79,9 +81,10 @@ pub struct MqttConfig {
     /// Default 10000.
     #[serde(default = "default_leak_max_age_ms")]
     pub leak_max_age_ms: u64,
-    /// QoS 1 messages received and not yet durable that this source lets into the pipeline.
-    /// At the bound it stops reading (up to half the keep-alive at a time) until some are
-    /// durable, so that a broker sending past the receive maximum (Mosquitto 2.0 does once acks
+    /// QoS 1 messages received and not yet durable (nor given up on) that this source lets
+    /// into the pipeline, across reconnects. At the bound it stops reading until some are
+    /// durable: at most half the keep-alive per pause, and a pause that runs out is followed by
+    /// as long without one, so that the connection still pings. So that a broker sending past the receive maximum (Mosquitto 2.0 does once acks
     /// flow) cannot fill the devices' mailboxes with a backlog and push healthy devices'
     /// messages into `dead_letters`. 0 turns the bound off. Default 65535 (the packet ids one
     /// connection can have in flight).

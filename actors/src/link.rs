@@ -155,6 +155,7 @@ pub fn ack_all(tokens: impl IntoIterator<Item = AckToken>) {
                 continue;
             }
         }
+        t.link.settled();
         match t.link.ack_one(t.epoch, t.pkid, t.seq) {
             Some(sent) => acked += sent,
             None => stale += 1,
@@ -190,6 +191,9 @@ struct LinkInner {
     publish_qos: QoS,
     /// QoS 1 messages received and not yet acknowledged (or given up on).
     unacked: AtomicI64,
+    /// Tokens alive, whatever their epoch: messages in the pipeline, not yet durable (nor
+    /// given up on). The source's read bound (`mqtt.max_in_flight`) counts these.
+    in_pipeline: AtomicI64,
     /// Packets of the current epoch whose token was dropped unacknowledged.
     leaked: AtomicU64,
     /// When the oldest of those leaked, in ms after `born` (plus one; 0 = none).
@@ -227,6 +231,7 @@ impl MqttLink {
             gate: RwLock::new(()),
             publish_qos,
             unacked: AtomicI64::new(0),
+            in_pipeline: AtomicI64::new(0),
             leaked: AtomicU64::new(0),
             first_leak_ms: AtomicU64::new(0),
             born: Instant::now(),
@@ -259,13 +264,11 @@ impl MqttLink {
         if let Some(o) = &self.0.order {
             o.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
-        self.0
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.0.held_len.store(0, Ordering::Release);
-        metrics::gauge!(m::MQTT_ACKS_HELD).set(0.0);
+        let dropped = self.drop_held();
+        if dropped > 0 {
+            // Their connection is gone: the broker redelivers them.
+            metrics::counter!(m::MQTT_ACKS_STALE_TOTAL).increment(dropped as u64);
+        }
         self.0.unacked.store(0, Ordering::Release);
         self.0.leaked.store(0, Ordering::Release);
         self.0.first_leak_ms.store(0, Ordering::Release);
@@ -277,6 +280,7 @@ impl MqttLink {
     /// so that it holds back no later ack. In cluster mode its partition's era ends instead:
     /// its slot keeps holding back the acks behind it (`cluster/partition.rs`).
     fn leaked(&self, epoch: u64, pkid: u16, seq: u64) {
+        self.settled();
         let _gate = self.0.gate.read().unwrap_or_else(|e| e.into_inner());
         if epoch == self.epoch() && self.0.client.as_ref().is_some_and(|c| c.nak(pkid)) {
             self.0.unacked.fetch_sub(1, Ordering::AcqRel);
@@ -340,6 +344,7 @@ impl MqttLink {
 
     /// A token for a packet received now on this connection.
     pub fn token(&self, pkid: u16) -> AckToken {
+        self.0.in_pipeline.fetch_add(1, Ordering::AcqRel);
         let seq = match &self.0.order {
             Some(o) => o.lock().unwrap_or_else(|e| e.into_inner()).push(pkid),
             None => 0,
@@ -399,6 +404,12 @@ impl MqttLink {
                 }
             };
         }
+        // Nothing held: straight to the queue. Ordered acks come here one at a time (under the
+        // order lock); unordered ones need no order among themselves.
+        if self.held() == 0 && client.ack(pkid).is_ok() {
+            self.acked_one();
+            return true;
+        }
         let mut held = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
         if held.is_empty() && client.ack(pkid).is_ok() {
             self.acked_one();
@@ -408,8 +419,31 @@ impl MqttLink {
         // goes out once the event loop has taken what is queued before it.
         held.push_back(pkid);
         self.0.held_len.store(held.len(), Ordering::Release);
-        metrics::gauge!(m::MQTT_ACKS_HELD).set(held.len() as f64);
+        metrics::gauge!(m::MQTT_ACKS_HELD).increment(1.0);
         false
+    }
+
+    /// Empties the held acks (their connection is gone); answers how many there were.
+    fn drop_held(&self) -> usize {
+        let mut held = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.len();
+        held.clear();
+        self.0.held_len.store(0, Ordering::Release);
+        if n > 0 {
+            metrics::gauge!(m::MQTT_ACKS_HELD).decrement(n as f64);
+        }
+        n
+    }
+
+    /// A token's packet left the pipeline (durable, given up on, or of a closed connection).
+    fn settled(&self) {
+        self.0.in_pipeline.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Messages of this link in the pipeline and not yet durable, across connections (their
+    /// tokens are alive).
+    pub fn in_pipeline(&self) -> i64 {
+        self.0.in_pipeline.load(Ordering::Acquire)
     }
 
     /// One PUBACK queued: one fewer unacknowledged message on this connection.
@@ -444,8 +478,8 @@ impl MqttLink {
             sent += 1;
         }
         self.0.held_len.store(held.len(), Ordering::Release);
-        metrics::gauge!(m::MQTT_ACKS_HELD).set(held.len() as f64);
         if sent > 0 {
+            metrics::gauge!(m::MQTT_ACKS_HELD).decrement(sent as f64);
             fleetflow_protocol::hot_counter!(m::MQTT_ACKS_TOTAL).increment(sent as u64);
         }
         sent

@@ -29,15 +29,16 @@ use crate::router::RawPublish;
 use crate::transport;
 use fleetflow_protocol::topic::TopicParser;
 
-/// At most this many QoS 1 messages can be unacknowledged on one connection: packet ids are
-/// 16-bit and unique while in flight. Queues sized above it never fill with QoS 1 traffic.
+/// QoS 1 messages one connection can have unacknowledged when the broker keeps packet ids
+/// unique while in flight, as MQTT requires. Mosquitto 2.0 reuses them past this with a large
+/// backlog; then the request queue can fill, and acks are held (`link.rs`).
 pub const MAX_INFLIGHT_PACKET_IDS: usize = 65_535;
 
 /// The rumqttc request channel: every possible ack plus room for publishes to devices.
 pub const REQUEST_CHANNEL_CAPACITY: usize = MAX_INFLIGHT_PACKET_IDS + 8192;
 
-/// The source → router queue: QoS 1 forwarding never waits, so the poll loop keeps draining
-/// acks even when the rest of the pipeline is slow (the broker then holds what is unacked).
+/// The source → router queue, sized so that it rarely makes the poll loop wait (the loop's own
+/// bound, `mqtt.max_in_flight`, pauses reading first).
 pub const ROUTER_QUEUE_CAPACITY: usize = MAX_INFLIGHT_PACKET_IDS + 1024;
 
 /// Commands for the source loop.
@@ -214,6 +215,7 @@ fn spawn_connection(
         leak_max_age: Duration::from_millis(cfg.leak_max_age_ms),
         full_queue_wait: Duration::from_secs(cfg.keep_alive_secs.max(2)) / 2,
         max_in_flight: i64::from(cfg.max_in_flight),
+        pause_free_until: tokio::time::Instant::now(),
         budget: crate::queue_budget::QueueBudget::new(cfg.max_queued_bytes),
     };
     let task = tokio::spawn(lp.run());

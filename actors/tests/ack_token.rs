@@ -265,3 +265,33 @@ fn held_acks_of_a_closed_connection_never_reach_the_next_one() {
     ack(Some(received(&link, 2)));
     assert_eq!(acked(&rx), vec![2]);
 }
+
+#[test]
+fn unordered_acks_are_held_too_and_the_pipeline_count_follows_tokens_not_connections() {
+    let (tx, rx) = flume::bounded(1);
+    let link = MqttLink::new(AsyncClient::from_senders(tx), QoS::AtLeastOnce);
+    link.next_epoch();
+    let (a, b, c) = (received(&link, 1), received(&link, 2), received(&link, 3));
+    assert_eq!(link.in_pipeline(), 3);
+    ack(Some(b));
+    ack(Some(a));
+    assert_eq!(
+        (link.held(), link.leaks().0),
+        (1, 0),
+        "packet 1 waits for room"
+    );
+    assert_eq!(
+        link.in_pipeline(),
+        1,
+        "acked tokens left the pipeline, held or not"
+    );
+    assert_eq!(acked(&rx), vec![2]);
+    assert_eq!(link.flush_held(), 1);
+    assert_eq!(acked(&rx), vec![1]);
+    // A reconnect resets the connection's unacked count, not what is still in the pipeline.
+    link.next_epoch();
+    assert_eq!(link.unacked(), 0);
+    assert_eq!(link.in_pipeline(), 1, "packet 3 is still being processed");
+    drop(c); // of the old connection: stale, and out of the pipeline
+    assert_eq!(link.in_pipeline(), 0);
+}

@@ -43,7 +43,8 @@ pub fn options(cfg: &MqttConfig) -> Result<rumqttc::v5::MqttOptions, SourceError
     props.max_packet_size = Some(cfg.max_packet_bytes);
     o.set_connect_properties(props);
     // Room for an ack for every packet id that can be in flight (65,535), whatever the broker
-    // does with the receive maximum, plus ACK/NACK publishes: queuing an ack never fails.
+    // does with the receive maximum, plus ACK/NACK publishes. A broker that reuses packet ids
+    // can overfill it; acks are then held in order (`link.rs`).
     o.set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
     if let Some(user) = &cfg.username {
         o.set_credentials(user.clone(), password(cfg)?.unwrap_or_default());

@@ -1,5 +1,7 @@
 //! The task that polls one source's event loop and forwards its PUBLISHes: one path for both
-//! protocol versions, on [`SourceEvent`]s and [`MqttClient`] requests.
+//! protocol versions, on [`SourceEvent`]s and [`MqttClient`] requests. Between polls it moves
+//! held acks on, reconnects for leaks, and pauses reading while `mqtt.max_in_flight` of its
+//! messages are not durable yet.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,6 +61,8 @@ pub(super) struct SourceLoop {
     pub(super) budget: crate::queue_budget::QueueBudget,
     /// Messages received and not yet durable at which the loop stops reading (0: no bound).
     pub(super) max_in_flight: i64,
+    /// After a pause that ran out, no new one before this: the loop polls, so it pings.
+    pub(super) pause_free_until: tokio::time::Instant,
 }
 
 impl SourceLoop {
@@ -107,13 +111,13 @@ impl SourceLoop {
             // held for a full request queue go first; each request the event loop takes is an
             // event, so they drain as fast as it writes.
             self.link.flush_held();
-            self.wait_for_durable().await;
             if self
                 .link
                 .leaks_exceed(self.leak_max_count, self.leak_max_age)
             {
                 self.reconnect_for_leaks();
             }
+            self.wait_for_durable().await;
             let ev = tokio::select! {
                 ev = self.eventloop.poll() => ev,
                 changed = self.control.changed() => {
@@ -166,22 +170,47 @@ impl SourceLoop {
         self.say_goodbye().await;
     }
 
-    /// While `max_in_flight` messages of this connection are in the pipeline and not durable
-    /// yet, reads nothing (the broker keeps the rest), for at most `full_queue_wait` so that
-    /// the loop still pings in time.
+    /// While `max_in_flight` messages of this source are in the pipeline and not durable yet,
+    /// reads nothing (the broker keeps the rest). A pause lasts at most `full_queue_wait`; one
+    /// that runs out is followed by as long without pauses, so that the event loop still gets
+    /// to ping (and to write acks) when nothing becomes durable, e.g. with the database down.
     async fn wait_for_durable(&mut self) {
-        let over = |l: &MqttLink, max: i64| max > 0 && l.unacked() - l.held() as i64 >= max;
-        if !over(&self.link, self.max_in_flight) {
+        let max = self.max_in_flight;
+        if max <= 0 || self.link.in_pipeline() < max {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if now < self.pause_free_until {
             return;
         }
         metrics::counter!(m::MQTT_READ_PAUSES_TOTAL).increment(1);
-        let deadline = tokio::time::Instant::now() + self.full_queue_wait;
-        while over(&self.link, self.max_in_flight)
-            && *self.control.borrow() != SourceControl::Stop
-            && tokio::time::Instant::now() < deadline
-        {
+        let deadline = now + self.full_queue_wait;
+        while self.link.in_pipeline() >= max && *self.control.borrow() != SourceControl::Stop {
+            if tokio::time::Instant::now() >= deadline {
+                self.pause_free_until = deadline + self.full_queue_wait;
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// Moves held acks to the broker for at most `budget`. False when the connection was lost
+    /// meanwhile: the epoch has moved then (no ack of it may reach a reconnected session).
+    async fn flush_before_goodbye(&mut self, budget: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + budget;
+        while self.link.held() > 0 && tokio::time::Instant::now() < deadline {
+            self.link.flush_held();
+            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => {
+                    self.link.next_epoch();
+                    self.eventloop.clean();
+                    return false;
+                }
+                Err(_) => break,
+            }
+        }
+        true
     }
 
     /// Counts a PUBLISH, gives it an ack token (QoS 1) and hands it to the router. A full
@@ -322,24 +351,20 @@ impl SourceLoop {
         }
     }
 
-    /// Gives queued acks a moment (up to 2 s) to reach the broker, then disconnects.
+    /// Gives queued and held acks a moment (up to 1 s) to reach the broker, then disconnects
+    /// (up to 1 s more). Acks that come later belong to a gone connection: counted as stale.
     async fn say_goodbye(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        // Held acks of durable messages first (the DISCONNECT queues behind them).
-        while self.link.held() > 0 && tokio::time::Instant::now() < deadline {
-            self.link.flush_held();
-            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => break,
+        if self.flush_before_goodbye(Duration::from_secs(1)).await {
+            let _ = self.client.disconnect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while tokio::time::Instant::now() < deadline {
+                match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
+                    Ok(Ok(SourceEvent::DisconnectSent)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(_)) => {}
+                }
             }
         }
-        let _ = self.client.disconnect();
-        while tokio::time::Instant::now() < deadline {
-            match tokio::time::timeout_at(deadline, self.eventloop.poll()).await {
-                Ok(Ok(SourceEvent::DisconnectSent)) | Ok(Err(_)) | Err(_) => break,
-                Ok(Ok(_)) => {}
-            }
-        }
+        self.link.next_epoch();
         self.connected.store(false, Ordering::Release);
         // Stopped (for good, or before a restart under the same name): 0. The metrics crate
         // cannot remove one series, so a removed or disabled source keeps reporting 0 until the
