@@ -208,6 +208,16 @@ struct LinkInner {
     held_len: AtomicUsize,
 }
 
+impl Drop for LinkInner {
+    fn drop(&mut self) {
+        // A source task aborted before its goodbye: its held acks leave the process-wide gauge.
+        let n = self.held.get_mut().map(|h| h.len()).unwrap_or(0);
+        if n > 0 {
+            metrics::gauge!(m::MQTT_ACKS_HELD).decrement(n as f64);
+        }
+    }
+}
+
 impl std::fmt::Debug for MqttLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqttLink")

@@ -295,3 +295,30 @@ fn unordered_acks_are_held_too_and_the_pipeline_count_follows_tokens_not_connect
     drop(c); // of the old connection: stale, and out of the pipeline
     assert_eq!(link.in_pipeline(), 0);
 }
+
+#[test]
+fn a_split_packet_leaves_the_pipeline_once_whatever_its_shares_do() {
+    let (link, _rx) = ordered_link();
+    // Acked, dropped, acked.
+    let mut s = received(&link, 1).split(3);
+    ack(s.pop());
+    drop(s.pop());
+    assert_eq!(
+        link.in_pipeline(),
+        0,
+        "the dropped share gave the packet up"
+    );
+    ack(s.pop());
+    assert_eq!(link.in_pipeline(), 0);
+    // Dropped first, then the others acked.
+    let mut s = received(&link, 2).split(3);
+    drop(s.pop());
+    ack_all(s);
+    assert_eq!(link.in_pipeline(), 0);
+    // Positive control: every share acked leaves it only with the last one.
+    let mut s = received(&link, 3).split(2);
+    ack(s.pop());
+    assert_eq!(link.in_pipeline(), 1);
+    ack(s.pop());
+    assert_eq!(link.in_pipeline(), 0);
+}

@@ -176,7 +176,9 @@ impl SourceLoop {
     /// to ping (and to write acks) when nothing becomes durable, e.g. with the database down.
     async fn wait_for_durable(&mut self) {
         let max = self.max_in_flight;
-        if max <= 0 || self.link.in_pipeline() < max {
+        // Draining or stopping reads nothing into the pipeline: no pause (acks keep flowing).
+        if max <= 0 || self.link.in_pipeline() < max || *self.control.borrow() != SourceControl::Run
+        {
             return;
         }
         let now = tokio::time::Instant::now();
