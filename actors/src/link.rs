@@ -416,13 +416,15 @@ impl MqttLink {
         }
         // Nothing held: straight to the queue. Ordered acks come here one at a time (under the
         // order lock); unordered ones need no order among themselves.
-        if self.held() == 0 && client.ack(pkid).is_ok() {
-            self.acked_one();
+        let tried = self.held() == 0;
+        if tried && client.ack(pkid).is_ok() {
+            self.acked(1);
             return true;
         }
         let mut held = self.0.held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.is_empty() && client.ack(pkid).is_ok() {
-            self.acked_one();
+        // Held a moment ago, but a flush may have emptied it since: try once, in order.
+        if !tried && held.is_empty() && client.ack(pkid).is_ok() {
+            self.acked(1);
             return true;
         }
         // Full (or closing: then the epoch moves and drops what is held). Not a leak: the ack
@@ -456,9 +458,9 @@ impl MqttLink {
         self.0.in_pipeline.load(Ordering::Acquire)
     }
 
-    /// One PUBACK queued: one fewer unacknowledged message on this connection.
-    fn acked_one(&self) {
-        let left = self.0.unacked.fetch_sub(1, Ordering::AcqRel) - 1;
+    /// `n` PUBACKs queued: that many fewer unacknowledged messages on this connection.
+    fn acked(&self, n: i64) {
+        let left = self.0.unacked.fetch_sub(n, Ordering::AcqRel) - n;
         metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
     }
 
@@ -484,11 +486,11 @@ impl MqttLink {
                 break;
             }
             held.pop_front();
-            self.acked_one();
             sent += 1;
         }
         self.0.held_len.store(held.len(), Ordering::Release);
         if sent > 0 {
+            self.acked(sent as i64);
             metrics::gauge!(m::MQTT_ACKS_HELD).decrement(sent as f64);
             fleetflow_protocol::hot_counter!(m::MQTT_ACKS_TOTAL).increment(sent as u64);
         }
