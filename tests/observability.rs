@@ -53,6 +53,8 @@ async fn metrics_expose_messages_captures_nacks_batches_actors_restarts_and_erro
         "fleetflow_device_messages_total{kind=\"capture_meta\"} 2",
         "fleetflow_device_messages_total{kind=\"chunk\"} 4",
         "fleetflow_captures_stored_total 1",
+        // The stored capture's answer; the timed-out one has none.
+        "fleetflow_capture_answer_seconds_count 1",
         "fleetflow_nacks_total{reason=\"missing_chunks\"} 1",
         "fleetflow_device_actors 1",
         "fleetflow_device_actors_restarted_total 0",

@@ -64,6 +64,8 @@ pub struct RawPublish {
     pub reply_route: Arc<ReplyRoute>,
     /// Its charge against the source's queue budget, given back when the router takes it.
     pub charge: Option<crate::queue_budget::QueueCharge>,
+    /// When the source read it from the broker (the start of a capture's answer latency).
+    pub received: std::time::Instant,
 }
 
 /// Asks the router for a device's actor state (`None` when it has no live actor).
@@ -456,6 +458,7 @@ impl DeviceRouter {
             payload: msg.payload,
             ack: msg.ack,
             reply_route: msg.reply_route,
+            received: msg.received,
         };
         drop(msg.charge); // taken off the source's queue
         let source = &inbound.reply_route.source_name;
@@ -472,6 +475,7 @@ impl DeviceRouter {
                     ack: inbound.ack,
                     reply_route: inbound.reply_route,
                     charge: None,
+                    received: inbound.received,
                 };
                 return self.reject(msg, claimed, ctx);
             }

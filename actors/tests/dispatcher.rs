@@ -89,6 +89,7 @@ impl Harness {
                 ack: Some(self.link.token(pkid)),
                 reply_route: self.route.clone(),
                 charge: None,
+                received: std::time::Instant::now(),
             })
             .await
             .unwrap();

@@ -280,6 +280,7 @@ impl PartitionLoop {
             ack: Some(ack),
             reply_route: self.route.clone(),
             charge: None,
+            received: std::time::Instant::now(),
         };
         match self.out.send(msg).await {
             Ok(()) => ControlFlow::Continue(()),

@@ -109,6 +109,9 @@ pub struct DeviceActor {
     timer: Option<(SpawnHandle, std::time::Instant)>,
     /// The broker ack of the message being handled; the state machine says when it may go.
     msg_ack: Option<AckToken>,
+    /// When the source read the message being handled (a capture's answer latency starts at
+    /// its last chunk's).
+    msg_received: std::time::Instant,
     last_msg: Instant,
     policy: RestartPolicy,
     health: Health,
@@ -131,6 +134,7 @@ impl DeviceActor {
             effects: Vec::new(),
             timer: None,
             msg_ack: None,
+            msg_received: std::time::Instant::now(),
             last_msg: Instant::now(),
             policy,
             health: Health::Running,
@@ -163,6 +167,7 @@ impl DeviceActor {
                 }
                 Effect::Store(req) => {
                     let capture_id = req.capture_id.clone();
+                    let received = self.msg_received;
                     let company = self.reply_route.as_ref().and_then(|(r, _, _)| r.company_id);
                     let fut = self.deps.objects.send(Store(req, company));
                     ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
@@ -170,9 +175,15 @@ impl DeviceActor {
                             reason: format!("object sink unavailable: {e}"),
                             code: ErrorCode::FinaliseFailed,
                         });
+                        let stored = matches!(outcome, StoreOutcome::Stored { .. });
                         act.guarded(ctx, |core, out| {
                             core.on_stored(&capture_id, outcome, clock(), out)
                         });
+                        if stored {
+                            // The answer (ACK_OK) is queued on the publishing connection now.
+                            metrics::histogram!(m::CAPTURE_ANSWER_SECONDS)
+                                .record(received.elapsed().as_secs_f64());
+                        }
                     }));
                 }
             }
@@ -358,6 +369,7 @@ impl Handler<Inbound> for DeviceActor {
         let now = clock();
         let ack = msg.ack.as_ref().map(|_| MessageAck);
         self.msg_ack = msg.ack;
+        self.msg_received = msg.received;
         let mut reading_seq = None;
         self.guarded(ctx, |core, out| {
             let from = out.len();

@@ -41,6 +41,8 @@ pub struct Inbound {
     pub ack: Option<AckToken>,
     /// Where replies (ACK/NACK) to this device go.
     pub reply_route: std::sync::Arc<crate::link::ReplyRoute>,
+    /// When the source read it from the broker.
+    pub received: std::time::Instant,
 }
 
 impl Inbound {

@@ -229,6 +229,7 @@ impl SourceLoop {
         max_unacked: &mut i64,
     ) -> ControlFlow<()> {
         self.received.fetch_add(1, Ordering::Relaxed);
+        let received = std::time::Instant::now();
         let ack = (qos != QoS::AtMostOnce).then(|| {
             let n = self.link.received();
             if n > *max_unacked {
@@ -261,6 +262,7 @@ impl SourceLoop {
             ack,
             reply_route: self.reply_route.clone(),
             charge: Some(charge),
+            received,
         };
         match self.out.try_send(msg) {
             Ok(()) => ControlFlow::Continue(()),

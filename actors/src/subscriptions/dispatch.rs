@@ -335,6 +335,7 @@ impl Dispatcher {
                 ack: share,
                 reply_route: msg.reply_route.clone(),
                 charge: None,
+                received: msg.received,
             };
             if self.router.send(fwd).await.is_err() {
                 failed(&sub.stats, "device_profile");

@@ -105,6 +105,7 @@ impl Engine {
                 ack: Some(self.link.token(pkid)),
                 reply_route: self.route.clone(),
                 charge: None,
+                received: std::time::Instant::now(),
             })
             .await
             .unwrap();
