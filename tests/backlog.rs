@@ -108,7 +108,7 @@ async fn a_broker_backlog_larger_than_the_device_queues_is_stored_whole_without_
     assert_eq!(env.metric("fleetflow_mqtt_leaked_acks_total").await, 0.0);
     assert_eq!(env.metric("fleetflow_mqtt_reconnects_total").await, 0.0);
     eventually(Duration::from_secs(20), "every PUBACK sent", || async {
-        (env.metric("fleetflow_mqtt_unacked").await == 0.0).then_some(())
+        (env.exported(common::UNACKED).await == Some(0.0)).then_some(())
     })
     .await;
 }

@@ -291,7 +291,7 @@ async fn a_device_failing_on_every_message_while_it_floods_leaves_the_fleet_at_s
     assert!(accounted.0 > 0 && accounted.1 > 0, "{accounted:?}");
     // No in-flight slot stays taken.
     eventually(Duration::from_secs(30), "unacked back to 0", || async {
-        (env.metric("fleetflow_mqtt_unacked").await == 0.0).then_some(())
+        (env.exported(common::UNACKED).await == Some(0.0)).then_some(())
     })
     .await;
 

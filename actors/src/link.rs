@@ -206,14 +206,18 @@ struct LinkInner {
     held: Mutex<VecDeque<u16>>,
     /// `held.len()`, read without the lock on every poll of the source loop.
     held_len: AtomicUsize,
+    /// `fleetflow_mqtt_unacked` and `fleetflow_mqtt_acks_held` of this link's source (see
+    /// [`MqttLink::for_source`]), looked up once.
+    unacked_gauge: metrics::Gauge,
+    held_gauge: metrics::Gauge,
 }
 
 impl Drop for LinkInner {
     fn drop(&mut self) {
-        // A source task aborted before its goodbye: its held acks leave the process-wide gauge.
+        // A source task aborted before its goodbye: its held acks leave its source's gauge.
         let n = self.held.get_mut().map(|h| h.len()).unwrap_or(0);
         if n > 0 {
-            metrics::gauge!(m::MQTT_ACKS_HELD).decrement(n as f64);
+            self.held_gauge.decrement(n as f64);
         }
     }
 }
@@ -248,7 +252,25 @@ impl MqttLink {
             order: ordered.then(|| Mutex::new(order::AckOrder::default())),
             held: Mutex::new(VecDeque::new()),
             held_len: AtomicUsize::new(0),
+            unacked_gauge: metrics::gauge!(m::MQTT_UNACKED),
+            held_gauge: metrics::gauge!(m::MQTT_ACKS_HELD),
         }))
+    }
+
+    /// The same link, its gauges labelled `source` (a source's name, its `-out` connection, or
+    /// a cluster partition): several connections would otherwise overwrite one series. Call it
+    /// before the link is shared; a shared link keeps its gauges.
+    pub fn for_source(mut self, source: &str) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => {
+                inner.unacked_gauge =
+                    metrics::gauge!(m::MQTT_UNACKED, "source" => source.to_owned());
+                inner.held_gauge =
+                    metrics::gauge!(m::MQTT_ACKS_HELD, "source" => source.to_owned());
+            }
+            None => debug_assert!(false, "for_source on a shared link"),
+        }
+        self
     }
 
     /// Whether this link acks a cluster partition's JetStream messages.
@@ -282,7 +304,7 @@ impl MqttLink {
         self.0.unacked.store(0, Ordering::Release);
         self.0.leaked.store(0, Ordering::Release);
         self.0.first_leak_ms.store(0, Ordering::Release);
-        metrics::gauge!(m::MQTT_UNACKED).set(0.0);
+        self.0.unacked_gauge.set(0.0);
         self.0.epoch.fetch_add(1, Ordering::AcqRel) + 1
     }
 
@@ -431,7 +453,7 @@ impl MqttLink {
         // goes out once the event loop has taken what is queued before it.
         held.push_back(pkid);
         self.0.held_len.store(held.len(), Ordering::Release);
-        metrics::gauge!(m::MQTT_ACKS_HELD).increment(1.0);
+        self.0.held_gauge.increment(1.0);
         false
     }
 
@@ -442,7 +464,7 @@ impl MqttLink {
         held.clear();
         self.0.held_len.store(0, Ordering::Release);
         if n > 0 {
-            metrics::gauge!(m::MQTT_ACKS_HELD).decrement(n as f64);
+            self.0.held_gauge.decrement(n as f64);
         }
         n
     }
@@ -461,7 +483,7 @@ impl MqttLink {
     /// `n` PUBACKs queued: that many fewer unacknowledged messages on this connection.
     fn acked(&self, n: i64) {
         let left = self.0.unacked.fetch_sub(n, Ordering::AcqRel) - n;
-        metrics::gauge!(m::MQTT_UNACKED).set(left.max(0) as f64);
+        self.0.unacked_gauge.set(left.max(0) as f64);
     }
 
     /// Acks held because the request queue was full (see the module doc).
@@ -491,7 +513,7 @@ impl MqttLink {
         self.0.held_len.store(held.len(), Ordering::Release);
         if sent > 0 {
             self.acked(sent as i64);
-            metrics::gauge!(m::MQTT_ACKS_HELD).decrement(sent as f64);
+            self.0.held_gauge.decrement(sent as f64);
             fleetflow_protocol::hot_counter!(m::MQTT_ACKS_TOTAL).increment(sent as u64);
         }
         sent

@@ -69,7 +69,7 @@ pub const SPEC: &[(&str, &str, &str)] = &[
     (OBJECT_UPLOAD_SECONDS, "histogram", "Time to write one object, retries included."),
     (OBJECT_FAILURES_TOTAL, "counter", "Objects that failed after every retry."),
     (CAPTURE_E2E_SECONDS, "histogram", "Time from a capture's last chunk to its committed captures row."),
-    (CAPTURE_ANSWER_SECONDS, "histogram", "Time from a stored capture's last chunk read from the broker to its ACK_OK queued on the publishing connection: the engine's whole part of the device's wait."),
+    (CAPTURE_ANSWER_SECONDS, "histogram", "Time from the source handing on the message that completed a stored capture (normally its last chunk) to its ACK_OK handed to the MQTT client's queue."),
     (DEAD_LETTERED_TOTAL, "counter", "Messages written to the dead_letters table instead of being processed, by reason: restarting (the device's actor is in restart backoff), quarantined, device_busy (its mailbox and parking are full), max_device_actors (replay them with `fleetflow replay-dead-letters`), rejected (a row Postgres refused for good, kept as a record)."),
     (DEAD_LETTERS_TOTAL, "counter", "Images kept in the dead-letter directory after every upload attempt failed."),
     (RETENTION_DELETED_TOTAL, "counter", "What the retention task deleted, by kind: capture_objects (images deleted from object storage, their rows marked deleted_at; an object already gone counts), readings, device_errors, publish_log (rows deleted)."),
@@ -186,7 +186,8 @@ pub const OBJECT_UPLOAD_SECONDS: &str = "fleetflow_object_upload_seconds";
 pub const OBJECT_FAILURES_TOTAL: &str = "fleetflow_object_failures_total";
 /// Histogram.
 pub const CAPTURE_E2E_SECONDS: &str = "fleetflow_capture_e2e_seconds";
-/// Histogram: a stored capture's last chunk read from the broker → its ACK_OK queued.
+/// Histogram: the message that completed a stored capture handed on by the source → its ACK_OK
+/// in the MQTT client's queue.
 pub const CAPTURE_ANSWER_SECONDS: &str = "fleetflow_capture_answer_seconds";
 /// Counter.
 pub const HOSTED_REPAIRS_TOTAL: &str = "fleetflow_hosted_repairs_total";

@@ -178,7 +178,7 @@ fn spawn_connection(
         None
     };
     let (client, eventloop) = connect(cfg, REQUEST_CHANNEL_CAPACITY)?;
-    let link = MqttLink::with_order(client.clone(), sub_qos, cfg.ordered_acks);
+    let link = MqttLink::with_order(client.clone(), sub_qos, cfg.ordered_acks).for_source(name);
     let publish_link = publisher
         .as_ref()
         .map_or_else(|| link.clone(), |p| p.link.clone());

@@ -271,6 +271,11 @@ level = "info,fleetflow_actors=debug"
         metric_value(&self.metrics().await, series)
     }
 
+    /// A series' value, `None` when it is not exported.
+    pub async fn exported(&self, series: &str) -> Option<f64> {
+        exported_value(&self.metrics().await, series)
+    }
+
     /// Simulator settings aimed at this engine (broker, prefix, fresh device ids); override the
     /// workload with struct update syntax.
     pub fn sim_config(&self) -> fleetflow_sim::SimConfig {
@@ -329,13 +334,20 @@ impl Drop for TestEnv {
 }
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+    exported_value(text, series).unwrap_or(0.0)
+}
+
+/// The default source's unacknowledged QoS 1 messages.
+pub const UNACKED: &str = "fleetflow_mqtt_unacked{source=\"default\"}";
+
+/// A series' value, `None` when it is not exported at all (so that a check for 0 cannot pass on
+/// a series that was renamed or relabelled).
+pub fn exported_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// Resident set size of a process, in bytes.

@@ -69,7 +69,8 @@ pub fn start(s: ClusterStart) -> Result<Cluster, ClusterError> {
     let publisher = MqttLink::new(
         MqttClient::Nats(NatsClient::new(tx.clone(), None)),
         QoS::AtLeastOnce,
-    );
+    )
+    .for_source("cluster-out");
     publisher.next_epoch();
     let route = Arc::new(ReplyRoute {
         source_name: Arc::from("default"),
@@ -350,7 +351,8 @@ impl Owner {
             MqttClient::Nats(NatsClient::new(self.tx.clone(), Some(slots.clone()))),
             QoS::AtLeastOnce,
             true,
-        );
+        )
+        .for_source(&format!("partition-{p}"));
         link.next_epoch();
         let looped = PartitionLoop {
             index: p,

@@ -109,9 +109,6 @@ pub struct DeviceActor {
     timer: Option<(SpawnHandle, std::time::Instant)>,
     /// The broker ack of the message being handled; the state machine says when it may go.
     msg_ack: Option<AckToken>,
-    /// When the source read the message being handled (a capture's answer latency starts at
-    /// its last chunk's).
-    msg_received: std::time::Instant,
     last_msg: Instant,
     policy: RestartPolicy,
     health: Health,
@@ -134,14 +131,15 @@ impl DeviceActor {
             effects: Vec::new(),
             timer: None,
             msg_ack: None,
-            msg_received: std::time::Instant::now(),
             last_msg: Instant::now(),
             policy,
             health: Health::Running,
         }
     }
 
-    fn run_effects(&mut self, ctx: &mut Context<Self>) {
+    /// Carries out the effects of a step. `started`: when the source handed on the message of
+    /// that step (`None` for timers and store outcomes), the start of a capture's answer time.
+    fn run_effects(&mut self, ctx: &mut Context<Self>, started: Option<std::time::Instant>) {
         let mut blocked: Vec<PendingRow> = Vec::new();
         let mut effects = std::mem::take(&mut self.effects);
         for effect in effects.drain(..) {
@@ -167,7 +165,6 @@ impl DeviceActor {
                 }
                 Effect::Store(req) => {
                     let capture_id = req.capture_id.clone();
-                    let received = self.msg_received;
                     let company = self.reply_route.as_ref().and_then(|(r, _, _)| r.company_id);
                     let fut = self.deps.objects.send(Store(req, company));
                     ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
@@ -175,14 +172,18 @@ impl DeviceActor {
                             reason: format!("object sink unavailable: {e}"),
                             code: ErrorCode::FinaliseFailed,
                         });
-                        let stored = matches!(outcome, StoreOutcome::Stored { .. });
+                        let mut answered = false;
                         act.guarded(ctx, |core, out| {
-                            core.on_stored(&capture_id, outcome, clock(), out)
+                            let from = out.len();
+                            core.on_stored(&capture_id, outcome, clock(), out);
+                            answered = out[from..]
+                                .iter()
+                                .any(|e| matches!(e, Effect::Publish { kind: "ack", .. }));
                         });
-                        if stored {
-                            // The answer (ACK_OK) is queued on the publishing connection now.
+                        if let (true, Some(t)) = (answered, started) {
+                            // Its ACK_OK is in the MQTT client's queue now.
                             metrics::histogram!(m::CAPTURE_ANSWER_SECONDS)
-                                .record(received.elapsed().as_secs_f64());
+                                .record(t.elapsed().as_secs_f64());
                         }
                     }));
                 }
@@ -212,11 +213,21 @@ impl DeviceActor {
         ctx: &mut Context<Self>,
         f: impl FnOnce(&mut DeviceCore, &mut Vec<Effect>),
     ) {
+        self.guarded_at(ctx, None, f)
+    }
+
+    /// [`Self::guarded`] for the step of a message the source handed on at `started`.
+    fn guarded_at(
+        &mut self,
+        ctx: &mut Context<Self>,
+        started: Option<std::time::Instant>,
+        f: impl FnOnce(&mut DeviceCore, &mut Vec<Effect>),
+    ) {
         let mut out = scratch::take_or(std::mem::take(&mut self.effects));
         let result = catch_unwind(AssertUnwindSafe(|| f(&mut self.core, &mut out)));
         self.effects = out;
         match result {
-            Ok(()) => self.run_effects(ctx),
+            Ok(()) => self.run_effects(ctx, started),
             Err(panic) => {
                 scratch::give_back(std::mem::take(&mut self.effects));
                 let what = panic
@@ -270,7 +281,7 @@ impl DeviceActor {
                 metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Quarantined.label())
                     .increment(1);
                 self.effects.push(Effect::Row(row, None));
-                self.run_effects(ctx);
+                self.run_effects(ctx, None);
             }
         }
     }
@@ -369,9 +380,8 @@ impl Handler<Inbound> for DeviceActor {
         let now = clock();
         let ack = msg.ack.as_ref().map(|_| MessageAck);
         self.msg_ack = msg.ack;
-        self.msg_received = msg.received;
         let mut reading_seq = None;
-        self.guarded(ctx, |core, out| {
+        self.guarded_at(ctx, Some(msg.received), |core, out| {
             let from = out.len();
             core.handle(&msg.kind, &msg.payload, ack, now, wall, out);
             reading_seq = out[from..].iter().find_map(|e| match e {
@@ -469,7 +479,7 @@ impl DeviceActor {
         let p = msg.into_dead_letter(self.core.id().clone(), reason);
         self.msg_ack = p.ack;
         self.effects.push(Effect::Row(p.row, Some(MessageAck)));
-        self.run_effects(ctx);
+        self.run_effects(ctx, None);
     }
 }
 
