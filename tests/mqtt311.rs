@@ -307,7 +307,7 @@ async fn the_file_source_set_to_3_1_1_ingests_from_a_broker_that_refuses_mqtt_5(
     eventually(T, "4 acks and none outstanding", || async {
         let m = env.metrics().await;
         let acked = common::metric_value(&m, "fleetflow_mqtt_acks_total");
-        let unacked = common::exported_value(&m, "fleetflow_mqtt_unacked{source=\"default\"}");
+        let unacked = common::exported_value(&m, common::UNACKED);
         (acked >= 4.0 && unacked == Some(0.0)).then_some(())
     })
     .await;

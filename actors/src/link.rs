@@ -26,7 +26,7 @@ pub mod client;
 mod order;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -194,6 +194,10 @@ struct LinkInner {
     /// Tokens alive, whatever their epoch: messages in the pipeline, not yet durable (nor
     /// given up on). The source's read bound (`mqtt.max_in_flight`) counts these.
     in_pipeline: AtomicI64,
+    /// Set while the source waits for `in_pipeline` to fall ([`MqttLink::pipeline_below`]):
+    /// only then does a settled token wake it.
+    read_paused: AtomicBool,
+    pipeline_freed: tokio::sync::Notify,
     /// Packets of the current epoch whose token was dropped unacknowledged.
     leaked: AtomicU64,
     /// When the oldest of those leaked, in ms after `born` (plus one; 0 = none).
@@ -202,7 +206,8 @@ struct LinkInner {
     /// Receive-order slots, when acks go out in receive order.
     order: Option<Mutex<order::AckOrder>>,
     /// Packet ids of durable messages whose PUBACK found the request queue full, oldest first
-    /// (current epoch only); every later ack queues behind them.
+    /// (current epoch only); every later ack queues behind them. At most the connection's
+    /// unacknowledged messages, which `mqtt.max_in_flight` bounds.
     held: Mutex<VecDeque<u16>>,
     /// `held.len()`, read without the lock on every poll of the source loop.
     held_len: AtomicUsize,
@@ -246,6 +251,8 @@ impl MqttLink {
             publish_qos,
             unacked: AtomicI64::new(0),
             in_pipeline: AtomicI64::new(0),
+            read_paused: AtomicBool::new(false),
+            pipeline_freed: tokio::sync::Notify::new(),
             leaked: AtomicU64::new(0),
             first_leak_ms: AtomicU64::new(0),
             born: Instant::now(),
@@ -471,7 +478,28 @@ impl MqttLink {
 
     /// A token's packet left the pipeline (durable, given up on, or of a closed connection).
     fn settled(&self) {
-        self.0.in_pipeline.fetch_sub(1, Ordering::AcqRel);
+        // SeqCst with `pipeline_below`: either it sees this decrement, or this sees its flag.
+        self.0.in_pipeline.fetch_sub(1, Ordering::SeqCst);
+        if self.0.read_paused.load(Ordering::SeqCst) {
+            self.0.pipeline_freed.notify_one();
+        }
+    }
+
+    /// Returns once fewer than `max` messages of this link are in the pipeline, woken by the
+    /// tokens that leave it (one waiter: the link's source loop).
+    pub async fn pipeline_below(&self, max: i64) {
+        struct Paused<'a>(&'a AtomicBool);
+        impl Drop for Paused<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        self.0.read_paused.store(true, Ordering::SeqCst);
+        let _paused = Paused(&self.0.read_paused);
+        // A token settled between the check and the wait leaves a permit: no wake-up is lost.
+        while self.0.in_pipeline.load(Ordering::SeqCst) >= max {
+            self.0.pipeline_freed.notified().await;
+        }
     }
 
     /// Messages of this link in the pipeline and not yet durable, across connections (their

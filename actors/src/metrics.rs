@@ -97,9 +97,9 @@ pub const MQTT_ACKS_STALE_TOTAL: &str = "fleetflow_mqtt_stale_acks_total";
 pub const MQTT_ACKS_LEAKED_TOTAL: &str = "fleetflow_mqtt_leaked_acks_total";
 /// Counter.
 pub const MQTT_LEAK_RECONNECTS_TOTAL: &str = "fleetflow_mqtt_leak_reconnects_total";
-/// Gauge.
+/// Gauge; label `source` (a source, its `-out` connection, `partition-N`, `cluster-out`).
 pub const MQTT_UNACKED: &str = "fleetflow_mqtt_unacked";
-/// Gauge.
+/// Gauge; label `source`, as [`MQTT_UNACKED`].
 pub const MQTT_ACKS_HELD: &str = "fleetflow_mqtt_acks_held";
 /// Counter.
 pub const MQTT_READ_PAUSES_TOTAL: &str = "fleetflow_mqtt_read_pauses_total";

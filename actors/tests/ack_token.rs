@@ -322,3 +322,26 @@ fn a_split_packet_leaves_the_pipeline_once_whatever_its_shares_do() {
     ack(s.pop());
     assert_eq!(link.in_pipeline(), 0);
 }
+
+#[tokio::test]
+async fn a_read_pause_ends_when_a_token_leaves_the_pipeline_not_before() {
+    let (link, _rx) = ordered_link();
+    let (a, b) = (received(&link, 1), received(&link, 2));
+    let waiting = {
+        let link = link.clone();
+        tokio::spawn(async move { link.pipeline_below(2).await })
+    };
+    // Two in the pipeline, bound 2: the pause holds.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "nothing left the pipeline yet");
+    ack(Some(a));
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("the settled token woke the pause")
+        .unwrap();
+    // Below the bound already: no wait at all.
+    tokio::time::timeout(std::time::Duration::from_secs(5), link.pipeline_below(2))
+        .await
+        .expect("one in the pipeline is below 2");
+    drop(b);
+}

@@ -171,9 +171,10 @@ impl SourceLoop {
     }
 
     /// While `max_in_flight` messages of this source are in the pipeline and not durable yet,
-    /// reads nothing (the broker keeps the rest). A pause lasts at most `full_queue_wait`; one
-    /// that runs out is followed by as long without pauses, so that the event loop still gets
-    /// to ping (and to write acks) when nothing becomes durable, e.g. with the database down.
+    /// reads nothing (the broker keeps the rest); settled tokens wake it. A pause lasts at most
+    /// `full_queue_wait`; one that runs out is followed by as long without pauses, so that the
+    /// event loop still gets to ping (and to write acks) when nothing becomes durable, e.g. with
+    /// the database down. A stop ends it.
     async fn wait_for_durable(&mut self) {
         let max = self.max_in_flight;
         // Draining or stopping reads nothing into the pipeline: no pause (acks keep flowing).
@@ -187,12 +188,22 @@ impl SourceLoop {
         }
         metrics::counter!(m::MQTT_READ_PAUSES_TOTAL).increment(1);
         let deadline = now + self.full_queue_wait;
-        while self.link.in_pipeline() >= max && *self.control.borrow() != SourceControl::Stop {
-            if tokio::time::Instant::now() >= deadline {
-                self.pause_free_until = deadline + self.full_queue_wait;
-                return;
+        // A clone: the main loop's receiver still sees every change.
+        let mut control = self.control.clone();
+        let stopped = async move {
+            while control.changed().await.is_ok() {
+                if *control.borrow() == SourceControl::Stop {
+                    return;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let ran_out = tokio::select! {
+            () = self.link.pipeline_below(max) => false,
+            () = stopped => false,
+            () = tokio::time::sleep_until(deadline) => true,
+        };
+        if ran_out {
+            self.pause_free_until = deadline + self.full_queue_wait;
         }
     }
 
